@@ -1,0 +1,158 @@
+//! Engine and listener configuration, validated once at construction.
+//!
+//! Every limit has a documented default here; the Python layer exposes the
+//! same names and relies on [`EngineConfig::validate`] for range checks, so a
+//! wrong argument fails when the server is constructed, naming the argument.
+
+use crate::error::ConfigError;
+
+/// Default size of one receive buffer, in bytes.
+pub const DEFAULT_BUFFER_SIZE_BYTES: usize = 16 * 1024;
+/// Default number of receive buffers per IO thread (power of two; the
+/// provided-buffer ring requires one).
+pub const DEFAULT_BUFFERS_PER_THREAD: usize = 512;
+/// Default write-queue high-water mark (asyncio's): `pause_writing()` above it.
+pub const DEFAULT_WRITE_HIGH_WATER_BYTES: usize = 64 * 1024;
+/// Default listen backlog.
+pub const DEFAULT_BACKLOG: i32 = 1024;
+/// Upper bound on IO threads; more never helps and each owns a ring.
+pub const MAX_IO_THREADS: usize = 256;
+
+/// Which IO backend an engine runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Completion-based: io_uring.
+    IoUring,
+    /// Readiness-based fallback: epoll.
+    Epoll,
+}
+
+impl Backend {
+    /// The name used in stats, logs and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// What the caller asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Probe io_uring, fall back to epoll on any failure.
+    Auto,
+    /// Exactly this backend, or an error.
+    Exactly(Backend),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "io_uring" => Ok(BackendChoice::Exactly(Backend::IoUring)),
+            "epoll" => Ok(BackendChoice::Exactly(Backend::Epoll)),
+            other => Err(ConfigError::new(
+                "backend",
+                format!("must be 'auto', 'io_uring' or 'epoll', not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// Configuration of one engine (one pool of IO threads).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Number of IO threads.
+    pub io_threads: usize,
+    /// Backend to run on.
+    pub backend: BackendChoice,
+    /// Size of one receive buffer, in bytes.
+    pub buffer_size: usize,
+    /// Receive buffers per IO thread.
+    pub buffers_per_thread: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            io_threads: default_io_threads(),
+            backend: BackendChoice::Auto,
+            buffer_size: DEFAULT_BUFFER_SIZE_BYTES,
+            buffers_per_thread: DEFAULT_BUFFERS_PER_THREAD,
+        }
+    }
+}
+
+/// One IO thread per CPU available to this process.
+pub fn default_io_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_IO_THREADS)
+}
+
+impl EngineConfig {
+    /// Check every field; the error names the offending argument.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.io_threads == 0 || self.io_threads > MAX_IO_THREADS {
+            return Err(ConfigError::new(
+                "io_threads",
+                format!(
+                    "must be between 1 and {MAX_IO_THREADS}, not {}",
+                    self.io_threads
+                ),
+            ));
+        }
+        if !(512..=(1 << 20)).contains(&self.buffer_size) {
+            return Err(ConfigError::new(
+                "buffer_size",
+                format!(
+                    "must be between 512 and 1048576 bytes, not {}",
+                    self.buffer_size
+                ),
+            ));
+        }
+        let n = self.buffers_per_thread;
+        if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+            return Err(ConfigError::new(
+                "buffers_per_thread",
+                format!("must be a power of two between 2 and 32768, not {n}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of one listening socket.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    /// Address to bind.
+    pub addr: std::net::SocketAddr,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Set SO_REUSEPORT before binding.
+    pub reuse_port: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_errors_name_the_argument() {
+        EngineConfig::default().validate().unwrap();
+        let bad = EngineConfig {
+            io_threads: 0,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().argument, "io_threads");
+        let bad = EngineConfig {
+            buffers_per_thread: 100,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().argument, "buffers_per_thread");
+        assert!("nope".parse::<BackendChoice>().is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! One connection's state, owned by exactly one IO thread.
+//!
+//! The lifecycle is `Open` → (`Closing` | `Aborting`) → freed. `Closing`
+//! flushes the write queue, then closes (FIN). `Aborting` drops the queue,
+//! cancels what is in flight and closes (RST when the user aborted). Either
+//! way the slot is freed only when no operation on it is left in the kernel
+//! (`recv_armed` and `send_inflight` both false): completions never refer to
+//! a freed or reused slot. See `core.rs` for the transitions.
+
+pub mod id;
+pub mod sendq;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub use id::ConnId;
+use sendq::SendQueue;
+
+use crate::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
+use crate::driver::SendState;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Reading and writing.
+    Open,
+    /// Flushing the write queue; then close.
+    Closing,
+    /// Dropping everything; close as soon as the kernel lets go.
+    Aborting,
+}
+
+/// The part of a connection other threads may read (for
+/// `get_write_buffer_size()` from a thread that does not own it).
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// Bytes in the owner's write queue (mirror, updated by the owner).
+    queued: AtomicUsize,
+    /// Bytes written from other threads, still in the mailbox.
+    in_mailbox: AtomicUsize,
+}
+
+impl ConnShared {
+    /// Bytes written and not yet taken by the kernel.
+    pub fn write_buffer_size(&self) -> usize {
+        self.queued.load(Ordering::Relaxed) + self.in_mailbox.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_queued(&self, n: usize) {
+        self.queued.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn mailbox_add(&self, n: usize) {
+        self.in_mailbox.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn mailbox_sub(&self, n: usize) {
+        self.in_mailbox.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// One connection.
+pub struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) fd: OwnedFd,
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) state: State,
+    pub(crate) sendq: SendQueue,
+    pub(crate) send: SendState,
+    pub(crate) send_inflight: bool,
+    pub(crate) send_cancel_sent: bool,
+    pub(crate) recv_armed: bool,
+    pub(crate) recv_cancel_sent: bool,
+    /// The user paused reading; data that was already in flight is held.
+    pub(crate) read_paused: bool,
+    pub(crate) held: Vec<Vec<u8>>,
+    /// The peer's EOF arrived while reading was paused.
+    pub(crate) eof_held: bool,
+    pub(crate) peer_eof: bool,
+    pub(crate) eof_requested: bool,
+    pub(crate) eof_sent: bool,
+    /// Reset (SO_LINGER 0) on close: the user aborted.
+    pub(crate) reset_on_close: bool,
+    pub(crate) error: Option<io::Error>,
+    pub(crate) high_water: usize,
+    pub(crate) low_water: usize,
+    pub(crate) writing_paused: bool,
+    pub(crate) dirty: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, fd: OwnedFd) -> Self {
+        Conn {
+            id,
+            fd,
+            shared: Arc::new(ConnShared::default()),
+            state: State::Open,
+            sendq: SendQueue::default(),
+            send: SendState::default(),
+            send_inflight: false,
+            send_cancel_sent: false,
+            recv_armed: false,
+            recv_cancel_sent: false,
+            read_paused: false,
+            held: Vec::new(),
+            eof_held: false,
+            peer_eof: false,
+            eof_requested: false,
+            eof_sent: false,
+            reset_on_close: false,
+            error: None,
+            high_water: DEFAULT_WRITE_HIGH_WATER_BYTES,
+            low_water: DEFAULT_WRITE_HIGH_WATER_BYTES / 4,
+            writing_paused: false,
+            dirty: false,
+        }
+    }
+
+    /// Start a graceful close (no-op unless open).
+    pub(crate) fn begin_close(&mut self) {
+        if self.state == State::Open {
+            self.state = State::Closing;
+        }
+    }
+
+    /// Start an abort; `error` is what `connection_lost` will report.
+    pub(crate) fn begin_abort(&mut self, error: Option<io::Error>, reset: bool) {
+        if self.state != State::Aborting {
+            self.state = State::Aborting;
+            self.error = error;
+            self.reset_on_close = reset;
+        }
+    }
+
+    /// Whether the recv should be armed now.
+    pub(crate) fn wants_recv(&self) -> bool {
+        self.state == State::Open && !self.read_paused && !self.peer_eof
+    }
+
+    /// Whether every operation has completed and the close condition holds.
+    pub(crate) fn finished(&self) -> bool {
+        let drained = match self.state {
+            State::Open => false,
+            State::Closing => self.sendq.is_empty(),
+            State::Aborting => true,
+        };
+        drained && !self.recv_armed && !self.send_inflight
+    }
+}

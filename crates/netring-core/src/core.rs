@@ -1,0 +1,573 @@
+//! One IO thread's connection table and the state machine that drives it.
+//!
+//! `ThreadCore` is touched only by its IO thread. It turns driver
+//! completions and mailbox commands into connection state and queued events,
+//! and `settle` turns connection state back into driver operations: arm a
+//! recv, send the queue, cancel, close. Operations requested by Python during
+//! a dispatch (write, close, pause...) change state and mark the connection
+//! dirty; nothing reaches the kernel until the batch is over, so all writes
+//! of one batch go out in one submission with no wake-up.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use socket2::SockRef;
+
+use crate::conn::{Conn, ConnId, ConnShared, State};
+use crate::driver::{Chunk, Completion, Driver, RecvResult};
+use crate::engine::Shared;
+use crate::mailbox::Cmd;
+use crate::stats::Stats;
+
+/// First pause after accept fails for lack of descriptors or memory.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between accept attempts while descriptors are exhausted.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// An event waiting for dispatch (internal form; see `event::Event`).
+pub(crate) enum Ev {
+    Opened {
+        conn: ConnId,
+        listener: usize,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        shared: Arc<ConnShared>,
+    },
+    Data {
+        conn: ConnId,
+        chunk: Chunk,
+    },
+    Held {
+        conn: ConnId,
+        data: Vec<u8>,
+    },
+    Eof {
+        conn: ConnId,
+    },
+    PauseWriting {
+        conn: ConnId,
+    },
+    ResumeWriting {
+        conn: ConnId,
+    },
+    Closed {
+        conn: ConnId,
+        error: Option<io::Error>,
+    },
+}
+
+struct Listener {
+    socket: OwnedFd,
+    armed: bool,
+    closing: bool,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    failures: u64,
+}
+
+/// The connections, listeners and pending events of one IO thread.
+pub struct ThreadCore {
+    pub(crate) engine: Arc<Shared>,
+    pub(crate) thread: u16,
+    conns: Slab<Conn>,
+    generations: Vec<u32>,
+    pub(crate) events: VecDeque<Ev>,
+    dirty: Vec<usize>,
+    /// Receive buffers handed out in this batch; released after dispatch.
+    pub(crate) chunks_out: Vec<u16>,
+    /// Held data delivered in this batch; dropped after dispatch.
+    pub(crate) retired: Vec<Vec<u8>>,
+    listeners: HashMap<usize, Listener>,
+    pub(crate) shutdown_deadline: Option<Instant>,
+}
+
+impl ThreadCore {
+    pub(crate) fn new(engine: Arc<Shared>, thread: u16) -> Self {
+        ThreadCore {
+            engine,
+            thread,
+            conns: Slab::new(),
+            generations: Vec::new(),
+            events: VecDeque::new(),
+            dirty: Vec::new(),
+            chunks_out: Vec::new(),
+            retired: Vec::new(),
+            listeners: HashMap::new(),
+            shutdown_deadline: None,
+        }
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.engine.stats
+    }
+
+    /// The live connection named by `id`, if it is still the same one.
+    pub(crate) fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.index as usize).filter(|c| c.id == id)
+    }
+
+    fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn) {
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(conn.id.index as usize);
+        }
+    }
+
+    fn touch(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let conn = self
+            .conns
+            .get_mut(id.index as usize)
+            .filter(|c| c.id == id)?;
+        Self::mark_dirty(&mut self.dirty, conn);
+        Some(conn)
+    }
+
+    /// True when the thread holds nothing: no connection, listener or event.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conns.is_empty() && self.listeners.is_empty() && self.events.is_empty()
+    }
+
+    // ---- operations requested by the user (owner thread) -----------------
+
+    /// Queue `data` on `id`. Returns false if the connection is gone or
+    /// closing (the bytes are dropped, as asyncio does after `close()`).
+    pub fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
+        self.write_with(id, data.len(), |q| q.push_slice(data))
+    }
+
+    pub(crate) fn write_vec(&mut self, id: ConnId, data: Vec<u8>) -> bool {
+        self.write_with(id, data.len(), |q| q.push_vec(data))
+    }
+
+    fn write_with(
+        &mut self,
+        id: ConnId,
+        len: usize,
+        push: impl FnOnce(&mut crate::conn::sendq::SendQueue),
+    ) -> bool {
+        let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id) else {
+            return false;
+        };
+        if conn.state != State::Open || conn.eof_requested {
+            return false;
+        }
+        if len == 0 {
+            return true;
+        }
+        push(&mut conn.sendq);
+        let queued = conn.sendq.len();
+        conn.shared.set_queued(queued);
+        let pause = !conn.writing_paused && queued > conn.high_water;
+        if pause {
+            conn.writing_paused = true;
+        }
+        Self::mark_dirty(&mut self.dirty, conn);
+        if pause {
+            self.events.push_back(Ev::PauseWriting { conn: id });
+        }
+        true
+    }
+
+    /// Flush what is queued, then close.
+    pub fn close(&mut self, id: ConnId) {
+        if let Some(conn) = self.touch(id) {
+            conn.begin_close();
+        }
+    }
+
+    /// Drop the queue and reset the connection.
+    pub fn abort(&mut self, id: ConnId) {
+        if let Some(conn) = self.touch(id) {
+            conn.begin_abort(None, true);
+        }
+    }
+
+    /// Close after an error of the user's handler; `connection_lost` gets
+    /// `None` from the engine (the bindings pass the exception themselves).
+    pub fn abort_quietly(&mut self, id: ConnId) {
+        if let Some(conn) = self.touch(id) {
+            conn.begin_abort(None, false);
+        }
+    }
+
+    /// Flush, then shut down the sending side.
+    pub fn write_eof(&mut self, id: ConnId) {
+        if let Some(conn) = self.touch(id) {
+            if conn.state == State::Open {
+                conn.eof_requested = true;
+            }
+        }
+    }
+
+    /// Pause or resume delivery of received data.
+    pub fn set_reading(&mut self, id: ConnId, paused: bool) {
+        let Some(conn) = self.touch(id) else { return };
+        if conn.read_paused == paused {
+            return;
+        }
+        conn.read_paused = paused;
+        if !paused {
+            // Held data is older than anything still queued: deliver it first.
+            let held = std::mem::take(&mut conn.held);
+            let eof = std::mem::take(&mut conn.eof_held);
+            if eof {
+                self.events.push_front(Ev::Eof { conn: id });
+            }
+            for data in held.into_iter().rev() {
+                self.events.push_front(Ev::Held { conn: id, data });
+            }
+        }
+    }
+
+    /// Whether reading is paused on `id` (false if it is gone).
+    pub fn is_reading(&mut self, id: ConnId) -> bool {
+        self.conn(id)
+            .is_some_and(|c| !c.read_paused && c.state == State::Open)
+    }
+
+    /// Change the water marks; may pause or resume writing at once.
+    pub fn set_write_limits(&mut self, id: ConnId, high: usize, low: usize) {
+        let Some(conn) = self.touch(id) else { return };
+        conn.high_water = high;
+        conn.low_water = low;
+        let queued = conn.sendq.len();
+        if !conn.writing_paused && queued > high {
+            conn.writing_paused = true;
+            self.events.push_back(Ev::PauseWriting { conn: id });
+        } else if conn.writing_paused && queued <= low {
+            conn.writing_paused = false;
+            self.events.push_back(Ev::ResumeWriting { conn: id });
+        }
+    }
+
+    /// Bytes queued on `id` and not yet taken by the kernel.
+    pub fn write_buffer_size(&mut self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.sendq.len())
+    }
+
+    // ---- mailbox ------------------------------------------------------------
+
+    pub(crate) fn apply<D: Driver>(&mut self, cmd: Cmd, driver: &mut D) {
+        match cmd {
+            Cmd::Listen {
+                listener, socket, ..
+            } => {
+                if self.shutdown_deadline.is_some() {
+                    return; // dropped: the socket closes
+                }
+                driver.arm_accept(listener, socket.as_raw_fd());
+                self.listeners.insert(
+                    listener,
+                    Listener {
+                        socket,
+                        armed: true,
+                        closing: false,
+                        backoff: ACCEPT_BACKOFF_MIN,
+                        retry_at: None,
+                        failures: 0,
+                    },
+                );
+            }
+            Cmd::Unlisten { listener } => self.unlisten(listener, driver),
+            Cmd::Adopt { listener, fd } => self.adopt(listener, fd),
+            Cmd::Write { conn, data } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.mailbox_sub(data.len());
+                }
+                self.write_vec(conn, data);
+            }
+            Cmd::Close { conn } => self.close(conn),
+            Cmd::Abort { conn } => self.abort(conn),
+            Cmd::WriteEof { conn } => self.write_eof(conn),
+            Cmd::SetReading { conn, paused } => self.set_reading(conn, paused),
+            Cmd::SetWriteLimits { conn, high, low } => self.set_write_limits(conn, high, low),
+            Cmd::Shutdown { deadline } => self.begin_shutdown(deadline, driver),
+        }
+    }
+
+    fn unlisten<D: Driver>(&mut self, listener: usize, driver: &mut D) {
+        let Some(l) = self.listeners.get_mut(&listener) else {
+            return;
+        };
+        if l.closing {
+            return;
+        }
+        l.closing = true;
+        if l.armed {
+            driver.cancel_accept(listener, l.socket.as_raw_fd());
+        } else {
+            self.listeners.remove(&listener);
+        }
+    }
+
+    fn begin_shutdown<D: Driver>(&mut self, deadline: Instant, driver: &mut D) {
+        self.shutdown_deadline = Some(deadline);
+        let ids: Vec<usize> = self.listeners.keys().copied().collect();
+        for l in ids {
+            self.unlisten(l, driver);
+        }
+        let conns: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        for id in conns {
+            self.close(id);
+        }
+    }
+
+    /// Abort whatever is still closing once the shutdown deadline passed.
+    pub(crate) fn enforce_deadline(&mut self, now: Instant) {
+        if self.shutdown_deadline.is_some_and(|d| now >= d) {
+            let conns: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+            for id in conns {
+                self.abort(id);
+            }
+        }
+    }
+
+    fn adopt(&mut self, listener: usize, fd: OwnedFd) {
+        if self.shutdown_deadline.is_some() {
+            return; // shutting down: the descriptor closes here
+        }
+        let sock = SockRef::from(&fd);
+        // NOTE: asyncio sets TCP_NODELAY on every TCP transport; so do we.
+        let _ = sock.set_tcp_nodelay(true);
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+        let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+        let entry = self.conns.vacant_entry();
+        let index = entry.key();
+        if self.generations.len() <= index {
+            self.generations.resize(index + 1, 0);
+        }
+        let id = ConnId {
+            thread: self.thread,
+            index: index as u32,
+            generation: self.generations[index],
+        };
+        let conn = entry.insert(Conn::new(id, fd));
+        let shared = conn.shared.clone();
+        Self::mark_dirty(&mut self.dirty, conn);
+        Stats::add(&self.stats().accepted, 1);
+        self.events.push_back(Ev::Opened {
+            conn: id,
+            listener,
+            peer,
+            local,
+            shared,
+        });
+    }
+
+    // ---- completions --------------------------------------------------------
+
+    pub(crate) fn complete<D: Driver>(&mut self, c: Completion, driver: &mut D, now: Instant) {
+        match c {
+            Completion::Woken => {}
+            Completion::Accepted {
+                listener,
+                result,
+                more,
+            } => self.accepted(listener, result, more, now),
+            Completion::Recv { slot, result, more } => {
+                let Some(conn) = self.conns.get_mut(slot as usize) else {
+                    if let RecvResult::Data(chunk) = result {
+                        driver.release(chunk.bid);
+                    }
+                    return;
+                };
+                if !more {
+                    conn.recv_armed = false;
+                }
+                Self::mark_dirty(&mut self.dirty, conn);
+                match result {
+                    RecvResult::Data(chunk) => {
+                        Stats::add(&self.engine.stats.bytes_in, chunk.len as u64);
+                        self.chunks_out.push(chunk.bid);
+                        self.events.push_back(Ev::Data {
+                            conn: conn.id,
+                            chunk,
+                        });
+                    }
+                    RecvResult::Eof => {
+                        if !conn.peer_eof {
+                            conn.peer_eof = true;
+                            self.events.push_back(Ev::Eof { conn: conn.id });
+                        }
+                    }
+                    RecvResult::NoBuffers | RecvResult::Cancelled => {}
+                    RecvResult::Err(e) => conn.begin_abort(Some(e), false),
+                }
+            }
+            Completion::Sent { slot, result } => {
+                let Some(conn) = self.conns.get_mut(slot as usize) else {
+                    return;
+                };
+                conn.send_inflight = false;
+                Self::mark_dirty(&mut self.dirty, conn);
+                match result {
+                    Ok(n) => {
+                        conn.sendq.advance(n);
+                        Stats::add(&self.engine.stats.bytes_out, n as u64);
+                        let queued = conn.sendq.len();
+                        conn.shared.set_queued(queued);
+                        if conn.writing_paused
+                            && queued <= conn.low_water
+                            && conn.state == State::Open
+                        {
+                            conn.writing_paused = false;
+                            self.events.push_back(Ev::ResumeWriting { conn: conn.id });
+                        }
+                    }
+                    Err(e) => {
+                        conn.sendq.unpin();
+                        if e.raw_os_error() != Some(libc::ECANCELED) {
+                            conn.begin_abort(Some(e), false);
+                        } else {
+                            conn.begin_abort(None, conn.reset_on_close);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn accepted(&mut self, listener: usize, result: io::Result<OwnedFd>, more: bool, now: Instant) {
+        let Some(l) = self.listeners.get_mut(&listener) else {
+            return;
+        };
+        if !more {
+            l.armed = false;
+            if l.closing {
+                self.listeners.remove(&listener);
+                return;
+            }
+        }
+        match result {
+            Ok(fd) => {
+                if l.failures > 0 {
+                    log::info!(
+                        "netring: accepting again after {} failed attempts (descriptors or memory exhausted)",
+                        l.failures
+                    );
+                    l.failures = 0;
+                    l.backoff = ACCEPT_BACKOFF_MIN;
+                }
+                let n = self.engine.mailboxes.len();
+                let target = self.engine.next_target() % n;
+                if target == usize::from(self.thread) {
+                    self.adopt(listener, fd);
+                } else {
+                    self.engine.mailboxes[target].push(Cmd::Adopt { listener, fd });
+                }
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(0);
+                if matches!(
+                    errno,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                ) {
+                    if l.failures == 0 {
+                        log::warn!("netring: accept failed ({e}); backing off");
+                    }
+                    l.failures += 1;
+                    l.retry_at = Some(now + l.backoff);
+                    l.backoff = (l.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                } else if errno != libc::ECANCELED {
+                    log::debug!("netring: accept error ignored: {e}");
+                }
+            }
+        }
+    }
+
+    /// Re-arm listeners whose accept ended; returns the earliest pending retry.
+    pub(crate) fn rearm_listeners<D: Driver>(
+        &mut self,
+        driver: &mut D,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut next = None;
+        for (&id, l) in self.listeners.iter_mut() {
+            if l.armed || l.closing {
+                continue;
+            }
+            match l.retry_at {
+                Some(t) if t > now => {
+                    next = Some(next.map_or(t, |n: Instant| n.min(t)));
+                }
+                _ => {
+                    l.retry_at = None;
+                    l.armed = true;
+                    driver.arm_accept(id, l.socket.as_raw_fd());
+                }
+            }
+        }
+        next
+    }
+
+    // ---- settling -------------------------------------------------------------
+
+    /// Turn the state of every dirty connection into driver operations.
+    pub(crate) fn settle<D: Driver>(&mut self, driver: &mut D) {
+        while let Some(index) = self.dirty.pop() {
+            let Some(conn) = self.conns.get_mut(index) else {
+                continue;
+            };
+            conn.dirty = false;
+            let slot = index as u32;
+            let fd = conn.fd.as_raw_fd();
+            if conn.state == State::Aborting {
+                if conn.send_inflight && !conn.send_cancel_sent {
+                    driver.cancel_send(slot, fd);
+                    conn.send_cancel_sent = true;
+                } else if !conn.send_inflight {
+                    conn.sendq.clear();
+                    conn.shared.set_queued(0);
+                }
+            } else if !conn.send_inflight && !conn.sendq.is_empty() {
+                conn.sendq.fill_iovecs(&mut conn.send.iov);
+                driver.send(slot, fd, &mut conn.send);
+                conn.send_inflight = true;
+                conn.send_cancel_sent = false;
+            }
+            if conn.eof_requested
+                && !conn.eof_sent
+                && conn.state == State::Open
+                && conn.sendq.is_empty()
+                && !conn.send_inflight
+            {
+                conn.eof_sent = true;
+                let _ = rustix::net::shutdown(conn.fd.as_fd(), rustix::net::Shutdown::Write);
+            }
+            if conn.wants_recv() {
+                if !conn.recv_armed {
+                    driver.arm_recv(slot, fd);
+                    conn.recv_armed = true;
+                    conn.recv_cancel_sent = false;
+                }
+            } else if conn.recv_armed && !conn.recv_cancel_sent {
+                driver.cancel_recv(slot, fd);
+                conn.recv_cancel_sent = true;
+            }
+            if conn.finished() {
+                self.finalize(index, driver);
+            }
+        }
+    }
+
+    fn finalize<D: Driver>(&mut self, index: usize, driver: &mut D) {
+        let conn = self.conns.remove(index);
+        self.generations[index] = self.generations[index].wrapping_add(1);
+        driver.forget(index as u32, conn.fd.as_raw_fd());
+        if conn.reset_on_close {
+            let _ = SockRef::from(&conn.fd).set_linger(Some(Duration::ZERO));
+        }
+        conn.shared.set_queued(0);
+        drop(conn.fd);
+        Stats::add(&self.engine.stats.closed, 1);
+        self.events.push_back(Ev::Closed {
+            conn: conn.id,
+            error: conn.error,
+        });
+    }
+}

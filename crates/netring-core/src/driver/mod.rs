@@ -1,0 +1,161 @@
+//! The backend interface: one small trait that io_uring and epoll implement
+//! with identical semantics as seen from the IO thread loop.
+//!
+//! The loop (`io_thread.rs`) owns connection state; a driver owns only the
+//! kernel side: arming operations and turning what the kernel reports into
+//! backend-neutral [`Completion`]s. Rules every driver keeps:
+//!
+//! - A recv stays armed until a completion with `more == false`; data is
+//!   delivered in driver-owned buffers ([`Chunk`]) that stay valid until the
+//!   loop calls [`Driver::release`].
+//! - At most one send per slot is in flight; its iovecs (in [`SendState`])
+//!   stay untouched until its [`Completion::Sent`].
+//! - Cancelling produces the armed operation's final completion later, never
+//!   synchronously inside the cancel call.
+//! - [`Driver::in_flight`] counts operations the kernel still owns; the loop
+//!   frees a slot or exits only when the relevant ones have completed.
+
+pub mod uring;
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::config::{Backend, BackendChoice};
+use crate::error::Error;
+
+/// A received chunk in a driver-owned buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    pub(crate) ptr: *const u8,
+    pub(crate) len: usize,
+    pub(crate) bid: u16,
+}
+
+impl Chunk {
+    /// The bytes.
+    ///
+    /// # Safety
+    /// The buffer must not have been released back to the driver.
+    pub(crate) unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: the caller guarantees the buffer is still ours; ptr/len
+        // came from the driver and describe initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+// SAFETY: a chunk points into a buffer owned by the IO thread's driver; it
+// is only dereferenced on that thread, before the buffer is released.
+unsafe impl Send for Chunk {}
+
+/// Outcome of one recv completion.
+#[derive(Debug)]
+pub enum RecvResult {
+    /// Bytes arrived.
+    Data(Chunk),
+    /// The peer shut down its sending side.
+    Eof,
+    /// The buffer pool ran dry; re-arm after buffers come back.
+    NoBuffers,
+    /// The recv was cancelled (pause or close).
+    Cancelled,
+    /// A socket error (reset, ...).
+    Err(io::Error),
+}
+
+/// One backend-neutral completion.
+#[derive(Debug)]
+pub enum Completion {
+    /// A connection was accepted on `listener` (or accept failed).
+    Accepted {
+        listener: usize,
+        result: io::Result<OwnedFd>,
+        more: bool,
+    },
+    /// A recv on `slot` completed.
+    Recv {
+        slot: u32,
+        result: RecvResult,
+        more: bool,
+    },
+    /// The send on `slot` completed with the number of bytes taken.
+    Sent {
+        slot: u32,
+        result: io::Result<usize>,
+    },
+    /// The mailbox was signalled.
+    Woken,
+}
+
+/// Per-connection storage a send needs while it is in flight.
+pub struct SendState {
+    /// The iovecs of the current send.
+    pub iov: Vec<libc::iovec>,
+    /// The message header handed to the kernel (io_uring sendmsg).
+    pub msg: Box<libc::msghdr>,
+}
+
+impl Default for SendState {
+    fn default() -> Self {
+        SendState {
+            iov: Vec::with_capacity(crate::conn::sendq::MAX_IOVECS),
+            // SAFETY: msghdr is a plain C struct for which all-zero is a
+            // valid (empty) value.
+            msg: Box::new(unsafe { std::mem::zeroed() }),
+        }
+    }
+}
+
+// SAFETY: the raw pointers inside point into buffers owned by the same
+// connection, which moves between threads only as a whole (never: connection
+// state stays on its IO thread); they are never shared.
+unsafe impl Send for SendState {}
+
+/// The kernel side of one IO thread.
+pub trait Driver {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+    /// Keep a read of the mailbox's eventfd armed; completes as `Woken`.
+    fn arm_wake(&mut self, fd: RawFd);
+    /// Start accepting on a listening socket (multishot where possible).
+    fn arm_accept(&mut self, listener: usize, fd: RawFd);
+    /// Stop accepting; the accept's final completion follows.
+    fn cancel_accept(&mut self, listener: usize, fd: RawFd);
+    /// Start receiving on a connection.
+    fn arm_recv(&mut self, slot: u32, fd: RawFd);
+    /// Stop receiving; the recv's final completion follows.
+    fn cancel_recv(&mut self, slot: u32, fd: RawFd);
+    /// Send what `state.iov` describes; exactly one `Sent` follows.
+    fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState);
+    /// Cancel an in-flight send (abort); its `Sent` follows.
+    fn cancel_send(&mut self, slot: u32, fd: RawFd);
+    /// The socket is about to be closed: forget any registration.
+    fn forget(&mut self, slot: u32, fd: RawFd);
+    /// Submit what was queued, wait up to `timeout` (None: until something
+    /// completes) and append completions to `out`.
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
+    /// Give a receive buffer back to the pool.
+    fn release(&mut self, bid: u16);
+    /// Operations the kernel still owns, wake read excluded.
+    fn in_flight(&self) -> usize;
+    /// Stop the wake read before exit; its final completion follows.
+    fn cancel_wake(&mut self);
+    /// Whether the wake read is still owned by the kernel.
+    fn wake_armed(&self) -> bool;
+}
+
+/// Pick the backend for `choice`. `Auto` sets up a real ring and probes every
+/// opcode and feature the io_uring driver needs; any failure selects epoll.
+pub fn choose(choice: BackendChoice) -> Result<Backend, Error> {
+    match choice {
+        BackendChoice::Exactly(Backend::IoUring) | BackendChoice::Auto => {
+            match uring::UringDriver::new(2, 512) {
+                Ok(_) => Ok(Backend::IoUring),
+                Err(why) => Err(Error::BackendUnavailable(why)),
+            }
+        }
+        BackendChoice::Exactly(Backend::Epoll) => Err(Error::BackendUnavailable(
+            "the epoll backend is not available yet".to_string(),
+        )),
+    }
+}

@@ -1,0 +1,325 @@
+//! The io_uring driver.
+//!
+//! One ring per IO thread, created on that thread with SINGLE_ISSUER and
+//! DEFER_TASKRUN (completion work runs only when this thread enters the
+//! kernel, so there are no surprise interrupts of user code). Multishot
+//! accept and multishot recv into a provided-buffer ring; one vectored
+//! `sendmsg(MSG_NOSIGNAL)` in flight per socket; the mailbox eventfd has a
+//! `read` kept in the ring so other threads can wake this one.
+//!
+//! `user_data` carries the operation kind in the top byte and the slot (or
+//! listener index) in the low 32 bits; cancel requests carry [`KIND_CANCEL`]
+//! and their completions are ignored.
+
+mod bufring;
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::{Chunk, Completion, Driver, RecvResult, SendState};
+use crate::config::Backend;
+use bufring::BufRing;
+
+const KIND_ACCEPT: u64 = 1;
+const KIND_RECV: u64 = 2;
+const KIND_SEND: u64 = 3;
+const KIND_WAKE: u64 = 4;
+const KIND_CANCEL: u64 = 5;
+const BUF_GROUP: u16 = 0;
+/// Submission queue entries per ring; the completion queue is 4× larger.
+const RING_ENTRIES: u32 = 1024;
+
+fn user_data(kind: u64, id: u64) -> u64 {
+    (kind << 56) | (id & 0xFFFF_FFFF)
+}
+
+/// An io_uring instance with its buffer ring.
+pub struct UringDriver {
+    // NOTE: field order matters: the ring must be dropped (unregistering the
+    // buffer ring in the kernel) before the buffer memory is freed.
+    ring: IoUring,
+    bufs: BufRing,
+    wake_fd: RawFd,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    wake_cancelled: bool,
+    in_flight: usize,
+    cqes: Vec<cqueue::Entry>,
+}
+
+/// Why io_uring cannot be used here, as `syscall: ERRNO`.
+fn describe(what: &str, e: &io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".to_string(),
+        Some(libc::ENOSYS) => "ENOSYS".to_string(),
+        Some(libc::EINVAL) => "EINVAL".to_string(),
+        Some(libc::ENOMEM) => "ENOMEM".to_string(),
+        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP".to_string(),
+        Some(libc::EACCES) => "EACCES".to_string(),
+        _ => e.to_string(),
+    };
+    format!("{what}: {name}")
+}
+
+impl UringDriver {
+    /// Create a ring on the calling thread. The error string says which
+    /// step failed and why (e.g. `io_uring_setup: EPERM`).
+    pub fn new(buffers: usize, buffer_size: usize) -> Result<Self, String> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(RING_ENTRIES * 4)
+            .build(RING_ENTRIES)
+            .or_else(|_| {
+                // Kernels before 6.1 lack DEFER_TASKRUN; the rest still works.
+                IoUring::builder()
+                    .setup_cqsize(RING_ENTRIES * 4)
+                    .build(RING_ENTRIES)
+            })
+            .map_err(|e| describe("io_uring_setup", &e))?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| describe("io_uring_register(PROBE)", &e))?;
+        for (code, name) in [
+            (opcode::AcceptMulti::CODE, "ACCEPT"),
+            (opcode::RecvMulti::CODE, "RECV"),
+            (opcode::SendMsg::CODE, "SENDMSG"),
+            (opcode::Read::CODE, "READ"),
+            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(format!("io_uring opcode {name} not supported"));
+            }
+        }
+        if !ring.params().is_feature_ext_arg() {
+            return Err("io_uring feature EXT_ARG missing (kernel < 5.11)".into());
+        }
+        let entries = u16::try_from(buffers).map_err(|_| "too many buffers".to_string())?;
+        let bufs = BufRing::new(&ring, entries, buffer_size, BUF_GROUP)
+            .map_err(|e| describe("io_uring_register(PBUF_RING)", &e))?;
+        Ok(UringDriver {
+            ring,
+            bufs,
+            wake_fd: -1,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            wake_cancelled: false,
+            in_flight: 0,
+            cqes: Vec::with_capacity(RING_ENTRIES as usize * 4),
+        })
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built by this driver points only at memory
+            // that outlives the operation: the wake buffer (boxed, owned
+            // here), the buffer ring, or a connection's SendState, which the
+            // loop keeps untouched until the send's completion.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            // The submission queue is full: hand it to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                log::error!("io_uring submit failed while the queue was full: {e}");
+            }
+        }
+    }
+
+    fn push_wake_read(&mut self) {
+        let buf = &mut *self.wake_buf as *mut u64 as *mut u8;
+        let entry = opcode::Read::new(types::Fd(self.wake_fd), buf, 8)
+            .build()
+            .user_data(user_data(KIND_WAKE, 0));
+        self.push(entry);
+        self.wake_armed = true;
+    }
+
+    fn cancel(&mut self, target: u64) {
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data(KIND_CANCEL, 0));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn convert(&mut self, cqe: &cqueue::Entry) -> Option<Completion> {
+        let ud = cqe.user_data();
+        let kind = ud >> 56;
+        let id = (ud & 0xFFFF_FFFF) as u32;
+        let res = cqe.result();
+        let more = cqueue::more(cqe.flags());
+        if !more && kind != KIND_WAKE {
+            self.in_flight -= 1;
+        }
+        match kind {
+            KIND_ACCEPT => {
+                let result = if res >= 0 {
+                    // SAFETY: a non-negative accept result is a new
+                    // descriptor that nothing else owns.
+                    Ok(unsafe { OwnedFd::from_raw_fd(res) })
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                };
+                Some(Completion::Accepted {
+                    listener: id as usize,
+                    result,
+                    more,
+                })
+            }
+            KIND_RECV => {
+                let result = if res > 0 {
+                    let bid = cqueue::buffer_select(cqe.flags())
+                        .expect("recv completion with data but no buffer id");
+                    RecvResult::Data(Chunk {
+                        ptr: self.bufs.buf_ptr(bid),
+                        len: res as usize,
+                        bid,
+                    })
+                } else if res == 0 {
+                    RecvResult::Eof
+                } else if res == -libc::ENOBUFS {
+                    RecvResult::NoBuffers
+                } else if res == -libc::ECANCELED {
+                    RecvResult::Cancelled
+                } else {
+                    RecvResult::Err(io::Error::from_raw_os_error(-res))
+                };
+                Some(Completion::Recv {
+                    slot: id,
+                    result,
+                    more,
+                })
+            }
+            KIND_SEND => {
+                let result = if res >= 0 {
+                    Ok(res as usize)
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                };
+                Some(Completion::Sent { slot: id, result })
+            }
+            KIND_WAKE => {
+                self.wake_armed = false;
+                if res < 0 && res != -libc::EAGAIN && res != -libc::EINTR {
+                    // Cancelled at exit (or a broken eventfd): do not re-arm.
+                    return None;
+                }
+                if !self.wake_cancelled {
+                    self.push_wake_read();
+                }
+                Some(Completion::Woken)
+            }
+            _ => None, // cancel requests
+        }
+    }
+}
+
+impl Driver for UringDriver {
+    fn backend(&self) -> Backend {
+        Backend::IoUring
+    }
+
+    fn arm_wake(&mut self, fd: RawFd) {
+        self.wake_fd = fd;
+        self.push_wake_read();
+    }
+
+    fn arm_accept(&mut self, listener: usize, fd: RawFd) {
+        let entry = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+            .build()
+            .user_data(user_data(KIND_ACCEPT, listener as u64));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn cancel_accept(&mut self, listener: usize, _fd: RawFd) {
+        self.cancel(user_data(KIND_ACCEPT, listener as u64));
+    }
+
+    fn arm_recv(&mut self, slot: u32, fd: RawFd) {
+        let entry = opcode::RecvMulti::new(types::Fd(fd), BUF_GROUP)
+            .build()
+            .user_data(user_data(KIND_RECV, u64::from(slot)));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn cancel_recv(&mut self, slot: u32, _fd: RawFd) {
+        self.cancel(user_data(KIND_RECV, u64::from(slot)));
+    }
+
+    fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
+        state.msg.msg_iov = state.iov.as_mut_ptr();
+        state.msg.msg_iovlen = state.iov.len() as _;
+        let entry = opcode::SendMsg::new(types::Fd(fd), &*state.msg as *const libc::msghdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data(KIND_SEND, u64::from(slot)));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn cancel_send(&mut self, slot: u32, _fd: RawFd) {
+        self.cancel(user_data(KIND_SEND, u64::from(slot)));
+    }
+
+    fn forget(&mut self, _slot: u32, _fd: RawFd) {}
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.bufs.publish();
+        let res = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(d) => {
+                let ts = types::Timespec::new()
+                    .sec(d.as_secs())
+                    .nsec(d.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match res {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion());
+        out.reserve(cqes.len());
+        for cqe in &cqes {
+            if let Some(c) = self.convert(cqe) {
+                out.push(c);
+            }
+        }
+        self.cqes = cqes;
+        Ok(())
+    }
+
+    fn release(&mut self, bid: u16) {
+        self.bufs.push(bid);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn wake_armed(&self) -> bool {
+        self.wake_armed
+    }
+
+    fn cancel_wake(&mut self) {
+        self.wake_cancelled = true;
+        if self.wake_armed {
+            self.cancel(user_data(KIND_WAKE, 0));
+        }
+    }
+}

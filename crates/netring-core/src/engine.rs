@@ -1,0 +1,314 @@
+//! An engine: a pool of IO threads, their mailboxes, listeners and counters.
+//!
+//! [`Engine::start`] spawns the threads; each creates its own driver (ring or
+//! epoll set) on itself and reports readiness, so a backend that cannot run
+//! fails `start` instead of failing later. [`Engine::listen`] binds a socket
+//! here (so errors surface to the caller) and hands it to one IO thread,
+//! which accepts and spreads connections round-robin over all threads.
+//! [`ConnRef`] is the handle the user keeps for one connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Backend, EngineConfig, ListenConfig};
+use crate::conn::{ConnId, ConnShared};
+use crate::error::Error;
+use crate::event::with_active;
+use crate::io_thread::IoLoop;
+use crate::mailbox::{Cmd, Mailbox};
+use crate::stats::{Stats, StatsSnapshot};
+
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// State shared by an engine's threads and its handles.
+pub struct Shared {
+    pub(crate) id: u64,
+    pub(crate) backend: Backend,
+    pub(crate) mailboxes: Vec<Mailbox>,
+    pub(crate) stats: Stats,
+    round_robin: AtomicUsize,
+    next_listener: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn next_target(&self) -> usize {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running pool of IO threads.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    config: EngineConfig,
+}
+
+/// What the thread factory receives: the loop to run, on the new thread.
+pub type ThreadMain = Box<dyn FnOnce(IoLoop) + Send>;
+
+impl Engine {
+    /// Start `config.io_threads` IO threads. `run_thread(index, io_loop)` is
+    /// called on each new thread and must call `io_loop.run(&mut handler)`;
+    /// this is where the Python bindings attach the thread to Python.
+    pub fn start<F>(config: EngineConfig, run_thread: F) -> Result<Engine, Error>
+    where
+        F: Fn(u16, IoLoop) + Send + Sync + 'static,
+    {
+        config.validate()?;
+        let backend = crate::driver::choose(config.backend)?;
+        let mailboxes = (0..config.io_threads)
+            .map(|_| Mailbox::new())
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(Shared {
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            backend,
+            mailboxes,
+            stats: Stats::default(),
+            round_robin: AtomicUsize::new(0),
+            next_listener: AtomicUsize::new(0),
+        });
+        let run_thread = Arc::new(run_thread);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let mut threads = Vec::new();
+        for index in 0..config.io_threads {
+            let index = index as u16;
+            let io_loop = IoLoop::new(shared.clone(), index, config.clone(), ready_tx.clone());
+            let run_thread = run_thread.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("netring-io-{index}"))
+                .spawn(move || run_thread(index, io_loop));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    Self::stop_threads(&shared, threads, Instant::now());
+                    return Err(Error::Io(e));
+                }
+            }
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..config.io_threads {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => failure = Some(why),
+                Err(_) => failure = Some("an IO thread exited during start-up".to_string()),
+            }
+        }
+        if let Some(why) = failure {
+            Self::stop_threads(&shared, threads, Instant::now());
+            return Err(Error::BackendUnavailable(why));
+        }
+        Ok(Engine {
+            shared,
+            threads: Mutex::new(threads),
+            config,
+        })
+    }
+
+    fn stop_threads(shared: &Shared, threads: Vec<JoinHandle<()>>, deadline: Instant) {
+        for mb in &shared.mailboxes {
+            mb.push(Cmd::Shutdown { deadline });
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        for mb in &shared.mailboxes {
+            mb.close();
+        }
+    }
+
+    /// The backend the threads run on.
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+
+    /// Number of IO threads.
+    pub fn io_threads(&self) -> usize {
+        self.config.io_threads
+    }
+
+    /// Bind and listen; connections start arriving as `Opened` events with
+    /// the returned listener id. Returns (listener id, bound address).
+    pub fn listen(&self, cfg: &ListenConfig) -> Result<(usize, SocketAddr), Error> {
+        if self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            return Err(Error::Closed);
+        }
+        let socket = Socket::new(
+            Domain::for_address(cfg.addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if cfg.reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        if cfg.addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&cfg.addr.into())?;
+        socket.listen(cfg.backlog)?;
+        socket.set_nonblocking(true)?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| Error::Io(std::io::Error::other("listener has no IP address")))?;
+        let listener = self.shared.next_listener.fetch_add(1, Ordering::Relaxed);
+        let owner = listener % self.shared.mailboxes.len();
+        self.shared.mailboxes[owner].push(Cmd::Listen {
+            listener,
+            socket: socket.into(),
+            local,
+        });
+        Ok((listener, local))
+    }
+
+    /// Stop accepting on `listener` (its socket closes; open connections stay).
+    pub fn unlisten(&self, listener: usize) {
+        let owner = listener % self.shared.mailboxes.len();
+        self.shared.mailboxes[owner].push(Cmd::Unlisten { listener });
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stop accepting, close every connection gracefully (flushing what was
+    /// written), abort what is left after `grace`, wait for every completion
+    /// and join the threads. Idempotent.
+    pub fn shutdown(&self, grace: Duration) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        if threads.is_empty() {
+            return;
+        }
+        Self::stop_threads(&self.shared, threads, Instant::now() + grace);
+    }
+
+    /// Whether `shutdown` has run.
+    pub fn is_closed(&self) -> bool {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown(Duration::ZERO);
+    }
+}
+
+/// The user's handle on one connection; usable from any thread.
+///
+/// On the connection's own IO thread, during a dispatch, operations apply
+/// at once; from anywhere else they travel through the owner's mailbox, in
+/// order. Once the connection is gone every operation is a no-op: the id's
+/// generation no longer matches, even if the slot or descriptor is reused.
+#[derive(Clone, Debug)]
+pub struct ConnRef {
+    id: ConnId,
+    engine: Arc<Shared>,
+    shared: Arc<ConnShared>,
+}
+
+impl ConnRef {
+    pub(crate) fn new(id: ConnId, engine: Arc<Shared>, shared: Arc<ConnShared>) -> Self {
+        ConnRef { id, engine, shared }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    fn local<R>(&self, f: impl FnOnce(&mut crate::core::ThreadCore) -> R) -> Option<R> {
+        with_active(self.engine.id, self.id.thread, f)
+    }
+
+    fn remote(&self, cmd: Cmd) {
+        self.engine.mailboxes[usize::from(self.id.thread)].push(cmd);
+    }
+
+    /// Queue bytes. On the owner thread returns false if the connection is
+    /// closing or gone; from other threads the check happens later.
+    pub fn write(&self, data: &[u8]) -> bool {
+        if let Some(ok) = self.local(|c| c.write(self.id, data)) {
+            return ok;
+        }
+        self.shared.mailbox_add(data.len());
+        self.remote(Cmd::Write {
+            conn: self.id,
+            data: data.to_vec(),
+        });
+        true
+    }
+
+    /// Flush, then close.
+    pub fn close(&self) {
+        if self.local(|c| c.close(self.id)).is_none() {
+            self.remote(Cmd::Close { conn: self.id });
+        }
+    }
+
+    /// Drop the write queue and reset the connection.
+    pub fn abort(&self) {
+        if self.local(|c| c.abort(self.id)).is_none() {
+            self.remote(Cmd::Abort { conn: self.id });
+        }
+    }
+
+    /// Flush, then shut down the sending side.
+    pub fn write_eof(&self) {
+        if self.local(|c| c.write_eof(self.id)).is_none() {
+            self.remote(Cmd::WriteEof { conn: self.id });
+        }
+    }
+
+    /// Pause (true) or resume (false) delivery of received data.
+    pub fn set_reading_paused(&self, paused: bool) {
+        if self.local(|c| c.set_reading(self.id, paused)).is_none() {
+            self.remote(Cmd::SetReading {
+                conn: self.id,
+                paused,
+            });
+        }
+    }
+
+    /// Set the write-queue water marks.
+    pub fn set_write_limits(&self, high: usize, low: usize) {
+        if self
+            .local(|c| c.set_write_limits(self.id, high, low))
+            .is_none()
+        {
+            self.remote(Cmd::SetWriteLimits {
+                conn: self.id,
+                high,
+                low,
+            });
+        }
+    }
+
+    /// Bytes written and not yet taken by the kernel.
+    pub fn write_buffer_size(&self) -> usize {
+        self.shared.write_buffer_size()
+    }
+}

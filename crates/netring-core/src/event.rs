@@ -1,0 +1,197 @@
+//! What the engine tells its user, and how the user answers.
+//!
+//! After each reap the IO thread hands its user (the Python bindings, or a
+//! Rust [`Handler`] in tests) a [`Batch`]: events are taken one at a time
+//! with [`Batch::next`], so an operation made while handling one event
+//! (pausing reading, closing) already applies to the next. Received bytes are
+//! borrowed from the engine's buffers for the whole dispatch and returned to
+//! the pool after it.
+//!
+//! While a dispatch runs, the thread's core is reachable through a scoped
+//! thread-local (`ACTIVE`), so a [`crate::ConnRef`] used on its own IO
+//! thread applies at once, without the mailbox and without a wake-up.
+
+use crate::conn::{ConnId, State};
+use crate::core::{Ev, ThreadCore};
+use crate::engine::ConnRef;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+
+/// One thing that happened to a connection.
+#[derive(Debug)]
+pub enum Event<'b> {
+    /// A connection was accepted on `listener` (connection_made).
+    Opened {
+        /// Handle for operations on the new connection.
+        conn: ConnRef,
+        /// The listener it came from.
+        listener: usize,
+        /// Remote address.
+        peer: Option<SocketAddr>,
+        /// Local address.
+        local: Option<SocketAddr>,
+    },
+    /// Bytes arrived (data_received).
+    Data { conn: ConnId, data: &'b [u8] },
+    /// The peer shut down its sending side (eof_received).
+    Eof { conn: ConnId },
+    /// The write queue crossed its high-water mark.
+    PauseWriting { conn: ConnId },
+    /// The write queue drained to its low-water mark.
+    ResumeWriting { conn: ConnId },
+    /// The connection is gone (connection_lost); `error` says why, if an
+    /// error ended it. This is the last event for `conn`.
+    Closed {
+        conn: ConnId,
+        error: Option<io::Error>,
+    },
+}
+
+/// The user of an engine: receives events on each IO thread.
+pub trait Handler {
+    /// Deliver every event of `batch` (call [`Batch::next`] until `None`).
+    fn dispatch(&mut self, batch: &mut Batch<'_>);
+
+    /// Run `wait` (the blocking wait in the kernel). The Python bindings
+    /// release the GIL here, and only here.
+    fn park<R: Send>(&mut self, wait: impl FnOnce() -> R + Send) -> R {
+        wait()
+    }
+}
+
+/// The events of one loop turn on one IO thread.
+pub struct Batch<'b> {
+    pub(crate) core: &'b RefCell<ThreadCore>,
+}
+
+impl<'b> Batch<'b> {
+    /// The next event to deliver, or `None` when the batch is done.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Event<'b>> {
+        let mut core = self.core.borrow_mut();
+        loop {
+            let ev = core.events.pop_front()?;
+            match ev {
+                Ev::Opened {
+                    conn,
+                    listener,
+                    peer,
+                    local,
+                    shared,
+                } => {
+                    let conn = ConnRef::new(conn, core.engine.clone(), shared);
+                    return Some(Event::Opened {
+                        conn,
+                        listener,
+                        peer,
+                        local,
+                    });
+                }
+                Ev::Data { conn, chunk } => {
+                    // SAFETY: chunks handed out in this batch are released
+                    // only after the dispatch ends, which outlives 'b.
+                    let data: &'b [u8] = unsafe { std::mem::transmute(chunk.bytes()) };
+                    if let Some(data) = deliverable(&mut core, conn, data) {
+                        return Some(Event::Data { conn, data });
+                    }
+                }
+                Ev::Held { conn, data } => {
+                    let ptr = data.as_ptr();
+                    let len = data.len();
+                    core.retired.push(data);
+                    // SAFETY: the Vec's heap buffer was moved into `retired`
+                    // (the buffer itself does not move), which is cleared
+                    // only after the dispatch ends.
+                    let data: &'b [u8] = unsafe { std::slice::from_raw_parts(ptr, len) };
+                    if let Some(data) = deliverable(&mut core, conn, data) {
+                        return Some(Event::Data { conn, data });
+                    }
+                }
+                Ev::Eof { conn } => {
+                    let Some(c) = core.conn(conn) else { continue };
+                    if c.state != State::Open {
+                        continue;
+                    }
+                    if c.read_paused {
+                        c.eof_held = true;
+                        continue;
+                    }
+                    return Some(Event::Eof { conn });
+                }
+                Ev::PauseWriting { conn } => {
+                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
+                        return Some(Event::PauseWriting { conn });
+                    }
+                }
+                Ev::ResumeWriting { conn } => {
+                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
+                        return Some(Event::ResumeWriting { conn });
+                    }
+                }
+                Ev::Closed { conn, error } => return Some(Event::Closed { conn, error }),
+            }
+        }
+    }
+
+    /// Apply operations on this thread's connections directly.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut ThreadCore) -> R) -> R {
+        f(&mut self.core.borrow_mut())
+    }
+}
+
+/// Data for an open, reading connection is delivered; for a paused one it is
+/// held (copied) until reading resumes; otherwise it is dropped.
+fn deliverable<'b>(core: &mut ThreadCore, conn: ConnId, data: &'b [u8]) -> Option<&'b [u8]> {
+    let c = core.conn(conn)?;
+    if c.state != State::Open {
+        return None;
+    }
+    if c.read_paused {
+        c.held.push(data.to_vec());
+        return None;
+    }
+    Some(data)
+}
+
+/// The core being dispatched on this thread, if any: (engine id, thread, core).
+type Active = (u64, u16, *const RefCell<ThreadCore>);
+
+thread_local! {
+    static ACTIVE: Cell<Option<Active>> = const { Cell::new(None) };
+}
+
+/// Marks `core` as reachable from this thread for the guard's lifetime.
+pub(crate) struct ActiveGuard;
+
+impl ActiveGuard {
+    pub(crate) fn enter(engine: u64, thread: u16, core: &RefCell<ThreadCore>) -> Self {
+        ACTIVE.with(|a| a.set(Some((engine, thread, core as *const _))));
+        ActiveGuard
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(None));
+    }
+}
+
+/// Run `f` on the core of (`engine`, `thread`) if this thread is that IO
+/// thread and is dispatching now; `None` otherwise.
+pub(crate) fn with_active<R>(
+    engine: u64,
+    thread: u16,
+    f: impl FnOnce(&mut ThreadCore) -> R,
+) -> Option<R> {
+    let (e, t, ptr) = ACTIVE.with(|a| a.get())?;
+    if e != engine || t != thread {
+        return None;
+    }
+    // SAFETY: the pointer was set by an `ActiveGuard` that is still alive
+    // (it clears the slot on drop), and the guard borrows the RefCell, so
+    // the core outlives this call. RefCell catches any overlapping borrow.
+    let core = unsafe { &*ptr };
+    let mut core = core.try_borrow_mut().ok()?;
+    Some(f(&mut core))
+}

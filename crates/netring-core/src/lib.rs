@@ -1,0 +1,29 @@
+//! netring's engine: IO threads over io_uring (epoll fallback), connections
+//! with generation-tagged ids, pooled receive buffers and ordered write
+//! queues. No Python here: the bindings crate drives it through
+//! [`Engine`] and [`Handler`], and `cargo test` covers it alone.
+//!
+//! Map: `engine.rs` (threads, listeners, [`ConnRef`]) → `io_thread.rs` (the
+//! loop) → `core.rs` (per-thread state machine) → `driver/` (kernel side),
+//! with `event.rs` (what the user sees), `conn/` (one connection, its id and
+//! write queue), `mailbox.rs` (cross-thread commands), `config.rs`, `stats.rs`.
+
+pub mod config;
+pub mod conn;
+mod core;
+pub mod driver;
+pub mod engine;
+pub mod error;
+pub mod event;
+mod io_thread;
+pub mod mailbox;
+pub mod stats;
+
+pub use crate::core::ThreadCore;
+pub use config::{Backend, BackendChoice, EngineConfig, ListenConfig};
+pub use conn::ConnId;
+pub use engine::{ConnRef, Engine};
+pub use error::{ConfigError, Error};
+pub use event::{Batch, Event, Handler};
+pub use io_thread::IoLoop;
+pub use stats::StatsSnapshot;

@@ -1,0 +1,119 @@
+//! Commands from other threads to one IO thread: a queue plus an eventfd.
+//!
+//! The owner keeps a read of the eventfd armed in its ring (or registered in
+//! its epoll set). A producer pushes, then writes the eventfd only if no
+//! wake-up is pending (`notified`), so a burst of commands costs one wake-up.
+//! The owner clears `notified` *before* taking the queue: a command pushed
+//! after the take sees the flag clear and signals again, so none is missed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::conn::ConnId;
+
+/// Something another thread asks an IO thread to do.
+#[derive(Debug)]
+pub enum Cmd {
+    /// Start accepting on a listening socket owned from now on by this thread.
+    Listen {
+        listener: usize,
+        socket: OwnedFd,
+        local: SocketAddr,
+    },
+    /// Stop accepting on a listener and close it.
+    Unlisten { listener: usize },
+    /// Take ownership of an accepted connection.
+    Adopt { listener: usize, fd: OwnedFd },
+    /// Queue bytes on a connection.
+    Write { conn: ConnId, data: Vec<u8> },
+    /// Flush, then close.
+    Close { conn: ConnId },
+    /// Drop the queue and reset.
+    Abort { conn: ConnId },
+    /// Flush, then shut down the sending side.
+    WriteEof { conn: ConnId },
+    /// Stop or restart delivering data.
+    SetReading { conn: ConnId, paused: bool },
+    /// Change the write-queue water marks.
+    SetWriteLimits {
+        conn: ConnId,
+        high: usize,
+        low: usize,
+    },
+    /// Stop accepting, close every connection gracefully, abort what is left
+    /// at `deadline`, then exit the thread.
+    Shutdown { deadline: Instant },
+}
+
+/// A command queue with an eventfd doorbell.
+pub struct Mailbox {
+    inner: Mutex<Inner>,
+    notified: AtomicBool,
+}
+
+struct Inner {
+    queue: Vec<Cmd>,
+    /// None once the owner has exited: later commands are dropped.
+    eventfd: Option<OwnedFd>,
+}
+
+impl Mailbox {
+    /// A new, empty mailbox.
+    pub fn new() -> io::Result<Self> {
+        let eventfd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        Ok(Mailbox {
+            inner: Mutex::new(Inner {
+                queue: Vec::new(),
+                eventfd: Some(eventfd),
+            }),
+            notified: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The descriptor the owner keeps a read armed on (-1 once closed).
+    pub fn fd(&self) -> RawFd {
+        self.lock().eventfd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    /// Queue a command and wake the owner if needed. After [`Mailbox::close`]
+    /// the command is dropped (its descriptors, if any, close).
+    pub fn push(&self, cmd: Cmd) {
+        let mut inner = self.lock();
+        let Some(fd) = inner.eventfd.as_ref() else {
+            return;
+        };
+        // NOTE: the write happens under the lock so that `close` cannot
+        // close the eventfd (and let its number be reused) in between.
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            // A full eventfd counter (EAGAIN) still leaves it readable, which
+            // is all a wake-up needs; the error is deliberately ignored.
+            let _ = rustix::io::write(fd.as_fd(), &1u64.to_ne_bytes());
+        }
+        inner.queue.push(cmd);
+    }
+
+    /// Take every queued command (owner only). `into` is swapped in so its
+    /// allocation is reused.
+    pub fn take(&self, into: &mut Vec<Cmd>) {
+        self.notified.store(false, Ordering::Release);
+        std::mem::swap(&mut self.lock().queue, into);
+    }
+
+    /// The owner has exited: drop queued commands and close the eventfd.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.eventfd = None;
+        inner.queue.clear();
+    }
+}

@@ -1,0 +1,47 @@
+//! Engine-wide counters, updated by the IO threads with relaxed atomics and
+//! read by `stats()` from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared by every IO thread of one engine.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections closed since start.
+    pub closed: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes handed to the kernel for sending.
+    pub bytes_out: u64,
+}
+
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Read every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let closed = self.closed.load(Ordering::Relaxed);
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        StatsSnapshot {
+            open: accepted.saturating_sub(closed),
+            accepted,
+            closed,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+}

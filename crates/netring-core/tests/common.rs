@@ -1,0 +1,110 @@
+//! Shared helpers for the engine's integration tests: an echo handler that
+//! records what happened, and an engine started on loopback port 0.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netring_core::{Batch, ConnId, ConnRef, Engine, EngineConfig, Event, Handler, ListenConfig};
+
+/// What happened to connections, for assertions.
+#[derive(Default, Debug)]
+pub struct Log {
+    pub opened: usize,
+    pub closed: Vec<(ConnId, Option<std::io::ErrorKind>)>,
+    pub eofs: usize,
+    pub refs: Vec<ConnRef>,
+}
+
+/// Echoes everything; closes on EOF.
+pub struct Echo {
+    pub conns: HashMap<ConnId, ConnRef>,
+    pub log: Arc<Mutex<Log>>,
+}
+
+impl Handler for Echo {
+    fn dispatch(&mut self, batch: &mut Batch<'_>) {
+        while let Some(ev) = batch.next() {
+            match ev {
+                Event::Opened { conn, .. } => {
+                    let mut log = self.log.lock().unwrap();
+                    log.opened += 1;
+                    log.refs.push(conn.clone());
+                    self.conns.insert(conn.id(), conn);
+                }
+                Event::Data { conn, data } => {
+                    self.conns[&conn].write(data);
+                }
+                Event::Eof { conn } => {
+                    self.log.lock().unwrap().eofs += 1;
+                    self.conns[&conn].close();
+                }
+                Event::Closed { conn, error } => {
+                    self.conns.remove(&conn);
+                    self.log
+                        .lock()
+                        .unwrap()
+                        .closed
+                        .push((conn, error.map(|e| e.kind())));
+                }
+                Event::PauseWriting { .. } | Event::ResumeWriting { .. } => {}
+            }
+        }
+    }
+}
+
+/// An echo engine listening on 127.0.0.1:0.
+pub fn echo_engine(config: EngineConfig) -> (Engine, SocketAddr, Arc<Mutex<Log>>) {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let l2 = log.clone();
+    let engine = Engine::start(config, move |_, io_loop| {
+        let mut h = Echo {
+            conns: HashMap::new(),
+            log: l2.clone(),
+        };
+        io_loop.run(&mut h);
+    })
+    .expect("engine starts");
+    let (_, addr) = engine
+        .listen(&ListenConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            backlog: 1024,
+            reuse_port: false,
+        })
+        .expect("listen");
+    (engine, addr, log)
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Open descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Wait until `f` holds, at most `secs` seconds.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Tests that count descriptors run one at a time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
