@@ -276,6 +276,13 @@ impl ConnRef {
         }
     }
 
+    /// Drop the write queue and close without a reset (a handler failed).
+    pub fn abort_quietly(&self) {
+        if self.local(|c| c.abort_quietly(self.id)).is_none() {
+            self.remote(Cmd::Abort { conn: self.id });
+        }
+    }
+
     /// Flush, then shut down the sending side.
     pub fn write_eof(&self) {
         if self.local(|c| c.write_eof(self.id)).is_none() {

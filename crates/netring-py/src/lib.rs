@@ -1,1 +1,33 @@
-pub fn y() {}
+//! PyO3 bindings for netring's engine, built by maturin as `netring._native`.
+//!
+//! Thin on purpose: `engine.rs` wraps the engine and dispatches events to
+//! Python protocols, `transport.rs` is asyncio's transport interface over a
+//! connection handle, `errors.rs` maps engine errors to Python exceptions.
+
+mod engine;
+mod errors;
+mod transport;
+
+use pyo3::prelude::*;
+
+/// Report which backend `auto` would pick here, and why.
+#[pyfunction]
+fn probe_backend(py: Python<'_>) -> (String, Option<String>) {
+    py.detach(|| match netring_core::driver::choose(netring_core::BackendChoice::Auto) {
+        Ok(b) => (b.name().to_string(), None),
+        Err(netring_core::Error::BackendUnavailable(why)) => ("epoll".to_string(), Some(why)),
+        Err(e) => ("epoll".to_string(), Some(e.to_string())),
+    })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<engine::Engine>()?;
+    m.add_class::<transport::Transport>()?;
+    m.add_function(wrap_pyfunction!(probe_backend, m)?)?;
+    m.add("DEFAULT_WRITE_HIGH_WATER_BYTES", netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES)?;
+    m.add("DEFAULT_BUFFER_SIZE_BYTES", netring_core::config::DEFAULT_BUFFER_SIZE_BYTES)?;
+    m.add("DEFAULT_BUFFERS_PER_THREAD", netring_core::config::DEFAULT_BUFFERS_PER_THREAD)?;
+    m.add("DEFAULT_BACKLOG", netring_core::config::DEFAULT_BACKLOG)?;
+    Ok(())
+}

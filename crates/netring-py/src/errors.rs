@@ -1,0 +1,36 @@
+//! The one place engine errors become Python exceptions.
+//!
+//! The exception classes live in `netring/errors.py` (so that
+//! `ConfigurationError` can also be a `ValueError`); they are looked up once
+//! and cached.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use netring_core::Error;
+
+static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+    let module = ERRORS.get_or_try_init(py, || py.import("netring.errors").map(Bound::unbind))?;
+    Ok(module.bind(py).getattr(name)?.cast_into::<PyType>()?)
+}
+
+/// Build an instance of `netring.errors.<name>(message)`.
+pub fn netring_error(py: Python<'_>, name: &str, message: String) -> PyErr {
+    match class(py, name) {
+        Ok(cls) => PyErr::from_type(cls, message),
+        Err(e) => e,
+    }
+}
+
+/// Convert an engine error.
+pub fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    match e {
+        Error::Config(c) => netring_error(py, "ConfigurationError", c.to_string()),
+        Error::BackendUnavailable(why) => netring_error(py, "BackendUnavailableError", why),
+        Error::Io(io) => io.into(),
+        Error::Closed => netring_error(py, "NetringError", "the engine is shut down".into()),
+    }
+}

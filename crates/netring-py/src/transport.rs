@@ -1,0 +1,242 @@
+//! `netring._native.Transport`: asyncio's transport interface over one
+//! engine connection.
+//!
+//! Thread safety: every method may be called from any Python thread. On the
+//! connection's IO thread (inside a callback) operations apply at once; from
+//! other threads they go through the owner's mailbox and keep their order.
+//! After `connection_lost` every method is a no-op that can never reach
+//! another connection (the id's generation no longer matches).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
+
+use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
+use netring_core::ConnRef;
+
+/// A connection's transport (asyncio `Transport` interface).
+#[pyclass(frozen, module = "netring._native")]
+pub struct Transport {
+    conn: ConnRef,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    closing: AtomicBool,
+    eof_written: AtomicBool,
+    reading_paused: AtomicBool,
+    high_water: AtomicUsize,
+    low_water: AtomicUsize,
+    protocol: std::sync::Mutex<Option<Py<PyAny>>>,
+}
+
+impl Transport {
+    pub fn new(conn: ConnRef, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
+        Transport {
+            conn,
+            peer,
+            local,
+            closing: AtomicBool::new(false),
+            eof_written: AtomicBool::new(false),
+            reading_paused: AtomicBool::new(false),
+            high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
+            low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
+            protocol: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The connection is gone: every later call is a no-op.
+    pub fn mark_lost(&self) {
+        self.closing.store(true, Ordering::Release);
+        *self.protocol.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// A callback failed: drop further writes; the abort follows.
+    pub fn mark_lost_soon(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// The engine handle.
+    pub fn conn_ref(&self) -> &ConnRef {
+        &self.conn
+    }
+
+    /// `close()` on behalf of the dispatcher (eof_received returned false).
+    pub fn close_now(&self) {
+        self.close();
+    }
+
+    pub fn set_protocol_ref(&self, protocol: Py<PyAny>) {
+        *self.protocol.lock().unwrap_or_else(|e| e.into_inner()) = Some(protocol);
+    }
+
+    /// The peer address, as asyncio formats it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    fn write_bytes(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(b) = data.cast::<PyBytes>() {
+            self.write_slice(b.as_bytes())
+        } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            let buf = pyo3::buffer::PyBuffer::<u8>::get(data)?;
+            self.write_slice(&buf.to_vec(data.py())?)
+        } else {
+            Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{}'",
+                data.get_type().name()?
+            )))
+        }
+    }
+
+    fn write_slice(&self, data: &[u8]) -> PyResult<()> {
+        if self.eof_written.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Ok(()); // as asyncio: writes after close() are dropped
+        }
+        self.conn.write(data);
+        Ok(())
+    }
+}
+
+fn address<'py>(py: Python<'py>, addr: Option<SocketAddr>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    Ok(match addr {
+        None => None,
+        Some(SocketAddr::V4(a)) => Some(PyTuple::new(py, [a.ip().to_string().into_pyobject(py)?.into_any(), a.port().into_pyobject(py)?.into_any()])?),
+        Some(SocketAddr::V6(a)) => Some(PyTuple::new(
+            py,
+            [
+                a.ip().to_string().into_pyobject(py)?.into_any(),
+                a.port().into_pyobject(py)?.into_any(),
+                a.flowinfo().into_pyobject(py)?.into_any(),
+                a.scope_id().into_pyobject(py)?.into_any(),
+            ],
+        )?),
+    })
+}
+
+#[pymethods]
+impl Transport {
+    /// Queue `data` (bytes, bytearray or memoryview) for sending, in order.
+    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.write_bytes(data)
+    }
+
+    /// Queue every item of `list_of_data`, in order.
+    fn writelines(&self, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        for item in list_of_data.try_iter()? {
+            self.write_bytes(&item?)?;
+        }
+        Ok(())
+    }
+
+    /// Flush what is queued, then shut down the sending side (FIN).
+    fn write_eof(&self) {
+        if self.closing.load(Ordering::Acquire) || self.eof_written.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.conn.write_eof();
+    }
+
+    /// Always true: TCP supports half-close.
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Flush what is queued, then close (FIN). `connection_lost(None)` follows.
+    fn close(&self) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.conn.close();
+        }
+    }
+
+    /// Drop the queue and reset the connection (RST). `connection_lost(None)` follows.
+    fn abort(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.conn.abort();
+    }
+
+    /// True once `close()`/`abort()` was called or the connection is lost.
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// `peername`, `sockname`, or `default`.
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info<'py>(&self, py: Python<'py>, name: &str, default: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let addr = match name {
+            "peername" => self.peer,
+            "sockname" => self.local,
+            _ => return Ok(default),
+        };
+        Ok(address(py, addr)?.map(Bound::into_any).or(default))
+    }
+
+    /// Stop calling `data_received` until `resume_reading()`.
+    fn pause_reading(&self) {
+        if !self.reading_paused.swap(true, Ordering::AcqRel) {
+            self.conn.set_reading_paused(true);
+        }
+    }
+
+    /// Resume `data_received` calls; data held meanwhile comes first.
+    fn resume_reading(&self) {
+        if self.reading_paused.swap(false, Ordering::AcqRel) {
+            self.conn.set_reading_paused(false);
+        }
+    }
+
+    /// False while reading is paused or after close.
+    fn is_reading(&self) -> bool {
+        !self.reading_paused.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire)
+    }
+
+    /// Bytes written and not yet taken by the kernel.
+    fn get_write_buffer_size(&self) -> usize {
+        self.conn.write_buffer_size()
+    }
+
+    /// (low, high) water marks.
+    fn get_write_buffer_limits(&self) -> (usize, usize) {
+        (self.low_water.load(Ordering::Relaxed), self.high_water.load(Ordering::Relaxed))
+    }
+
+    /// Set the water marks for `pause_writing()` / `resume_writing()`, with
+    /// asyncio's defaults: high 64 KiB (or 4 × low), low = high / 4.
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(&self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, Some(l)) => 4 * l,
+            (None, None) => DEFAULT_WRITE_HIGH_WATER_BYTES as i64,
+        };
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        self.high_water.store(high as usize, Ordering::Relaxed);
+        self.low_water.store(low as usize, Ordering::Relaxed);
+        self.conn.set_write_limits(high as usize, low as usize);
+        Ok(())
+    }
+
+    /// The protocol this transport feeds.
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    fn __repr__(&self) -> String {
+        let peer = self.peer.map_or("?".to_string(), |p| p.to_string());
+        let state = if self.closing.load(Ordering::Acquire) { "closing" } else { "open" };
+        format!("<netring.Transport peer={peer} {state}>")
+    }
+}

@@ -1,0 +1,45 @@
+"""netring: a socket server framework with a native io_uring engine.
+
+Write protocols in asyncio's vocabulary; the engine does every syscall,
+buffer and write queue on its IO threads::
+
+    import netring
+
+    class Echo(netring.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    netring.Server(Echo, "127.0.0.1", 5050).serve_forever()
+"""
+
+from __future__ import annotations
+
+from ._native import Transport
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConnectionClosedError,
+    FrameTooLargeError,
+    NetringError,
+)
+from .protocol import BaseProtocol, Protocol
+from .server import Server, backend_info
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "BaseProtocol",
+    "ConfigurationError",
+    "ConnectionClosedError",
+    "FrameTooLargeError",
+    "NetringError",
+    "Protocol",
+    "Server",
+    "Transport",
+    "__version__",
+    "backend_info",
+]

@@ -1,0 +1,45 @@
+"""Protocol base classes, in asyncio's vocabulary.
+
+Threading contract: every callback for one connection runs on the IO thread
+that owns the connection, one at a time, never concurrently. Callbacks of
+different connections may run on different IO threads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._native import Transport
+
+__all__ = ["BaseProtocol", "Protocol"]
+
+
+class BaseProtocol:
+    """Connection lifecycle and write flow control (asyncio.BaseProtocol)."""
+
+    def connection_made(self, transport: Transport) -> None:
+        """The connection is established; keep ``transport`` to write."""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The connection is gone. ``exc`` is None after a normal close, the
+        error (e.g. ``ConnectionResetError``) after a failure, or the
+        exception one of this protocol's callbacks raised."""
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer went over the high-water mark."""
+
+    def resume_writing(self) -> None:
+        """The transport's write buffer drained to the low-water mark."""
+
+
+class Protocol(BaseProtocol):
+    """A stream protocol (asyncio.Protocol)."""
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes arrived, in order, as the kernel delivered them."""
+
+    def eof_received(self) -> bool | None:
+        """The peer half-closed. Return a true value to keep the connection
+        open for writing; otherwise the transport closes itself."""
+        return None

@@ -1,0 +1,18 @@
+"""EchoServer: every byte received is sent back."""
+
+from __future__ import annotations
+
+from ..protocol import Protocol
+from .._native import Transport
+
+
+class Echo(Protocol):
+    """Writes back whatever arrives."""
+
+    transport: Transport
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
