@@ -42,8 +42,13 @@ impl Engine {
         buffer_size: Option<usize>,
         buffers_per_thread: Option<usize>,
     ) -> PyResult<Self> {
-        let mut config = EngineConfig { io_threads, ..Default::default() };
-        config.backend = backend.parse().map_err(|e| to_py(py, netring_core::Error::Config(e)))?;
+        let mut config = EngineConfig {
+            io_threads,
+            ..Default::default()
+        };
+        config.backend = backend
+            .parse()
+            .map_err(|e| to_py(py, netring_core::Error::Config(e)))?;
         if let Some(n) = buffer_size {
             config.buffer_size = n;
         }
@@ -77,13 +82,24 @@ impl Engine {
         factory: Py<PyAny>,
     ) -> PyResult<(usize, String, u16)> {
         let ip: IpAddr = host.parse().map_err(|_| {
-            crate::errors::netring_error(py, "ConfigurationError", format!("host: not an IP address: {host:?}"))
+            crate::errors::netring_error(
+                py,
+                "ConfigurationError",
+                format!("host: not an IP address: {host:?}"),
+            )
         })?;
-        let cfg = ListenConfig { addr: SocketAddr::new(ip, port), backlog, reuse_port };
+        let cfg = ListenConfig {
+            addr: SocketAddr::new(ip, port),
+            backlog,
+            reuse_port,
+        };
         // NOTE: the GIL is held from here until the factory is registered, so
         // no IO thread can dispatch this listener's first connection before.
         let (id, addr) = self.engine.listen(&cfg).map_err(|e| to_py(py, e))?;
-        self.factories.lock().unwrap_or_else(|e| e.into_inner()).insert(id, factory);
+        self.factories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, factory);
         Ok((id, addr.ip().to_string(), addr.port()))
     }
 
@@ -96,7 +112,10 @@ impl Engine {
     fn shutdown(&self, py: Python<'_>, grace: f64) {
         let grace = Duration::from_secs_f64(grace.max(0.0));
         py.detach(|| self.engine.shutdown(grace));
-        self.factories.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.factories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Whether `shutdown` has completed.
@@ -155,7 +174,12 @@ impl<'py> PyHandler<'py> {
             .and_then(|m| m.call_method1("getLogger", ("netring",)))
             .map(Bound::unbind)
             .ok();
-        PyHandler { py, factories, conns: HashMap::new(), logger }
+        PyHandler {
+            py,
+            factories,
+            conns: HashMap::new(),
+            logger,
+        }
     }
 
     fn log_error(&self, what: &str, peer: Option<SocketAddr>, err: &PyErr) {
@@ -166,7 +190,11 @@ impl<'py> PyHandler<'py> {
             kwargs.set_item("exc_info", err.value(py))?;
             l.bind(py).call_method(
                 "error",
-                ("netring: exception in %s for %s; closing the connection", what, peer.clone()),
+                (
+                    "netring: exception in %s for %s; closing the connection",
+                    what,
+                    peer.clone(),
+                ),
                 Some(&kwargs),
             )
         });
@@ -178,7 +206,9 @@ impl<'py> PyHandler<'py> {
     /// A callback raised: log it and abort its connection.
     fn fail(&mut self, conn: ConnId, what: &str, err: PyErr) {
         let py = self.py;
-        let Some(entry) = self.conns.get_mut(&conn) else { return };
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let transport = entry.transport.clone_ref(py);
         let transport = transport.get();
         if entry.failure.is_none() {
@@ -189,7 +219,13 @@ impl<'py> PyHandler<'py> {
         transport.conn_ref().abort_quietly();
     }
 
-    fn opened(&mut self, conn: ConnRef, listener: usize, peer: Option<SocketAddr>, local: Option<SocketAddr>) {
+    fn opened(
+        &mut self,
+        conn: ConnRef,
+        listener: usize,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) {
         let py = self.py;
         let id = conn.id();
         let factory = self
@@ -223,14 +259,24 @@ impl<'py> PyHandler<'py> {
         let data_received = protocol.getattr(py, intern!(py, "data_received")).ok();
         self.conns.insert(
             id,
-            Entry { protocol: protocol.clone_ref(py), transport: transport.clone_ref(py), data_received, failure: None },
+            Entry {
+                protocol: protocol.clone_ref(py),
+                transport: transport.clone_ref(py),
+                data_received,
+                failure: None,
+            },
         );
         if let Err(e) = protocol.call_method1(py, intern!(py, "connection_made"), (transport,)) {
             self.fail(id, "connection_made", e);
         }
     }
 
-    fn call(&mut self, conn: ConnId, name: &str, f: impl FnOnce(&Entry) -> PyResult<Py<PyAny>>) -> Option<Py<PyAny>> {
+    fn call(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        f: impl FnOnce(&Entry) -> PyResult<Py<PyAny>>,
+    ) -> Option<Py<PyAny>> {
         let entry = self.conns.get(&conn)?;
         if entry.failure.is_some() {
             return None;
@@ -250,16 +296,25 @@ impl Handler for PyHandler<'_> {
         let py = self.py;
         while let Some(ev) = batch.next() {
             match ev {
-                Event::Opened { conn, listener, peer, local } => self.opened(conn, listener, peer, local),
+                Event::Opened {
+                    conn,
+                    listener,
+                    peer,
+                    local,
+                } => self.opened(conn, listener, peer, local),
                 Event::Data { conn, data } => {
                     let bytes = PyBytes::new(py, data);
                     self.call(conn, "data_received", |e| match &e.data_received {
                         Some(m) => m.call1(py, (bytes,)),
-                        None => e.protocol.call_method1(py, intern!(py, "data_received"), (bytes,)),
+                        None => e
+                            .protocol
+                            .call_method1(py, intern!(py, "data_received"), (bytes,)),
                     });
                 }
                 Event::Eof { conn } => {
-                    let keep = self.call(conn, "eof_received", |e| e.protocol.call_method0(py, intern!(py, "eof_received")));
+                    let keep = self.call(conn, "eof_received", |e| {
+                        e.protocol.call_method0(py, intern!(py, "eof_received"))
+                    });
                     if let Some(keep) = keep {
                         match keep.is_truthy(py) {
                             Ok(true) => {}
@@ -273,18 +328,28 @@ impl Handler for PyHandler<'_> {
                     }
                 }
                 Event::PauseWriting { conn } => {
-                    self.call(conn, "pause_writing", |e| e.protocol.call_method0(py, intern!(py, "pause_writing")));
+                    self.call(conn, "pause_writing", |e| {
+                        e.protocol.call_method0(py, intern!(py, "pause_writing"))
+                    });
                 }
                 Event::ResumeWriting { conn } => {
-                    self.call(conn, "resume_writing", |e| e.protocol.call_method0(py, intern!(py, "resume_writing")));
+                    self.call(conn, "resume_writing", |e| {
+                        e.protocol.call_method0(py, intern!(py, "resume_writing"))
+                    });
                 }
                 Event::Closed { conn, error } => {
-                    let Some(entry) = self.conns.remove(&conn) else { continue };
+                    let Some(entry) = self.conns.remove(&conn) else {
+                        continue;
+                    };
                     let transport = entry.transport.get();
                     transport.mark_lost();
                     let exc: Option<PyErr> = entry.failure.or_else(|| error.map(PyErr::from));
                     let arg = exc.map(|e| e.into_value(py).into_any());
-                    if let Err(e) = entry.protocol.call_method1(py, intern!(py, "connection_lost"), (arg,)) {
+                    if let Err(e) =
+                        entry
+                            .protocol
+                            .call_method1(py, intern!(py, "connection_lost"), (arg,))
+                    {
                         self.log_error("connection_lost", transport.peer(), &e);
                     }
                 }

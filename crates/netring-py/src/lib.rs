@@ -13,11 +13,13 @@ use pyo3::prelude::*;
 /// Report which backend `auto` would pick here, and why.
 #[pyfunction]
 fn probe_backend(py: Python<'_>) -> (String, Option<String>) {
-    py.detach(|| match netring_core::driver::choose(netring_core::BackendChoice::Auto) {
-        Ok(b) => (b.name().to_string(), None),
-        Err(netring_core::Error::BackendUnavailable(why)) => ("epoll".to_string(), Some(why)),
-        Err(e) => ("epoll".to_string(), Some(e.to_string())),
-    })
+    py.detach(
+        || match netring_core::driver::choose(netring_core::BackendChoice::Auto) {
+            Ok(b) => (b.name().to_string(), None),
+            Err(netring_core::Error::BackendUnavailable(why)) => ("epoll".to_string(), Some(why)),
+            Err(e) => ("epoll".to_string(), Some(e.to_string())),
+        },
+    )
 }
 
 #[pymodule]
@@ -25,9 +27,18 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_class::<transport::Transport>()?;
     m.add_function(wrap_pyfunction!(probe_backend, m)?)?;
-    m.add("DEFAULT_WRITE_HIGH_WATER_BYTES", netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES)?;
-    m.add("DEFAULT_BUFFER_SIZE_BYTES", netring_core::config::DEFAULT_BUFFER_SIZE_BYTES)?;
-    m.add("DEFAULT_BUFFERS_PER_THREAD", netring_core::config::DEFAULT_BUFFERS_PER_THREAD)?;
+    m.add(
+        "DEFAULT_WRITE_HIGH_WATER_BYTES",
+        netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES,
+    )?;
+    m.add(
+        "DEFAULT_BUFFER_SIZE_BYTES",
+        netring_core::config::DEFAULT_BUFFER_SIZE_BYTES,
+    )?;
+    m.add(
+        "DEFAULT_BUFFERS_PER_THREAD",
+        netring_core::config::DEFAULT_BUFFERS_PER_THREAD,
+    )?;
     m.add("DEFAULT_BACKLOG", netring_core::config::DEFAULT_BACKLOG)?;
     Ok(())
 }

@@ -92,7 +92,9 @@ impl Transport {
 
     fn write_slice(&self, data: &[u8]) -> PyResult<()> {
         if self.eof_written.load(Ordering::Acquire) {
-            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
         }
         if self.closing.load(Ordering::Acquire) {
             return Ok(()); // as asyncio: writes after close() are dropped
@@ -102,10 +104,19 @@ impl Transport {
     }
 }
 
-fn address<'py>(py: Python<'py>, addr: Option<SocketAddr>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+fn address<'py>(
+    py: Python<'py>,
+    addr: Option<SocketAddr>,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
     Ok(match addr {
         None => None,
-        Some(SocketAddr::V4(a)) => Some(PyTuple::new(py, [a.ip().to_string().into_pyobject(py)?.into_any(), a.port().into_pyobject(py)?.into_any()])?),
+        Some(SocketAddr::V4(a)) => Some(PyTuple::new(
+            py,
+            [
+                a.ip().to_string().into_pyobject(py)?.into_any(),
+                a.port().into_pyobject(py)?.into_any(),
+            ],
+        )?),
         Some(SocketAddr::V6(a)) => Some(PyTuple::new(
             py,
             [
@@ -166,7 +177,12 @@ impl Transport {
 
     /// `peername`, `sockname`, or `default`.
     #[pyo3(signature = (name, default=None))]
-    fn get_extra_info<'py>(&self, py: Python<'py>, name: &str, default: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn get_extra_info<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let addr = match name {
             "peername" => self.peer,
             "sockname" => self.local,
@@ -201,7 +217,10 @@ impl Transport {
 
     /// (low, high) water marks.
     fn get_write_buffer_limits(&self) -> (usize, usize) {
-        (self.low_water.load(Ordering::Relaxed), self.high_water.load(Ordering::Relaxed))
+        (
+            self.low_water.load(Ordering::Relaxed),
+            self.high_water.load(Ordering::Relaxed),
+        )
     }
 
     /// Set the water marks for `pause_writing()` / `resume_writing()`, with
@@ -236,7 +255,11 @@ impl Transport {
 
     fn __repr__(&self) -> String {
         let peer = self.peer.map_or("?".to_string(), |p| p.to_string());
-        let state = if self.closing.load(Ordering::Acquire) { "closing" } else { "open" };
+        let state = if self.closing.load(Ordering::Acquire) {
+            "closing"
+        } else {
+            "open"
+        };
         format!("<netring.Transport peer={peer} {state}>")
     }
 }

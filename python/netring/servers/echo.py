@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..protocol import Protocol
 from .._native import Transport
+from ..protocol import Protocol
 
 
 class Echo(Protocol):

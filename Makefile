@@ -1,0 +1,51 @@
+# netring — `make help` lists the targets. CI runs `make test` (see .ci/run).
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19"
+HOST      ?= 127.0.0.1
+PORT      ?= 5050
+
+.PHONY: help build serve test test-rust test-python lint fmt bench bench-quick clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(VENV)/.deps: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PYDEPS)
+	touch $@
+
+build: $(VENV)/.deps  ## build netring (release) into the local virtualenv
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+
+serve: build  ## build, then run the echo server on $(HOST):$(PORT)
+	$(PY) -m netring serve echo --host $(HOST) --port $(PORT)
+
+test: build test-rust test-python  ## build and run every test: cargo, then pytest on each backend
+
+test-rust:  ## the engine's tests (no Python)
+	cargo test --workspace --release
+
+test-python: build  ## the Python suite, once per backend (unavailable ones are skipped with the reason)
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.deps  ## rustfmt, clippy, ruff
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks examples
+
+fmt: $(VENV)/.deps  ## format Rust and Python
+	cargo fmt --all
+	$(VENV)/bin/ruff check --fix python tests benchmarks examples
+
+bench: build  ## echo benchmark: netring vs uvloop vs asyncio vs a C epoll server
+	$(PY) benchmarks/echo_bench.py
+
+bench-quick: build  ## a short smoke run of the benchmark
+	$(PY) benchmarks/echo_bench.py --quick
+
+clean:  ## remove build products and the virtualenv
+	cargo clean
+	rm -rf $(VENV) benchmarks/out

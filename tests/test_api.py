@@ -1,0 +1,109 @@
+"""Configuration errors, stats, extra info, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import netring
+import pytest
+from conftest import Recorder, connect, factory_of, recv_exactly, serving, wait_until
+from netring.servers.echo import Echo
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "name"),
+    [
+        ({"port": 70000}, ValueError, "port"),
+        ({"port": "80"}, TypeError, "port"),
+        ({"io_threads": 0}, ValueError, "io_threads"),
+        ({"backlog": -1}, ValueError, "backlog"),
+        ({"backend": "kqueue"}, ValueError, "backend"),
+        ({"buffers_per_thread": 1000}, ValueError, "buffers_per_thread"),
+        ({"buffer_size": 10}, ValueError, "buffer_size"),
+        ({"reuse_port": "yes"}, TypeError, "reuse_port"),
+        ({"host": "no such host.invalid"}, ValueError, "host"),
+    ],
+)
+def test_wrong_arguments_fail_at_construction_naming_the_argument(
+        kwargs: dict[str, Any], exc: type[Exception], name: str) -> None:
+    with pytest.raises(exc, match=name):
+        netring.Server(Echo, **kwargs)
+
+
+def test_factory_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="protocol_factory"):
+        netring.Server(42)  # type: ignore[arg-type]
+
+
+def test_stats_and_extra_info(backend: str) -> None:
+    protos: list[Any] = []
+    with serving(factory_of(Recorder, protos), backend) as server, connect(server) as s:
+        assert wait_until(lambda: len(protos) == 1)
+        t = protos[0].transport
+        assert t.get_extra_info("peername") == s.getsockname()
+        assert t.get_extra_info("sockname") == s.getpeername()
+        assert t.get_extra_info("nonsense", "dflt") == "dflt"
+        t.write(b"12345")
+        assert recv_exactly(s, 5) == b"12345"
+        s.sendall(b"abc")
+        assert wait_until(lambda: protos[0].data == b"abc")
+        stats = server.stats()
+        assert stats["backend"] == backend
+        assert stats["connections_open"] == 1
+        assert stats["connections_accepted"] == 1
+        assert stats["bytes_in"] == 3
+        assert stats["bytes_out"] == 5
+        with pytest.raises(TypeError, match="bytes-like"):
+            t.write("text")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            t.set_write_buffer_limits(high=10, low=20)
+        t.set_write_buffer_limits(low=100)
+        assert t.get_write_buffer_limits() == (100, 400)
+
+
+def test_backend_info_names_a_backend() -> None:
+    info = netring.backend_info()
+    assert info["backend"] in ("io_uring", "epoll")
+
+
+def test_cli_prints_one_ready_line_and_exits_zero_on_sigterm(backend: str) -> None:
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netring", "serve", "echo", "--port", "0",
+         "--io-threads", "1", "--backend", backend],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        prefix = "netring: serving echo on 127.0.0.1:"
+        assert line.startswith(prefix), line
+        port = int(line[len(prefix):].split()[0])
+        assert line.endswith(f"(backend={backend}, io_threads=1)")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"cli")
+            assert recv_exactly(s, 3) == b"cli"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stdout.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_context_manager_starts_and_stops(backend: str) -> None:
+    with netring.Server(Echo, "127.0.0.1", 0, backend=backend, io_threads=1) as server:
+        assert server.is_serving()
+        with connect(server) as s:
+            s.sendall(b"ctx")
+            assert recv_exactly(s, 3) == b"ctx"
+    assert not server.is_serving()
