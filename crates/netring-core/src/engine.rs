@@ -29,6 +29,7 @@ static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Shared {
     pub(crate) id: u64,
     pub(crate) backend: Backend,
+    pub(crate) fallback_reason: Option<String>,
     pub(crate) mailboxes: Vec<Mailbox>,
     pub(crate) stats: Stats,
     round_robin: AtomicUsize,
@@ -68,13 +69,15 @@ impl Engine {
         F: Fn(u16, IoLoop) + Send + Sync + 'static,
     {
         config.validate()?;
-        let backend = crate::driver::choose(config.backend)?;
+        let selected = crate::driver::choose(config.backend)?;
+        let backend = selected.backend;
         let mailboxes = (0..config.io_threads)
             .map(|_| Mailbox::new())
             .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared {
             id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
             backend,
+            fallback_reason: selected.fallback_reason,
             mailboxes,
             stats: Stats::default(),
             round_robin: AtomicUsize::new(0),
@@ -133,6 +136,11 @@ impl Engine {
     /// The backend the threads run on.
     pub fn backend(&self) -> Backend {
         self.shared.backend
+    }
+
+    /// Why `auto` did not pick io_uring, if it fell back.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.shared.fallback_reason.as_deref()
     }
 
     /// Number of IO threads.

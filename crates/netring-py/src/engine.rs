@@ -129,6 +129,12 @@ impl Engine {
         self.engine.backend().name()
     }
 
+    /// Why `auto` fell back to epoll, or None.
+    #[getter]
+    fn fallback_reason(&self) -> Option<&str> {
+        self.engine.fallback_reason()
+    }
+
     /// Number of IO threads.
     #[getter]
     fn io_threads(&self) -> usize {
@@ -146,6 +152,7 @@ impl Engine {
         d.set_item("bytes_out", s.bytes_out)?;
         d.set_item("backend", self.engine.backend().name())?;
         d.set_item("io_threads", self.engine.io_threads())?;
+        d.set_item("backend_fallback_reason", self.engine.fallback_reason())?;
         Ok(d)
     }
 }

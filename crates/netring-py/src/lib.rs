@@ -13,13 +13,10 @@ use pyo3::prelude::*;
 /// Report which backend `auto` would pick here, and why.
 #[pyfunction]
 fn probe_backend(py: Python<'_>) -> (String, Option<String>) {
-    py.detach(
-        || match netring_core::driver::choose(netring_core::BackendChoice::Auto) {
-            Ok(b) => (b.name().to_string(), None),
-            Err(netring_core::Error::BackendUnavailable(why)) => ("epoll".to_string(), Some(why)),
-            Err(e) => ("epoll".to_string(), Some(e.to_string())),
-        },
-    )
+    py.detach(|| match netring_core::driver::probe_io_uring() {
+        Ok(()) => ("io_uring".to_string(), None),
+        Err(why) => ("epoll".to_string(), Some(why)),
+    })
 }
 
 #[pymodule]

@@ -144,18 +144,49 @@ pub trait Driver {
     fn wake_armed(&self) -> bool;
 }
 
-/// Pick the backend for `choice`. `Auto` sets up a real ring and probes every
-/// opcode and feature the io_uring driver needs; any failure selects epoll.
-pub fn choose(choice: BackendChoice) -> Result<Backend, Error> {
+/// The backend an engine runs on, and why `auto` fell back (if it did).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selected {
+    /// The backend.
+    pub backend: Backend,
+    /// Why io_uring was not used, when `auto` chose epoll
+    /// (e.g. `io_uring_setup: EPERM`).
+    pub fallback_reason: Option<String>,
+}
+
+/// Probe io_uring for real: set up a ring and check every opcode and feature
+/// the io_uring driver needs. `Err` says which step failed and why.
+pub fn probe_io_uring() -> Result<(), String> {
+    uring::UringDriver::new(2, 512).map(drop)
+}
+
+/// Pick the backend for `choice`. `Auto` probes io_uring and selects epoll
+/// on *any* failure, never retrying per connection; an explicit choice that
+/// cannot run is an error, never a silent fallback.
+pub fn choose(choice: BackendChoice) -> Result<Selected, Error> {
     match choice {
-        BackendChoice::Exactly(Backend::IoUring) | BackendChoice::Auto => {
-            match uring::UringDriver::new(2, 512) {
-                Ok(_) => Ok(Backend::IoUring),
-                Err(why) => Err(Error::BackendUnavailable(why)),
+        BackendChoice::Auto => Ok(match probe_io_uring() {
+            Ok(()) => Selected {
+                backend: Backend::IoUring,
+                fallback_reason: None,
+            },
+            Err(why) => {
+                log::info!("netring: io_uring unavailable ({why}); using epoll");
+                Selected {
+                    backend: Backend::Epoll,
+                    fallback_reason: Some(why),
+                }
             }
-        }
-        BackendChoice::Exactly(Backend::Epoll) => Err(Error::BackendUnavailable(
-            "the epoll backend is not available yet".to_string(),
-        )),
+        }),
+        BackendChoice::Exactly(Backend::IoUring) => probe_io_uring()
+            .map(|()| Selected {
+                backend: Backend::IoUring,
+                fallback_reason: None,
+            })
+            .map_err(Error::BackendUnavailable),
+        BackendChoice::Exactly(Backend::Epoll) => Ok(Selected {
+            backend: Backend::Epoll,
+            fallback_reason: None,
+        }),
     }
 }
