@@ -2,7 +2,7 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19"
+PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2"
 HOST      ?= 127.0.0.1
 PORT      ?= 5050
 
@@ -34,11 +34,11 @@ test-python: build  ## the Python suite, once per backend (unavailable ones are 
 lint: $(VENV)/.deps  ## rustfmt, clippy, ruff
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benchmarks examples
+	$(VENV)/bin/ruff check $(wildcard python tests benchmarks examples)
 
 fmt: $(VENV)/.deps  ## format Rust and Python
 	cargo fmt --all
-	$(VENV)/bin/ruff check --fix python tests benchmarks examples
+	$(VENV)/bin/ruff check --fix $(wildcard python tests benchmarks examples)
 
 bench: build  ## echo benchmark: netring vs uvloop vs asyncio vs a C epoll server
 	$(PY) benchmarks/echo_bench.py

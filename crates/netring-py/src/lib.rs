@@ -6,6 +6,7 @@
 
 mod engine;
 mod errors;
+mod logging;
 mod transport;
 
 use pyo3::prelude::*;
@@ -21,6 +22,7 @@ fn probe_backend(py: Python<'_>) -> (String, Option<String>) {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::install();
     m.add_class::<engine::Engine>()?;
     m.add_class::<transport::Transport>()?;
     m.add_function(wrap_pyfunction!(probe_backend, m)?)?;
