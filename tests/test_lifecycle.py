@@ -217,3 +217,24 @@ def test_pause_reading_holds_data_until_resume(backend: str) -> None:
         assert p.data == b""
         p.transport.resume_reading()
         assert wait_until(lambda: p.data == b"held")
+
+
+def test_shutdown_from_inside_a_callback_does_not_deadlock(backend: str) -> None:
+    holder: list[netring.Server] = []
+
+    class Quitter(netring.Protocol):
+        def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(b"bye")
+            holder[0].shutdown(1.0)
+
+    server = netring.Server(Quitter, "127.0.0.1", 0, backend=backend, io_threads=2)
+    holder.append(server)
+    server.start()
+    with connect(server) as s:
+        s.sendall(b"quit")
+        assert recv_until_eof(s) == b"bye"
+    server.shutdown(1.0)
+    assert not server.is_serving()

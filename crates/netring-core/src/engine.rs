@@ -25,6 +25,11 @@ use crate::stats::{Stats, StatsSnapshot};
 
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
 
+thread_local! {
+    /// The engine whose IO thread this is (0 on other threads).
+    static IO_THREAD_OF: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// State shared by an engine's threads and its handles.
 pub struct Shared {
     pub(crate) id: u64,
@@ -90,9 +95,13 @@ impl Engine {
             let index = index as u16;
             let io_loop = IoLoop::new(shared.clone(), index, config.clone(), ready_tx.clone());
             let run_thread = run_thread.clone();
+            let engine_id = shared.id;
             let spawned = std::thread::Builder::new()
                 .name(format!("netring-io-{index}"))
-                .spawn(move || run_thread(index, io_loop));
+                .spawn(move || {
+                    IO_THREAD_OF.with(|c| c.set(engine_id));
+                    run_thread(index, io_loop)
+                });
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
@@ -121,10 +130,24 @@ impl Engine {
         })
     }
 
-    fn stop_threads(shared: &Shared, threads: Vec<JoinHandle<()>>, deadline: Instant) {
+    fn stop_threads(shared: &Arc<Shared>, threads: Vec<JoinHandle<()>>, deadline: Instant) {
         for mb in &shared.mailboxes {
             mb.push(Cmd::Shutdown { deadline });
         }
+        if IO_THREAD_OF.with(|c| c.get()) == shared.id {
+            // NOTE: called from a callback on one of our own IO threads, which
+            // cannot join itself: the threads stop on their own (this one
+            // after its callback returns) and a reaper joins them.
+            let shared = shared.clone();
+            let _ = std::thread::Builder::new()
+                .name("netring-reaper".into())
+                .spawn(move || Self::join_all(&shared, threads));
+            return;
+        }
+        Self::join_all(shared, threads);
+    }
+
+    fn join_all(shared: &Shared, threads: Vec<JoinHandle<()>>) {
         for t in threads {
             let _ = t.join();
         }
@@ -201,7 +224,8 @@ impl Engine {
 
     /// Stop accepting, close every connection gracefully (flushing what was
     /// written), abort what is left after `grace`, wait for every completion
-    /// and join the threads. Idempotent.
+    /// and join the threads. Idempotent. Called from a callback on one of
+    /// this engine's IO threads, it starts the shutdown and returns at once.
     pub fn shutdown(&self, grace: Duration) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         if threads.is_empty() {
