@@ -1,0 +1,125 @@
+//! Command-line options of `netring-loadgen`, parsed by hand (`--key value`).
+//!
+//! `main` calls [`Opts::parse`] once; every option is validated here so the
+//! rest of the program can trust `size`, `conns` and `depth` to be usable.
+
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+usage: netring-loadgen --port P [options]
+  --host H          server address (default 127.0.0.1)
+  --port P          server port (required)
+  --conns N         connections (default 50)
+  --size S          message size in bytes (default 64); in lp mode the payload size
+  --depth D         messages outstanding per connection (default 1)
+  --duration SECS   measured window (default 5)
+  --warmup SECS     unmeasured warm-up before the window (default 1)
+  --mode M          raw | lp | line (default raw)
+  --server-pid PID  sample this process's utime+stime from /proc at the window edges
+";
+
+/// How a message is framed on the wire; the server echoes it unchanged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// S payload bytes, no framing: the server returns what it got.
+    Raw,
+    /// A 4-byte big-endian length, then S payload bytes.
+    Lp,
+    /// S-2 printable bytes, then `\r\n`.
+    Line,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Raw => "raw",
+            Mode::Lp => "lp",
+            Mode::Line => "line",
+        }
+    }
+
+    /// Bytes one message of payload size `size` takes on the wire.
+    pub fn wire_len(self, size: usize) -> usize {
+        match self {
+            Mode::Lp => size + 4,
+            Mode::Raw | Mode::Line => size,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Opts {
+    pub host: String,
+    pub port: u16,
+    pub conns: usize,
+    pub size: usize,
+    pub depth: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub mode: Mode,
+    pub server_pid: Option<u32>,
+}
+
+const MAX_SIZE_BYTES: usize = 16 << 20;
+
+impl Opts {
+    pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
+        let mut o = Opts {
+            host: "127.0.0.1".into(),
+            port: 0,
+            conns: 50,
+            size: 64,
+            depth: 1,
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            mode: Mode::Raw,
+            server_pid: None,
+        };
+        while let Some(key) = args.next() {
+            if key == "-h" || key == "--help" {
+                return Err(String::new());
+            }
+            let val = args.next().ok_or_else(|| format!("{key} needs a value"))?;
+            match key.as_str() {
+                "--host" => o.host = val,
+                "--port" => o.port = num(&key, &val)?,
+                "--conns" => o.conns = num(&key, &val)?,
+                "--size" => o.size = num(&key, &val)?,
+                "--depth" => o.depth = num(&key, &val)?,
+                "--duration" => o.duration = secs(&key, &val)?,
+                "--warmup" => o.warmup = secs(&key, &val)?,
+                "--server-pid" => o.server_pid = Some(num(&key, &val)?),
+                "--mode" => {
+                    o.mode = match val.as_str() {
+                        "raw" => Mode::Raw,
+                        "lp" => Mode::Lp,
+                        "line" => Mode::Line,
+                        _ => return Err(format!("--mode must be raw, lp or line, not {val:?}")),
+                    }
+                }
+                _ => return Err(format!("unknown option {key}")),
+            }
+        }
+        let min_size = if o.mode == Mode::Line { 3 } else { 1 };
+        if o.port == 0 {
+            return Err("--port is required".into());
+        }
+        if o.conns == 0 || o.depth == 0 || o.duration.is_zero() {
+            return Err("--conns, --depth and --duration must be positive".into());
+        }
+        if !(min_size..=MAX_SIZE_BYTES).contains(&o.size) {
+            return Err(format!("--size must be in {min_size}..={MAX_SIZE_BYTES}"));
+        }
+        Ok(o)
+    }
+}
+
+fn num<T: std::str::FromStr>(key: &str, val: &str) -> Result<T, String> {
+    val.parse()
+        .map_err(|_| format!("{key}: not a valid number: {val:?}"))
+}
+
+fn secs(key: &str, val: &str) -> Result<Duration, String> {
+    let s: f64 = num(key, val)?;
+    Duration::try_from_secs_f64(s).map_err(|_| format!("{key}: not a valid duration: {val:?}"))
+}

@@ -1,0 +1,294 @@
+//! `netring-loadgen`: a closed-loop echo load generator on one thread (mio).
+//!
+//! It opens `--conns` connections, keeps `--depth` messages outstanding on
+//! each, and sends a new message whenever one is fully echoed. Every echoed
+//! byte is checked against what was sent (see `conn`); a mismatch aborts with
+//! exit status 2. After `--warmup` it prints `MEASURE_START` on stderr, counts
+//! messages completed and their latencies (send → last echoed byte) for
+//! `--duration`, prints `MEASURE_END`, and writes one JSON line on stdout.
+//! With `--server-pid` it reads that process's utime+stime at both edges; it
+//! also reads its own and the whole machine's busy time there.
+//!
+//! Exit status: 0 ok; 1 no message measured, a connection failed, or setup
+//! failed; 2 echo mismatch; 3 hard deadline hit; 64 bad usage. A watchdog
+//! thread bounds the whole run even if a connect or the server stalls.
+
+mod args;
+mod conn;
+mod hist;
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream as StdStream, ToSocketAddrs};
+use std::process::exit;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use args::Opts;
+use conn::Conn;
+use hist::Histogram;
+
+const CONNECT_BUDGET: Duration = Duration::from_secs(5);
+const DEADLINE_SLACK: Duration = Duration::from_secs(5);
+const READ_BUF_BYTES: usize = 64 << 10;
+/// /proc reports utime/stime in USER_HZ ticks: 100 per second on Linux x86 and Arm.
+const USEC_PER_TICK: f64 = 10_000.0;
+
+fn main() {
+    let opts = match Opts::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("netring-loadgen: {msg}");
+            }
+            eprint!("{}", args::USAGE);
+            exit(if msg.is_empty() { 0 } else { 64 });
+        }
+    };
+    let hard = CONNECT_BUDGET + opts.warmup + opts.duration + DEADLINE_SLACK;
+    thread::spawn(move || {
+        thread::sleep(hard);
+        eprintln!("netring-loadgen: hard deadline of {hard:?} passed; giving up");
+        exit(3);
+    });
+    if let Err((code, msg)) = run(&opts) {
+        eprintln!("netring-loadgen: {msg}");
+        exit(code);
+    }
+}
+
+/// What the measured window saw.
+struct Stats {
+    hist: Histogram,
+    errors: u64,
+    window: Duration,
+    server_ticks: Option<u64>,
+    self_ticks: Option<u64>,
+    machine_ticks: Option<u64>,
+}
+
+fn run(o: &Opts) -> Result<(), (i32, String)> {
+    let fail = |msg: String| (1, msg);
+    let addr = (o.host.as_str(), o.port)
+        .to_socket_addrs()
+        .map_err(|e| fail(format!("cannot resolve {}:{}: {e}", o.host, o.port)))?
+        .next()
+        .ok_or_else(|| fail(format!("{} resolves to nothing", o.host)))?;
+    let mut poll = Poll::new().map_err(|e| fail(format!("epoll: {e}")))?;
+    let mut conns = connect_all(o, addr, &poll).map_err(fail)?;
+
+    let start = Instant::now();
+    for c in conns.iter_mut().flatten() {
+        c.queue(o.depth, start);
+        c.flush().map_err(|e| fail(format!("first write: {e}")))?;
+    }
+    let stats = drive(o, &mut poll, &mut conns, start)?;
+    report(o, &stats);
+    if stats.hist.count() == 0 {
+        return Err(fail("no message completed in the measured window".into()));
+    }
+    if stats.errors > 0 {
+        return Err(fail(format!("{} connection(s) failed", stats.errors)));
+    }
+    Ok(())
+}
+
+fn connect_all(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Conn>>, String> {
+    let deadline = Instant::now() + CONNECT_BUDGET;
+    let mut conns = Vec::with_capacity(o.conns);
+    for i in 0..o.conns {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("connecting took over {CONNECT_BUDGET:?}"));
+        }
+        let s = StdStream::connect_timeout(&addr, left)
+            .map_err(|e| format!("connect {addr} (connection {i}): {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut stream = TcpStream::from_std(s);
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("register: {e}"))?;
+        conns.push(Some(Conn::new(stream, i as u64, o.mode, o.size, o.depth)));
+    }
+    Ok(conns)
+}
+
+/// The event loop: runs until the window ends or every connection failed.
+fn drive(
+    o: &Opts,
+    poll: &mut Poll,
+    conns: &mut [Option<Conn>],
+    start: Instant,
+) -> Result<Stats, (i32, String)> {
+    let warm_end = start + o.warmup;
+    let end = warm_end + o.duration;
+    let server_pid = o.server_pid.map(|p| p.to_string());
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; READ_BUF_BYTES];
+    let mut hist = Histogram::new();
+    let (mut errors, mut alive) = (0, conns.len());
+    let mut measuring = false;
+    let (mut server0, mut self0, mut machine0) = (None, None, None);
+    let mut measured_from = warm_end;
+
+    loop {
+        let now = Instant::now();
+        if !measuring && now >= warm_end {
+            measuring = true;
+            measured_from = now;
+            server0 = server_pid.as_deref().and_then(cpu_ticks);
+            self0 = cpu_ticks("self");
+            machine0 = machine_busy_ticks();
+            eprintln!("MEASURE_START");
+        }
+        if now >= end || alive == 0 {
+            let server1 = server_pid.as_deref().and_then(cpu_ticks);
+            let self1 = cpu_ticks("self");
+            let machine1 = machine_busy_ticks();
+            eprintln!("MEASURE_END");
+            let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+            return Ok(Stats {
+                hist,
+                errors,
+                window: now.saturating_duration_since(measured_from),
+                server_ticks: delta(server0, server1),
+                self_ticks: delta(self0, self1),
+                machine_ticks: delta(machine0, machine1),
+            });
+        }
+        let edge = if measuring { end } else { warm_end };
+        match poll.poll(&mut events, Some(edge - now)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((1, format!("epoll_wait: {e}"))),
+        }
+        for ev in events.iter() {
+            let Token(i) = ev.token();
+            let Some(c) = conns[i].as_mut() else { continue };
+            let mut record = |now: Instant, lat: Duration| {
+                if measuring && now < end {
+                    hist.record(lat.as_nanos() as u64);
+                }
+            };
+            let outcome = pump(c, &mut buf, &mut record);
+            if let Err(Failure::Mismatch(msg)) = outcome {
+                return Err((2, msg));
+            }
+            if let Err(Failure::Io(msg)) = outcome {
+                eprintln!("netring-loadgen: connection {i}: {msg}");
+                errors += 1;
+                alive -= 1;
+                if let Some(mut c) = conns[i].take() {
+                    let _ = poll.registry().deregister(&mut c.stream);
+                }
+            }
+        }
+    }
+}
+
+enum Failure {
+    Mismatch(String),
+    Io(String),
+}
+
+/// Read and verify everything available, refill the pipeline, write.
+fn pump(
+    c: &mut Conn,
+    buf: &mut [u8],
+    record: &mut impl FnMut(Instant, Duration),
+) -> Result<(), Failure> {
+    let mut completed = 0;
+    loop {
+        match c.stream.read(buf) {
+            Ok(0) => return Err(Failure::Io("server closed the connection".into())),
+            Ok(n) => {
+                let now = Instant::now();
+                completed += c
+                    .on_data(&buf[..n], now, |lat| record(now, lat))
+                    .map_err(Failure::Mismatch)?;
+                // NOTE: a short read means the socket is drained; Linux raises
+                // a new edge for data that arrives after it, so skip the extra
+                // read that would only return EAGAIN.
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::Io(format!("read: {e}"))),
+        }
+    }
+    if completed > 0 {
+        c.queue(completed, Instant::now());
+    }
+    c.flush().map_err(|e| Failure::Io(format!("write: {e}")))
+}
+
+/// utime+stime of a process (all its threads) in clock ticks, from /proc.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let mut rest = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = rest.next()?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Busy time of all CPUs (user, nice, system, irq, softirq) in clock ticks,
+/// from the first line of /proc/stat: with the server's and our own time it
+/// shows how much CPU other processes took during the window.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some(f.get(0..3)?.iter().sum::<u64>() + f.get(5..7)?.iter().sum::<u64>())
+}
+
+/// Print the result as one JSON object on one line (numbers, or null when
+/// /proc could not be read).
+fn report(o: &Opts, s: &Stats) {
+    let msgs = s.hist.count();
+    let secs = s.window.as_secs_f64().max(1e-9);
+    let q = |x: f64| format!("{:.1}", s.hist.quantile_ns(x) as f64 / 1000.0);
+    let cpu_us = |t: Option<u64>| t.map(|t| t as f64 * USEC_PER_TICK);
+    let num = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.3}"));
+    let server_us = cpu_us(s.server_ticks);
+    let per_msg = server_us.filter(|_| msgs > 0).map(|u| u / msgs as f64);
+    let fields = [
+        ("msgs_per_s", format!("{:.1}", msgs as f64 / secs)),
+        ("msgs", msgs.to_string()),
+        ("bytes", (msgs * o.mode.wire_len(o.size) as u64).to_string()),
+        ("p50_us", q(0.5)),
+        ("p90_us", q(0.9)),
+        ("p99_us", q(0.99)),
+        ("p999_us", q(0.999)),
+        ("max_us", format!("{:.1}", s.hist.max_ns() as f64 / 1000.0)),
+        ("mean_us", format!("{:.1}", s.hist.mean_ns() / 1000.0)),
+        ("errors", s.errors.to_string()),
+        ("server_cpu_us", num(server_us)),
+        ("server_cpu_us_per_msg", num(per_msg)),
+        ("loadgen_cpu_us", num(cpu_us(s.self_ticks))),
+        ("machine_cpu_us", num(cpu_us(s.machine_ticks))),
+        ("window_s", format!("{secs:.3}")),
+        ("mode", format!("\"{}\"", o.mode.name())),
+        ("size", o.size.to_string()),
+        ("conns", o.conns.to_string()),
+        ("depth", o.depth.to_string()),
+    ];
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+    println!("{{{}}}", body.join(","));
+}
