@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Backend, EngineConfig};
 use crate::core::ThreadCore;
+use crate::driver::epoll::EpollDriver;
 use crate::driver::uring::UringDriver;
 use crate::driver::{Completion, Driver};
 use crate::engine::Shared;
@@ -60,9 +61,12 @@ impl IoLoop {
                 }
             }
             Backend::Epoll => {
-                let _ = self
-                    .ready
-                    .send(Err("the epoll backend is not available yet".into()));
+                match EpollDriver::new(self.config.buffers_per_thread, self.config.buffer_size) {
+                    Ok(driver) => self.run_with(driver, handler),
+                    Err(why) => {
+                        let _ = self.ready.send(Err(why));
+                    }
+                }
             }
         }
     }

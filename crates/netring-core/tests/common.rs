@@ -1,5 +1,6 @@
-//! Shared helpers for the engine's integration tests: an echo handler that
-//! records what happened, and an engine started on loopback port 0.
+//! Shared helpers for the engine's integration tests: each test body runs
+//! once per backend ([`for_each_backend`]), with an echo handler that records
+//! what happened and an engine started on loopback port 0.
 
 #![allow(dead_code)]
 
@@ -8,7 +9,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use netring_core::{Batch, ConnId, ConnRef, Engine, EngineConfig, Event, Handler, ListenConfig};
+use netring_core::driver::epoll::EpollDriver;
+use netring_core::driver::probe_io_uring;
+use netring_core::{
+    Backend, BackendChoice, Batch, ConnId, ConnRef, Engine, EngineConfig, Event, Handler,
+    ListenConfig,
+};
 
 /// What happened to connections, for assertions.
 #[derive(Default, Debug)]
@@ -56,8 +62,36 @@ impl Handler for Echo {
     }
 }
 
-/// An echo engine listening on 127.0.0.1:0.
-pub fn echo_engine(config: EngineConfig) -> (Engine, SocketAddr, Arc<Mutex<Log>>) {
+/// Why `backend` cannot run here, if it cannot.
+fn unavailable(backend: Backend) -> Option<String> {
+    match backend {
+        Backend::IoUring => probe_io_uring().err(),
+        Backend::Epoll => EpollDriver::new(2, 512).err(),
+    }
+}
+
+/// Run `test` once on each backend that works here; a backend that does not
+/// is skipped with its reason printed.
+pub fn for_each_backend(mut test: impl FnMut(Backend)) {
+    for backend in [Backend::IoUring, Backend::Epoll] {
+        if let Some(why) = unavailable(backend) {
+            eprintln!("skipping the {} backend: {why}", backend.name());
+            continue;
+        }
+        eprintln!("--- on the {} backend", backend.name());
+        test(backend);
+    }
+}
+
+/// An echo engine on exactly `backend`, listening on 127.0.0.1:0.
+pub fn echo_engine(
+    backend: Backend,
+    config: EngineConfig,
+) -> (Engine, SocketAddr, Arc<Mutex<Log>>) {
+    let config = EngineConfig {
+        backend: BackendChoice::Exactly(backend),
+        ..config
+    };
     let log = Arc::new(Mutex::new(Log::default()));
     let l2 = log.clone();
     let engine = Engine::start(config, move |_, io_loop| {
@@ -68,6 +102,7 @@ pub fn echo_engine(config: EngineConfig) -> (Engine, SocketAddr, Arc<Mutex<Log>>
         io_loop.run(&mut h);
     })
     .expect("engine starts");
+    assert_eq!(engine.backend(), backend);
     let (_, addr) = engine
         .listen(&ListenConfig {
             addr: "127.0.0.1:0".parse().unwrap(),

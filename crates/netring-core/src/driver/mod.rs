@@ -12,9 +12,12 @@
 //!   stay untouched until its [`Completion::Sent`].
 //! - Cancelling produces the armed operation's final completion later, never
 //!   synchronously inside the cancel call.
-//! - [`Driver::in_flight`] counts operations the kernel still owns; the loop
-//!   frees a slot or exits only when the relevant ones have completed.
+//! - [`Driver::in_flight`] counts operations that still owe their final
+//!   completion (on io_uring: the kernel still owns them; on epoll: armed,
+//!   or final completion queued for the next wait); the loop frees a slot or
+//!   exits only when the relevant ones have completed.
 
+pub mod epoll;
 pub mod uring;
 
 use std::io;
@@ -136,7 +139,7 @@ pub trait Driver {
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
     /// Give a receive buffer back to the pool.
     fn release(&mut self, bid: u16);
-    /// Operations the kernel still owns, wake read excluded.
+    /// Operations that still owe their final completion, wake read excluded.
     fn in_flight(&self) -> usize;
     /// Stop the wake read before exit; its final completion follows.
     fn cancel_wake(&mut self);

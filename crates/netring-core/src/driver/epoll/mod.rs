@@ -1,0 +1,564 @@
+//! The epoll driver: the readiness-based fallback, with the io_uring
+//! driver's semantics as seen from the loop.
+//!
+//! One epoll set per IO thread, created on that thread. Each socket has at
+//! most one registration, level-triggered, carrying the union of what its
+//! armed operations wait for (a connection's recv: `EPOLLIN | EPOLLRDHUP`;
+//! its send: `EPOLLOUT`; a listener's accept and the mailbox eventfd:
+//! `EPOLLIN`). The event data is the operation kind in the top byte and the
+//! slot (or listener index) in the low 32 bits, as the io_uring driver's
+//! `user_data`; all of a connection's interests share `KIND_CONN`.
+//!
+//! How each operation maps onto readiness:
+//!
+//! - **recv** (multishot on io_uring): while armed, each `EPOLLIN` reads up
+//!   to `RECV_BUFFERS_PER_READINESS` buffers taken from the `BufPool`
+//!   (so an idle connection owns none), stopping at a short read or EAGAIN;
+//!   each becomes `Recv { Data, more: true }`. EOF, an error or a dry pool
+//!   end the recv (`more: false`) and drop its interest.
+//! - **accept** (multishot on io_uring): each `EPOLLIN` accepts up to
+//!   `ACCEPTS_PER_READINESS` connections, `more: true` each; running out of
+//!   descriptors or memory (or any non-transient error) ends the accept and
+//!   drops its interest, and the loop re-arms it after a backoff.
+//! - **send**: tried at once with `sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT)`; its
+//!   `Sent` is queued for the next [`Driver::wait`] unless the socket buffer
+//!   is full, in which case the send waits for `EPOLLOUT` and is retried.
+//! - **cancel**: removes the interest and queues the operation's final
+//!   completion for the next `wait`, never delivering it inside the call, as
+//!   `IORING_OP_ASYNC_CANCEL` does. An operation whose final completion is
+//!   already produced is no longer armed here, so cancelling it does nothing.
+//!
+//! Invariants: a connection is registered exactly when it has an armed
+//! operation; [`Driver::in_flight`] is the number of armed operations plus
+//! final completions queued but not yet delivered; completions queued by
+//! calls between two waits are delivered before the readiness of the next
+//! one, in the order they were queued.
+//!
+//! Some facts about epoll this relies on (epoll(7), epoll_ctl(2), accept(2)):
+//!
+//! - `EPOLLERR` and `EPOLLHUP` are reported whether asked for or not. A
+//!   registration with an empty interest therefore still fires, and with
+//!   level triggering it fires on every wait: a socket with nothing armed
+//!   must be deleted from the set, not modified to "nothing".
+//! - A registration belongs to the open file description, not the number:
+//!   closing a descriptor removes it only if no duplicate exists. The loop
+//!   calls [`Driver::forget`] before closing, which deletes it explicitly,
+//!   so a reused descriptor number never inherits a stale registration.
+//! - Level triggering reports again whatever was left unconsumed, so the
+//!   per-readiness bounds above cost nothing but a later report; they keep
+//!   one busy socket from starving the others in a turn.
+//! - `EPOLLRDHUP` (Linux 2.6.17) reports the peer's `shutdown(SHUT_WR)`; the
+//!   recv reads the EOF (or the data before it) on that readiness.
+//! - accept(2): Linux passes network errors already pending on a new
+//!   connection to `accept`, and a connection reset while queued gives
+//!   `ECONNABORTED`. These concern one connection, not the listener: they are
+//!   reported with `more: true` and accepting goes on.
+
+mod bufpool;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::Timespec;
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags, SocketFlags};
+
+use super::{Chunk, Completion, Driver, RecvResult, SendState};
+use crate::config::Backend;
+use bufpool::BufPool;
+
+const KIND_ACCEPT: u64 = 1;
+const KIND_CONN: u64 = 2;
+const KIND_WAKE: u64 = 4;
+
+/// Readiness events taken from the kernel per wait.
+const EVENTS_PER_WAIT: usize = 256;
+/// Buffers filled per recv readiness before the next socket gets its turn.
+const RECV_BUFFERS_PER_READINESS: usize = 4;
+/// Connections accepted per listener readiness.
+const ACCEPTS_PER_READINESS: usize = 64;
+/// Longest single wait; the loop computes a new timeout every turn anyway.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+fn event_data(kind: u64, id: u64) -> EventData {
+    EventData::new_u64((kind << 56) | (id & 0xFFFF_FFFF))
+}
+
+/// Borrow a descriptor the loop owns, for one syscall.
+fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: the driver only uses descriptors the loop passed in, while the
+    // loop keeps them open: a connection's until `forget` (which the loop
+    // calls before closing it), a listener's until its accept's final
+    // completion (its interest is gone by then), the mailbox eventfd's until
+    // the loop has exited. Each borrow is used for a single call.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Whether `completion` is its operation's last.
+fn is_final(completion: &Completion) -> bool {
+    match completion {
+        Completion::Accepted { more, .. } | Completion::Recv { more, .. } => !*more,
+        Completion::Sent { .. } => true,
+        Completion::Woken => false,
+    }
+}
+
+/// An accept error that concerns one incoming connection, not the listener.
+fn is_transient_accept_error(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::CONNABORTED
+            | Errno::PROTO
+            | Errno::PERM
+            | Errno::NETDOWN
+            | Errno::NOPROTOOPT
+            | Errno::HOSTDOWN
+            | Errno::NONET
+            | Errno::HOSTUNREACH
+            | Errno::OPNOTSUPP
+            | Errno::NETUNREACH
+    )
+}
+
+/// The iovecs of a send that found the socket buffer full, kept to retry it.
+struct WaitingSend(Vec<libc::iovec>);
+
+// SAFETY: the iovecs point into the send queue of a connection owned by the
+// same IO thread as this driver; the driver never leaves that thread while
+// in use (it is `Send` only so the loop can hand `&mut` to the wait closure).
+unsafe impl Send for WaitingSend {}
+
+/// The driver's side of one connection slot.
+struct ConnOps {
+    fd: RawFd,
+    /// The interest registered in the epoll set; empty: not registered.
+    registered: EventFlags,
+    /// The recv is armed and its final completion not yet produced.
+    recv: bool,
+    /// The send waiting for `EPOLLOUT`, if any.
+    send: Option<WaitingSend>,
+}
+
+/// An epoll set with its receive buffers.
+pub struct EpollDriver {
+    epoll: OwnedFd,
+    pool: BufPool,
+    /// Indexed by slot; `None` for slots the driver has nothing on.
+    conns: Vec<Option<ConnOps>>,
+    /// Listeners whose accept is armed, with their descriptors.
+    listeners: HashMap<usize, RawFd>,
+    /// The mailbox eventfd while it is registered.
+    wake_fd: Option<RawFd>,
+    /// Completions produced between waits, delivered by the next one.
+    pending: Vec<Completion>,
+    in_flight: usize,
+}
+
+impl EpollDriver {
+    /// Create an epoll set on the calling thread, with a pool of `buffers`
+    /// receive buffers of `buffer_size` bytes (allocated as first needed).
+    pub fn new(buffers: usize, buffer_size: usize) -> Result<Self, String> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| format!("epoll_create1: {}", io::Error::from(e)))?;
+        Ok(EpollDriver {
+            epoll,
+            pool: BufPool::new(buffers, buffer_size)?,
+            conns: Vec::new(),
+            listeners: HashMap::new(),
+            wake_fd: None,
+            pending: Vec::new(),
+            in_flight: 0,
+        })
+    }
+
+    /// What the driver holds for `slot`, created on first use.
+    fn conn_entry(conns: &mut Vec<Option<ConnOps>>, slot: u32, fd: RawFd) -> &mut ConnOps {
+        let index = slot as usize;
+        if conns.len() <= index {
+            conns.resize_with(index + 1, || None);
+        }
+        let conn = conns[index].get_or_insert_with(|| ConnOps {
+            fd,
+            registered: EventFlags::empty(),
+            recv: false,
+            send: None,
+        });
+        debug_assert_eq!(conn.fd, fd, "slot {slot} reused without forget");
+        conn
+    }
+
+    /// Bring the registration of `conn` in line with its armed operations.
+    fn sync_interest(epoll: &OwnedFd, slot: u32, conn: &mut ConnOps) -> io::Result<()> {
+        let mut want = EventFlags::empty();
+        if conn.recv {
+            want |= EventFlags::IN | EventFlags::RDHUP;
+        }
+        if conn.send.is_some() {
+            want |= EventFlags::OUT;
+        }
+        if want == conn.registered {
+            return Ok(());
+        }
+        let fd = borrow(conn.fd);
+        if want.is_empty() {
+            // NOTE: delete, never modify to an empty interest: EPOLLERR and
+            // EPOLLHUP would still be reported, on every wait.
+            conn.registered = EventFlags::empty();
+            return Ok(epoll::delete(epoll, fd)?);
+        }
+        let data = event_data(KIND_CONN, u64::from(slot));
+        if conn.registered.is_empty() {
+            epoll::add(epoll, fd, data, want)?;
+        } else {
+            epoll::modify(epoll, fd, data, want)?;
+        }
+        conn.registered = want;
+        Ok(())
+    }
+
+    /// `EPOLLIN` on an armed listener: accept what is queued.
+    fn accept_ready(&mut self, listener: usize, out: &mut Vec<Completion>) {
+        let Some(&fd) = self.listeners.get(&listener) else {
+            return;
+        };
+        for _ in 0..ACCEPTS_PER_READINESS {
+            let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+            match rustix::net::accept_with(borrow(fd), flags) {
+                Ok(socket) => out.push(Completion::Accepted {
+                    listener,
+                    result: Ok(socket),
+                    more: true,
+                }),
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => {}
+                Err(e) if is_transient_accept_error(e) => out.push(Completion::Accepted {
+                    listener,
+                    result: Err(e.into()),
+                    more: true,
+                }),
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM (or a broken listener):
+                    // the queued connection stays queued and level triggering
+                    // would report it on every wait. End the accept, as
+                    // io_uring's multishot accept ends on an error; the loop
+                    // re-arms it after a backoff.
+                    self.listeners.remove(&listener);
+                    let _ = epoll::delete(&self.epoll, borrow(fd));
+                    out.push(Completion::Accepted {
+                        listener,
+                        result: Err(e.into()),
+                        more: false,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Readiness on a connection: read for its recv, retry its send.
+    fn conn_ready(&mut self, slot: u32, flags: EventFlags, out: &mut Vec<Completion>) {
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut ended = false;
+        let readable = EventFlags::IN | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+        if conn.recv && flags.intersects(readable) {
+            if let Some(result) = read_ready(conn.fd, slot, &mut self.pool, out) {
+                conn.recv = false;
+                ended = true;
+                out.push(Completion::Recv {
+                    slot,
+                    result,
+                    more: false,
+                });
+            }
+        }
+        let writable = EventFlags::OUT | EventFlags::HUP | EventFlags::ERR;
+        if let Some(waiting) = conn.send.as_ref().filter(|_| flags.intersects(writable)) {
+            if let Some(result) = try_send(conn.fd, &waiting.0) {
+                conn.send = None;
+                ended = true;
+                out.push(Completion::Sent { slot, result });
+            }
+        }
+        if ended {
+            if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+                log::warn!("netring: epoll could not drop the interest of slot {slot}: {e}");
+            }
+        }
+    }
+
+    /// `EPOLLIN` on the mailbox eventfd.
+    fn wake_ready(&mut self, out: &mut Vec<Completion>) {
+        let Some(fd) = self.wake_fd else { return };
+        let mut counter = [0u8; 8];
+        // EAGAIN (nothing to read after all) is harmless: a spurious wake-up.
+        let _ = rustix::io::read(borrow(fd), &mut counter);
+        out.push(Completion::Woken);
+    }
+}
+
+/// Read up to [`RECV_BUFFERS_PER_READINESS`] buffers from a readable socket;
+/// each becomes `Recv { Data, more: true }` in `out`. Returns the recv's
+/// final result if this readiness ended it.
+fn read_ready(
+    fd: RawFd,
+    slot: u32,
+    pool: &mut BufPool,
+    out: &mut Vec<Completion>,
+) -> Option<RecvResult> {
+    for i in 0..RECV_BUFFERS_PER_READINESS {
+        let Some(bid) = pool.take() else {
+            // NOTE: a pool that ran dry during this readiness does not end
+            // the recv: the loop returns this turn's buffers before it waits
+            // again. Only a pool that is dry to begin with does (ENOBUFS on
+            // io_uring); the loop re-arms the recv once buffers are back.
+            return (i == 0).then_some(RecvResult::NoBuffers);
+        };
+        match rustix::net::recv(borrow(fd), pool.buf_mut(bid), RecvFlags::DONTWAIT) {
+            Ok((0, _)) => {
+                pool.put(bid);
+                return Some(RecvResult::Eof);
+            }
+            Ok((len, _)) => {
+                let ptr = pool.ptr(bid);
+                out.push(Completion::Recv {
+                    slot,
+                    result: RecvResult::Data(Chunk { ptr, len, bid }),
+                    more: true,
+                });
+                if len < pool.buf_size() {
+                    return None; // most likely drained; level triggering tells
+                }
+            }
+            Err(Errno::AGAIN) => {
+                pool.put(bid);
+                return None;
+            }
+            Err(Errno::INTR) => pool.put(bid),
+            Err(e) => {
+                pool.put(bid);
+                return Some(RecvResult::Err(e.into()));
+            }
+        }
+    }
+    None
+}
+
+/// One non-blocking attempt at sending `iov`; `None` if the socket buffer
+/// is full (EAGAIN).
+fn try_send(fd: RawFd, iov: &[libc::iovec]) -> Option<io::Result<usize>> {
+    // SAFETY: std guarantees `IoSlice` is ABI-compatible with `iovec` on
+    // Unix. The iovecs describe a connection's pinned send-queue buffers,
+    // which stay alive and unmodified until this send's `Sent` is delivered.
+    let slices: &[IoSlice<'_>] =
+        unsafe { std::slice::from_raw_parts(iov.as_ptr().cast(), iov.len()) };
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    loop {
+        let mut no_control = SendAncillaryBuffer::default();
+        match rustix::net::sendmsg(borrow(fd), slices, &mut no_control, flags) {
+            Ok(n) => return Some(Ok(n)),
+            Err(Errno::AGAIN) => return None,
+            Err(Errno::INTR) => {}
+            Err(e) => return Some(Err(e.into())),
+        }
+    }
+}
+
+impl Driver for EpollDriver {
+    fn backend(&self) -> Backend {
+        Backend::Epoll
+    }
+
+    fn arm_wake(&mut self, fd: RawFd) {
+        match epoll::add(
+            &self.epoll,
+            borrow(fd),
+            event_data(KIND_WAKE, 0),
+            EventFlags::IN,
+        ) {
+            Ok(()) => self.wake_fd = Some(fd),
+            Err(e) => log::error!(
+                "netring: epoll cannot watch the mailbox eventfd ({}); commands from other threads will wait",
+                io::Error::from(e)
+            ),
+        }
+    }
+
+    fn arm_accept(&mut self, listener: usize, fd: RawFd) {
+        self.in_flight += 1;
+        let data = event_data(KIND_ACCEPT, listener as u64);
+        match epoll::add(&self.epoll, borrow(fd), data, EventFlags::IN) {
+            Ok(()) => {
+                self.listeners.insert(listener, fd);
+            }
+            Err(e) => self.pending.push(Completion::Accepted {
+                listener,
+                result: Err(e.into()),
+                more: false,
+            }),
+        }
+    }
+
+    fn cancel_accept(&mut self, listener: usize, _fd: RawFd) {
+        let Some(fd) = self.listeners.remove(&listener) else {
+            return; // not armed, or its final completion is on its way
+        };
+        let _ = epoll::delete(&self.epoll, borrow(fd));
+        self.pending.push(Completion::Accepted {
+            listener,
+            result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            more: false,
+        });
+    }
+
+    fn arm_recv(&mut self, slot: u32, fd: RawFd) {
+        self.in_flight += 1;
+        let conn = Self::conn_entry(&mut self.conns, slot, fd);
+        debug_assert!(!conn.recv, "recv armed twice on slot {slot}");
+        conn.recv = true;
+        if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+            conn.recv = false;
+            self.pending.push(Completion::Recv {
+                slot,
+                result: RecvResult::Err(e),
+                more: false,
+            });
+        }
+    }
+
+    fn cancel_recv(&mut self, slot: u32, _fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !conn.recv {
+            return; // its final completion is already on its way
+        }
+        conn.recv = false;
+        if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+            log::warn!("netring: epoll could not drop the recv interest of slot {slot}: {e}");
+        }
+        self.pending.push(Completion::Recv {
+            slot,
+            result: RecvResult::Cancelled,
+            more: false,
+        });
+    }
+
+    fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
+        self.in_flight += 1;
+        if let Some(result) = try_send(fd, &state.iov) {
+            self.pending.push(Completion::Sent { slot, result });
+            return;
+        }
+        let conn = Self::conn_entry(&mut self.conns, slot, fd);
+        debug_assert!(conn.send.is_none(), "two sends in flight on slot {slot}");
+        conn.send = Some(WaitingSend(state.iov.clone()));
+        if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+            conn.send = None;
+            self.pending.push(Completion::Sent {
+                slot,
+                result: Err(e),
+            });
+        }
+    }
+
+    fn cancel_send(&mut self, slot: u32, _fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.send.take().is_none() {
+            return; // its `Sent` is already on its way
+        }
+        if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+            log::warn!("netring: epoll could not drop the send interest of slot {slot}: {e}");
+        }
+        self.pending.push(Completion::Sent {
+            slot,
+            result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+        });
+    }
+
+    fn forget(&mut self, slot: u32, _fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        debug_assert!(
+            !conn.recv && conn.send.is_none(),
+            "slot {slot} forgotten with an operation armed"
+        );
+        if !conn.registered.is_empty() {
+            let _ = epoll::delete(&self.epoll, borrow(conn.fd));
+        }
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        // Completions already produced must not wait behind a blocking wait.
+        let timeout = if self.pending.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        let ts = timeout.map(|d| {
+            let d = d.min(MAX_WAIT);
+            Timespec {
+                tv_sec: d.as_secs() as _,
+                tv_nsec: d.subsec_nanos() as _,
+            }
+        });
+        // NOTE: the event list lives on the stack: rustix's `Event` holds a
+        // pointer-sized union and is not `Send`, which the driver must be.
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS_PER_WAIT];
+        let waited = epoll::wait(&self.epoll, &mut events, ts.as_ref());
+        let first = out.len();
+        out.append(&mut self.pending);
+        let result = match waited {
+            Ok((ready, _)) => {
+                for &event in ready.iter() {
+                    let (data, flags) = (event.data.u64(), event.flags);
+                    let id = data & 0xFFFF_FFFF;
+                    match data >> 56 {
+                        KIND_CONN => self.conn_ready(id as u32, flags, out),
+                        KIND_ACCEPT => self.accept_ready(id as usize, out),
+                        KIND_WAKE => self.wake_ready(out),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Err(Errno::INTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        let finished = out[first..].iter().filter(|c| is_final(c)).count();
+        debug_assert!(
+            finished <= self.in_flight,
+            "more final completions than operations"
+        );
+        self.in_flight = self.in_flight.saturating_sub(finished);
+        result
+    }
+
+    fn release(&mut self, bid: u16) {
+        self.pool.put(bid);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn cancel_wake(&mut self) {
+        if let Some(fd) = self.wake_fd.take() {
+            let _ = epoll::delete(&self.epoll, borrow(fd));
+        }
+    }
+
+    fn wake_armed(&self) -> bool {
+        self.wake_fd.is_some()
+    }
+}
