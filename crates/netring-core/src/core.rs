@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use socket2::SockRef;
 
+use crate::conn::sendq::{BufCache, SendQueue};
 use crate::conn::{Conn, ConnId, ConnShared, State};
 use crate::driver::{Chunk, Completion, Driver, RecvResult};
 use crate::engine::Shared;
@@ -84,6 +85,7 @@ pub struct ThreadCore {
     pub(crate) retired: Vec<Vec<u8>>,
     listeners: HashMap<usize, Listener>,
     pub(crate) shutdown_deadline: Option<Instant>,
+    cache: BufCache,
 }
 
 impl ThreadCore {
@@ -99,6 +101,7 @@ impl ThreadCore {
             retired: Vec::new(),
             listeners: HashMap::new(),
             shutdown_deadline: None,
+            cache: BufCache::default(),
         }
     }
 
@@ -137,18 +140,18 @@ impl ThreadCore {
     /// Queue `data` on `id`. Returns false if the connection is gone or
     /// closing (the bytes are dropped, as asyncio does after `close()`).
     pub fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
-        self.write_with(id, data.len(), |q| q.push_slice(data))
+        self.write_with(id, data.len(), |q, c| q.push_slice(data, c))
     }
 
     pub(crate) fn write_vec(&mut self, id: ConnId, data: Vec<u8>) -> bool {
-        self.write_with(id, data.len(), |q| q.push_vec(data))
+        self.write_with(id, data.len(), |q, c| q.push_vec(data, c))
     }
 
     fn write_with(
         &mut self,
         id: ConnId,
         len: usize,
-        push: impl FnOnce(&mut crate::conn::sendq::SendQueue),
+        push: impl FnOnce(&mut SendQueue, &mut BufCache),
     ) -> bool {
         let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id) else {
             return false;
@@ -159,7 +162,7 @@ impl ThreadCore {
         if len == 0 {
             return true;
         }
-        push(&mut conn.sendq);
+        push(&mut conn.sendq, &mut self.cache);
         let queued = conn.sendq.len();
         conn.shared.set_queued(queued);
         let pause = !conn.writing_paused && queued > conn.high_water;
@@ -407,7 +410,7 @@ impl ThreadCore {
                 Self::mark_dirty(&mut self.dirty, conn);
                 match result {
                     Ok(n) => {
-                        conn.sendq.advance(n);
+                        conn.sendq.advance(n, &mut self.cache);
                         Stats::add(&self.engine.stats.bytes_out, n as u64);
                         let queued = conn.sendq.len();
                         conn.shared.set_queued(queued);
@@ -521,7 +524,7 @@ impl ThreadCore {
                     driver.cancel_send(slot, fd);
                     conn.send_cancel_sent = true;
                 } else if !conn.send_inflight {
-                    conn.sendq.clear();
+                    conn.sendq.clear(&mut self.cache);
                     conn.shared.set_queued(0);
                 }
             } else if !conn.send_inflight && !conn.sendq.is_empty() {

@@ -7,6 +7,12 @@
 //! those buffers; nothing pinned is moved or appended to until
 //! [`SendQueue::advance`] reports how many bytes the kernel took. A short send
 //! simply leaves the rest at the front for the next round.
+//!
+//! Coalescing buffers come from, and return to, a per-thread [`BufCache`], so
+//! steady traffic allocates nothing: allocating and freeing a 16 KiB buffer
+//! per send per connection made glibc grow and trim its heap constantly
+//! (page faults and TLB flushes were 10 % of the server's CPU in the echo
+//! benchmark before the cache).
 
 use std::collections::VecDeque;
 
@@ -15,7 +21,30 @@ pub const MAX_IOVECS: usize = 64;
 /// Writes up to this size are copied into the tail buffer when it has room.
 const COALESCE_MAX_BYTES: usize = 8 * 1024;
 /// Capacity of a buffer that small writes are coalesced into.
-const TAIL_CAPACITY_BYTES: usize = 64 * 1024;
+const TAIL_CAPACITY_BYTES: usize = 16 * 1024;
+/// Coalescing buffers kept for reuse per IO thread (at most 4 MiB).
+const CACHED_BUFFERS_MAX: usize = 256;
+
+/// Spare coalescing buffers of one IO thread.
+#[derive(Default, Debug)]
+pub struct BufCache {
+    spare: Vec<Vec<u8>>,
+}
+
+impl BufCache {
+    fn get(&mut self) -> Vec<u8> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(TAIL_CAPACITY_BYTES))
+    }
+
+    fn put(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == TAIL_CAPACITY_BYTES && self.spare.len() < CACHED_BUFFERS_MAX {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+}
 
 /// Ordered queue of bytes waiting for the socket.
 #[derive(Default, Debug)]
@@ -41,7 +70,7 @@ impl SendQueue {
     }
 
     /// Append a copy of `data`.
-    pub fn push_slice(&mut self, data: &[u8]) {
+    pub fn push_slice(&mut self, data: &[u8], cache: &mut BufCache) {
         if data.is_empty() {
             return;
         }
@@ -55,7 +84,7 @@ impl SendQueue {
                     return;
                 }
             }
-            let mut buf = Vec::with_capacity(TAIL_CAPACITY_BYTES);
+            let mut buf = cache.get();
             buf.extend_from_slice(data);
             self.bufs.push_back(buf);
         } else {
@@ -64,9 +93,9 @@ impl SendQueue {
     }
 
     /// Append an owned buffer without copying.
-    pub fn push_vec(&mut self, data: Vec<u8>) {
+    pub fn push_vec(&mut self, data: Vec<u8>, cache: &mut BufCache) {
         if data.len() <= COALESCE_MAX_BYTES {
-            self.push_slice(&data);
+            self.push_slice(&data, cache);
         } else {
             self.len += data.len();
             self.bufs.push_back(data);
@@ -92,7 +121,7 @@ impl SendQueue {
     }
 
     /// The kernel took `n` bytes from the front; unpin everything.
-    pub fn advance(&mut self, mut n: usize) {
+    pub fn advance(&mut self, mut n: usize, cache: &mut BufCache) {
         debug_assert!(n <= self.len);
         self.pinned = 0;
         self.len -= n;
@@ -104,7 +133,9 @@ impl SendQueue {
             let left = front.len() - self.head_offset;
             if n >= left {
                 n -= left;
-                self.bufs.pop_front();
+                if let Some(done) = self.bufs.pop_front() {
+                    cache.put(done);
+                }
                 self.head_offset = 0;
             } else {
                 self.head_offset += n;
@@ -114,9 +145,11 @@ impl SendQueue {
     }
 
     /// Drop everything (abort). Must not be called while a send is in flight.
-    pub fn clear(&mut self) {
+    pub fn clear(&mut self, cache: &mut BufCache) {
         debug_assert_eq!(self.pinned, 0, "clearing a pinned send queue");
-        self.bufs.clear();
+        for buf in self.bufs.drain(..) {
+            cache.put(buf);
+        }
         self.head_offset = 0;
         self.len = 0;
     }
@@ -132,6 +165,7 @@ mod tests {
     use super::*;
 
     fn drain(q: &mut SendQueue, step: usize) -> Vec<u8> {
+        let mut cache = BufCache::default();
         let mut out = Vec::new();
         let mut iov = Vec::new();
         while !q.is_empty() {
@@ -146,7 +180,7 @@ mod tests {
                 });
                 left -= take;
             }
-            q.advance(n);
+            q.advance(n, &mut cache);
         }
         out
     }
@@ -154,13 +188,14 @@ mod tests {
     #[test]
     fn short_sends_resume_in_order() {
         let mut q = SendQueue::default();
+        let c = &mut BufCache::default();
         let mut expect = Vec::new();
         for i in 0..1000u32 {
             let chunk: Vec<u8> = (0..(i % 97) as u8).map(|b| b ^ i as u8).collect();
             expect.extend_from_slice(&chunk);
-            q.push_slice(&chunk);
+            q.push_slice(&chunk, c);
         }
-        q.push_vec(vec![7; 100_000]);
+        q.push_vec(vec![7; 100_000], c);
         expect.extend(std::iter::repeat_n(7, 100_000));
         assert_eq!(q.len(), expect.len());
         assert_eq!(drain(&mut q, 13), expect);
@@ -170,27 +205,34 @@ mod tests {
     #[test]
     fn pinned_buffers_are_not_appended_to() {
         let mut q = SendQueue::default();
-        q.push_slice(b"abc");
+        let c = &mut BufCache::default();
+        q.push_slice(b"abc", c);
         let mut iov = Vec::new();
         assert_eq!(q.fill_iovecs(&mut iov), 3);
         let base = iov[0].iov_base;
-        q.push_slice(b"def"); // must go to a new buffer: "abc" is in flight
+        q.push_slice(b"def", c); // must go to a new buffer: "abc" is in flight
         assert_eq!(q.fill_iovecs(&mut iov), 6);
         assert_eq!(iov[0].iov_base, base);
         assert_eq!(iov.len(), 2);
-        q.advance(4);
-        q.push_slice(b"g");
+        q.advance(4, c);
+        q.push_slice(b"g", c);
         assert_eq!(drain(&mut q, 100), b"efg");
     }
 
     #[test]
-    fn small_writes_coalesce() {
+    fn small_writes_coalesce_and_buffers_are_reused() {
         let mut q = SendQueue::default();
+        let c = &mut BufCache::default();
         for _ in 0..10_000 {
-            q.push_slice(b"x");
+            q.push_slice(b"x", c);
         }
         let mut iov = Vec::new();
         q.fill_iovecs(&mut iov);
         assert_eq!(iov.len(), 1);
+        let first = iov[0].iov_base;
+        q.advance(10_000, c);
+        q.push_slice(b"y", c);
+        q.fill_iovecs(&mut iov);
+        assert_eq!(iov[0].iov_base, first, "the drained buffer was not reused");
     }
 }
