@@ -245,3 +245,23 @@ def test_shutdown_from_inside_a_callback_does_not_deadlock(backend: str) -> None
         assert recv_until_eof(s) == b"bye"
     server.shutdown(1.0)
     assert not server.is_serving()
+
+
+def test_dropping_a_running_server_stops_it_without_deadlock(backend: str) -> None:
+    import gc
+
+    threads = thread_count()
+    protos: list[Any] = []
+    server = netring.Server(factory_of(Recorder, protos), "127.0.0.1", 0, backend=backend)
+    server.start()
+    s = connect(server)
+    assert wait_until(lambda: len(protos) == 1)
+    del server
+    gc.collect()
+    assert protos[0].lost.is_set()
+    with s:  # dropped without shutdown(): grace 0, so the close may be a reset
+        try:
+            assert recv_until_eof(s) == b""
+        except ConnectionResetError:
+            pass
+    assert wait_until(lambda: thread_count() == threads, 5)

@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help=f"port (default {DEFAULT_PORT}; 0 picks one)")
     serve.add_argument("--io-threads", type=int, default=None,
-                       help="IO threads (default: one per CPU)")
+                       help="IO threads (default: 1 with the GIL, one per CPU without)")
     serve.add_argument("--backend", choices=BACKENDS, default=None,
                        help="IO backend (default auto, or $NETRING_BACKEND)")
     serve.add_argument("--grace", type=float, default=5.0,

@@ -12,6 +12,7 @@ import atexit
 import os
 import signal
 import socket
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 from . import _native
 from .errors import ConfigurationError
 
-__all__ = ["BACKENDS", "Server", "backend_info"]
+__all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
 
 BACKENDS = ("auto", "io_uring", "epoll")
 #: Seconds ``shutdown()`` waits for queued writes to drain before aborting.
@@ -37,6 +38,20 @@ def backend_info() -> dict[str, str | None]:
     """
     backend, reason = _native.probe_backend()
     return {"backend": backend, "reason": reason}
+
+
+def default_io_threads() -> int:
+    """IO threads when none are asked for: 1 on a GIL build of CPython, one
+    per CPU on a free-threaded build.
+
+    With the GIL, a second IO thread adds no parallelism for Python
+    callbacks and the threads hand the GIL back and forth: on the 2-CPU
+    benchmark machine, 2 IO threads raised p99 latency from ~0.5 ms to
+    ~4 ms at equal throughput (benchmarks/echo_bench.py --io-threads 2;
+    see docs/io-threads.md). Pass ``io_threads=`` to choose otherwise.
+    """
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return 1 if gil else (os.cpu_count() or 1)
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -77,7 +92,8 @@ class Server:
             thread); returns a ``netring.Protocol`` or ``asyncio.Protocol``.
         host: address or name to bind (default 127.0.0.1).
         port: port to bind; 0 picks a free one (see ``port`` after start).
-        io_threads: IO threads (default: one per CPU).
+        io_threads: IO threads (default: 1 on a GIL build, one per CPU on a
+            free-threaded build; see ``default_io_threads``).
         backlog: listen backlog.
         reuse_port: set SO_REUSEPORT (several processes on one port).
         backend: "auto" (default, or $NETRING_BACKEND), "io_uring" or "epoll".
@@ -108,7 +124,7 @@ class Server:
         self._host = _resolve(host)
         self._port = _check_int("port", port, 0, 65535)
         self._io_threads = (
-            (os.cpu_count() or 1) if io_threads is None
+            default_io_threads() if io_threads is None
             else _check_int("io_threads", io_threads, 1, 256)
         )
         self._backlog = _check_int("backlog", backlog, 1, 65535)

@@ -157,6 +157,17 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // NOTE: dropped by Python's garbage collector with the GIL held, while
+        // the IO threads may need the GIL to deliver their last callbacks:
+        // release it while they drain, or the join would deadlock.
+        if !self.engine.is_closed() {
+            Python::attach(|py| py.detach(|| self.engine.shutdown(Duration::ZERO)));
+        }
+    }
+}
+
 /// One connection as the dispatcher sees it.
 struct Entry {
     protocol: Py<PyAny>,
