@@ -15,6 +15,7 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod framing;
 mod io_thread;
 pub mod mailbox;
 pub mod stats;

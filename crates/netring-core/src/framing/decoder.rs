@@ -1,0 +1,268 @@
+//! The per-connection decoding state machine (see `framing/mod.rs`).
+
+use memchr::memmem;
+
+use super::{FrameError, Framing};
+
+/// One decoded packet: borrowed from the input when it lay inside one
+/// input, owned when it was reassembled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// A slice of the input passed to `decode`.
+    Borrowed(&'a [u8]),
+    /// Reassembled from several inputs.
+    Owned(Vec<u8>),
+}
+
+impl Packet<'_> {
+    /// The packet's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Packet::Borrowed(b) => b,
+            Packet::Owned(v) => v,
+        }
+    }
+
+    /// Detach from the input.
+    pub fn into_owned(self) -> Packet<'static> {
+        match self {
+            Packet::Borrowed(b) => Packet::Owned(b.to_vec()),
+            Packet::Owned(v) => Packet::Owned(v),
+        }
+    }
+}
+
+/// A connection's framing rule plus its partial packet.
+#[derive(Debug)]
+pub struct Decoder {
+    framing: Framing,
+    /// Length-prefixed: header bytes seen so far.
+    header: [u8; 8],
+    header_len: usize,
+    /// Length-prefixed: the body length, once the header is complete.
+    body_len: Option<usize>,
+    /// Bytes of the packet in progress (body, pending line, record).
+    partial: Vec<u8>,
+    /// Bytes buffered under a previous rule, re-framed before new input.
+    replay: Vec<u8>,
+}
+
+impl Decoder {
+    /// A decoder with nothing buffered.
+    pub fn new(framing: Framing) -> Self {
+        Decoder {
+            framing,
+            header: [0; 8],
+            header_len: 0,
+            body_len: None,
+            partial: Vec::new(),
+            replay: Vec::new(),
+        }
+    }
+
+    /// The current rule.
+    pub fn framing(&self) -> &Framing {
+        &self.framing
+    }
+
+    /// Whether packets are raw chunks (no framing).
+    pub fn is_raw(&self) -> bool {
+        self.framing == Framing::Raw
+    }
+
+    /// Bytes of reassembly memory allocated (capacity, not length).
+    pub fn allocated(&self) -> usize {
+        self.partial.capacity() + self.replay.capacity()
+    }
+
+    /// Bytes held for an incomplete packet.
+    pub fn buffered(&self) -> usize {
+        self.header_len + self.partial.len() + self.replay.len()
+    }
+
+    /// Whether a packet has started but not finished.
+    pub fn in_packet(&self) -> bool {
+        self.buffered() > 0
+    }
+
+    /// Switch rules. Bytes buffered under the old rule are re-framed under
+    /// the new one, before any new input.
+    pub fn set_framing(&mut self, framing: Framing) {
+        let mut pending = Vec::with_capacity(self.buffered());
+        pending.extend_from_slice(&self.header[..self.header_len]);
+        pending.append(&mut self.partial);
+        pending.append(&mut self.replay);
+        *self = Decoder::new(framing);
+        self.replay = pending;
+    }
+
+    /// Decode at most one packet from `input`. Returns the number of input
+    /// bytes consumed and the packet, if one completed. Call again with the
+    /// rest of the input until it returns `(0, None)` on empty input, or
+    /// consumed everything without a packet.
+    pub fn decode<'a>(
+        &mut self,
+        input: &'a [u8],
+    ) -> Result<(usize, Option<Packet<'a>>), FrameError> {
+        while !self.replay.is_empty() {
+            let mut replay = std::mem::take(&mut self.replay);
+            let (used, packet) = match self.step(&replay) {
+                Ok((used, packet)) => (used, packet.map(Packet::into_owned)),
+                Err(e) => {
+                    self.replay = replay;
+                    return Err(e);
+                }
+            };
+            // NOTE: without a packet, every rule consumes all it is given
+            // (or fails), so this loop always makes progress.
+            debug_assert!(packet.is_some() || used == replay.len());
+            replay.drain(..used);
+            self.replay = replay;
+            if packet.is_some() {
+                return Ok((0, packet));
+            }
+        }
+        self.step(input)
+    }
+
+    fn step<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Packet<'a>>), FrameError> {
+        match &self.framing {
+            Framing::Raw => Ok(if input.is_empty() {
+                (0, None)
+            } else {
+                (input.len(), Some(Packet::Borrowed(input)))
+            }),
+            Framing::Exactly(n) => {
+                let n = *n;
+                Ok(self.fill_to(input, 0, n))
+            }
+            Framing::LengthPrefixed {
+                header,
+                big_endian,
+                includes_header,
+                max_packet,
+            } => {
+                let h = usize::from(*header);
+                let mut used = 0;
+                if self.body_len.is_none() {
+                    let take = (h - self.header_len).min(input.len());
+                    self.header[self.header_len..self.header_len + take]
+                        .copy_from_slice(&input[..take]);
+                    self.header_len += take;
+                    used = take;
+                    if self.header_len < h {
+                        return Ok((used, None));
+                    }
+                    let declared = parse_length(&self.header[..h], *big_endian);
+                    let body = if *includes_header {
+                        declared
+                            .checked_sub(h as u64)
+                            .ok_or(FrameError::HeaderTooShort {
+                                declared,
+                                header: *header,
+                            })?
+                    } else {
+                        declared
+                    };
+                    if body > *max_packet as u64 {
+                        return Err(FrameError::PacketTooLarge {
+                            declared,
+                            limit: *max_packet,
+                        });
+                    }
+                    self.body_len = Some(body as usize);
+                }
+                let body = self.body_len.unwrap_or(0);
+                let (n, packet) = self.fill_to(input, used, body);
+                if packet.is_some() {
+                    self.header_len = 0;
+                    self.body_len = None;
+                }
+                Ok((used + n, packet))
+            }
+            Framing::Delimited {
+                delimiter,
+                max_line,
+                strip,
+            } => {
+                let (d, max_line, strip) = (delimiter.len(), *max_line, *strip);
+                if self.partial.is_empty() {
+                    return match memmem::find(input, delimiter) {
+                        Some(i) if i + d <= max_line => {
+                            let end = if strip { i } else { i + d };
+                            Ok((i + d, Some(Packet::Borrowed(&input[..end]))))
+                        }
+                        Some(_) => Err(FrameError::LineTooLong { limit: max_line }),
+                        None if input.len() >= max_line => {
+                            Err(FrameError::LineTooLong { limit: max_line })
+                        }
+                        None => {
+                            self.partial.extend_from_slice(input);
+                            Ok((input.len(), None))
+                        }
+                    };
+                }
+                // The delimiter may straddle the old bytes and the new ones:
+                // append (never past max_line) and search from d-1 back.
+                let old = self.partial.len();
+                let take = input.len().min(max_line - old);
+                self.partial.extend_from_slice(&input[..take]);
+                let start = old.saturating_sub(d - 1);
+                match memmem::find(&self.partial[start..], delimiter) {
+                    Some(j) => {
+                        let line_end = start + j + d;
+                        self.partial.truncate(line_end);
+                        let mut line = std::mem::take(&mut self.partial);
+                        if strip {
+                            line.truncate(line_end - d);
+                        }
+                        Ok((line_end - old, Some(Packet::Owned(line))))
+                    }
+                    None if self.partial.len() >= max_line => {
+                        Err(FrameError::LineTooLong { limit: max_line })
+                    }
+                    None => Ok((take, None)),
+                }
+            }
+        }
+    }
+
+    /// Collect `want` bytes into a packet, starting at `input[offset..]`.
+    /// Returns the bytes consumed from `input[offset..]`.
+    fn fill_to<'a>(
+        &mut self,
+        input: &'a [u8],
+        offset: usize,
+        want: usize,
+    ) -> (usize, Option<Packet<'a>>) {
+        let rest = &input[offset..];
+        if self.partial.is_empty() && rest.len() >= want {
+            return (want, Some(Packet::Borrowed(&rest[..want])));
+        }
+        let take = (want - self.partial.len()).min(rest.len());
+        let len = self.partial.len();
+        if self.partial.capacity() < len + take {
+            // Grow geometrically but never past the declared size, and never
+            // ahead of the bytes actually received by more than 2x.
+            let target = (len + take).max(2 * len).min(want);
+            self.partial.reserve_exact(target - len);
+        }
+        self.partial.extend_from_slice(&rest[..take]);
+        if self.partial.len() == want {
+            (take, Some(Packet::Owned(std::mem::take(&mut self.partial))))
+        } else {
+            (take, None)
+        }
+    }
+}
+
+fn parse_length(header: &[u8], big_endian: bool) -> u64 {
+    let mut buf = [0u8; 8];
+    if big_endian {
+        buf[8 - header.len()..].copy_from_slice(header);
+        u64::from_be_bytes(buf)
+    } else {
+        buf[..header.len()].copy_from_slice(header);
+        u64::from_le_bytes(buf)
+    }
+}
