@@ -23,8 +23,10 @@ from .errors import (
     ConfigurationError,
     ConnectionClosedError,
     FrameTooLargeError,
+    FramingError,
     NetringError,
 )
+from .framing import Delimited, Exactly, LengthPrefixed, Raw
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
 
@@ -35,9 +37,14 @@ __all__ = [
     "BaseProtocol",
     "ConfigurationError",
     "ConnectionClosedError",
+    "Delimited",
+    "Exactly",
     "FrameTooLargeError",
+    "FramingError",
+    "LengthPrefixed",
     "NetringError",
     "Protocol",
+    "Raw",
     "Server",
     "Transport",
     "__version__",

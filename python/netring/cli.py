@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m netring", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run an example server")
-    serve.add_argument("name", choices=sorted(SERVERS), help="which server")
+    serve.add_argument("name", choices=sorted(SERVERS), metavar="NAME",
+                       help="; ".join(f"{k}: {v.description}" for k, v in SERVERS.items()))
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help=f"port (default {DEFAULT_PORT}; 0 picks one)")
@@ -38,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
     try:
-        server = Server(SERVERS[args.name], args.host, args.port,
-                        io_threads=args.io_threads, backend=args.backend)
+        example = SERVERS[args.name]
+        server = Server(example.factory, args.host, args.port,
+                        io_threads=args.io_threads, backend=args.backend, **example.options)
         server.start()
     except Exception as e:  # configuration and bind errors: one clear line
         print(f"netring: cannot serve {args.name}: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosedError",
     "FrameTooLargeError",
+    "FramingError",
     "NetringError",
 ]
 
@@ -28,8 +29,14 @@ class BackendUnavailableError(NetringError):
     """The requested IO backend cannot run here; the message says why."""
 
 
-class FrameTooLargeError(NetringError):
-    """A peer sent a frame above the configured limit."""
+class FramingError(NetringError):
+    """A peer's stream broke the connection's framing rule."""
+
+
+class FrameTooLargeError(FramingError):
+    """A peer declared a packet above ``max_packet``, or sent ``max_line``
+    bytes without a delimiter. Passed to ``connection_lost``; nothing was
+    buffered for the refused body."""
 
 
 class ConnectionClosedError(NetringError, ConnectionError):

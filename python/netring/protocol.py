@@ -39,6 +39,14 @@ class Protocol(BaseProtocol):
     def data_received(self, data: bytes) -> None:
         """Bytes arrived, in order, as the kernel delivered them."""
 
+    def packet_received(self, packet: bytes) -> None:
+        """One whole packet or line arrived (with a framing other than Raw).
+
+        Define ``packets_received(self, packets: list[bytes])`` instead to
+        get every whole packet of one read in one call."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has a framing but no packet_received()")
+
     def eof_received(self) -> bool | None:
         """The peer half-closed. Return a true value to keep the connection
         open for writing; otherwise the transport closes itself."""

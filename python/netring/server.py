@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _native
 from .errors import ConfigurationError
+from .framing import Delimited, Exactly, Framing, LengthPrefixed, Raw
 
 __all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
 
@@ -100,6 +101,9 @@ class Server:
         buffer_size: bytes per receive buffer (default 16 KiB).
         buffers_per_thread: receive buffers per IO thread (power of two,
             default 512).
+        framing: how each connection's stream is cut into packets
+            (``netring.Raw()`` by default; ``LengthPrefixed``, ``Delimited``,
+            ``Exactly``): protocols then get ``packet_received``.
 
     Wrong arguments raise ``TypeError`` or ``ConfigurationError`` (a
     ``ValueError``) here, naming the argument.
@@ -117,6 +121,7 @@ class Server:
         backend: str | None = None,
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
+        framing: Framing | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -141,6 +146,13 @@ class Server:
                 raise ConfigurationError(
                     f"buffers_per_thread: must be a power of two, not {n}")
         self._buffers_per_thread = buffers_per_thread
+        if framing is None:
+            framing = Raw()
+        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly):
+            raise TypeError(
+                "framing: must be netring.Raw(), LengthPrefixed(), Delimited() or Exactly(), "
+                f"not {type(framing).__name__}")
+        self._framing = framing
         self._engine: _native.Engine | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -156,7 +168,8 @@ class Server:
                                     self._buffer_size, self._buffers_per_thread)
             try:
                 _, host, port = engine.listen(self._host, self._port, self._backlog,
-                                              self._reuse_port, self._factory)
+                                              self._reuse_port, self._factory,
+                                              self._framing._spec())
             except BaseException:
                 engine.shutdown(0.0)
                 raise
@@ -220,6 +233,11 @@ class Server:
     def address(self) -> tuple[str, int]:
         """``(host, port)``."""
         return (self._host, self._port)
+
+    @property
+    def framing(self) -> Framing:
+        """The framing new connections start with."""
+        return self._framing
 
     @property
     def io_threads(self) -> int:

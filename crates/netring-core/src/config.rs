@@ -134,6 +134,8 @@ pub struct ListenConfig {
     pub backlog: i32,
     /// Set SO_REUSEPORT before binding.
     pub reuse_port: bool,
+    /// How accepted connections' streams are cut into packets.
+    pub framing: crate::framing::Framing,
 }
 
 #[cfg(test)]

@@ -19,9 +19,10 @@ use slab::Slab;
 use socket2::SockRef;
 
 use crate::conn::sendq::{BufCache, SendQueue};
-use crate::conn::{Conn, ConnId, ConnShared, State};
+use crate::conn::{Conn, ConnError, ConnId, ConnShared, State};
 use crate::driver::{Chunk, Completion, Driver, RecvResult};
 use crate::engine::Shared;
+use crate::framing::Framing;
 use crate::mailbox::Cmd;
 use crate::stats::Stats;
 
@@ -58,12 +59,24 @@ pub(crate) enum Ev {
     },
     Closed {
         conn: ConnId,
-        error: Option<io::Error>,
+        error: Option<ConnError>,
     },
+}
+
+/// A received chunk being cut into packets across `Batch::next` calls.
+#[derive(Clone, Copy)]
+pub(crate) struct Cursor {
+    pub(crate) conn: ConnId,
+    /// Start of the chunk; valid until the end of the dispatch (a ring
+    /// buffer or a retired held buffer).
+    pub(crate) ptr: *const u8,
+    pub(crate) len: usize,
+    pub(crate) offset: usize,
 }
 
 struct Listener {
     socket: OwnedFd,
+    framing: Arc<Framing>,
     armed: bool,
     closing: bool,
     backoff: Duration,
@@ -86,6 +99,8 @@ pub struct ThreadCore {
     listeners: HashMap<usize, Listener>,
     pub(crate) shutdown_deadline: Option<Instant>,
     cache: BufCache,
+    /// The chunk being framed during a dispatch.
+    pub(crate) cursor: Option<Cursor>,
 }
 
 impl ThreadCore {
@@ -102,6 +117,7 @@ impl ThreadCore {
             listeners: HashMap::new(),
             shutdown_deadline: None,
             cache: BufCache::default(),
+            cursor: None,
         }
     }
 
@@ -121,7 +137,7 @@ impl ThreadCore {
         }
     }
 
-    fn touch(&mut self, id: ConnId) -> Option<&mut Conn> {
+    pub(crate) fn touch(&mut self, id: ConnId) -> Option<&mut Conn> {
         let conn = self
             .conns
             .get_mut(id.index as usize)
@@ -141,6 +157,31 @@ impl ThreadCore {
     /// closing (the bytes are dropped, as asyncio does after `close()`).
     pub fn write(&mut self, id: ConnId, data: &[u8]) -> bool {
         self.write_with(id, data.len(), |q, c| q.push_slice(data, c))
+    }
+
+    /// Queue the concatenation of `parts` (e.g. a header and a payload).
+    pub fn write_parts(&mut self, id: ConnId, parts: &[&[u8]]) -> bool {
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.write_with(id, len, |q, c| {
+            for part in parts {
+                q.push_slice(part, c);
+            }
+        })
+    }
+
+    /// Cut `id`'s stream by `framing` from the next byte on.
+    pub fn set_framing(&mut self, id: ConnId, framing: Framing) {
+        let Some(conn) = self.conn(id) else { return };
+        conn.decoder.set_framing(framing);
+        // Bytes buffered under the old rule may already hold packets under
+        // the new one: unless this connection's chunk is being cut right
+        // now, queue an empty read so they are re-framed at once.
+        if self.cursor.map(|c| c.conn) != Some(id) {
+            self.events.push_front(Ev::Held {
+                conn: id,
+                data: Vec::new(),
+            });
+        }
     }
 
     pub(crate) fn write_vec(&mut self, id: ConnId, data: Vec<u8>) -> bool {
@@ -216,8 +257,12 @@ impl ThreadCore {
         conn.read_paused = paused;
         if !paused {
             // Held data is older than anything still queued: deliver it first.
-            let held = std::mem::take(&mut conn.held);
+            let mut held = std::mem::take(&mut conn.held);
             let eof = std::mem::take(&mut conn.eof_held);
+            if held.is_empty() && conn.decoder.in_packet() {
+                // Re-frame what the decoder buffered (e.g. after a rule change).
+                held.push(Vec::new());
+            }
             if eof {
                 self.events.push_front(Ev::Eof { conn: id });
             }
@@ -258,7 +303,10 @@ impl ThreadCore {
     pub(crate) fn apply<D: Driver>(&mut self, cmd: Cmd, driver: &mut D) {
         match cmd {
             Cmd::Listen {
-                listener, socket, ..
+                listener,
+                socket,
+                framing,
+                ..
             } => {
                 if self.shutdown_deadline.is_some() {
                     return; // dropped: the socket closes
@@ -268,6 +316,7 @@ impl ThreadCore {
                     listener,
                     Listener {
                         socket,
+                        framing,
                         armed: true,
                         closing: false,
                         backoff: ACCEPT_BACKOFF_MIN,
@@ -277,7 +326,11 @@ impl ThreadCore {
                 );
             }
             Cmd::Unlisten { listener } => self.unlisten(listener, driver),
-            Cmd::Adopt { listener, fd } => self.adopt(listener, fd),
+            Cmd::Adopt {
+                listener,
+                fd,
+                framing,
+            } => self.adopt(listener, fd, &framing),
             Cmd::Write { conn, data } => {
                 if let Some(c) = self.conn(conn) {
                     c.shared.mailbox_sub(data.len());
@@ -289,6 +342,7 @@ impl ThreadCore {
             Cmd::WriteEof { conn } => self.write_eof(conn),
             Cmd::SetReading { conn, paused } => self.set_reading(conn, paused),
             Cmd::SetWriteLimits { conn, high, low } => self.set_write_limits(conn, high, low),
+            Cmd::SetFraming { conn, framing } => self.set_framing(conn, framing),
             Cmd::Shutdown { deadline } => self.begin_shutdown(deadline, driver),
         }
     }
@@ -330,7 +384,7 @@ impl ThreadCore {
         }
     }
 
-    fn adopt(&mut self, listener: usize, fd: OwnedFd) {
+    fn adopt(&mut self, listener: usize, fd: OwnedFd, framing: &Framing) {
         if self.shutdown_deadline.is_some() {
             return; // shutting down: the descriptor closes here
         }
@@ -349,7 +403,7 @@ impl ThreadCore {
             index: index as u32,
             generation: self.generations[index],
         };
-        let conn = entry.insert(Conn::new(id, fd));
+        let conn = entry.insert(Conn::new(id, fd, framing.clone()));
         let shared = conn.shared.clone();
         Self::mark_dirty(&mut self.dirty, conn);
         Stats::add(&self.stats().accepted, 1);
@@ -399,7 +453,7 @@ impl ThreadCore {
                         }
                     }
                     RecvResult::NoBuffers | RecvResult::Cancelled => {}
-                    RecvResult::Err(e) => conn.begin_abort(Some(e), false),
+                    RecvResult::Err(e) => conn.begin_abort(Some(ConnError::Io(e)), false),
                 }
             }
             Completion::Sent { slot, result } => {
@@ -425,7 +479,7 @@ impl ThreadCore {
                     Err(e) => {
                         conn.sendq.unpin();
                         if e.raw_os_error() != Some(libc::ECANCELED) {
-                            conn.begin_abort(Some(e), false);
+                            conn.begin_abort(Some(ConnError::Io(e)), false);
                         } else {
                             conn.begin_abort(None, conn.reset_on_close);
                         }
@@ -458,10 +512,15 @@ impl ThreadCore {
                 }
                 let n = self.engine.mailboxes.len();
                 let target = self.engine.next_target() % n;
+                let framing = l.framing.clone();
                 if target == usize::from(self.thread) {
-                    self.adopt(listener, fd);
+                    self.adopt(listener, fd, &framing);
                 } else {
-                    self.engine.mailboxes[target].push(Cmd::Adopt { listener, fd });
+                    self.engine.mailboxes[target].push(Cmd::Adopt {
+                        listener,
+                        fd,
+                        framing,
+                    });
                 }
             }
             Err(e) => {

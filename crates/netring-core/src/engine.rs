@@ -19,6 +19,7 @@ use crate::config::{Backend, EngineConfig, ListenConfig};
 use crate::conn::{ConnId, ConnShared};
 use crate::error::Error;
 use crate::event::with_active;
+use crate::framing::Framing;
 use crate::io_thread::IoLoop;
 use crate::mailbox::{Cmd, Mailbox};
 use crate::stats::{Stats, StatsSnapshot};
@@ -201,12 +202,14 @@ impl Engine {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| Error::Io(std::io::Error::other("listener has no IP address")))?;
+        cfg.framing.validate()?;
         let listener = self.shared.next_listener.fetch_add(1, Ordering::Relaxed);
         let owner = listener % self.shared.mailboxes.len();
         self.shared.mailboxes[owner].push(Cmd::Listen {
             listener,
             socket: socket.into(),
             local,
+            framing: Arc::new(cfg.framing.clone()),
         });
         Ok((listener, local))
     }
@@ -292,6 +295,36 @@ impl ConnRef {
             data: data.to_vec(),
         });
         true
+    }
+
+    /// Queue the concatenation of `parts` as one write (e.g. a length
+    /// header and its payload), without joining them first on the owner.
+    pub fn write_parts(&self, parts: &[&[u8]]) -> bool {
+        if let Some(ok) = self.local(|c| c.write_parts(self.id, parts)) {
+            return ok;
+        }
+        let data = parts.concat();
+        self.shared.mailbox_add(data.len());
+        self.remote(Cmd::Write {
+            conn: self.id,
+            data,
+        });
+        true
+    }
+
+    /// Cut the stream by `framing` from the next byte on; bytes already
+    /// received and not yet delivered are re-framed.
+    pub fn set_framing(&self, framing: Framing) {
+        let framing2 = framing.clone();
+        if self
+            .local(move |c| c.set_framing(self.id, framing2))
+            .is_none()
+        {
+            self.remote(Cmd::SetFraming {
+                conn: self.id,
+                framing,
+            });
+        }
     }
 
     /// Flush, then close.

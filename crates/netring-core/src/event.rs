@@ -11,11 +11,11 @@
 //! thread-local (`ACTIVE`), so a [`crate::ConnRef`] used on its own IO
 //! thread applies at once, without the mailbox and without a wake-up.
 
-use crate::conn::{ConnId, State};
-use crate::core::{Ev, ThreadCore};
+use crate::conn::{ConnError, ConnId, State};
+use crate::core::{Cursor, Ev, ThreadCore};
 use crate::engine::ConnRef;
+use crate::framing::Packet;
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::net::SocketAddr;
 
 /// One thing that happened to a connection.
@@ -32,8 +32,10 @@ pub enum Event<'b> {
         /// Local address.
         local: Option<SocketAddr>,
     },
-    /// Bytes arrived (data_received).
+    /// Bytes arrived on a connection without framing (data_received).
     Data { conn: ConnId, data: &'b [u8] },
+    /// One whole packet arrived on a framed connection (packet_received).
+    Packet { conn: ConnId, data: &'b [u8] },
     /// The peer shut down its sending side (eof_received).
     Eof { conn: ConnId },
     /// The write queue crossed its high-water mark.
@@ -44,7 +46,7 @@ pub enum Event<'b> {
     /// error ended it. This is the last event for `conn`.
     Closed {
         conn: ConnId,
-        error: Option<io::Error>,
+        error: Option<ConnError>,
     },
 }
 
@@ -71,6 +73,12 @@ impl<'b> Batch<'b> {
     pub fn next(&mut self) -> Option<Event<'b>> {
         let mut core = self.core.borrow_mut();
         loop {
+            if core.cursor.is_some() {
+                if let Some(ev) = frame_next(&mut core) {
+                    return Some(ev);
+                }
+                continue;
+            }
             let ev = core.events.pop_front()?;
             match ev {
                 Ev::Opened {
@@ -89,24 +97,24 @@ impl<'b> Batch<'b> {
                     });
                 }
                 Ev::Data { conn, chunk } => {
-                    // SAFETY: chunks handed out in this batch are released
-                    // only after the dispatch ends, which outlives 'b.
-                    let data: &'b [u8] = unsafe { std::mem::transmute(chunk.bytes()) };
-                    if let Some(data) = deliverable(&mut core, conn, data) {
-                        return Some(Event::Data { conn, data });
-                    }
+                    core.cursor = Some(Cursor {
+                        conn,
+                        ptr: chunk.ptr,
+                        len: chunk.len,
+                        offset: 0,
+                    });
                 }
                 Ev::Held { conn, data } => {
-                    let ptr = data.as_ptr();
-                    let len = data.len();
+                    let (ptr, len) = (data.as_ptr(), data.len());
+                    // The Vec's heap buffer does not move when the Vec is
+                    // moved into `retired`, which lives until the dispatch ends.
                     core.retired.push(data);
-                    // SAFETY: the Vec's heap buffer was moved into `retired`
-                    // (the buffer itself does not move), which is cleared
-                    // only after the dispatch ends.
-                    let data: &'b [u8] = unsafe { std::slice::from_raw_parts(ptr, len) };
-                    if let Some(data) = deliverable(&mut core, conn, data) {
-                        return Some(Event::Data { conn, data });
-                    }
+                    core.cursor = Some(Cursor {
+                        conn,
+                        ptr,
+                        len,
+                        offset: 0,
+                    });
                 }
                 Ev::Eof { conn } => {
                     let Some(c) = core.conn(conn) else { continue };
@@ -134,24 +142,84 @@ impl<'b> Batch<'b> {
         }
     }
 
+    /// Another whole packet for `conn` from the read being delivered, if the
+    /// read holds one: for handlers that deliver every packet of one read in
+    /// one call (`packets_received`).
+    pub fn next_packet_of(&mut self, conn: ConnId) -> Option<&'b [u8]> {
+        let mut core = self.core.borrow_mut();
+        if core.cursor.map(|c| c.conn) != Some(conn) || core.conn(conn)?.decoder.is_raw() {
+            return None;
+        }
+        match frame_next(&mut core)? {
+            Event::Packet { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
     /// Apply operations on this thread's connections directly.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut ThreadCore) -> R) -> R {
         f(&mut self.core.borrow_mut())
     }
 }
 
-/// Data for an open, reading connection is delivered; for a paused one it is
-/// held (copied) until reading resumes; otherwise it is dropped.
-fn deliverable<'b>(core: &mut ThreadCore, conn: ConnId, data: &'b [u8]) -> Option<&'b [u8]> {
-    let c = core.conn(conn)?;
-    if c.state != State::Open {
+/// Cut the next packet from the chunk under the cursor. Returns `None` (and
+/// clears the cursor) when the chunk is used up, its connection is closing,
+/// or reading was paused (the rest of the chunk is then held).
+fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
+    let cur = core.cursor?;
+    // SAFETY: the cursor's chunk is a receive buffer handed out in this
+    // batch or a retired held buffer; both stay valid and unmodified until
+    // the dispatch ends, which outlives 'b.
+    let rest: &'b [u8] =
+        unsafe { std::slice::from_raw_parts(cur.ptr.add(cur.offset), cur.len - cur.offset) };
+    let result = match core.conn(cur.conn) {
+        Some(c) if c.state == State::Open && c.read_paused => {
+            if !rest.is_empty() {
+                c.held.push(rest.to_vec());
+            }
+            None
+        }
+        Some(c) if c.state == State::Open => Some((c.decoder.decode(rest), c.decoder.is_raw())),
+        _ => None,
+    };
+    let Some((decoded, raw)) = result else {
+        core.cursor = None;
         return None;
+    };
+    match decoded {
+        Ok((used, Some(packet))) => {
+            if let Some(c) = core.cursor.as_mut() {
+                c.offset += used;
+            }
+            let data: &'b [u8] = match packet {
+                Packet::Borrowed(b) => b,
+                Packet::Owned(v) => {
+                    let (ptr, len) = (v.as_ptr(), v.len());
+                    core.retired.push(v);
+                    // SAFETY: as for held data: the buffer lives in
+                    // `retired` until the dispatch ends.
+                    unsafe { std::slice::from_raw_parts(ptr, len) }
+                }
+            };
+            let conn = cur.conn;
+            Some(if raw {
+                Event::Data { conn, data }
+            } else {
+                Event::Packet { conn, data }
+            })
+        }
+        Ok((_, None)) => {
+            core.cursor = None;
+            None
+        }
+        Err(e) => {
+            if let Some(c) = core.touch(cur.conn) {
+                c.begin_abort(Some(ConnError::Frame(e)), false);
+            }
+            core.cursor = None;
+            None
+        }
     }
-    if c.read_paused {
-        c.held.push(data.to_vec());
-        return None;
-    }
-    Some(data)
 }
 
 /// The core being dispatched on this thread, if any: (engine id, thread, core).

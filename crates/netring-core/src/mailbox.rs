@@ -10,10 +10,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::conn::ConnId;
+use crate::framing::Framing;
 
 /// Something another thread asks an IO thread to do.
 #[derive(Debug)]
@@ -23,11 +24,16 @@ pub enum Cmd {
         listener: usize,
         socket: OwnedFd,
         local: SocketAddr,
+        framing: Arc<Framing>,
     },
     /// Stop accepting on a listener and close it.
     Unlisten { listener: usize },
     /// Take ownership of an accepted connection.
-    Adopt { listener: usize, fd: OwnedFd },
+    Adopt {
+        listener: usize,
+        fd: OwnedFd,
+        framing: Arc<Framing>,
+    },
     /// Queue bytes on a connection.
     Write { conn: ConnId, data: Vec<u8> },
     /// Flush, then close.
@@ -38,6 +44,8 @@ pub enum Cmd {
     WriteEof { conn: ConnId },
     /// Stop or restart delivering data.
     SetReading { conn: ConnId, paused: bool },
+    /// Change the framing rule from the next byte.
+    SetFraming { conn: ConnId, framing: Framing },
     /// Change the write-queue water marks.
     SetWriteLimits {
         conn: ConnId,

@@ -9,8 +9,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use netring_core::conn::ConnError;
 use netring_core::driver::epoll::EpollDriver;
 use netring_core::driver::probe_io_uring;
+use netring_core::framing::Framing;
 use netring_core::{
     Backend, BackendChoice, Batch, ConnId, ConnRef, Engine, EngineConfig, Event, Handler,
     ListenConfig,
@@ -41,7 +43,7 @@ impl Handler for Echo {
                     log.refs.push(conn.clone());
                     self.conns.insert(conn.id(), conn);
                 }
-                Event::Data { conn, data } => {
+                Event::Data { conn, data } | Event::Packet { conn, data } => {
                     self.conns[&conn].write(data);
                 }
                 Event::Eof { conn } => {
@@ -50,11 +52,13 @@ impl Handler for Echo {
                 }
                 Event::Closed { conn, error } => {
                     self.conns.remove(&conn);
-                    self.log
-                        .lock()
-                        .unwrap()
-                        .closed
-                        .push((conn, error.map(|e| e.kind())));
+                    self.log.lock().unwrap().closed.push((
+                        conn,
+                        error.map(|e| match e {
+                            ConnError::Io(e) => e.kind(),
+                            ConnError::Frame(_) => std::io::ErrorKind::InvalidData,
+                        }),
+                    ));
                 }
                 Event::PauseWriting { .. } | Event::ResumeWriting { .. } => {}
             }
@@ -108,6 +112,7 @@ pub fn echo_engine(
             addr: "127.0.0.1:0".parse().unwrap(),
             backlog: 1024,
             reuse_port: false,
+            framing: Framing::Raw,
         })
         .expect("listen");
     (engine, addr, log)

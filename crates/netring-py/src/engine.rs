@@ -15,14 +15,16 @@ use std::time::Duration;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
+use netring_core::framing::Framing;
 use netring_core::{Batch, ConnId, ConnRef, EngineConfig, Event, Handler, ListenConfig};
 
 use crate::errors::to_py;
 use crate::transport::Transport;
 
-type Factories = Arc<Mutex<HashMap<usize, Py<PyAny>>>>;
+/// Per listener: the protocol factory and the initial framing.
+type Factories = Arc<Mutex<HashMap<usize, (Py<PyAny>, Framing)>>>;
 
 /// A pool of IO threads running the netring engine.
 #[pyclass(frozen, module = "netring._native")]
@@ -72,6 +74,8 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None))]
+    #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
         py: Python<'_>,
@@ -80,7 +84,12 @@ impl Engine {
         backlog: i32,
         reuse_port: bool,
         factory: Py<PyAny>,
+        framing: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(usize, String, u16)> {
+        let framing = match framing {
+            Some(f) if !f.is_none() => crate::framing::from_py(f)?,
+            _ => Framing::Raw,
+        };
         let ip: IpAddr = host.parse().map_err(|_| {
             crate::errors::netring_error(
                 py,
@@ -92,6 +101,7 @@ impl Engine {
             addr: SocketAddr::new(ip, port),
             backlog,
             reuse_port,
+            framing: framing.clone(),
         };
         // NOTE: the GIL is held from here until the factory is registered, so
         // no IO thread can dispatch this listener's first connection before.
@@ -99,7 +109,7 @@ impl Engine {
         self.factories
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, factory);
+            .insert(id, (factory, framing));
         Ok((id, addr.ip().to_string(), addr.port()))
     }
 
@@ -173,6 +183,9 @@ struct Entry {
     protocol: Py<PyAny>,
     transport: Py<Transport>,
     data_received: Option<Py<PyAny>>,
+    packet_received: Option<Py<PyAny>>,
+    /// Set when the protocol takes every packet of one read in one call.
+    packets_received: Option<Py<PyAny>>,
     /// The exception that made us abort, passed to `connection_lost`.
     failure: Option<PyErr>,
 }
@@ -246,17 +259,17 @@ impl<'py> PyHandler<'py> {
     ) {
         let py = self.py;
         let id = conn.id();
-        let factory = self
+        let entry = self
             .factories
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&listener)
-            .map(|f| f.clone_ref(py));
-        let transport = Transport::new(conn.clone(), peer, local);
-        let Some(factory) = factory else {
+            .map(|(f, framing)| (f.clone_ref(py), framing.clone()));
+        let Some((factory, framing)) = entry else {
             conn.abort();
             return;
         };
+        let transport = Transport::new(conn.clone(), peer, local, framing);
         let protocol = match factory.call0(py) {
             Ok(p) => p,
             Err(e) => {
@@ -275,18 +288,51 @@ impl<'py> PyHandler<'py> {
         };
         transport.get().set_protocol_ref(protocol.clone_ref(py));
         let data_received = protocol.getattr(py, intern!(py, "data_received")).ok();
+        let packet_received = protocol.getattr(py, intern!(py, "packet_received")).ok();
+        let packets_received = protocol.getattr(py, intern!(py, "packets_received")).ok();
         self.conns.insert(
             id,
             Entry {
                 protocol: protocol.clone_ref(py),
                 transport: transport.clone_ref(py),
                 data_received,
+                packet_received,
+                packets_received,
                 failure: None,
             },
         );
         if let Err(e) = protocol.call_method1(py, intern!(py, "connection_made"), (transport,)) {
             self.fail(id, "connection_made", e);
         }
+    }
+
+    /// Deliver a packet, or with `packets_received`, every whole packet of
+    /// the same read in one list.
+    fn packets(&mut self, batch: &mut Batch<'_>, conn: ConnId, first: &[u8]) {
+        let py = self.py;
+        let batched = self
+            .conns
+            .get(&conn)
+            .and_then(|e| e.packets_received.as_ref().map(|m| m.clone_ref(py)));
+        if let Some(method) = batched {
+            let list = PyList::empty(py);
+            let mut next = Some(first);
+            while let Some(data) = next {
+                if list.append(PyBytes::new(py, data)).is_err() {
+                    break;
+                }
+                next = batch.next_packet_of(conn);
+            }
+            self.call(conn, "packets_received", |_| method.call1(py, (list,)));
+            return;
+        }
+        let bytes = PyBytes::new(py, first);
+        self.call(conn, "packet_received", |e| match &e.packet_received {
+            Some(m) => m.call1(py, (bytes,)),
+            None => e
+                .protocol
+                .call_method1(py, intern!(py, "packet_received"), (bytes,)),
+        });
     }
 
     fn call(
@@ -329,6 +375,7 @@ impl Handler for PyHandler<'_> {
                             .call_method1(py, intern!(py, "data_received"), (bytes,)),
                     });
                 }
+                Event::Packet { conn, data } => self.packets(batch, conn, data),
                 Event::Eof { conn } => {
                     let keep = self.call(conn, "eof_received", |e| {
                         e.protocol.call_method0(py, intern!(py, "eof_received"))
@@ -361,7 +408,9 @@ impl Handler for PyHandler<'_> {
                     };
                     let transport = entry.transport.get();
                     transport.mark_lost();
-                    let exc: Option<PyErr> = entry.failure.or_else(|| error.map(PyErr::from));
+                    let exc: Option<PyErr> = entry
+                        .failure
+                        .or_else(|| error.map(|e| crate::errors::conn_error(py, e)));
                     let arg = exc.map(|e| e.into_value(py).into_any());
                     if let Err(e) =
                         entry

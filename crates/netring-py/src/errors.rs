@@ -8,6 +8,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
+use netring_core::conn::ConnError;
+use netring_core::framing::FrameError;
 use netring_core::Error;
 
 static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -32,5 +34,16 @@ pub fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::BackendUnavailable(why) => netring_error(py, "BackendUnavailableError", why),
         Error::Io(io) => io.into(),
         Error::Closed => netring_error(py, "NetringError", "the engine is shut down".into()),
+    }
+}
+
+/// Convert why a connection ended into the exception `connection_lost` gets.
+pub fn conn_error(py: Python<'_>, e: ConnError) -> PyErr {
+    match e {
+        ConnError::Io(io) => io.into(),
+        ConnError::Frame(
+            f @ (FrameError::PacketTooLarge { .. } | FrameError::LineTooLong { .. }),
+        ) => netring_error(py, "FrameTooLargeError", f.to_string()),
+        ConnError::Frame(f) => netring_error(py, "FramingError", f.to_string()),
     }
 }

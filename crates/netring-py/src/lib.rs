@@ -6,6 +6,7 @@
 
 mod engine;
 mod errors;
+mod framing;
 mod logging;
 mod transport;
 
@@ -26,6 +27,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
     m.add_class::<transport::Transport>()?;
     m.add_function(wrap_pyfunction!(probe_backend, m)?)?;
+    m.add_function(wrap_pyfunction!(framing::check_framing, m)?)?;
+    m.add(
+        "DEFAULT_MAX_PACKET_BYTES",
+        netring_core::framing::DEFAULT_MAX_PACKET_BYTES,
+    )?;
+    m.add(
+        "DEFAULT_MAX_LINE_BYTES",
+        netring_core::framing::DEFAULT_MAX_LINE_BYTES,
+    )?;
     m.add(
         "DEFAULT_WRITE_HIGH_WATER_BYTES",
         netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES,

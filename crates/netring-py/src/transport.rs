@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 
 use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
+use netring_core::framing::Framing;
 use netring_core::ConnRef;
 
 /// A connection's transport (asyncio `Transport` interface).
@@ -29,10 +30,17 @@ pub struct Transport {
     high_water: AtomicUsize,
     low_water: AtomicUsize,
     protocol: std::sync::Mutex<Option<Py<PyAny>>>,
+    /// The framing rule `send_packet` encodes with (the connection's own).
+    framing: std::sync::Mutex<Framing>,
 }
 
 impl Transport {
-    pub fn new(conn: ConnRef, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
+    pub fn new(
+        conn: ConnRef,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        framing: Framing,
+    ) -> Self {
         Transport {
             conn,
             peer,
@@ -43,6 +51,7 @@ impl Transport {
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             protocol: std::sync::Mutex::new(None),
+            framing: std::sync::Mutex::new(framing),
         }
     }
 
@@ -141,6 +150,67 @@ impl Transport {
         for item in list_of_data.try_iter()? {
             self.write_bytes(&item?)?;
         }
+        Ok(())
+    }
+
+    /// Frame `payload` by the connection's framing and queue it: a length
+    /// header before it (LengthPrefixed), the delimiter after it
+    /// (Delimited), or as is (Raw, Exactly).
+    fn send_packet(&self, payload: &Bound<'_, PyAny>) -> PyResult<()> {
+        let bytes;
+        let owned;
+        let data: &[u8] = if let Ok(b) = payload.cast::<PyBytes>() {
+            bytes = b.clone();
+            bytes.as_bytes()
+        } else if payload.is_instance_of::<PyByteArray>()
+            || payload.is_instance_of::<PyMemoryView>()
+        {
+            owned = pyo3::buffer::PyBuffer::<u8>::get(payload)?.to_vec(payload.py())?;
+            &owned
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "payload must be a bytes-like object, not '{}'",
+                payload.get_type().name()?
+            )));
+        };
+        if self.eof_written.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call send_packet() after write_eof()",
+            ));
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let framing = self
+            .framing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match &framing {
+            Framing::Raw | Framing::Exactly(_) => {
+                self.conn.write(data);
+            }
+            Framing::Delimited { delimiter, .. } => {
+                self.conn.write_parts(&[data, delimiter]);
+            }
+            Framing::LengthPrefixed { .. } => {
+                let mut header = Vec::with_capacity(8);
+                framing
+                    .encode_header(data.len(), &mut header)
+                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+                self.conn.write_parts(&[&header, data]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cut the incoming stream by `framing` (a `netring.framing` spec) from
+    /// the next byte on; bytes received and not yet delivered are re-framed.
+    /// `send_packet` frames by it too.
+    fn set_framing(&self, framing: &Bound<'_, PyAny>) -> PyResult<()> {
+        let framing = crate::framing::from_py(framing)?;
+        *self.framing.lock().unwrap_or_else(|e| e.into_inner()) = framing.clone();
+        self.conn.set_framing(framing);
         Ok(())
     }
 

@@ -20,6 +20,25 @@ use sendq::SendQueue;
 
 use crate::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
 use crate::driver::SendState;
+use crate::framing::{Decoder, FrameError, Framing};
+
+/// Why a connection ended, when it did not end normally.
+#[derive(Debug)]
+pub enum ConnError {
+    /// A socket error (reset, broken pipe...).
+    Io(io::Error),
+    /// The peer broke the framing rule (oversize packet or line).
+    Frame(FrameError),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => e.fmt(f),
+            ConnError::Frame(e) => e.fmt(f),
+        }
+    }
+}
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +102,9 @@ pub struct Conn {
     pub(crate) eof_sent: bool,
     /// Reset (SO_LINGER 0) on close: the user aborted.
     pub(crate) reset_on_close: bool,
-    pub(crate) error: Option<io::Error>,
+    pub(crate) error: Option<ConnError>,
+    /// The framing rule and the packet in progress.
+    pub(crate) decoder: Decoder,
     pub(crate) high_water: usize,
     pub(crate) low_water: usize,
     pub(crate) writing_paused: bool,
@@ -91,7 +112,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, fd: OwnedFd) -> Self {
+    pub(crate) fn new(id: ConnId, fd: OwnedFd, framing: Framing) -> Self {
         Conn {
             id,
             fd,
@@ -111,6 +132,7 @@ impl Conn {
             eof_sent: false,
             reset_on_close: false,
             error: None,
+            decoder: Decoder::new(framing),
             high_water: DEFAULT_WRITE_HIGH_WATER_BYTES,
             low_water: DEFAULT_WRITE_HIGH_WATER_BYTES / 4,
             writing_paused: false,
@@ -126,7 +148,7 @@ impl Conn {
     }
 
     /// Start an abort; `error` is what `connection_lost` will report.
-    pub(crate) fn begin_abort(&mut self, error: Option<io::Error>, reset: bool) {
+    pub(crate) fn begin_abort(&mut self, error: Option<ConnError>, reset: bool) {
         if self.state != State::Aborting {
             self.state = State::Aborting;
             self.error = error;

@@ -35,6 +35,7 @@ pub struct Chunk {
     pub(crate) bid: u16,
 }
 
+#[cfg(test)]
 impl Chunk {
     /// The bytes.
     ///

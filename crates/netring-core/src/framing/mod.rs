@@ -131,37 +131,36 @@ impl Framing {
     /// Frame `payload` for sending under this rule: the length header before
     /// it, or the delimiter after it. Raw and Exactly send it as is.
     pub fn encode(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        match self {
-            Framing::Raw | Framing::Exactly(_) => out.extend_from_slice(payload),
-            Framing::LengthPrefixed {
-                header,
-                big_endian,
-                includes_header,
-                ..
-            } => {
-                let h = usize::from(*header);
-                let len = payload.len() as u64 + if *includes_header { h as u64 } else { 0 };
-                if h < 8 && len >> (8 * h) != 0 {
-                    return Err(EncodeError::TooLong {
-                        len: payload.len(),
-                        header: *header,
-                    });
-                }
-                let bytes = if *big_endian {
-                    len.to_be_bytes()
-                } else {
-                    len.to_le_bytes()
-                };
-                if *big_endian {
-                    out.extend_from_slice(&bytes[8 - h..]);
-                } else {
-                    out.extend_from_slice(&bytes[..h]);
-                }
-                out.extend_from_slice(payload);
+        self.encode_header(payload.len(), out)?;
+        out.extend_from_slice(payload);
+        if let Framing::Delimited { delimiter, .. } = self {
+            out.extend_from_slice(delimiter);
+        }
+        Ok(())
+    }
+
+    /// Append what goes before a `len`-byte payload: the length header for
+    /// LengthPrefixed, nothing otherwise.
+    pub fn encode_header(&self, len: usize, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if let Framing::LengthPrefixed {
+            header,
+            big_endian,
+            includes_header,
+            ..
+        } = self
+        {
+            let h = usize::from(*header);
+            let total = len as u64 + if *includes_header { h as u64 } else { 0 };
+            if h < 8 && total >> (8 * h) != 0 {
+                return Err(EncodeError::TooLong {
+                    len,
+                    header: *header,
+                });
             }
-            Framing::Delimited { delimiter, .. } => {
-                out.extend_from_slice(payload);
-                out.extend_from_slice(delimiter);
+            if *big_endian {
+                out.extend_from_slice(&total.to_be_bytes()[8 - h..]);
+            } else {
+                out.extend_from_slice(&total.to_le_bytes()[..h]);
             }
         }
         Ok(())

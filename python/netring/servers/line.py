@@ -1,0 +1,20 @@
+"""SimpleProtocolServer: CRLF-terminated lines, each echoed with its CRLF."""
+
+from __future__ import annotations
+
+from .._native import Transport
+from ..protocol import Protocol
+
+
+class LineEcho(Protocol):
+    """Echoes every whole line (``send_packet`` appends the CRLF)."""
+
+    transport: Transport
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def packets_received(self, packets: list[bytes]) -> None:
+        send = self.transport.send_packet
+        for line in packets:
+            send(line)
