@@ -92,6 +92,16 @@ pub fn echo_engine(
     backend: Backend,
     config: EngineConfig,
 ) -> (Engine, SocketAddr, Arc<Mutex<Log>>) {
+    framed_echo_engine(backend, config, Framing::Raw)
+}
+
+/// As [`echo_engine`], with `framing`: each packet's payload is echoed
+/// without its framing (length header or delimiter).
+pub fn framed_echo_engine(
+    backend: Backend,
+    config: EngineConfig,
+    framing: Framing,
+) -> (Engine, SocketAddr, Arc<Mutex<Log>>) {
     let config = EngineConfig {
         backend: BackendChoice::Exactly(backend),
         ..config
@@ -112,7 +122,7 @@ pub fn echo_engine(
             addr: "127.0.0.1:0".parse().unwrap(),
             backlog: 1024,
             reuse_port: false,
-            framing: Framing::Raw,
+            framing,
         })
         .expect("listen");
     (engine, addr, log)
