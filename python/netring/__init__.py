@@ -27,6 +27,7 @@ from .errors import (
     NetringError,
 )
 from .framing import Delimited, Exactly, LengthPrefixed, Raw
+from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
 
@@ -41,11 +42,13 @@ __all__ = [
     "Exactly",
     "FrameTooLargeError",
     "FramingError",
+    "IOPool",
     "LengthPrefixed",
     "NetringError",
     "Protocol",
     "Raw",
     "Server",
+    "TimerHandle",
     "Transport",
     "__version__",
     "backend_info",

@@ -47,6 +47,15 @@ class Protocol(BaseProtocol):
         raise NotImplementedError(
             f"{type(self).__name__} has a framing but no packet_received()")
 
+    def timeout_received(self) -> None:
+        """Nothing arrived for the idle timeout (``Server(idle_timeout=)`` or
+        ``transport.set_idle_timeout``). The default closes the connection;
+        override to ping the peer or keep waiting (called again after
+        another period of silence)."""
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+
     def eof_received(self) -> bool | None:
         """The peer half-closed. Return a true value to keep the connection
         open for writing; otherwise the transport closes itself."""

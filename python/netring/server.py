@@ -9,12 +9,9 @@ that SIGINT and SIGTERM stop it gracefully.
 from __future__ import annotations
 
 import atexit
-import os
 import signal
 import socket
-import sys
 import threading
-import weakref
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
@@ -22,14 +19,18 @@ from typing import Any
 from . import _native
 from .errors import ConfigurationError
 from .framing import Delimited, Exactly, Framing, LengthPrefixed, Raw
+from .pool import (
+    BACKENDS,
+    DEFAULT_GRACE_SECONDS,
+    IOPool,
+    check_int,
+    check_seconds,
+    choose_backend,
+    default_io_threads,
+    shutdown_all,
+)
 
 __all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
-
-BACKENDS = ("auto", "io_uring", "epoll")
-#: Seconds ``shutdown()`` waits for queued writes to drain before aborting.
-DEFAULT_GRACE_SECONDS = 5.0
-
-_live: weakref.WeakSet[Server] = weakref.WeakSet()
 
 
 def backend_info() -> dict[str, str | None]:
@@ -39,29 +40,6 @@ def backend_info() -> dict[str, str | None]:
     """
     backend, reason = _native.probe_backend()
     return {"backend": backend, "reason": reason}
-
-
-def default_io_threads() -> int:
-    """IO threads when none are asked for: 1 on a GIL build of CPython, one
-    per CPU on a free-threaded build.
-
-    With the GIL, a second IO thread adds no parallelism for Python
-    callbacks and the threads hand the GIL back and forth: on the 2-CPU
-    benchmark machine, 2 IO threads raised p99 latency from ~0.5 ms to
-    ~4 ms at equal throughput (benchmarks/echo_bench.py --io-threads 2;
-    see docs/io-threads.md). Pass ``io_threads=`` to choose otherwise.
-    """
-    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
-    return 1 if gil else (os.cpu_count() or 1)
-
-
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: must be an int, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigurationError(f"{name}: must be {bound}, not {value}")
-    return value
 
 
 def _resolve(host: object) -> str:
@@ -75,16 +53,6 @@ def _resolve(host: object) -> str:
     return str(infos[0][4][0])
 
 
-def _choose_backend(backend: object) -> str:
-    if backend is None:
-        backend = os.environ.get("NETRING_BACKEND", "auto") or "auto"
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: must be a str, not {type(backend).__name__}")
-    if backend not in BACKENDS:
-        raise ConfigurationError(f"backend: must be one of {BACKENDS}, not {backend!r}")
-    return backend
-
-
 class Server:
     """Serve ``protocol_factory()`` protocols on ``host:port``.
 
@@ -93,17 +61,22 @@ class Server:
             thread); returns a ``netring.Protocol`` or ``asyncio.Protocol``.
         host: address or name to bind (default 127.0.0.1).
         port: port to bind; 0 picks a free one (see ``port`` after start).
+        pool: an ``IOPool`` to share with other servers; without one the
+            server makes its own from the four pool arguments below.
         io_threads: IO threads (default: 1 on a GIL build, one per CPU on a
             free-threaded build; see ``default_io_threads``).
-        backlog: listen backlog.
-        reuse_port: set SO_REUSEPORT (several processes on one port).
         backend: "auto" (default, or $NETRING_BACKEND), "io_uring" or "epoll".
         buffer_size: bytes per receive buffer (default 16 KiB).
         buffers_per_thread: receive buffers per IO thread (power of two,
             default 512).
+        backlog: listen backlog.
+        reuse_port: set SO_REUSEPORT (several processes on one port).
         framing: how each connection's stream is cut into packets
             (``netring.Raw()`` by default; ``LengthPrefixed``, ``Delimited``,
             ``Exactly``): protocols then get ``packet_received``.
+        idle_timeout: seconds with nothing received before the protocol's
+            ``timeout_received()`` is called (default: never). The default
+            ``timeout_received`` closes the connection.
 
     Wrong arguments raise ``TypeError`` or ``ConfigurationError`` (a
     ``ValueError``) here, naming the argument.
@@ -115,37 +88,25 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        pool: IOPool | None = None,
         io_threads: int | None = None,
-        backlog: int = _native.DEFAULT_BACKLOG,
-        reuse_port: bool = False,
         backend: str | None = None,
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
+        backlog: int = _native.DEFAULT_BACKLOG,
+        reuse_port: bool = False,
         framing: Framing | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
         self._factory = protocol_factory
         self._host = _resolve(host)
-        self._port = _check_int("port", port, 0, 65535)
-        self._io_threads = (
-            default_io_threads() if io_threads is None
-            else _check_int("io_threads", io_threads, 1, 256)
-        )
-        self._backlog = _check_int("backlog", backlog, 1, 65535)
+        self._port = check_int("port", port, 0, 65535)
+        self._backlog = check_int("backlog", backlog, 1, 65535)
         if not isinstance(reuse_port, bool):
             raise TypeError(f"reuse_port: must be a bool, not {type(reuse_port).__name__}")
         self._reuse_port = reuse_port
-        self._backend = _choose_backend(backend)
-        self._buffer_size = (
-            None if buffer_size is None else _check_int("buffer_size", buffer_size, 512, 1 << 20)
-        )
-        if buffers_per_thread is not None:
-            n = _check_int("buffers_per_thread", buffers_per_thread, 2, 32768)
-            if n & (n - 1):
-                raise ConfigurationError(
-                    f"buffers_per_thread: must be a power of two, not {n}")
-        self._buffers_per_thread = buffers_per_thread
         if framing is None:
             framing = Raw()
         if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly):
@@ -153,30 +114,57 @@ class Server:
                 "framing: must be netring.Raw(), LengthPrefixed(), Delimited() or Exactly(), "
                 f"not {type(framing).__name__}")
         self._framing = framing
-        self._engine: _native.Engine | None = None
+        self._idle_timeout = (None if idle_timeout is None
+                              else check_seconds("idle_timeout", idle_timeout, positive=True))
+        pool_args = {"io_threads": io_threads, "backend": backend, "buffer_size": buffer_size,
+                     "buffers_per_thread": buffers_per_thread}
+        if pool is not None:
+            if not isinstance(pool, IOPool):
+                raise TypeError(f"pool: must be a netring.IOPool, not {type(pool).__name__}")
+            for name, value in pool_args.items():
+                if value is not None:
+                    raise ConfigurationError(
+                        f"{name}: set it on the IOPool, not on a Server given pool=")
+            self._pool_args: dict[str, Any] | None = None
+        else:
+            # Validate now (errors at construction); the pool is built at start().
+            if io_threads is not None:
+                check_int("io_threads", io_threads, 1, 256)
+            if buffer_size is not None:
+                check_int("buffer_size", buffer_size, 512, 1 << 20)
+            if buffers_per_thread is not None:
+                n = check_int("buffers_per_thread", buffers_per_thread, 2, 32768)
+                if n & (n - 1):
+                    raise ConfigurationError(
+                        f"buffers_per_thread: must be a power of two, not {n}")
+            pool_args["backend"] = choose_backend(backend)
+            self._pool_args = pool_args
+        self._pool = pool
+        self._own_pool = pool is None
+        self._listener: int | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start the IO threads and begin accepting. Idempotent."""
+        """Start the IO threads (unless on a shared pool) and begin
+        accepting. Idempotent."""
         with self._lock:
-            if self._engine is not None:
+            if self._listener is not None:
                 return
-            engine = _native.Engine(self._io_threads, self._backend,
-                                    self._buffer_size, self._buffers_per_thread)
+            if self._pool is None or (self._own_pool and self._pool.is_closed()):
+                self._pool = IOPool(**(self._pool_args or {}))
             try:
-                _, host, port = engine.listen(self._host, self._port, self._backlog,
-                                              self._reuse_port, self._factory,
-                                              self._framing._spec())
+                listener, host, port = self._pool._engine.listen(
+                    self._host, self._port, self._backlog, self._reuse_port, self._factory,
+                    self._framing._spec(), self._idle_timeout)
             except BaseException:
-                engine.shutdown(0.0)
+                if self._own_pool:
+                    self._pool.close(0.0)
                 raise
-            self._host, self._port = host, port
-            self._engine = engine
+            self._listener, self._host, self._port = listener, host, port
             self._stop.clear()
-            _live.add(self)
 
     def serve_forever(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
         """Start if needed and block until SIGINT/SIGTERM or ``shutdown()``;
@@ -197,15 +185,20 @@ class Server:
             self.shutdown(grace)
 
     def shutdown(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
-        """Stop accepting, flush and close every connection, abort what is
-        still open after ``grace`` seconds, and join the IO threads.
-        ``connection_lost`` runs for every connection before this returns."""
+        """Stop accepting, flush and close this server's connections, abort
+        what is still open after ``grace`` seconds; with its own pool, join
+        the IO threads. ``connection_lost`` has run for every connection
+        when this returns (unless called from one of its own callbacks)."""
         self._stop.set()
         with self._lock:
-            engine = self._engine
-        if engine is not None:
-            engine.shutdown(float(grace))
-            _live.discard(self)
+            listener, self._listener = self._listener, None
+        pool = self._pool
+        if listener is None or pool is None:
+            return
+        if self._own_pool:
+            pool.close(float(grace))
+        else:
+            pool._engine.close_listener(listener, float(grace))
 
     close = shutdown
 
@@ -235,6 +228,11 @@ class Server:
         return (self._host, self._port)
 
     @property
+    def pool(self) -> IOPool | None:
+        """The IO pool (shared, or the server's own once started)."""
+        return self._pool
+
+    @property
     def framing(self) -> Framing:
         """The framing new connections start with."""
         return self._framing
@@ -242,33 +240,42 @@ class Server:
     @property
     def io_threads(self) -> int:
         """Number of IO threads."""
-        return self._io_threads
+        if self._pool is not None:
+            return self._pool.io_threads
+        n = (self._pool_args or {}).get("io_threads")
+        return default_io_threads() if n is None else int(n)
 
     @property
     def backend(self) -> str:
         """The backend in use ("io_uring" or "epoll"), or the request before start."""
-        return self._engine.backend if self._engine is not None else self._backend
+        if self._pool is not None:
+            return self._pool.backend
+        return str((self._pool_args or {}).get("backend", "auto"))
 
     def is_serving(self) -> bool:
         """True between ``start()`` and ``shutdown()``."""
-        return self._engine is not None and not self._engine.is_closed()
+        return (self._listener is not None and self._pool is not None
+                and not self._pool.is_closed())
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections_open, connections_accepted,
-        connections_closed, bytes_in, bytes_out, backend, io_threads."""
-        if self._engine is None:
+        connections_closed, bytes_in, bytes_out (over the whole pool when it
+        is shared), server_connections_open (this server's), backend,
+        backend_fallback_reason, io_threads."""
+        if self._pool is None:
             return {"connections_open": 0, "connections_accepted": 0,
                     "connections_closed": 0, "bytes_in": 0, "bytes_out": 0,
-                    "backend": self._backend, "io_threads": self._io_threads}
-        return self._engine.stats()
+                    "server_connections_open": 0, "backend": self.backend,
+                    "backend_fallback_reason": None, "io_threads": self.io_threads}
+        stats = self._pool.stats()
+        listener = self._listener
+        stats["server_connections_open"] = (
+            0 if listener is None else self._pool._engine.listener_connections(listener))
+        return stats
 
     def __repr__(self) -> str:
         state = "serving" if self.is_serving() else "stopped"
         return f"<netring.Server {self._host}:{self._port} {self.backend} {state}>"
 
 
-@atexit.register
-def _shutdown_all() -> None:
-    # IO threads are attached to the interpreter: stop them before it ends.
-    for server in list(_live):
-        server.shutdown(0.0)
+atexit.register(shutdown_all)

@@ -134,8 +134,17 @@ pub struct ListenConfig {
     pub backlog: i32,
     /// Set SO_REUSEPORT before binding.
     pub reuse_port: bool,
-    /// How accepted connections' streams are cut into packets.
+    /// What every accepted connection starts with.
+    pub conn: ConnOptions,
+}
+
+/// Per-connection settings a listener gives each connection it accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnOptions {
+    /// How the stream is cut into packets.
     pub framing: crate::framing::Framing,
+    /// Report the connection idle after this long with nothing received.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 #[cfg(test)]

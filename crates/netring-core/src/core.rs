@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use socket2::SockRef;
 
+use crate::config::ConnOptions;
 use crate::conn::sendq::{BufCache, SendQueue};
 use crate::conn::{Conn, ConnError, ConnId, ConnShared, State};
 use crate::driver::{Chunk, Completion, Driver, RecvResult};
@@ -25,6 +26,7 @@ use crate::engine::Shared;
 use crate::framing::Framing;
 use crate::mailbox::Cmd;
 use crate::stats::Stats;
+use crate::timer::{Due, Timers};
 
 /// First pause after accept fails for lack of descriptors or memory.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -49,6 +51,12 @@ pub(crate) enum Ev {
         data: Vec<u8>,
     },
     Eof {
+        conn: ConnId,
+    },
+    Timer {
+        id: u64,
+    },
+    IdleTimeout {
         conn: ConnId,
     },
     PauseWriting {
@@ -76,7 +84,7 @@ pub(crate) struct Cursor {
 
 struct Listener {
     socket: OwnedFd,
-    framing: Arc<Framing>,
+    options: Arc<ConnOptions>,
     armed: bool,
     closing: bool,
     backoff: Duration,
@@ -101,6 +109,7 @@ pub struct ThreadCore {
     cache: BufCache,
     /// The chunk being framed during a dispatch.
     pub(crate) cursor: Option<Cursor>,
+    pub(crate) timers: Timers,
 }
 
 impl ThreadCore {
@@ -118,6 +127,7 @@ impl ThreadCore {
             shutdown_deadline: None,
             cache: BufCache::default(),
             cursor: None,
+            timers: Timers::default(),
         }
     }
 
@@ -181,6 +191,46 @@ impl ThreadCore {
                 conn: id,
                 data: Vec::new(),
             });
+        }
+    }
+
+    /// Report `id` idle after `timeout` with nothing received (`None`: off).
+    pub fn set_idle_timeout(&mut self, id: ConnId, timeout: Option<Duration>) {
+        let now = Instant::now();
+        let Some(conn) = self.conn(id) else { return };
+        conn.idle_timeout = timeout;
+        conn.last_activity = now;
+        if let Some(t) = timeout {
+            self.timers.schedule(now + t, Due::Idle(id));
+        }
+    }
+
+    /// Turn every deadline due by `now` into events.
+    pub(crate) fn fire_timers(&mut self, now: Instant) {
+        while let Some(due) = self.timers.pop_due(now) {
+            match due {
+                Due::User(id) => self.events.push_back(Ev::Timer { id }),
+                Due::Idle(id) => {
+                    let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id)
+                    else {
+                        continue;
+                    };
+                    let Some(t) = conn.idle_timeout else { continue };
+                    if conn.state != State::Open {
+                        continue;
+                    }
+                    let idle_at = conn.last_activity + t;
+                    if idle_at <= now {
+                        // Report, and again one period later if still idle.
+                        conn.last_activity = now;
+                        self.timers.schedule(now + t, Due::Idle(id));
+                        self.events.push_back(Ev::IdleTimeout { conn: id });
+                    } else {
+                        self.timers.schedule(idle_at, Due::Idle(id));
+                    }
+                }
+                Due::Abort(id) => self.abort(id),
+            }
         }
     }
 
@@ -305,7 +355,7 @@ impl ThreadCore {
             Cmd::Listen {
                 listener,
                 socket,
-                framing,
+                options,
                 ..
             } => {
                 if self.shutdown_deadline.is_some() {
@@ -316,7 +366,7 @@ impl ThreadCore {
                     listener,
                     Listener {
                         socket,
-                        framing,
+                        options,
                         armed: true,
                         closing: false,
                         backoff: ACCEPT_BACKOFF_MIN,
@@ -326,11 +376,14 @@ impl ThreadCore {
                 );
             }
             Cmd::Unlisten { listener } => self.unlisten(listener, driver),
+            Cmd::CloseListener { listener, deadline } => {
+                self.close_listener(listener, deadline, driver)
+            }
             Cmd::Adopt {
                 listener,
                 fd,
-                framing,
-            } => self.adopt(listener, fd, &framing),
+                options,
+            } => self.adopt(listener, fd, &options),
             Cmd::Write { conn, data } => {
                 if let Some(c) = self.conn(conn) {
                     c.shared.mailbox_sub(data.len());
@@ -343,6 +396,9 @@ impl ThreadCore {
             Cmd::SetReading { conn, paused } => self.set_reading(conn, paused),
             Cmd::SetWriteLimits { conn, high, low } => self.set_write_limits(conn, high, low),
             Cmd::SetFraming { conn, framing } => self.set_framing(conn, framing),
+            Cmd::SetIdleTimeout { conn, timeout } => self.set_idle_timeout(conn, timeout),
+            Cmd::AddTimer { id, at, interval } => self.timers.add_user(id, at, interval),
+            Cmd::CancelTimer { id } => self.timers.cancel_user(id),
             Cmd::Shutdown { deadline } => self.begin_shutdown(deadline, driver),
         }
     }
@@ -359,6 +415,23 @@ impl ThreadCore {
             driver.cancel_accept(listener, l.socket.as_raw_fd());
         } else {
             self.listeners.remove(&listener);
+        }
+    }
+
+    /// Stop accepting on `listener` and close its connections gracefully;
+    /// abort those still open at `deadline`. Other listeners' connections
+    /// (a shared pool) are untouched.
+    fn close_listener<D: Driver>(&mut self, listener: usize, deadline: Instant, driver: &mut D) {
+        self.unlisten(listener, driver);
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.listener == listener)
+            .map(|(_, c)| c.id)
+            .collect();
+        for id in conns {
+            self.close(id);
+            self.timers.schedule(deadline, Due::Abort(id));
         }
     }
 
@@ -384,7 +457,7 @@ impl ThreadCore {
         }
     }
 
-    fn adopt(&mut self, listener: usize, fd: OwnedFd, framing: &Framing) {
+    fn adopt(&mut self, listener: usize, fd: OwnedFd, options: &ConnOptions) {
         if self.shutdown_deadline.is_some() {
             return; // shutting down: the descriptor closes here
         }
@@ -403,7 +476,12 @@ impl ThreadCore {
             index: index as u32,
             generation: self.generations[index],
         };
-        let conn = entry.insert(Conn::new(id, fd, framing.clone()));
+        let conn = entry.insert(Conn::new(id, fd, options.framing.clone()));
+        conn.listener = listener;
+        if let Some(t) = options.idle_timeout {
+            conn.idle_timeout = Some(t);
+            self.timers.schedule(conn.last_activity + t, Due::Idle(id));
+        }
         let shared = conn.shared.clone();
         Self::mark_dirty(&mut self.dirty, conn);
         Stats::add(&self.stats().accepted, 1);
@@ -439,6 +517,7 @@ impl ThreadCore {
                 Self::mark_dirty(&mut self.dirty, conn);
                 match result {
                     RecvResult::Data(chunk) => {
+                        conn.last_activity = now;
                         Stats::add(&self.engine.stats.bytes_in, chunk.len as u64);
                         self.chunks_out.push(chunk.bid);
                         self.events.push_back(Ev::Data {
@@ -512,14 +591,14 @@ impl ThreadCore {
                 }
                 let n = self.engine.mailboxes.len();
                 let target = self.engine.next_target() % n;
-                let framing = l.framing.clone();
+                let options = l.options.clone();
                 if target == usize::from(self.thread) {
-                    self.adopt(listener, fd, &framing);
+                    self.adopt(listener, fd, &options);
                 } else {
                     self.engine.mailboxes[target].push(Cmd::Adopt {
                         listener,
                         fd,
-                        framing,
+                        options,
                     });
                 }
             }

@@ -40,6 +40,7 @@ pub struct Shared {
     pub(crate) stats: Stats,
     round_robin: AtomicUsize,
     next_listener: AtomicUsize,
+    next_timer: AtomicU64,
 }
 
 impl Shared {
@@ -88,6 +89,7 @@ impl Engine {
             stats: Stats::default(),
             round_robin: AtomicUsize::new(0),
             next_listener: AtomicUsize::new(0),
+            next_timer: AtomicU64::new(1),
         });
         let run_thread = Arc::new(run_thread);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -202,16 +204,47 @@ impl Engine {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| Error::Io(std::io::Error::other("listener has no IP address")))?;
-        cfg.framing.validate()?;
+        cfg.conn.framing.validate()?;
         let listener = self.shared.next_listener.fetch_add(1, Ordering::Relaxed);
         let owner = listener % self.shared.mailboxes.len();
         self.shared.mailboxes[owner].push(Cmd::Listen {
             listener,
             socket: socket.into(),
             local,
-            framing: Arc::new(cfg.framing.clone()),
+            options: Arc::new(cfg.conn.clone()),
         });
         Ok((listener, local))
+    }
+
+    /// A fresh timer id for [`Engine::start_timer`].
+    pub fn timer_id(&self) -> u64 {
+        self.shared.next_timer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Run timer `id` on one IO thread: first at `at`, then every
+    /// `interval` if given. Its `Event::Timer { id }` is delivered there.
+    pub fn start_timer(&self, id: u64, at: Instant, interval: Option<Duration>) {
+        self.shared.mailboxes[(id as usize) % self.shared.mailboxes.len()].push(Cmd::AddTimer {
+            id,
+            at,
+            interval,
+        });
+    }
+
+    /// Cancel a timer (no-op if it already fired).
+    pub fn cancel_timer(&self, id: u64) {
+        self.shared.mailboxes[(id as usize) % self.shared.mailboxes.len()]
+            .push(Cmd::CancelTimer { id });
+    }
+
+    /// Stop accepting on `listener` and close its connections gracefully,
+    /// aborting those still open after `grace`. Connections of other
+    /// listeners on this engine are not touched. Does not wait.
+    pub fn close_listener(&self, listener: usize, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        for mb in &self.shared.mailboxes {
+            mb.push(Cmd::CloseListener { listener, deadline });
+        }
     }
 
     /// Stop accepting on `listener` (its socket closes; open connections stay).
@@ -323,6 +356,20 @@ impl ConnRef {
             self.remote(Cmd::SetFraming {
                 conn: self.id,
                 framing,
+            });
+        }
+    }
+
+    /// Report the connection idle (`Event::IdleTimeout`) after `timeout`
+    /// with nothing received; `None` turns it off.
+    pub fn set_idle_timeout(&self, timeout: Option<Duration>) {
+        if self
+            .local(|c| c.set_idle_timeout(self.id, timeout))
+            .is_none()
+        {
+            self.remote(Cmd::SetIdleTimeout {
+                conn: self.id,
+                timeout,
             });
         }
     }

@@ -38,6 +38,10 @@ pub enum Event<'b> {
     Packet { conn: ConnId, data: &'b [u8] },
     /// The peer shut down its sending side (eof_received).
     Eof { conn: ConnId },
+    /// A user timer fired (`Engine::add_timer`).
+    Timer { id: u64 },
+    /// Nothing arrived on `conn` for its idle timeout (timeout_received).
+    IdleTimeout { conn: ConnId },
     /// The write queue crossed its high-water mark.
     PauseWriting { conn: ConnId },
     /// The write queue drained to its low-water mark.
@@ -126,6 +130,12 @@ impl<'b> Batch<'b> {
                         continue;
                     }
                     return Some(Event::Eof { conn });
+                }
+                Ev::Timer { id } => return Some(Event::Timer { id }),
+                Ev::IdleTimeout { conn } => {
+                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
+                        return Some(Event::IdleTimeout { conn });
+                    }
                 }
                 Ev::PauseWriting { conn } => {
                     if core.conn(conn).is_some_and(|c| c.state == State::Open) {

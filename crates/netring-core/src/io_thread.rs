@@ -3,7 +3,8 @@
 //! One turn, top to bottom: drain the mailbox → dispatch events to the
 //! handler (one GIL hold for the whole batch) → return buffers → settle
 //! dirty connections into operations → wait in the kernel (the only place
-//! the handler may release the GIL) → reap completions into events. Exit
+//! the handler may release the GIL) → reap completions into events → fire
+//! due timers. Exit
 //! happens after a `Shutdown` command once every connection, listener and
 //! event is gone and the kernel owns no operation of ours.
 
@@ -111,7 +112,10 @@ impl IoLoop {
             }
             // 5. Wait.
             let mut deadline = retry_at;
-            if let Some(d) = c.shutdown_deadline {
+            for d in [c.shutdown_deadline, c.timers.next_deadline()]
+                .into_iter()
+                .flatten()
+            {
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
             let timeout = if !c.events.is_empty() {
@@ -133,6 +137,8 @@ impl IoLoop {
             for comp in completions.drain(..) {
                 c.complete(comp, &mut driver, now);
             }
+            // 7. Timers due.
+            c.fire_timers(now);
         }
     }
 }

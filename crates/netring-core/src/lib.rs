@@ -19,9 +19,10 @@ pub mod framing;
 mod io_thread;
 pub mod mailbox;
 pub mod stats;
+mod timer;
 
 pub use crate::core::ThreadCore;
-pub use config::{Backend, BackendChoice, EngineConfig, ListenConfig};
+pub use config::{Backend, BackendChoice, ConnOptions, EngineConfig, ListenConfig};
 pub use conn::ConnId;
 pub use engine::{ConnRef, Engine};
 pub use error::{ConfigError, Error};

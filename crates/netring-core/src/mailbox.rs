@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::config::ConnOptions;
 use crate::conn::ConnId;
 use crate::framing::Framing;
 
@@ -24,15 +25,17 @@ pub enum Cmd {
         listener: usize,
         socket: OwnedFd,
         local: SocketAddr,
-        framing: Arc<Framing>,
+        options: Arc<ConnOptions>,
     },
     /// Stop accepting on a listener and close it.
     Unlisten { listener: usize },
+    /// Unlisten and close the listener's connections (abort at `deadline`).
+    CloseListener { listener: usize, deadline: Instant },
     /// Take ownership of an accepted connection.
     Adopt {
         listener: usize,
         fd: OwnedFd,
-        framing: Arc<Framing>,
+        options: Arc<ConnOptions>,
     },
     /// Queue bytes on a connection.
     Write { conn: ConnId, data: Vec<u8> },
@@ -46,6 +49,19 @@ pub enum Cmd {
     SetReading { conn: ConnId, paused: bool },
     /// Change the framing rule from the next byte.
     SetFraming { conn: ConnId, framing: Framing },
+    /// Report the connection idle after `timeout` with nothing received.
+    SetIdleTimeout {
+        conn: ConnId,
+        timeout: Option<Duration>,
+    },
+    /// Start a user timer: first at `at`, then every `interval`.
+    AddTimer {
+        id: u64,
+        at: Instant,
+        interval: Option<Duration>,
+    },
+    /// Cancel a user timer.
+    CancelTimer { id: u64 },
     /// Change the write-queue water marks.
     SetWriteLimits {
         conn: ConnId,

@@ -14,8 +14,8 @@ use netring_core::driver::epoll::EpollDriver;
 use netring_core::driver::probe_io_uring;
 use netring_core::framing::Framing;
 use netring_core::{
-    Backend, BackendChoice, Batch, ConnId, ConnRef, Engine, EngineConfig, Event, Handler,
-    ListenConfig,
+    Backend, BackendChoice, Batch, ConnId, ConnOptions, ConnRef, Engine, EngineConfig, Event,
+    Handler, ListenConfig,
 };
 
 /// What happened to connections, for assertions.
@@ -60,7 +60,10 @@ impl Handler for Echo {
                         }),
                     ));
                 }
-                Event::PauseWriting { .. } | Event::ResumeWriting { .. } => {}
+                Event::PauseWriting { .. }
+                | Event::ResumeWriting { .. }
+                | Event::Timer { .. }
+                | Event::IdleTimeout { .. } => {}
             }
         }
     }
@@ -122,7 +125,10 @@ pub fn framed_echo_engine(
             addr: "127.0.0.1:0".parse().unwrap(),
             backlog: 1024,
             reuse_port: false,
-            framing,
+            conn: ConnOptions {
+                framing,
+                idle_timeout: None,
+            },
         })
         .expect("listen");
     (engine, addr, log)

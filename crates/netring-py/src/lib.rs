@@ -4,6 +4,7 @@
 //! Python protocols, `transport.rs` is asyncio's transport interface over a
 //! connection handle, `errors.rs` maps engine errors to Python exceptions.
 
+mod dispatch;
 mod engine;
 mod errors;
 mod framing;

@@ -214,6 +214,24 @@ impl Transport {
         Ok(())
     }
 
+    /// Call the protocol's `timeout_received()` after `seconds` with nothing
+    /// received (again every `seconds` while it stays idle and open);
+    /// `None` turns it off. The default `timeout_received` closes.
+    #[pyo3(signature = (seconds))]
+    fn set_idle_timeout(&self, seconds: Option<f64>) -> PyResult<()> {
+        let timeout = match seconds {
+            None => None,
+            Some(s) if s > 0.0 && s.is_finite() => Some(std::time::Duration::from_secs_f64(s)),
+            Some(s) => {
+                return Err(PyValueError::new_err(format!(
+                    "seconds: must be a positive number or None, not {s}"
+                )))
+            }
+        };
+        self.conn.set_idle_timeout(timeout);
+        Ok(())
+    }
+
     /// Flush what is queued, then shut down the sending side (FIN).
     fn write_eof(&self) {
         if self.closing.load(Ordering::Acquire) || self.eof_written.swap(true, Ordering::AcqRel) {

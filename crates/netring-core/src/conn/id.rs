@@ -8,7 +8,7 @@
 //! descriptor: every operation compares the generation first.
 
 /// The identity of one connection: owner thread, slab slot and generation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId {
     /// Index of the IO thread that owns the connection.
     pub thread: u16,

@@ -84,6 +84,8 @@ impl ConnShared {
 pub struct Conn {
     pub(crate) id: ConnId,
     pub(crate) fd: OwnedFd,
+    /// The listener that accepted it.
+    pub(crate) listener: usize,
     pub(crate) shared: Arc<ConnShared>,
     pub(crate) state: State,
     pub(crate) sendq: SendQueue,
@@ -109,6 +111,10 @@ pub struct Conn {
     pub(crate) low_water: usize,
     pub(crate) writing_paused: bool,
     pub(crate) dirty: bool,
+    /// Report idle after this long with nothing received.
+    pub(crate) idle_timeout: Option<std::time::Duration>,
+    /// When bytes last arrived (or the idle clock was reset).
+    pub(crate) last_activity: std::time::Instant,
 }
 
 impl Conn {
@@ -116,6 +122,7 @@ impl Conn {
         Conn {
             id,
             fd,
+            listener: usize::MAX,
             shared: Arc::new(ConnShared::default()),
             state: State::Open,
             sendq: SendQueue::default(),
@@ -137,6 +144,8 @@ impl Conn {
             low_water: DEFAULT_WRITE_HIGH_WATER_BYTES / 4,
             writing_paused: false,
             dirty: false,
+            idle_timeout: None,
+            last_activity: std::time::Instant::now(),
         }
     }
 

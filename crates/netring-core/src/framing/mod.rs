@@ -42,9 +42,10 @@ pub const MAX_DELIMITER_BYTES: usize = 16;
 pub const MAX_PACKET_LIMIT_BYTES: usize = 1 << 30;
 
 /// How a connection's byte stream is cut into packets.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Framing {
     /// No framing: each received chunk is delivered as it comes.
+    #[default]
     Raw,
     /// A `header`-byte length (1, 2, 4 or 8), then that many bytes.
     LengthPrefixed {

@@ -1,0 +1,350 @@
+//! The per-IO-thread dispatcher: delivers engine events to Python.
+//!
+//! Each IO thread attaches to Python once (`Python::attach`) for its whole
+//! life and releases the GIL only around its wait in the kernel
+//! (`Handler::park`), so one loop turn costs one GIL hand-off however many
+//! events it delivers. Callbacks for one connection run on its IO thread,
+//! never concurrently. An exception in a callback (or in the protocol
+//! factory) is logged with the peer's address and aborts that connection
+//! only; `connection_lost` then receives the exception. An exception in a
+//! timer callback is logged; the timer (if repeating) keeps running.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use netring_core::framing::Framing;
+use netring_core::{Batch, ConnId, ConnRef, Event, Handler};
+
+use crate::transport::Transport;
+
+/// A listener's protocol factory, initial framing and open connections.
+pub struct ListenerEntry {
+    pub factory: Py<PyAny>,
+    pub framing: Framing,
+    pub open: Arc<AtomicUsize>,
+}
+
+/// A timer's callback.
+pub struct TimerEntry {
+    pub callback: Py<PyAny>,
+    pub repeating: bool,
+}
+
+/// What the Python side registered, shared by the engine and its threads.
+#[derive(Default)]
+pub struct Registry {
+    listeners: Mutex<HashMap<usize, ListenerEntry>>,
+    timers: Mutex<HashMap<u64, TimerEntry>>,
+}
+
+impl Registry {
+    pub fn listeners(&self) -> MutexGuard<'_, HashMap<usize, ListenerEntry>> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn timers(&self) -> MutexGuard<'_, HashMap<u64, TimerEntry>> {
+        self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One connection as the dispatcher sees it.
+struct Entry {
+    protocol: Py<PyAny>,
+    transport: Py<Transport>,
+    data_received: Option<Py<PyAny>>,
+    packet_received: Option<Py<PyAny>>,
+    /// Set when the protocol takes every packet of one read in one call.
+    packets_received: Option<Py<PyAny>>,
+    /// The exception that made us abort, passed to `connection_lost`.
+    failure: Option<PyErr>,
+    /// The accepting listener's open-connection count.
+    open: Arc<AtomicUsize>,
+}
+
+/// Delivers one IO thread's events to Python.
+pub struct PyHandler<'py> {
+    py: Python<'py>,
+    registry: Arc<Registry>,
+    conns: HashMap<ConnId, Entry>,
+    logger: Option<Py<PyAny>>,
+}
+
+impl<'py> PyHandler<'py> {
+    pub fn new(py: Python<'py>, registry: Arc<Registry>) -> Self {
+        let logger = py
+            .import("logging")
+            .and_then(|m| m.call_method1("getLogger", ("netring",)))
+            .map(Bound::unbind)
+            .ok();
+        PyHandler {
+            py,
+            registry,
+            conns: HashMap::new(),
+            logger,
+        }
+    }
+
+    /// Log a connection's callback failure (its connection is closed).
+    fn log_error(&self, what: &str, peer: Option<SocketAddr>, err: &PyErr) {
+        let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        let message = format!("netring: exception in {what} for {peer}; closing the connection");
+        self.log_exception(&message, err);
+    }
+
+    /// Log `message` with `err`'s traceback on the `netring` logger.
+    fn log_exception(&self, message: &str, err: &PyErr) {
+        let py = self.py;
+        let logged = self.logger.as_ref().map(|l| {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("exc_info", err.value(py))?;
+            l.bind(py)
+                .call_method("error", ("%s", message), Some(&kwargs))
+        });
+        if !matches!(logged, Some(Ok(_))) {
+            err.print(py);
+        }
+    }
+
+    /// A callback raised: log it and abort its connection.
+    fn fail(&mut self, conn: ConnId, what: &str, err: PyErr) {
+        let py = self.py;
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let transport = entry.transport.clone_ref(py);
+        let transport = transport.get();
+        if entry.failure.is_none() {
+            entry.failure = Some(err.clone_ref(py));
+            transport.mark_lost_soon();
+        }
+        self.log_error(what, transport.peer(), &err);
+        transport.conn_ref().abort_quietly();
+    }
+
+    fn opened(
+        &mut self,
+        conn: ConnRef,
+        listener: usize,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) {
+        let py = self.py;
+        let id = conn.id();
+        let entry = self
+            .registry
+            .listeners()
+            .get(&listener)
+            .map(|l| (l.factory.clone_ref(py), l.framing.clone(), l.open.clone()));
+        let Some((factory, framing, open)) = entry else {
+            conn.abort();
+            return;
+        };
+        open.fetch_add(1, Ordering::AcqRel);
+        // NOTE: from here the connection counts as open for its listener
+        // until its Closed event; the early returns below abort it, and the
+        // Closed event for an unknown entry decrements nothing, so undo here.
+        let undo = |open: &AtomicUsize| {
+            open.fetch_sub(1, Ordering::AcqRel);
+        };
+        let transport = Transport::new(conn.clone(), peer, local, framing);
+        let protocol = match factory.call0(py) {
+            Ok(p) => p,
+            Err(e) => {
+                self.log_error("protocol factory", peer, &e);
+                undo(&open);
+                conn.abort_quietly();
+                return;
+            }
+        };
+        let transport = match Py::new(py, transport) {
+            Ok(t) => t,
+            Err(e) => {
+                self.log_error("transport creation", peer, &e);
+                undo(&open);
+                conn.abort_quietly();
+                return;
+            }
+        };
+        transport.get().set_protocol_ref(protocol.clone_ref(py));
+        let data_received = protocol.getattr(py, intern!(py, "data_received")).ok();
+        let packet_received = protocol.getattr(py, intern!(py, "packet_received")).ok();
+        let packets_received = protocol.getattr(py, intern!(py, "packets_received")).ok();
+        self.conns.insert(
+            id,
+            Entry {
+                protocol: protocol.clone_ref(py),
+                transport: transport.clone_ref(py),
+                data_received,
+                packet_received,
+                packets_received,
+                failure: None,
+                open,
+            },
+        );
+        if let Err(e) = protocol.call_method1(py, intern!(py, "connection_made"), (transport,)) {
+            self.fail(id, "connection_made", e);
+        }
+    }
+
+    /// Deliver a packet, or with `packets_received`, every whole packet of
+    /// the same read in one list.
+    fn packets(&mut self, batch: &mut Batch<'_>, conn: ConnId, first: &[u8]) {
+        let py = self.py;
+        let batched = self
+            .conns
+            .get(&conn)
+            .and_then(|e| e.packets_received.as_ref().map(|m| m.clone_ref(py)));
+        if let Some(method) = batched {
+            let list = PyList::empty(py);
+            let mut next = Some(first);
+            while let Some(data) = next {
+                if list.append(PyBytes::new(py, data)).is_err() {
+                    break;
+                }
+                next = batch.next_packet_of(conn);
+            }
+            self.call(conn, "packets_received", |_| method.call1(py, (list,)));
+            return;
+        }
+        let bytes = PyBytes::new(py, first);
+        self.call(conn, "packet_received", |e| match &e.packet_received {
+            Some(m) => m.call1(py, (bytes,)),
+            None => e
+                .protocol
+                .call_method1(py, intern!(py, "packet_received"), (bytes,)),
+        });
+    }
+
+    /// Run a timer's callback; one-shot timers are forgotten first.
+    fn timer(&mut self, id: u64) {
+        let py = self.py;
+        let callback = {
+            let mut timers = self.registry.timers();
+            match timers.get(&id) {
+                Some(t) if t.repeating => Some(t.callback.clone_ref(py)),
+                Some(_) => timers.remove(&id).map(|t| t.callback),
+                None => None,
+            }
+        };
+        if let Some(callback) = callback {
+            if let Err(e) = callback.call0(py) {
+                self.log_exception("netring: exception in a timer callback", &e);
+            }
+        }
+    }
+
+    fn call(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        f: impl FnOnce(&Entry) -> PyResult<Py<PyAny>>,
+    ) -> Option<Py<PyAny>> {
+        let entry = self.conns.get(&conn)?;
+        if entry.failure.is_some() {
+            return None;
+        }
+        match f(entry) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.fail(conn, name, e);
+                None
+            }
+        }
+    }
+}
+
+impl Handler for PyHandler<'_> {
+    fn dispatch(&mut self, batch: &mut Batch<'_>) {
+        let py = self.py;
+        while let Some(ev) = batch.next() {
+            match ev {
+                Event::Opened {
+                    conn,
+                    listener,
+                    peer,
+                    local,
+                } => self.opened(conn, listener, peer, local),
+                Event::Data { conn, data } => {
+                    let bytes = PyBytes::new(py, data);
+                    self.call(conn, "data_received", |e| match &e.data_received {
+                        Some(m) => m.call1(py, (bytes,)),
+                        None => e
+                            .protocol
+                            .call_method1(py, intern!(py, "data_received"), (bytes,)),
+                    });
+                }
+                Event::Packet { conn, data } => self.packets(batch, conn, data),
+                Event::Eof { conn } => {
+                    let keep = self.call(conn, "eof_received", |e| {
+                        e.protocol.call_method0(py, intern!(py, "eof_received"))
+                    });
+                    if let Some(keep) = keep {
+                        match keep.is_truthy(py) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                if let Some(e) = self.conns.get(&conn) {
+                                    e.transport.get().close_now();
+                                }
+                            }
+                            Err(err) => self.fail(conn, "eof_received", err),
+                        }
+                    }
+                }
+                Event::Timer { id } => self.timer(id),
+                Event::IdleTimeout { conn } => {
+                    let handled = self.call(conn, "timeout_received", |e| {
+                        let p = e.protocol.bind(py);
+                        if p.hasattr(intern!(py, "timeout_received"))? {
+                            p.call_method0(intern!(py, "timeout_received"))
+                                .map(Bound::unbind)
+                        } else {
+                            // asyncio protocols know no idle timeouts: close.
+                            e.transport.get().close_now();
+                            Ok(py.None())
+                        }
+                    });
+                    drop(handled);
+                }
+                Event::PauseWriting { conn } => {
+                    self.call(conn, "pause_writing", |e| {
+                        e.protocol.call_method0(py, intern!(py, "pause_writing"))
+                    });
+                }
+                Event::ResumeWriting { conn } => {
+                    self.call(conn, "resume_writing", |e| {
+                        e.protocol.call_method0(py, intern!(py, "resume_writing"))
+                    });
+                }
+                Event::Closed { conn, error } => {
+                    let Some(entry) = self.conns.remove(&conn) else {
+                        continue;
+                    };
+                    entry.open.fetch_sub(1, Ordering::AcqRel);
+                    let transport = entry.transport.get();
+                    transport.mark_lost();
+                    let exc: Option<PyErr> = entry
+                        .failure
+                        .or_else(|| error.map(|e| crate::errors::conn_error(py, e)));
+                    let arg = exc.map(|e| e.into_value(py).into_any());
+                    if let Err(e) =
+                        entry
+                            .protocol
+                            .call_method1(py, intern!(py, "connection_lost"), (arg,))
+                    {
+                        self.log_error("connection_lost", transport.peer(), &e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn park<R: Send>(&mut self, wait: impl FnOnce() -> R + Send) -> R {
+        self.py.detach(wait)
+    }
+}

@@ -1,0 +1,220 @@
+"""``netring.IOPool``: the IO threads as an object, shared by many servers.
+
+Any number of ``Server``s share one pool (``Server(..., pool=pool)``); a
+``Server`` without one makes its own. The pool also runs timers:
+``call_later``, ``call_at`` and ``call_every`` run their callback on one of
+its IO threads (keep callbacks short, as any IO-thread callback), on the
+monotonic clock, with a heap of deadlines per IO thread — thousands of
+timers cost no thread each.
+
+Threading contract: every method may be called from any thread, including
+from callbacks running on the pool's IO threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from . import _native
+from .errors import ConfigurationError
+
+__all__ = ["BACKENDS", "IOPool", "TimerHandle", "default_io_threads"]
+
+BACKENDS = ("auto", "io_uring", "epoll")
+#: Seconds ``close()`` waits for queued writes to drain before aborting.
+DEFAULT_GRACE_SECONDS = 5.0
+
+_live: weakref.WeakSet[IOPool] = weakref.WeakSet()
+
+
+def default_io_threads() -> int:
+    """IO threads when none are asked for: 1 on a GIL build of CPython, one
+    per CPU on a free-threaded build.
+
+    With the GIL, a second IO thread adds no parallelism for Python
+    callbacks and the threads hand the GIL back and forth: on the 2-CPU
+    benchmark machine, 2 IO threads raised p99 latency from ~0.5 ms to
+    ~4 ms at equal throughput (see docs/io-threads.md). Pass ``io_threads=``
+    to choose otherwise.
+    """
+    import sys
+
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return 1 if gil else (os.cpu_count() or 1)
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high], or a TypeError/ConfigurationError
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: must be an int, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ConfigurationError(f"{name}: must be {bound}, not {value}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
+    """A finite, non-negative (or positive) number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name}: must be a number of seconds, not {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        need = "positive" if positive else "non-negative"
+        raise ConfigurationError(f"{name}: must be a finite {need} number, not {value!r}")
+    return v
+
+
+def choose_backend(backend: object) -> str:
+    """The backend argument, or ``$NETRING_BACKEND``, or "auto"."""
+    if backend is None:
+        backend = os.environ.get("NETRING_BACKEND", "auto") or "auto"
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: must be a str, not {type(backend).__name__}")
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"backend: must be one of {BACKENDS}, not {backend!r}")
+    return backend
+
+
+class TimerHandle:
+    """A scheduled callback; ``cancel()`` stops it (idempotent)."""
+
+    def __init__(self, pool: IOPool, timer_id: int, when: float) -> None:
+        self._pool = pool
+        self._id = timer_id
+        self._when = when
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the timer; a callback already running finishes."""
+        if not self._cancelled:
+            self._cancelled = True
+            self._pool._engine.cancel_timer(self._id)
+
+    def cancelled(self) -> bool:
+        """Whether ``cancel()`` was called."""
+        return self._cancelled
+
+    def when(self) -> float:
+        """When it first fires, on ``time.monotonic()``'s clock."""
+        return self._when
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else "pending"
+        return f"<netring.TimerHandle id={self._id} when={self._when:.3f} {state}>"
+
+
+class IOPool:
+    """A pool of IO threads shared by servers, and its timers.
+
+    Args:
+        io_threads: IO threads (default: ``default_io_threads()``).
+        backend: "auto" (default, or $NETRING_BACKEND), "io_uring" or "epoll".
+        buffer_size: bytes per receive buffer (default 16 KiB).
+        buffers_per_thread: receive buffers per IO thread (power of two,
+            default 512).
+
+    The threads start at construction; ``close()`` (or leaving a ``with``
+    block) stops them.
+    """
+
+    def __init__(
+        self,
+        io_threads: int | None = None,
+        *,
+        backend: str | None = None,
+        buffer_size: int | None = None,
+        buffers_per_thread: int | None = None,
+    ) -> None:
+        threads = (default_io_threads() if io_threads is None
+                   else check_int("io_threads", io_threads, 1, 256))
+        backend = choose_backend(backend)
+        if buffer_size is not None:
+            check_int("buffer_size", buffer_size, 512, 1 << 20)
+        if buffers_per_thread is not None:
+            n = check_int("buffers_per_thread", buffers_per_thread, 2, 32768)
+            if n & (n - 1):
+                raise ConfigurationError(f"buffers_per_thread: must be a power of two, not {n}")
+        self._engine = _native.Engine(threads, backend, buffer_size, buffers_per_thread)
+        self._lock = threading.Lock()
+        _live.add(self)
+
+    # -- timers --------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` on an IO thread after ``delay`` seconds."""
+        delay = check_seconds("delay", delay)
+        return self._schedule(delay, None, callback, args)
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` at ``when`` on ``time.monotonic()``'s clock."""
+        when = check_seconds("when", when)
+        return self._schedule(max(0.0, when - time.monotonic()), None, callback, args)
+
+    def call_every(self, interval: float, callback: Callable[..., Any], *args: Any,
+                   first: float | None = None) -> TimerHandle:
+        """Call ``callback(*args)`` every ``interval`` seconds (first after
+        ``first`` seconds, default ``interval``) until cancelled. Missed beats
+        after a stall are skipped, not replayed."""
+        interval = check_seconds("interval", interval, positive=True)
+        first = interval if first is None else check_seconds("first", first)
+        return self._schedule(first, interval, callback, args)
+
+    def _schedule(self, delay: float, interval: float | None, callback: Callable[..., Any],
+                  args: tuple[Any, ...]) -> TimerHandle:
+        if not callable(callback):
+            raise TypeError("callback: must be callable")
+        fn = (lambda: callback(*args)) if args else callback
+        when = time.monotonic() + delay
+        return TimerHandle(self, self._engine.call_later(delay, fn, interval), when)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def close(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
+        """Close every server's connections gracefully (abort after ``grace``
+        seconds), cancel timers and join the IO threads."""
+        self._engine.shutdown(float(grace))
+        _live.discard(self)
+
+    def is_closed(self) -> bool:
+        """Whether ``close()`` has run."""
+        return self._engine.is_closed()
+
+    def __enter__(self) -> IOPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def backend(self) -> str:
+        """"io_uring" or "epoll"."""
+        return self._engine.backend
+
+    @property
+    def io_threads(self) -> int:
+        """Number of IO threads."""
+        return self._engine.io_threads
+
+    def stats(self) -> dict[str, Any]:
+        """Counters over every server on the pool (see ``Server.stats``)."""
+        return self._engine.stats()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed() else "running"
+        return f"<netring.IOPool {self.backend} io_threads={self.io_threads} {state}>"
+
+
+def shutdown_all() -> None:
+    """Close every live pool (at interpreter exit: IO threads are attached to
+    the interpreter and must stop before it ends)."""
+    for pool in list(_live):
+        pool.close(0.0)
