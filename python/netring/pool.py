@@ -13,8 +13,11 @@ from callbacks running on the pool's IO threads.
 
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
 import math
 import os
+import socket
 import threading
 import time
 import weakref
@@ -144,6 +147,7 @@ class IOPool:
                 raise ConfigurationError(f"buffers_per_thread: must be a power of two, not {n}")
         self._engine = _native.Engine(threads, backend, buffer_size, buffers_per_thread)
         self._lock = threading.Lock()
+        self._resolver_pool: concurrent.futures.ThreadPoolExecutor | None = None
         _live.add(self)
 
     # -- timers --------------------------------------------------------------
@@ -175,11 +179,89 @@ class IOPool:
         when = time.monotonic() + delay
         return TimerHandle(self, self._engine.call_later(delay, fn, interval), when)
 
+    # -- outbound connections ------------------------------------------------
+
+    def connect(
+        self,
+        protocol_factory: Callable[[], Any],
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        framing: Any = None,
+        local_addr: tuple[str, int] | None = None,
+        idle_timeout: float | None = None,
+    ) -> concurrent.futures.Future[tuple[Any, Any]]:
+        """Open a TCP connection from this pool's IO threads.
+
+        Returns a ``concurrent.futures.Future`` of ``(transport, protocol)``.
+        The connect is asynchronous on an IO thread; once established the
+        connection behaves exactly as an accepted one (same callbacks,
+        framing, write queue, limits). Host names are resolved on a helper
+        thread, never on an IO thread. A refused, unreachable or timed-out
+        connect fails the future with the matching ``OSError`` /
+        ``TimeoutError`` and leaves nothing behind. Safe to call from a
+        protocol callback (e.g. a proxy opening its upstream); do not block
+        an IO thread on ``future.result()``.
+        """
+        from .framing import Delimited, Exactly, LengthPrefixed, Raw
+
+        if not callable(protocol_factory):
+            raise TypeError("protocol_factory: must be callable")
+        if not isinstance(host, str):
+            raise TypeError(f"host: must be a str, not {type(host).__name__}")
+        port = check_int("port", port, 1, 65535)
+        timeout = None if timeout is None else check_seconds("timeout", timeout, positive=True)
+        idle = (None if idle_timeout is None
+                else check_seconds("idle_timeout", idle_timeout, positive=True))
+        if framing is None:
+            framing = Raw()
+        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly):
+            raise TypeError("framing: must be netring.Raw(), LengthPrefixed(), Delimited() "
+                            f"or Exactly(), not {type(framing).__name__}")
+        local = None
+        if local_addr is not None:
+            local = (str(local_addr[0]), check_int("local_addr port", local_addr[1], 0, 65535))
+        future: concurrent.futures.Future[tuple[Any, Any]] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        spec = framing._spec()
+
+        def start(ip: str) -> None:
+            self._engine.connect(ip, port, protocol_factory, future, spec, idle, timeout, local)
+
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            # A name: resolve it on a helper thread, then connect.
+            def resolve() -> None:
+                try:
+                    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                    start(str(infos[0][4][0]))
+                except BaseException as e:  # reported through the future
+                    if not future.done():
+                        future.set_exception(e)
+
+            self._resolver().submit(resolve)
+        else:
+            start(host)
+        return future
+
+    def _resolver(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._resolver_pool is None:
+                self._resolver_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=2, thread_name_prefix="netring-resolve")
+            return self._resolver_pool
+
     # -- lifecycle -------------------------------------------------------------
 
     def close(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
         """Close every server's connections gracefully (abort after ``grace``
         seconds), cancel timers and join the IO threads."""
+        with self._lock:
+            resolver, self._resolver_pool = self._resolver_pool, None
+        if resolver is not None:
+            resolver.shutdown(wait=True)
         self._engine.shutdown(float(grace))
         _live.discard(self)
 

@@ -56,6 +56,17 @@ pub(crate) enum Ev {
     Timer {
         id: u64,
     },
+    Connected {
+        conn: ConnId,
+        token: u64,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        shared: Arc<ConnShared>,
+    },
+    ConnectFailed {
+        token: u64,
+        error: io::Error,
+    },
     IdleTimeout {
         conn: ConnId,
     },
@@ -230,6 +241,13 @@ impl ThreadCore {
                     }
                 }
                 Due::Abort(id) => self.abort(id),
+                Due::ConnectTimeout(id) => {
+                    if let Some(conn) = self.touch(id) {
+                        if let Some(attempt) = conn.connecting.as_mut() {
+                            attempt.timed_out = true;
+                        }
+                    }
+                }
             }
         }
     }
@@ -379,6 +397,13 @@ impl ThreadCore {
             Cmd::CloseListener { listener, deadline } => {
                 self.close_listener(listener, deadline, driver)
             }
+            Cmd::Connect {
+                token,
+                socket,
+                addr,
+                options,
+                deadline,
+            } => self.connect(token, socket, addr, &options, deadline, driver),
             Cmd::Adopt {
                 listener,
                 fd,
@@ -457,15 +482,8 @@ impl ThreadCore {
         }
     }
 
-    fn adopt(&mut self, listener: usize, fd: OwnedFd, options: &ConnOptions) {
-        if self.shutdown_deadline.is_some() {
-            return; // shutting down: the descriptor closes here
-        }
-        let sock = SockRef::from(&fd);
-        // NOTE: asyncio sets TCP_NODELAY on every TCP transport; so do we.
-        let _ = sock.set_tcp_nodelay(true);
-        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
-        let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+    /// Insert a connection into the slab; returns its id.
+    fn insert_conn(&mut self, fd: OwnedFd, options: &ConnOptions) -> ConnId {
         let entry = self.conns.vacant_entry();
         let index = entry.key();
         if self.generations.len() <= index {
@@ -477,11 +495,104 @@ impl ThreadCore {
             generation: self.generations[index],
         };
         let conn = entry.insert(Conn::new(id, fd, options.framing.clone()));
-        conn.listener = listener;
         if let Some(t) = options.idle_timeout {
             conn.idle_timeout = Some(t);
             self.timers.schedule(conn.last_activity + t, Due::Idle(id));
         }
+        id
+    }
+
+    fn connect<D: Driver>(
+        &mut self,
+        token: u64,
+        socket: OwnedFd,
+        addr: SocketAddr,
+        options: &ConnOptions,
+        deadline: Option<Instant>,
+        driver: &mut D,
+    ) {
+        if self.shutdown_deadline.is_some() {
+            let error = io::Error::new(io::ErrorKind::ConnectionAborted, "the pool is closing");
+            self.events.push_back(Ev::ConnectFailed { token, error });
+            return;
+        }
+        let fd = socket.as_raw_fd();
+        let id = self.insert_conn(socket, options);
+        let conn = &mut self.conns[id.index as usize];
+        let connecting = conn.connecting.insert(Box::new(crate::conn::Connecting {
+            token,
+            addr: addr.into(),
+            timed_out: false,
+            cancel_sent: false,
+        }));
+        driver.connect(id.index, fd, &connecting.addr);
+        if let Some(at) = deadline {
+            self.timers.schedule(at, Due::ConnectTimeout(id));
+        }
+    }
+
+    fn connected<D: Driver>(&mut self, slot: u32, result: io::Result<()>, driver: &mut D) {
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(attempt) = conn.connecting.take() else {
+            return;
+        };
+        Self::mark_dirty(&mut self.dirty, conn);
+        let result = match result {
+            Ok(()) if conn.state == State::Open => Ok(()),
+            Ok(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the pool is closing",
+            )),
+            Err(_) if attempt.timed_out => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the pool is closing",
+            )),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                let sock = SockRef::from(&conn.fd);
+                let _ = sock.set_tcp_nodelay(true);
+                let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+                let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+                conn.last_activity = Instant::now();
+                Stats::add(&self.engine.stats.connected, 1);
+                let (id, shared) = (conn.id, conn.shared.clone());
+                self.events.push_back(Ev::Connected {
+                    conn: id,
+                    token: attempt.token,
+                    peer,
+                    local,
+                    shared,
+                });
+            }
+            Err(error) => {
+                conn.silent = true;
+                conn.begin_abort(None, false);
+                self.events.push_back(Ev::ConnectFailed {
+                    token: attempt.token,
+                    error,
+                });
+            }
+        }
+        let _ = driver;
+    }
+
+    fn adopt(&mut self, listener: usize, fd: OwnedFd, options: &ConnOptions) {
+        if self.shutdown_deadline.is_some() {
+            return; // shutting down: the descriptor closes here
+        }
+        let sock = SockRef::from(&fd);
+        // NOTE: asyncio sets TCP_NODELAY on every TCP transport; so do we.
+        let _ = sock.set_tcp_nodelay(true);
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+        let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+        let id = self.insert_conn(fd, options);
+        let conn = &mut self.conns[id.index as usize];
+        conn.listener = listener;
         let shared = conn.shared.clone();
         Self::mark_dirty(&mut self.dirty, conn);
         Stats::add(&self.stats().accepted, 1);
@@ -499,6 +610,7 @@ impl ThreadCore {
     pub(crate) fn complete<D: Driver>(&mut self, c: Completion, driver: &mut D, now: Instant) {
         match c {
             Completion::Woken => {}
+            Completion::Connected { slot, result } => self.connected(slot, result, driver),
             Completion::Accepted {
                 listener,
                 result,
@@ -657,6 +769,13 @@ impl ThreadCore {
             conn.dirty = false;
             let slot = index as u32;
             let fd = conn.fd.as_raw_fd();
+            if let Some(attempt) = conn.connecting.as_mut() {
+                let give_up = attempt.timed_out || conn.state != State::Open;
+                if give_up && !attempt.cancel_sent {
+                    attempt.cancel_sent = true;
+                    driver.cancel_connect(slot, fd);
+                }
+            }
             if conn.state == State::Aborting {
                 if conn.send_inflight && !conn.send_cancel_sent {
                     driver.cancel_send(slot, fd);
@@ -705,10 +824,12 @@ impl ThreadCore {
         }
         conn.shared.set_queued(0);
         drop(conn.fd);
-        Stats::add(&self.engine.stats.closed, 1);
-        self.events.push_back(Ev::Closed {
-            conn: conn.id,
-            error: conn.error,
-        });
+        if !conn.silent {
+            Stats::add(&self.engine.stats.closed, 1);
+            self.events.push_back(Ev::Closed {
+                conn: conn.id,
+                error: conn.error,
+            });
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Backend, EngineConfig, ListenConfig};
+use crate::config::{Backend, ConnOptions, EngineConfig, ListenConfig};
 use crate::conn::{ConnId, ConnShared};
 use crate::error::Error;
 use crate::event::with_active;
@@ -214,6 +214,48 @@ impl Engine {
             options: Arc::new(cfg.conn.clone()),
         });
         Ok((listener, local))
+    }
+
+    /// A fresh token for [`Engine::connect`] (allocate it first so the
+    /// caller can register what the token means before the IO thread
+    /// reports on it).
+    pub fn connect_token(&self) -> u64 {
+        self.shared.next_timer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Open an outbound TCP connection to `addr` (optionally from
+    /// `local_addr`) on one of the IO threads, asynchronously. Its outcome
+    /// arrives as `Event::Connected { token, .. }` (then it behaves exactly
+    /// as an accepted connection, with `options`) or
+    /// `Event::ConnectFailed { token, error }`; `timeout` gives up with
+    /// `ETIMEDOUT`. Errors creating or binding the socket return here.
+    pub fn connect(
+        &self,
+        token: u64,
+        addr: SocketAddr,
+        local_addr: Option<SocketAddr>,
+        options: ConnOptions,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        options.framing.validate()?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        if let Some(local) = local_addr {
+            socket.set_reuse_address(true)?;
+            socket.bind(&local.into())?;
+        }
+        let target = self.shared.next_target() % self.shared.mailboxes.len();
+        self.shared.mailboxes[target].push(Cmd::Connect {
+            token,
+            socket: socket.into(),
+            addr,
+            options: Arc::new(options),
+            deadline: timeout.map(|t| Instant::now() + t),
+        });
+        Ok(())
     }
 
     /// A fresh timer id for [`Engine::start_timer`].

@@ -38,7 +38,22 @@ pub enum Event<'b> {
     Packet { conn: ConnId, data: &'b [u8] },
     /// The peer shut down its sending side (eof_received).
     Eof { conn: ConnId },
-    /// A user timer fired (`Engine::add_timer`).
+    /// An outbound connection (`Engine::connect`) is established; from here
+    /// it behaves exactly as an accepted one.
+    Connected {
+        /// Handle for operations on the connection.
+        conn: ConnRef,
+        /// The token `Engine::connect_token` gave the attempt.
+        token: u64,
+        /// Remote address.
+        peer: Option<SocketAddr>,
+        /// Local address.
+        local: Option<SocketAddr>,
+    },
+    /// An outbound connect failed (refused, unreachable, timed out...);
+    /// nothing is left behind.
+    ConnectFailed { token: u64, error: std::io::Error },
+    /// A user timer fired (`Engine::start_timer`).
     Timer { id: u64 },
     /// Nothing arrived on `conn` for its idle timeout (timeout_received).
     IdleTimeout { conn: ConnId },
@@ -132,6 +147,24 @@ impl<'b> Batch<'b> {
                     return Some(Event::Eof { conn });
                 }
                 Ev::Timer { id } => return Some(Event::Timer { id }),
+                Ev::Connected {
+                    conn,
+                    token,
+                    peer,
+                    local,
+                    shared,
+                } => {
+                    let conn = ConnRef::new(conn, core.engine.clone(), shared);
+                    return Some(Event::Connected {
+                        conn,
+                        token,
+                        peer,
+                        local,
+                    });
+                }
+                Ev::ConnectFailed { token, error } => {
+                    return Some(Event::ConnectFailed { token, error })
+                }
                 Ev::IdleTimeout { conn } => {
                     if core.conn(conn).is_some_and(|c| c.state == State::Open) {
                         return Some(Event::IdleTimeout { conn });

@@ -31,6 +31,15 @@ pub enum Cmd {
     Unlisten { listener: usize },
     /// Unlisten and close the listener's connections (abort at `deadline`).
     CloseListener { listener: usize, deadline: Instant },
+    /// Connect `socket` to `addr`; report as `Connected`/`ConnectFailed`
+    /// with `token`; give up at `deadline`.
+    Connect {
+        token: u64,
+        socket: OwnedFd,
+        addr: SocketAddr,
+        options: Arc<ConnOptions>,
+        deadline: Option<Instant>,
+    },
     /// Take ownership of an accepted connection.
     Adopt {
         listener: usize,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Default, Debug)]
 pub struct Stats {
     pub(crate) accepted: AtomicU64,
+    pub(crate) connected: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
@@ -19,6 +20,8 @@ pub struct StatsSnapshot {
     pub open: u64,
     /// Connections accepted since start.
     pub accepted: u64,
+    /// Outbound connections established since start.
+    pub connected: u64,
     /// Connections closed since start.
     pub closed: u64,
     /// Bytes received.
@@ -36,9 +39,11 @@ impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let closed = self.closed.load(Ordering::Relaxed);
         let accepted = self.accepted.load(Ordering::Relaxed);
+        let connected = self.connected.load(Ordering::Relaxed);
         StatsSnapshot {
-            open: accepted.saturating_sub(closed),
+            open: (accepted + connected).saturating_sub(closed),
             accepted,
+            connected,
             closed,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),

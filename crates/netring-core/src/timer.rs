@@ -25,6 +25,8 @@ pub(crate) enum Due {
     Idle(ConnId),
     /// Abort a connection still closing at its deadline.
     Abort(ConnId),
+    /// Give up an outbound connect still in flight.
+    ConnectTimeout(ConnId),
 }
 
 /// The timers of one IO thread.

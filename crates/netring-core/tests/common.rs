@@ -63,7 +63,9 @@ impl Handler for Echo {
                 Event::PauseWriting { .. }
                 | Event::ResumeWriting { .. }
                 | Event::Timer { .. }
-                | Event::IdleTimeout { .. } => {}
+                | Event::IdleTimeout { .. }
+                | Event::Connected { .. }
+                | Event::ConnectFailed { .. } => {}
             }
         }
     }

@@ -36,11 +36,20 @@ pub struct TimerEntry {
     pub repeating: bool,
 }
 
+/// An outbound connect waiting for its outcome.
+pub struct PendingConnect {
+    pub factory: Py<PyAny>,
+    pub framing: Framing,
+    /// A `concurrent.futures.Future` for `(transport, protocol)`.
+    pub future: Py<PyAny>,
+}
+
 /// What the Python side registered, shared by the engine and its threads.
 #[derive(Default)]
 pub struct Registry {
     listeners: Mutex<HashMap<usize, ListenerEntry>>,
     timers: Mutex<HashMap<u64, TimerEntry>>,
+    connects: Mutex<HashMap<u64, PendingConnect>>,
 }
 
 impl Registry {
@@ -50,6 +59,10 @@ impl Registry {
 
     pub fn timers(&self) -> MutexGuard<'_, HashMap<u64, TimerEntry>> {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn connects(&self) -> MutexGuard<'_, HashMap<u64, PendingConnect>> {
+        self.connects.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -63,8 +76,8 @@ struct Entry {
     packets_received: Option<Py<PyAny>>,
     /// The exception that made us abort, passed to `connection_lost`.
     failure: Option<PyErr>,
-    /// The accepting listener's open-connection count.
-    open: Arc<AtomicUsize>,
+    /// The accepting listener's open-connection count (None: outbound).
+    open: Option<Arc<AtomicUsize>>,
 }
 
 /// Delivers one IO thread's events to Python.
@@ -127,6 +140,7 @@ impl<'py> PyHandler<'py> {
         transport.conn_ref().abort_quietly();
     }
 
+    /// An accepted connection: make its protocol from the listener's factory.
     fn opened(
         &mut self,
         conn: ConnRef,
@@ -135,7 +149,6 @@ impl<'py> PyHandler<'py> {
         local: Option<SocketAddr>,
     ) {
         let py = self.py;
-        let id = conn.id();
         let entry = self
             .registry
             .listeners()
@@ -145,32 +158,98 @@ impl<'py> PyHandler<'py> {
             conn.abort();
             return;
         };
-        open.fetch_add(1, Ordering::AcqRel);
-        // NOTE: from here the connection counts as open for its listener
-        // until its Closed event; the early returns below abort it, and the
-        // Closed event for an unknown entry decrements nothing, so undo here.
-        let undo = |open: &AtomicUsize| {
-            open.fetch_sub(1, Ordering::AcqRel);
+        // NOTE: a factory error was logged and the connection aborted inside.
+        let _ = self.start_protocol(conn, peer, local, &factory, framing, Some(open));
+    }
+
+    /// An outbound connection is up: make its protocol and resolve the
+    /// caller's future with `(transport, protocol)`.
+    fn connected(
+        &mut self,
+        conn: ConnRef,
+        token: u64,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) {
+        let py = self.py;
+        let Some(pending) = self.registry.connects().remove(&token) else {
+            conn.abort();
+            return;
         };
-        let transport = Transport::new(conn.clone(), peer, local, framing);
-        let protocol = match factory.call0(py) {
-            Ok(p) => p,
+        let id = conn.id();
+        let started = self.start_protocol(
+            conn.clone(),
+            peer,
+            local,
+            &pending.factory,
+            pending.framing,
+            None,
+        );
+        let future = pending.future.bind(py);
+        match started {
+            Ok(pair) => {
+                if self.conns.contains_key(&id) {
+                    if future
+                        .call_method1(intern!(py, "set_result"), (pair,))
+                        .is_err()
+                    {
+                        // The caller cancelled the future meanwhile.
+                        conn.abort();
+                    }
+                } else {
+                    let e = pyo3::exceptions::PyConnectionAbortedError::new_err(
+                        "connection_made failed; the connection was closed",
+                    );
+                    let _ = future.call_method1(intern!(py, "set_exception"), (e.into_value(py),));
+                }
+            }
+            Err(e) => {
+                let _ = future.call_method1(intern!(py, "set_exception"), (e.into_value(py),));
+            }
+        }
+    }
+
+    /// An outbound connect failed: fail the caller's future.
+    fn connect_failed(&mut self, token: u64, error: std::io::Error) {
+        let py = self.py;
+        if let Some(pending) = self.registry.connects().remove(&token) {
+            let exc = PyErr::from(error).into_value(py);
+            let _ = pending
+                .future
+                .call_method1(py, intern!(py, "set_exception"), (exc,));
+        }
+    }
+
+    /// Create the protocol and transport of a new connection and call
+    /// `connection_made`. `open` counts it for its listener (accepted
+    /// connections). Returns `(transport, protocol)`, or the factory's error
+    /// (the connection is then aborted).
+    fn start_protocol(
+        &mut self,
+        conn: ConnRef,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        factory: &Py<PyAny>,
+        framing: Framing,
+        open: Option<Arc<AtomicUsize>>,
+    ) -> PyResult<(Py<Transport>, Py<PyAny>)> {
+        let py = self.py;
+        let id = conn.id();
+        let protocol = factory.call0(py).and_then(|p| {
+            Py::new(py, Transport::new(conn.clone(), peer, local, framing)).map(|t| (t, p))
+        });
+        let (transport, protocol) = match protocol {
+            Ok(pair) => pair,
             Err(e) => {
                 self.log_error("protocol factory", peer, &e);
-                undo(&open);
                 conn.abort_quietly();
-                return;
+                return Err(e);
             }
         };
-        let transport = match Py::new(py, transport) {
-            Ok(t) => t,
-            Err(e) => {
-                self.log_error("transport creation", peer, &e);
-                undo(&open);
-                conn.abort_quietly();
-                return;
-            }
-        };
+        if let Some(open) = &open {
+            // Counted until its Closed event (the entry below decrements).
+            open.fetch_add(1, Ordering::AcqRel);
+        }
         transport.get().set_protocol_ref(protocol.clone_ref(py));
         let data_received = protocol.getattr(py, intern!(py, "data_received")).ok();
         let packet_received = protocol.getattr(py, intern!(py, "packet_received")).ok();
@@ -187,9 +266,15 @@ impl<'py> PyHandler<'py> {
                 open,
             },
         );
-        if let Err(e) = protocol.call_method1(py, intern!(py, "connection_made"), (transport,)) {
+        let made = protocol.call_method1(
+            py,
+            intern!(py, "connection_made"),
+            (transport.clone_ref(py),),
+        );
+        if let Err(e) = made {
             self.fail(id, "connection_made", e);
         }
+        Ok((transport, protocol))
     }
 
     /// Deliver a packet, or with `packets_received`, every whole packet of
@@ -297,6 +382,13 @@ impl Handler for PyHandler<'_> {
                     }
                 }
                 Event::Timer { id } => self.timer(id),
+                Event::Connected {
+                    conn,
+                    token,
+                    peer,
+                    local,
+                } => self.connected(conn, token, peer, local),
+                Event::ConnectFailed { token, error } => self.connect_failed(token, error),
                 Event::IdleTimeout { conn } => {
                     let handled = self.call(conn, "timeout_received", |e| {
                         let p = e.protocol.bind(py);
@@ -325,7 +417,9 @@ impl Handler for PyHandler<'_> {
                     let Some(entry) = self.conns.remove(&conn) else {
                         continue;
                     };
-                    entry.open.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(open) = &entry.open {
+                        open.fetch_sub(1, Ordering::AcqRel);
+                    }
                     let transport = entry.transport.get();
                     transport.mark_lost();
                     let exc: Option<PyErr> = entry

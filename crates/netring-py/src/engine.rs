@@ -158,6 +158,61 @@ impl Engine {
         id
     }
 
+    /// Connect to `host:port` (an IP literal) on an IO thread; resolve
+    /// `future` (a `concurrent.futures.Future`) with `(transport,
+    /// protocol)` once connected, or fail it with the `OSError` /
+    /// `TimeoutError`. Socket creation or bind errors raise here.
+    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &self,
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        factory: Py<PyAny>,
+        future: Py<PyAny>,
+        framing: Option<&Bound<'_, PyAny>>,
+        idle_timeout: Option<f64>,
+        timeout: Option<f64>,
+        local: Option<(String, u16)>,
+    ) -> PyResult<()> {
+        let framing = match framing {
+            Some(f) if !f.is_none() => crate::framing::from_py(f)?,
+            _ => Framing::Raw,
+        };
+        let parse = |host: &str, port: u16| -> PyResult<SocketAddr> {
+            let ip: IpAddr = host.parse().map_err(|_| {
+                crate::errors::netring_error(
+                    py,
+                    "ConfigurationError",
+                    format!("host: not an IP address: {host:?}"),
+                )
+            })?;
+            Ok(SocketAddr::new(ip, port))
+        };
+        let addr = parse(host, port)?;
+        let local = local.map(|(h, p)| parse(&h, p)).transpose()?;
+        let token = self.engine.connect_token();
+        self.registry.connects().insert(
+            token,
+            crate::dispatch::PendingConnect {
+                factory,
+                framing: framing.clone(),
+                future,
+            },
+        );
+        let options = ConnOptions {
+            framing,
+            idle_timeout: idle_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        };
+        let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        if let Err(e) = self.engine.connect(token, addr, local, options, timeout) {
+            self.registry.connects().remove(&token);
+            return Err(to_py(py, e));
+        }
+        Ok(())
+    }
+
     /// Cancel a timer; returns whether it was still pending.
     fn cancel_timer(&self, id: u64) -> bool {
         let pending = self.registry.timers().remove(&id).is_some();
@@ -184,6 +239,14 @@ impl Engine {
         py.detach(|| self.engine.shutdown(grace));
         self.registry.listeners().clear();
         self.registry.timers().clear();
+        // Attempts still pending when the threads stopped will never resolve.
+        let pending: Vec<_> = self.registry.connects().drain().collect();
+        for (_, p) in pending {
+            let e = pyo3::exceptions::PyConnectionAbortedError::new_err("the pool was closed");
+            let _ = p
+                .future
+                .call_method1(py, "set_exception", (e.into_value(py),));
+        }
     }
 
     /// Whether `shutdown` has completed.
@@ -215,6 +278,7 @@ impl Engine {
         let d = PyDict::new(py);
         d.set_item("connections_open", s.open)?;
         d.set_item("connections_accepted", s.accepted)?;
+        d.set_item("connections_connected", s.connected)?;
         d.set_item("connections_closed", s.closed)?;
         d.set_item("bytes_in", s.bytes_in)?;
         d.set_item("bytes_out", s.bytes_out)?;

@@ -80,6 +80,17 @@ impl ConnShared {
     }
 }
 
+/// An outbound connection not yet established.
+pub(crate) struct Connecting {
+    /// Names the attempt to the user (`Event::Connected` / `ConnectFailed`).
+    pub(crate) token: u64,
+    /// The peer address; the kernel reads it until the connect completes.
+    pub(crate) addr: socket2::SockAddr,
+    /// The deadline passed: report `TimedOut`.
+    pub(crate) timed_out: bool,
+    pub(crate) cancel_sent: bool,
+}
+
 /// One connection.
 pub struct Conn {
     pub(crate) id: ConnId,
@@ -115,6 +126,10 @@ pub struct Conn {
     pub(crate) idle_timeout: Option<std::time::Duration>,
     /// When bytes last arrived (or the idle clock was reset).
     pub(crate) last_activity: std::time::Instant,
+    /// Set while an outbound connect is in flight.
+    pub(crate) connecting: Option<Box<Connecting>>,
+    /// The user never saw this connection (a failed connect): no `Closed`.
+    pub(crate) silent: bool,
 }
 
 impl Conn {
@@ -146,6 +161,8 @@ impl Conn {
             dirty: false,
             idle_timeout: None,
             last_activity: std::time::Instant::now(),
+            connecting: None,
+            silent: false,
         }
     }
 
@@ -167,7 +184,10 @@ impl Conn {
 
     /// Whether the recv should be armed now.
     pub(crate) fn wants_recv(&self) -> bool {
-        self.state == State::Open && !self.read_paused && !self.peer_eof
+        self.state == State::Open
+            && !self.read_paused
+            && !self.peer_eof
+            && self.connecting.is_none()
     }
 
     /// Whether every operation has completed and the close condition holds.
@@ -177,6 +197,6 @@ impl Conn {
             State::Closing => self.sendq.is_empty(),
             State::Aborting => true,
         };
-        drained && !self.recv_armed && !self.send_inflight
+        drained && !self.recv_armed && !self.send_inflight && self.connecting.is_none()
     }
 }

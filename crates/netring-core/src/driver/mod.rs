@@ -87,6 +87,8 @@ pub enum Completion {
         slot: u32,
         result: io::Result<usize>,
     },
+    /// The outbound connect on `slot` finished (or failed, or was cancelled).
+    Connected { slot: u32, result: io::Result<()> },
     /// The mailbox was signalled.
     Woken,
 }
@@ -133,6 +135,11 @@ pub trait Driver {
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState);
     /// Cancel an in-flight send (abort); its `Sent` follows.
     fn cancel_send(&mut self, slot: u32, fd: RawFd);
+    /// Connect `fd` to `addr` (which stays valid until the completion);
+    /// exactly one `Connected` follows.
+    fn connect(&mut self, slot: u32, fd: RawFd, addr: &socket2::SockAddr);
+    /// Cancel an in-flight connect; its `Connected` (ECANCELED) follows.
+    fn cancel_connect(&mut self, slot: u32, fd: RawFd);
     /// The socket is about to be closed: forget any registration.
     fn forget(&mut self, slot: u32, fd: RawFd);
     /// Submit what was queued, wait up to `timeout` (None: until something

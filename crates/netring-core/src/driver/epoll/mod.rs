@@ -104,7 +104,7 @@ fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
 fn is_final(completion: &Completion) -> bool {
     match completion {
         Completion::Accepted { more, .. } | Completion::Recv { more, .. } => !*more,
-        Completion::Sent { .. } => true,
+        Completion::Sent { .. } | Completion::Connected { .. } => true,
         Completion::Woken => false,
     }
 }
@@ -143,6 +143,8 @@ struct ConnOps {
     recv: bool,
     /// The send waiting for `EPOLLOUT`, if any.
     send: Option<WaitingSend>,
+    /// A non-blocking connect waiting for `EPOLLOUT`.
+    connect: bool,
 }
 
 /// An epoll set with its receive buffers.
@@ -188,6 +190,7 @@ impl EpollDriver {
             registered: EventFlags::empty(),
             recv: false,
             send: None,
+            connect: false,
         });
         debug_assert_eq!(conn.fd, fd, "slot {slot} reused without forget");
         conn
@@ -199,7 +202,7 @@ impl EpollDriver {
         if conn.recv {
             want |= EventFlags::IN | EventFlags::RDHUP;
         }
-        if conn.send.is_some() {
+        if conn.send.is_some() || conn.connect {
             want |= EventFlags::OUT;
         }
         if want == conn.registered {
@@ -280,6 +283,16 @@ impl EpollDriver {
             }
         }
         let writable = EventFlags::OUT | EventFlags::HUP | EventFlags::ERR;
+        if conn.connect && flags.intersects(writable) {
+            // connect(2): "select(2) for writability; then read SO_ERROR".
+            conn.connect = false;
+            ended = true;
+            let result = match socket2::SockRef::from(&borrow(conn.fd)).take_error() {
+                Ok(None) => Ok(()),
+                Ok(Some(e)) | Err(e) => Err(e),
+            };
+            out.push(Completion::Connected { slot, result });
+        }
         if let Some(waiting) = conn.send.as_ref().filter(|_| flags.intersects(writable)) {
             if let Some(result) = try_send(conn.fd, &waiting.0) {
                 conn.send = None;
@@ -485,12 +498,54 @@ impl Driver for EpollDriver {
         });
     }
 
+    fn connect(&mut self, slot: u32, fd: RawFd, addr: &socket2::SockAddr) {
+        self.in_flight += 1;
+        match socket2::SockRef::from(&borrow(fd)).connect(addr) {
+            Ok(()) => self.pending.push(Completion::Connected {
+                slot,
+                result: Ok(()),
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                let conn = Self::conn_entry(&mut self.conns, slot, fd);
+                conn.connect = true;
+                if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+                    conn.connect = false;
+                    self.pending.push(Completion::Connected {
+                        slot,
+                        result: Err(e),
+                    });
+                }
+            }
+            Err(e) => self.pending.push(Completion::Connected {
+                slot,
+                result: Err(e),
+            }),
+        }
+    }
+
+    fn cancel_connect(&mut self, slot: u32, _fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !conn.connect {
+            return; // its `Connected` is already on its way
+        }
+        conn.connect = false;
+        if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+            log::warn!("netring: epoll could not drop the connect interest of slot {slot}: {e}");
+        }
+        self.pending.push(Completion::Connected {
+            slot,
+            result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+        });
+    }
+
     fn forget(&mut self, slot: u32, _fd: RawFd) {
         let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
         debug_assert!(
-            !conn.recv && conn.send.is_none(),
+            !conn.recv && conn.send.is_none() && !conn.connect,
             "slot {slot} forgotten with an operation armed"
         );
         if !conn.registered.is_empty() {

@@ -28,6 +28,7 @@ const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
 const KIND_WAKE: u64 = 4;
 const KIND_CANCEL: u64 = 5;
+const KIND_CONNECT: u64 = 6;
 const BUF_GROUP: u16 = 0;
 /// Submission queue entries per ring; the completion queue is 4× larger.
 const RING_ENTRIES: u32 = 1024;
@@ -90,6 +91,7 @@ impl UringDriver {
             (opcode::SendMsg::CODE, "SENDMSG"),
             (opcode::Read::CODE, "READ"),
             (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+            (opcode::Connect::CODE, "CONNECT"),
         ] {
             if !probe.is_supported(code) {
                 return Err(format!("io_uring opcode {name} not supported"));
@@ -202,6 +204,14 @@ impl UringDriver {
                 };
                 Some(Completion::Sent { slot: id, result })
             }
+            KIND_CONNECT => Some(Completion::Connected {
+                slot: id,
+                result: if res >= 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                },
+            }),
             KIND_WAKE => {
                 self.wake_armed = false;
                 if res < 0 && res != -libc::EAGAIN && res != -libc::EINTR {
@@ -266,6 +276,18 @@ impl Driver for UringDriver {
 
     fn cancel_send(&mut self, slot: u32, _fd: RawFd) {
         self.cancel(user_data(KIND_SEND, u64::from(slot)));
+    }
+
+    fn connect(&mut self, slot: u32, fd: RawFd, addr: &socket2::SockAddr) {
+        let entry = opcode::Connect::new(types::Fd(fd), addr.as_ptr() as *const _, addr.len())
+            .build()
+            .user_data(user_data(KIND_CONNECT, u64::from(slot)));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn cancel_connect(&mut self, slot: u32, _fd: RawFd) {
+        self.cancel(user_data(KIND_CONNECT, u64::from(slot)));
     }
 
     fn forget(&mut self, _slot: u32, _fd: RawFd) {}
