@@ -1,7 +1,9 @@
-"""Command line: ``python -m netring serve NAME [options]``.
+"""Command line: ``python -m netring serve NAME [NAME...] [options]``.
 
-Prints exactly one line, ``netring: serving NAME on H:P (backend=B,
-io_threads=N)``, once the server accepts connections, and exits 0 after a
+Several names run several servers on one IO pool (``--port`` once per
+name, in order; without ``--port`` they take 5050, 5051, ...). Each server
+prints exactly one line, ``netring: serving NAME on H:P (backend=B,
+io_threads=N)``, once it accepts connections; the process exits 0 after a
 graceful drain on SIGINT or SIGTERM.
 """
 
@@ -9,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from typing import Any
 
-from .server import BACKENDS, Server
-from .servers import SERVERS
+from .pool import BACKENDS, IOPool
+from .server import Server
+from .servers import POOL_OPTIONS, SERVERS
 
 DEFAULT_PORT = 5050
 
@@ -20,33 +26,64 @@ DEFAULT_PORT = 5050
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m netring", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run an example server")
-    serve.add_argument("name", choices=sorted(SERVERS), metavar="NAME",
+    serve = sub.add_parser("serve", help="run example servers")
+    serve.add_argument("names", nargs="+", choices=sorted(SERVERS), metavar="NAME",
                        help="; ".join(f"{k}: {v.description}" for k, v in SERVERS.items()))
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
-                       help=f"port (default {DEFAULT_PORT}; 0 picks one)")
+    serve.add_argument("--port", type=int, action="append", default=None,
+                       help=f"port, once per NAME (default {DEFAULT_PORT}, then +1; 0 picks one)")
     serve.add_argument("--io-threads", type=int, default=None,
                        help="IO threads (default: 1 with the GIL, one per CPU without)")
     serve.add_argument("--backend", choices=BACKENDS, default=None,
                        help="IO backend (default auto, or $NETRING_BACKEND)")
+    serve.add_argument("--upstream", default=None, metavar="HOST:PORT",
+                       help="the proxy's target")
     serve.add_argument("--grace", type=float, default=5.0,
                        help="seconds to drain on shutdown (default 5)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+    names: list[str] = args.names
+    ports: list[int] = args.port or [DEFAULT_PORT + i for i in range(len(names))]
+    if len(ports) != len(names):
+        parser.error(f"give --port once per server ({len(names)}), or not at all")
+    pool_options: dict[str, Any] = {}
+    for name in names:
+        for key in POOL_OPTIONS:
+            if key in SERVERS[name].options:
+                if pool_options.get(key, SERVERS[name].options[key]) != SERVERS[name].options[key]:
+                    parser.error(f"{name}: needs a different {key} than the other servers")
+                pool_options[key] = SERVERS[name].options[key]
+    servers: list[Server] = []
     try:
-        example = SERVERS[args.name]
-        server = Server(example.factory, args.host, args.port,
-                        io_threads=args.io_threads, backend=args.backend, **example.options)
-        server.start()
-    except Exception as e:  # configuration and bind errors: one clear line
-        print(f"netring: cannot serve {args.name}: {e}", file=sys.stderr)
+        pool = IOPool(args.io_threads, backend=args.backend, **pool_options)
+    except Exception as e:
+        print(f"netring: cannot start the IO pool: {e}", file=sys.stderr)
         return 2
-    print(f"netring: serving {args.name} on {server.host}:{server.port} "
-          f"(backend={server.backend}, io_threads={server.io_threads})", flush=True)
-    server.serve_forever(grace=args.grace)
+    for name, port in zip(names, ports, strict=True):
+        example = SERVERS[name]
+        options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
+        try:
+            server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
+                            **options)
+            server.start()
+        except Exception as e:  # configuration and bind errors: one clear line
+            print(f"netring: cannot serve {name}: {e}", file=sys.stderr)
+            pool.close(0)
+            return 2
+        servers.append(server)
+        print(f"netring: serving {name} on {server.host}:{server.port} "
+              f"(backend={pool.backend}, io_threads={pool.io_threads})", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    while not stop.wait(0.1):
+        pass
+    for server in servers:
+        server.shutdown(args.grace)
+    pool.close(args.grace)
     return 0

@@ -82,6 +82,18 @@ pub(crate) enum Ev {
     },
 }
 
+/// What became of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The connection is closing or gone: nothing was queued.
+    Dropped,
+    /// Queued.
+    Queued,
+    /// Queued, and the queue just crossed the high-water mark: the caller
+    /// must call `pause_writing` (no `PauseWriting` event follows).
+    CrossedHigh,
+}
+
 /// A received chunk being cut into packets across `Batch::next` calls.
 #[derive(Clone, Copy)]
 pub(crate) struct Cursor {
@@ -110,6 +122,10 @@ pub struct ThreadCore {
     conns: Slab<Conn>,
     generations: Vec<u32>,
     pub(crate) events: VecDeque<Ev>,
+    /// `pause_writing` notices: delivered before any other pending event,
+    /// so a protocol can stop its producers before they write more (asyncio
+    /// calls `pause_writing` inside `write()`).
+    pub(crate) urgent: VecDeque<Ev>,
     dirty: Vec<usize>,
     /// Receive buffers handed out in this batch; released after dispatch.
     pub(crate) chunks_out: Vec<u16>,
@@ -131,6 +147,7 @@ impl ThreadCore {
             conns: Slab::new(),
             generations: Vec::new(),
             events: VecDeque::new(),
+            urgent: VecDeque::new(),
             dirty: Vec::new(),
             chunks_out: Vec::new(),
             retired: Vec::new(),
@@ -169,7 +186,10 @@ impl ThreadCore {
 
     /// True when the thread holds nothing: no connection, listener or event.
     pub(crate) fn is_empty(&self) -> bool {
-        self.conns.is_empty() && self.listeners.is_empty() && self.events.is_empty()
+        self.conns.is_empty()
+            && self.listeners.is_empty()
+            && self.events.is_empty()
+            && self.urgent.is_empty()
     }
 
     // ---- operations requested by the user (owner thread) -----------------
@@ -262,14 +282,28 @@ impl ThreadCore {
         len: usize,
         push: impl FnOnce(&mut SendQueue, &mut BufCache),
     ) -> bool {
+        self.write_notify(id, len, push, true) != Written::Dropped
+    }
+
+    /// Queue bytes; when the queue crosses the high-water mark, either queue
+    /// a `PauseWriting` event (`event`) or return [`Written::CrossedHigh`]
+    /// for the caller to call `pause_writing` itself, inside the write, as
+    /// asyncio does.
+    pub(crate) fn write_notify(
+        &mut self,
+        id: ConnId,
+        len: usize,
+        push: impl FnOnce(&mut SendQueue, &mut BufCache),
+        event: bool,
+    ) -> Written {
         let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id) else {
-            return false;
+            return Written::Dropped;
         };
         if conn.state != State::Open || conn.eof_requested {
-            return false;
+            return Written::Dropped;
         }
         if len == 0 {
-            return true;
+            return Written::Queued;
         }
         push(&mut conn.sendq, &mut self.cache);
         let queued = conn.sendq.len();
@@ -279,10 +313,14 @@ impl ThreadCore {
             conn.writing_paused = true;
         }
         Self::mark_dirty(&mut self.dirty, conn);
-        if pause {
-            self.events.push_back(Ev::PauseWriting { conn: id });
+        if !pause {
+            Written::Queued
+        } else if event {
+            self.urgent.push_back(Ev::PauseWriting { conn: id });
+            Written::Queued
+        } else {
+            Written::CrossedHigh
         }
-        true
     }
 
     /// Flush what is queued, then close.
@@ -354,7 +392,7 @@ impl ThreadCore {
         let queued = conn.sendq.len();
         if !conn.writing_paused && queued > high {
             conn.writing_paused = true;
-            self.events.push_back(Ev::PauseWriting { conn: id });
+            self.urgent.push_back(Ev::PauseWriting { conn: id });
         } else if conn.writing_paused && queued <= low {
             conn.writing_paused = false;
             self.events.push_back(Ev::ResumeWriting { conn: id });

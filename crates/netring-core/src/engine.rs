@@ -17,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Backend, ConnOptions, EngineConfig, ListenConfig};
 use crate::conn::{ConnId, ConnShared};
+use crate::core::Written;
 use crate::error::Error;
 use crate::event::with_active;
 use crate::framing::Framing;
@@ -370,6 +371,42 @@ impl ConnRef {
             data: data.to_vec(),
         });
         true
+    }
+
+    /// Queue the concatenation of `parts` like [`ConnRef::write_inline`].
+    pub fn write_parts_inline(&self, parts: &[&[u8]]) -> Written {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let local = self.local(|c| {
+            c.write_notify(
+                self.id,
+                len,
+                |q, cache| {
+                    for part in parts {
+                        q.push_slice(part, cache);
+                    }
+                },
+                false,
+            )
+        });
+        if let Some(w) = local {
+            return w;
+        }
+        let data = parts.concat();
+        self.shared.mailbox_add(data.len());
+        self.remote(Cmd::Write {
+            conn: self.id,
+            data,
+        });
+        Written::Queued
+    }
+
+    /// Queue bytes, asyncio style: on the owner thread inside a dispatch,
+    /// a write that crosses the high-water mark returns
+    /// [`Written::CrossedHigh`] and the caller calls `pause_writing` at
+    /// once (no event follows); from other threads the owner delivers a
+    /// `PauseWriting` event as usual.
+    pub fn write_inline(&self, data: &[u8]) -> Written {
+        self.write_parts_inline(&[data])
     }
 
     /// Queue the concatenation of `parts` as one write (e.g. a length

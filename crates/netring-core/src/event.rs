@@ -92,6 +92,12 @@ impl<'b> Batch<'b> {
     pub fn next(&mut self) -> Option<Event<'b>> {
         let mut core = self.core.borrow_mut();
         loop {
+            if let Some(Ev::PauseWriting { conn }) = core.urgent.pop_front() {
+                if core.conn(conn).is_some_and(|c| c.state == State::Open) {
+                    return Some(Event::PauseWriting { conn });
+                }
+                continue;
+            }
             if core.cursor.is_some() {
                 if let Some(ev) = frame_next(&mut core) {
                     return Some(ev);

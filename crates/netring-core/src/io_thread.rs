@@ -87,7 +87,7 @@ impl IoLoop {
                 core.borrow_mut().apply(cmd, &mut driver);
             }
             // 2. Dispatch, then return this batch's buffers.
-            if !core.borrow().events.is_empty() {
+            if !core.borrow().events.is_empty() || !core.borrow().urgent.is_empty() {
                 dispatch(&core, handler, self.shared.id, self.index);
             }
             let now = Instant::now();
@@ -118,7 +118,7 @@ impl IoLoop {
             {
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
-            let timeout = if !c.events.is_empty() {
+            let timeout = if !c.events.is_empty() || !c.urgent.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 deadline.map(|d| d.saturating_duration_since(now))

@@ -21,7 +21,7 @@ pub mod mailbox;
 pub mod stats;
 mod timer;
 
-pub use crate::core::ThreadCore;
+pub use crate::core::{ThreadCore, Written};
 pub use config::{Backend, BackendChoice, ConnOptions, EngineConfig, ListenConfig};
 pub use conn::ConnId;
 pub use engine::{ConnRef, Engine};

@@ -16,7 +16,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 
 use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
 use netring_core::framing::Framing;
-use netring_core::ConnRef;
+use netring_core::{ConnRef, Written};
 
 /// A connection's transport (asyncio `Transport` interface).
 #[pyclass(frozen, module = "netring._native")]
@@ -108,8 +108,32 @@ impl Transport {
         if self.closing.load(Ordering::Acquire) {
             return Ok(()); // as asyncio: writes after close() are dropped
         }
-        self.conn.write(data);
+        let written = self.conn.write_inline(data);
+        self.after_write(written);
         Ok(())
+    }
+
+    /// The write crossed the high-water mark on the owner thread: call the
+    /// protocol's `pause_writing()` now, inside `write()`, as asyncio does,
+    /// so a producer loop sees it before its next write.
+    fn after_write(&self, written: Written) {
+        if written != Written::CrossedHigh {
+            return;
+        }
+        let protocol = self
+            .protocol
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| Python::attach(|py| p.clone_ref(py)));
+        if let Some(protocol) = protocol {
+            Python::attach(|py| {
+                if let Err(e) = protocol.call_method0(py, pyo3::intern!(py, "pause_writing")) {
+                    // As asyncio: reported, not raised from write().
+                    e.print(py);
+                }
+            });
+        }
     }
 }
 
@@ -188,17 +212,20 @@ impl Transport {
             .clone();
         match &framing {
             Framing::Raw | Framing::Exactly(_) => {
-                self.conn.write(data);
+                let written = self.conn.write_inline(data);
+                self.after_write(written);
             }
             Framing::Delimited { delimiter, .. } => {
-                self.conn.write_parts(&[data, delimiter]);
+                let written = self.conn.write_parts_inline(&[data, delimiter]);
+                self.after_write(written);
             }
             Framing::LengthPrefixed { .. } => {
                 let mut header = Vec::with_capacity(8);
                 framing
                     .encode_header(data.len(), &mut header)
                     .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                self.conn.write_parts(&[&header, data]);
+                let written = self.conn.write_parts_inline(&[&header, data]);
+                self.after_write(written);
             }
         }
         Ok(())

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..framing import Delimited, LengthPrefixed
+from ..pool import IOPool
 from .echo import Echo
 from .line import LineEcho
 from .packet_echo import PacketEcho
+from .proxy import proxy_factory
 
 #: Largest packet the large-packet example accepts: 16 MiB.
 LARGE_PACKET_MAX = 16 * 1024 * 1024
@@ -20,11 +22,30 @@ LARGE_PACKET_MAX = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Example:
-    """A named example: its protocol factory and the Server options it needs."""
+    """A named example: its protocol factory and the Server options it needs.
 
-    factory: Callable[[], Any]
+    ``build``, when set, makes the factory from the IO pool and the CLI's
+    arguments (the proxy needs both); ``factory`` is then unused.
+    """
+
+    factory: Callable[[], Any] | None
     description: str
     options: dict[str, Any] = field(default_factory=dict)
+    build: Callable[[IOPool, Any], Callable[[], Any]] | None = None
+
+    def make_factory(self, pool: IOPool, args: Any) -> Callable[[], Any]:
+        """The protocol factory to serve."""
+        if self.build is not None:
+            return self.build(pool, args)
+        assert self.factory is not None
+        return self.factory
+
+
+def _proxy(pool: IOPool, args: Any) -> Callable[[], Any]:
+    host, _, port = str(getattr(args, "upstream", "") or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("upstream: give the proxy's target as --upstream HOST:PORT")
+    return proxy_factory(pool, host.strip("[]"), int(port))
 
 
 SERVERS: dict[str, Example] = {
@@ -39,6 +60,11 @@ SERVERS: dict[str, Example] = {
         PacketEcho, "packets up to 16 MiB through 1 KiB IO buffers",
         {"framing": LengthPrefixed(header_size=4, byteorder="big", max_packet=LARGE_PACKET_MAX),
          "buffer_size": 1024}),
+    "proxy": Example(None, "a TCP port forwarder to --upstream HOST:PORT, backpressure both ways",
+                     build=_proxy),
 }
 
-__all__ = ["SERVERS", "Example"]
+#: Server options that belong to the IO pool when several servers share one.
+POOL_OPTIONS = ("buffer_size", "buffers_per_thread")
+
+__all__ = ["POOL_OPTIONS", "SERVERS", "Example"]
