@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
+import socket
 import struct
+import subprocess
 import threading
 import time
 from typing import Any
@@ -180,3 +183,35 @@ def test_timeout_received_can_keep_the_connection_and_fires_again(backend: str) 
 def test_idle_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="idle_timeout"):
         netring.Server(Echo, idle_timeout=0)
+
+
+def keepalive_timer(port_filter: str) -> str:
+    """The kernel's timer column for established sockets matching the
+    filter (``ss -tno``): 'keepalive' appears only when SO_KEEPALIVE is on."""
+    out = subprocess.run(["ss", "-tnoH", "state", "established", port_filter],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return out
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) not installed")
+def test_keepalive_is_set_on_accepted_and_outbound_sockets(backend: str) -> None:
+    with netring.IOPool(io_threads=1, backend=backend) as pool:
+        server = netring.Server(Recorder, pool=pool, keepalive=(30, 5, 4))
+        plain = netring.Server(Recorder, pool=pool)
+        server.start()
+        plain.start()
+        with connect(server), connect(plain):
+            assert wait_until(lambda: pool.stats()["connections_open"] == 2)
+            assert "keepalive" in keepalive_timer(f"( sport = :{server.port} )")
+            assert "keepalive" not in keepalive_timer(f"( sport = :{plain.port} )")
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            fut = pool.connect(Recorder, "127.0.0.1", port, keepalive=(20, 3, 2))
+            peer, _ = listener.accept()
+            with peer:
+                fut.result(5)
+                assert "keepalive" in keepalive_timer(f"( dport = :{port} )")
+    with pytest.raises(TypeError, match="keepalive"):
+        netring.Server(Echo, keepalive=30)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="keepalive"):
+        netring.Server(Echo, keepalive=(0.5, 1, 3))

@@ -75,6 +75,20 @@ def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
     return v
 
 
+def check_keepalive(value: object) -> tuple[float, float, int] | None:
+    """``(idle_seconds, interval_seconds, count)`` or None."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise TypeError("keepalive: must be a tuple (idle, interval, count)")
+    idle = check_seconds("keepalive idle", value[0], positive=True)
+    interval = check_seconds("keepalive interval", value[1], positive=True)
+    count = check_int("keepalive count", value[2], 1, 127)
+    if idle < 1 or interval < 1:
+        raise ConfigurationError("keepalive: idle and interval are whole seconds, at least 1")
+    return (idle, interval, count)
+
+
 def choose_backend(backend: object) -> str:
     """The backend argument, or ``$NETRING_BACKEND``, or "auto"."""
     if backend is None:
@@ -191,6 +205,7 @@ class IOPool:
         framing: Any = None,
         local_addr: tuple[str, int] | None = None,
         idle_timeout: float | None = None,
+        keepalive: tuple[float, float, int] | None = None,
     ) -> concurrent.futures.Future[tuple[Any, Any]]:
         """Open a TCP connection from this pool's IO threads.
 
@@ -219,6 +234,7 @@ class IOPool:
         if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly):
             raise TypeError("framing: must be netring.Raw(), LengthPrefixed(), Delimited() "
                             f"or Exactly(), not {type(framing).__name__}")
+        ka = check_keepalive(keepalive)
         local = None
         if local_addr is not None:
             local = (str(local_addr[0]), check_int("local_addr port", local_addr[1], 0, 65535))
@@ -227,7 +243,8 @@ class IOPool:
         spec = framing._spec()
 
         def start(ip: str) -> None:
-            self._engine.connect(ip, port, protocol_factory, future, spec, idle, timeout, local)
+            self._engine.connect(ip, port, protocol_factory, future, spec, idle, timeout, local,
+                                 ka)
 
         try:
             ipaddress.ip_address(host)

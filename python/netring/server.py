@@ -24,6 +24,7 @@ from .pool import (
     DEFAULT_GRACE_SECONDS,
     IOPool,
     check_int,
+    check_keepalive,
     check_seconds,
     choose_backend,
     default_io_threads,
@@ -77,6 +78,11 @@ class Server:
         idle_timeout: seconds with nothing received before the protocol's
             ``timeout_received()`` is called (default: never). The default
             ``timeout_received`` closes the connection.
+        keepalive: ``(idle, interval, count)``: TCP keepalive probes after
+            ``idle`` seconds of silence, every ``interval`` seconds, dropping
+            the connection after ``count`` unanswered ones (default: off).
+            For peers that vanish without a FIN; a dead peer is only certain
+            when a send fails, and keepalive makes the kernel try one.
 
     Wrong arguments raise ``TypeError`` or ``ConfigurationError`` (a
     ``ValueError``) here, naming the argument.
@@ -97,6 +103,7 @@ class Server:
         reuse_port: bool = False,
         framing: Framing | None = None,
         idle_timeout: float | None = None,
+        keepalive: tuple[float, float, int] | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -116,6 +123,7 @@ class Server:
         self._framing = framing
         self._idle_timeout = (None if idle_timeout is None
                               else check_seconds("idle_timeout", idle_timeout, positive=True))
+        self._keepalive = check_keepalive(keepalive)
         pool_args = {"io_threads": io_threads, "backend": backend, "buffer_size": buffer_size,
                      "buffers_per_thread": buffers_per_thread}
         if pool is not None:
@@ -158,7 +166,7 @@ class Server:
             try:
                 listener, host, port = self._pool._engine.listen(
                     self._host, self._port, self._backlog, self._reuse_port, self._factory,
-                    self._framing._spec(), self._idle_timeout)
+                    self._framing._spec(), self._idle_timeout, self._keepalive)
             except BaseException:
                 if self._own_pool:
                     self._pool.close(0.0)

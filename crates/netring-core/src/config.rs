@@ -145,6 +145,33 @@ pub struct ConnOptions {
     pub framing: crate::framing::Framing,
     /// Report the connection idle after this long with nothing received.
     pub idle_timeout: Option<std::time::Duration>,
+    /// TCP keepalive: probe after `idle` of silence, every `interval`,
+    /// give up after `count` unanswered probes (the kernel then resets the
+    /// connection and `connection_lost` gets the error).
+    pub keepalive: Option<Keepalive>,
+}
+
+/// TCP keepalive settings (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`,
+/// `TCP_KEEPCNT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe.
+    pub idle: std::time::Duration,
+    /// Between probes.
+    pub interval: std::time::Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// Apply to a socket.
+    pub(crate) fn apply(&self, sock: &socket2::SockRef<'_>) -> std::io::Result<()> {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(self.idle)
+            .with_interval(self.interval)
+            .with_retries(self.count);
+        sock.set_tcp_keepalive(&ka)
+    }
 }
 
 #[cfg(test)]

@@ -522,6 +522,11 @@ impl ThreadCore {
 
     /// Insert a connection into the slab; returns its id.
     fn insert_conn(&mut self, fd: OwnedFd, options: &ConnOptions) -> ConnId {
+        if let Some(ka) = &options.keepalive {
+            if let Err(e) = ka.apply(&SockRef::from(&fd)) {
+                log::warn!("netring: could not set TCP keepalive: {e}");
+            }
+        }
         let entry = self.conns.vacant_entry();
         let index = entry.key();
         if self.generations.len() <= index {

@@ -22,7 +22,7 @@ pub mod stats;
 mod timer;
 
 pub use crate::core::{ThreadCore, Written};
-pub use config::{Backend, BackendChoice, ConnOptions, EngineConfig, ListenConfig};
+pub use config::{Backend, BackendChoice, ConnOptions, EngineConfig, Keepalive, ListenConfig};
 pub use conn::ConnId;
 pub use engine::{ConnRef, Engine};
 pub use error::{ConfigError, Error};

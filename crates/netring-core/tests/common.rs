@@ -130,6 +130,7 @@ pub fn framed_echo_engine(
             conn: ConnOptions {
                 framing,
                 idle_timeout: None,
+                keepalive: None,
             },
         })
         .expect("listen");

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use netring_core::framing::Framing;
-use netring_core::{ConnOptions, EngineConfig, ListenConfig};
+use netring_core::{ConnOptions, EngineConfig, Keepalive, ListenConfig};
 
 use crate::dispatch::{ListenerEntry, PyHandler, Registry, TimerEntry};
 use crate::errors::to_py;
@@ -64,7 +64,7 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
-    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None))]
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -76,6 +76,7 @@ impl Engine {
         factory: Py<PyAny>,
         framing: Option<&Bound<'_, PyAny>>,
         idle_timeout: Option<f64>,
+        keepalive: Option<(f64, f64, u32)>,
     ) -> PyResult<(usize, String, u16)> {
         let framing = match framing {
             Some(f) if !f.is_none() => crate::framing::from_py(f)?,
@@ -95,6 +96,7 @@ impl Engine {
             conn: ConnOptions {
                 framing: framing.clone(),
                 idle_timeout: idle_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
+                keepalive: keepalive.map(keepalive_from),
             },
         };
         // NOTE: the GIL is held from here until the factory is registered, so
@@ -162,7 +164,7 @@ impl Engine {
     /// `future` (a `concurrent.futures.Future`) with `(transport,
     /// protocol)` once connected, or fail it with the `OSError` /
     /// `TimeoutError`. Socket creation or bind errors raise here.
-    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None))]
+    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None, keepalive=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect(
         &self,
@@ -175,6 +177,7 @@ impl Engine {
         idle_timeout: Option<f64>,
         timeout: Option<f64>,
         local: Option<(String, u16)>,
+        keepalive: Option<(f64, f64, u32)>,
     ) -> PyResult<()> {
         let framing = match framing {
             Some(f) if !f.is_none() => crate::framing::from_py(f)?,
@@ -204,6 +207,7 @@ impl Engine {
         let options = ConnOptions {
             framing,
             idle_timeout: idle_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            keepalive: keepalive.map(keepalive_from),
         };
         let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
         if let Err(e) = self.engine.connect(token, addr, local, options, timeout) {
@@ -286,6 +290,15 @@ impl Engine {
         d.set_item("io_threads", self.engine.io_threads())?;
         d.set_item("backend_fallback_reason", self.engine.fallback_reason())?;
         Ok(d)
+    }
+}
+
+/// `(idle_s, interval_s, count)` from Python (validated there).
+fn keepalive_from((idle, interval, count): (f64, f64, u32)) -> Keepalive {
+    Keepalive {
+        idle: Duration::from_secs_f64(idle.max(1.0)),
+        interval: Duration::from_secs_f64(interval.max(1.0)),
+        count: count.max(1),
     }
 }
 
