@@ -5,8 +5,9 @@ PY        := $(VENV)/bin/python
 PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2"
 HOST      ?= 127.0.0.1
 PORT      ?= 5050
+FUZZ_SECONDS ?= 30
 
-.PHONY: help build serve test test-rust test-python lint fmt bench bench-quick clean
+.PHONY: help build serve test test-rust test-python lint fmt bench bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -46,6 +47,9 @@ bench: build  ## echo benchmark: netring vs uvloop vs asyncio vs a C epoll serve
 bench-quick: build  ## a short smoke run of the benchmark
 	$(PY) benchmarks/echo_bench.py --quick
 
+fuzz:  ## fuzz each framer against the reference framer, $(FUZZ_SECONDS)s per target (stable Rust)
+	fuzz/run.sh $(FUZZ_SECONDS)
+
 clean:  ## remove build products and the virtualenv
 	cargo clean
-	rm -rf $(VENV) benchmarks/out
+	rm -rf $(VENV) benchmarks/out fuzz/target fuzz/artifacts
