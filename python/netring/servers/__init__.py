@@ -12,6 +12,7 @@ from typing import Any
 from ..framing import Delimited, LengthPrefixed
 from ..pool import IOPool
 from .echo import Echo
+from .kv import KV
 from .line import LineEcho
 from .packet_echo import PacketEcho
 from .proxy import proxy_factory
@@ -60,6 +61,8 @@ SERVERS: dict[str, Example] = {
         PacketEcho, "packets up to 16 MiB through 1 KiB IO buffers",
         {"framing": LengthPrefixed(header_size=4, byteorder="big", max_packet=LARGE_PACKET_MAX),
          "buffer_size": 1024}),
+    "kv": Example(KV, "a Redis-protocol key-value server (RESP subset)",
+                  {"framing": Delimited(b"\r\n")}),
     "proxy": Example(None, "a TCP port forwarder to --upstream HOST:PORT, backpressure both ways",
                      build=_proxy),
 }
