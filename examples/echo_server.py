@@ -16,6 +16,8 @@ class Echo(netring.Protocol):
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 5050
     server = netring.Server(Echo, "127.0.0.1", port)
-    server.start()
-    print(f"echo server on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it")
-    server.serve_forever()
+    server.serve_forever(
+        on_ready=lambda: print(
+            f"echo server on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it"
+        )
+    )

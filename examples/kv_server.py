@@ -68,8 +68,8 @@ class KV(netring.Protocol):
     def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.args: list[bytes] = []
-        self.want = 0          # bulk strings still expected for this request
-        self.in_body = False   # the next packet is a value and its CRLF
+        self.want = 0  # bulk strings still expected for this request
+        self.in_body = False  # the next packet is a value and its CRLF
 
     def packet_received(self, packet: bytes) -> None:
         if self.in_body:
@@ -102,7 +102,9 @@ class KV(netring.Protocol):
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 6379
     server = netring.Server(KV, "127.0.0.1", port, framing=LINE)
-    server.start()
-    print(f"kv server on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it",
-          flush=True)
-    server.serve_forever()
+    server.serve_forever(
+        on_ready=lambda: print(
+            f"kv server on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it",
+            flush=True,
+        )
+    )

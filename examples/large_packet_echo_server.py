@@ -19,6 +19,8 @@ if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 5050
     framing = netring.LengthPrefixed(header_size=4, max_packet=16 * 1024 * 1024)
     server = netring.Server(PacketEcho, "127.0.0.1", port, framing=framing, buffer_size=1024)
-    server.start()
-    print(f"large packet echo on {server.host}:{server.port} ({server.backend})")
-    server.serve_forever()
+    server.serve_forever(
+        on_ready=lambda: print(
+            f"large packet echo on {server.host}:{server.port} ({server.backend})"
+        )
+    )

@@ -21,6 +21,8 @@ class Lines(netring.Protocol):
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 5050
     server = netring.Server(Lines, "127.0.0.1", port, framing=netring.Delimited(b"\r\n"))
-    server.start()
-    print(f"line server on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it")
-    server.serve_forever()
+    server.serve_forever(
+        on_ready=lambda: print(
+            f"line server on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it"
+        )
+    )

@@ -18,6 +18,8 @@ if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 5050
     framing = netring.LengthPrefixed(header_size=4, byteorder="big")
     server = netring.Server(PacketEcho, "127.0.0.1", port, framing=framing)
-    server.start()
-    print(f"packet echo on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it")
-    server.serve_forever()
+    server.serve_forever(
+        on_ready=lambda: print(
+            f"packet echo on {server.host}:{server.port} ({server.backend}); Ctrl-C stops it"
+        )
+    )

@@ -230,3 +230,18 @@ def test_any_packets_in_any_split_round_trip(backend: str, packets: list[bytes],
             s.sendall(stream[pos:pos + n])
             pos, i = pos + n, i + 1
         assert recv_exactly(s, len(stream)) == stream
+
+
+class BatchSwitcher(Recorder):
+    def packets_received(self, packets: list[bytes]) -> None:
+        try:
+            self.transport.set_framing(netring.Exactly(3))
+        except RuntimeError as e:
+            self.transport.write(str(e).encode()[:30])
+
+
+def test_set_framing_inside_packets_received_is_refused(backend: str) -> None:
+    with serving(BatchSwitcher, backend, framing=netring.Delimited(b"\n")) as server, \
+            connect(server) as s:
+        s.sendall(b"a\nb\n")
+        assert recv_exactly(s, 30) == b"set_framing() inside packets_r"

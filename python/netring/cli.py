@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                 if pool_options.get(key, SERVERS[name].options[key]) != SERVERS[name].options[key]:
                     parser.error(f"{name}: needs a different {key} than the other servers")
                 pool_options[key] = SERVERS[name].options[key]
+    # NOTE: handlers first, ready lines after: a signal sent right after a
+    # ready line must drain, not kill the process.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
     servers: list[Server] = []
     try:
         pool = IOPool(args.io_threads, backend=args.backend, **pool_options)
@@ -78,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(server)
         print(f"netring: serving {name} on {server.host}:{server.port} "
               f"(backend={pool.backend}, io_threads={pool.io_threads})", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
     while not stop.wait(0.1):
         pass
     for server in servers:

@@ -43,7 +43,9 @@ class Protocol(BaseProtocol):
         """One whole packet or line arrived (with a framing other than Raw).
 
         Define ``packets_received(self, packets: list[bytes])`` instead to
-        get every whole packet of one read in one call."""
+        get every whole packet of one read in one call (not in protocols
+        that call ``set_framing``: the list was cut under one rule, so
+        ``set_framing`` raises ``RuntimeError`` inside it)."""
         raise NotImplementedError(
             f"{type(self).__name__} has a framing but no packet_received()")
 

@@ -174,10 +174,13 @@ class Server:
             self._listener, self._host, self._port = listener, host, port
             self._stop.clear()
 
-    def serve_forever(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
+    def serve_forever(self, grace: float = DEFAULT_GRACE_SECONDS,
+                      on_ready: Callable[[], Any] | None = None) -> None:
         """Start if needed and block until SIGINT/SIGTERM or ``shutdown()``;
-        then drain gracefully within ``grace`` seconds."""
-        self.start()
+        then drain gracefully within ``grace`` seconds. ``on_ready()`` runs
+        once the server accepts connections and the signal handlers are in
+        place (print a ready line there: a signal sent right after it
+        drains instead of killing the process)."""
         restore: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -185,6 +188,9 @@ class Server:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 restore[sig] = signal.signal(sig, on_signal)
         try:
+            self.start()
+            if on_ready is not None:
+                on_ready()
             while not self._stop.wait(0.1):
                 pass
         finally:

@@ -294,7 +294,13 @@ impl<'py> PyHandler<'py> {
                 }
                 next = batch.next_packet_of(conn);
             }
-            self.call(conn, "packets_received", |_| method.call1(py, (list,)));
+            self.call(conn, "packets_received", |e| {
+                let transport = e.transport.get();
+                transport.set_in_batch(true);
+                let r = method.call1(py, (list,));
+                transport.set_in_batch(false);
+                r
+            });
             return;
         }
         let bytes = PyBytes::new(py, first);

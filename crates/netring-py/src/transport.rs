@@ -27,6 +27,8 @@ pub struct Transport {
     closing: AtomicBool,
     eof_written: AtomicBool,
     reading_paused: AtomicBool,
+    /// Inside `packets_received`: the rest of the read is already cut.
+    in_batch: AtomicBool,
     high_water: AtomicUsize,
     low_water: AtomicUsize,
     protocol: std::sync::Mutex<Option<Py<PyAny>>>,
@@ -48,6 +50,7 @@ impl Transport {
             closing: AtomicBool::new(false),
             eof_written: AtomicBool::new(false),
             reading_paused: AtomicBool::new(false),
+            in_batch: AtomicBool::new(false),
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             protocol: std::sync::Mutex::new(None),
@@ -59,6 +62,11 @@ impl Transport {
     pub fn mark_lost(&self) {
         self.closing.store(true, Ordering::Release);
         *self.protocol.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Mark the span of a `packets_received` call.
+    pub fn set_in_batch(&self, on: bool) {
+        self.in_batch.store(on, Ordering::Release);
     }
 
     /// A callback failed: drop further writes; the abort follows.
@@ -235,6 +243,14 @@ impl Transport {
     /// the next byte on; bytes received and not yet delivered are re-framed.
     /// `send_packet` frames by it too.
     fn set_framing(&self, framing: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.in_batch.load(Ordering::Acquire) {
+            // NOTE: the packets handed to packets_received were all cut under
+            // the old rule; switching now would silently mis-frame them.
+            return Err(PyRuntimeError::new_err(
+                "set_framing() inside packets_received(): the read was already cut into \
+                 packets; use packet_received() in protocols that switch framing",
+            ));
+        }
         let framing = crate::framing::from_py(framing)?;
         *self.framing.lock().unwrap_or_else(|e| e.into_inner()) = framing.clone();
         self.conn.set_framing(framing);
