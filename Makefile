@@ -2,12 +2,12 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2" "redis>=5"
+PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2" "redis>=5" "twisted>=23"
 HOST      ?= 127.0.0.1
 PORT      ?= 5050
 FUZZ_SECONDS ?= 30
 
-.PHONY: help build serve test test-rust test-python lint fmt bench bench-quick fuzz clean
+.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -43,6 +43,9 @@ fmt: $(VENV)/.deps  ## format Rust and Python
 
 bench: build  ## echo benchmark: netring vs uvloop vs asyncio vs a C epoll server
 	$(PY) benchmarks/echo_bench.py
+
+bench-framed: build  ## packet/line echo: netring vs uvloop/asyncio BufferedProtocol, Twisted, C
+	$(PY) benchmarks/framed_bench.py
 
 bench-quick: build  ## a short smoke run of the benchmark
 	$(PY) benchmarks/echo_bench.py --quick
