@@ -78,19 +78,9 @@ impl Engine {
         idle_timeout: Option<f64>,
         keepalive: Option<(f64, f64, u32)>,
     ) -> PyResult<(usize, String, u16)> {
-        let framing = match framing {
-            Some(f) if !f.is_none() => crate::framing::from_py(f)?,
-            _ => Framing::Raw,
-        };
-        let ip: IpAddr = host.parse().map_err(|_| {
-            crate::errors::netring_error(
-                py,
-                "ConfigurationError",
-                format!("host: not an IP address: {host:?}"),
-            )
-        })?;
+        let framing = framing_or_raw(framing)?;
         let cfg = ListenConfig {
-            addr: SocketAddr::new(ip, port),
+            addr: ip_addr(py, host, port)?,
             backlog,
             reuse_port,
             conn: ConnOptions {
@@ -179,22 +169,9 @@ impl Engine {
         local: Option<(String, u16)>,
         keepalive: Option<(f64, f64, u32)>,
     ) -> PyResult<()> {
-        let framing = match framing {
-            Some(f) if !f.is_none() => crate::framing::from_py(f)?,
-            _ => Framing::Raw,
-        };
-        let parse = |host: &str, port: u16| -> PyResult<SocketAddr> {
-            let ip: IpAddr = host.parse().map_err(|_| {
-                crate::errors::netring_error(
-                    py,
-                    "ConfigurationError",
-                    format!("host: not an IP address: {host:?}"),
-                )
-            })?;
-            Ok(SocketAddr::new(ip, port))
-        };
-        let addr = parse(host, port)?;
-        let local = local.map(|(h, p)| parse(&h, p)).transpose()?;
+        let framing = framing_or_raw(framing)?;
+        let addr = ip_addr(py, host, port)?;
+        let local = local.map(|(h, p)| ip_addr(py, &h, p)).transpose()?;
         let token = self.engine.connect_token();
         self.registry.connects().insert(
             token,
@@ -291,6 +268,27 @@ impl Engine {
         d.set_item("backend_fallback_reason", self.engine.fallback_reason())?;
         Ok(d)
     }
+}
+
+/// A framing spec from Python, or Raw for None.
+fn framing_or_raw(framing: Option<&Bound<'_, PyAny>>) -> PyResult<Framing> {
+    match framing {
+        Some(f) if !f.is_none() => crate::framing::from_py(f),
+        _ => Ok(Framing::Raw),
+    }
+}
+
+/// `host` must be an IP literal (names are resolved in Python, off the IO
+/// threads).
+fn ip_addr(py: Python<'_>, host: &str, port: u16) -> PyResult<SocketAddr> {
+    let ip: IpAddr = host.parse().map_err(|_| {
+        crate::errors::netring_error(
+            py,
+            "ConfigurationError",
+            format!("host: not an IP address: {host:?}"),
+        )
+    })?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// `(idle_s, interval_s, count)` from Python (validated there).
