@@ -450,12 +450,23 @@ impl ThreadCore {
             Cmd::Write { conn, data } => {
                 if let Some(c) = self.conn(conn) {
                     c.shared.mailbox_sub(data.len());
+                    c.shared.pending_sub();
                 }
                 self.write_vec(conn, data);
             }
-            Cmd::Close { conn } => self.close(conn),
+            Cmd::Close { conn } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.pending_sub();
+                }
+                self.close(conn)
+            }
             Cmd::Abort { conn } => self.abort(conn),
-            Cmd::WriteEof { conn } => self.write_eof(conn),
+            Cmd::WriteEof { conn } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.pending_sub();
+                }
+                self.write_eof(conn)
+            }
             Cmd::SetReading { conn, paused } => self.set_reading(conn, paused),
             Cmd::SetWriteLimits { conn, high, low } => self.set_write_limits(conn, high, low),
             Cmd::SetFraming { conn, framing } => self.set_framing(conn, framing),

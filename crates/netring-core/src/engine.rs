@@ -359,14 +359,30 @@ impl ConnRef {
         self.engine.mailboxes[usize::from(self.id.thread)].push(cmd);
     }
 
+    /// [`ConnRef::local`] for stream commands (write, close, write_eof):
+    /// `None` while earlier ones from other threads are still in the
+    /// mailbox, so that this one queues behind them and order holds.
+    fn local_stream<R>(&self, f: impl FnOnce(&mut crate::core::ThreadCore) -> R) -> Option<R> {
+        if self.shared.has_pending() {
+            return None;
+        }
+        self.local(f)
+    }
+
+    /// Send a stream command through the mailbox, counted as pending.
+    fn remote_stream(&self, cmd: Cmd) {
+        self.shared.pending_add();
+        self.remote(cmd);
+    }
+
     /// Queue bytes. On the owner thread returns false if the connection is
     /// closing or gone; from other threads the check happens later.
     pub fn write(&self, data: &[u8]) -> bool {
-        if let Some(ok) = self.local(|c| c.write(self.id, data)) {
+        if let Some(ok) = self.local_stream(|c| c.write(self.id, data)) {
             return ok;
         }
         self.shared.mailbox_add(data.len());
-        self.remote(Cmd::Write {
+        self.remote_stream(Cmd::Write {
             conn: self.id,
             data: data.to_vec(),
         });
@@ -376,7 +392,7 @@ impl ConnRef {
     /// Queue the concatenation of `parts` like [`ConnRef::write_inline`].
     pub fn write_parts_inline(&self, parts: &[&[u8]]) -> Written {
         let len = parts.iter().map(|p| p.len()).sum();
-        let local = self.local(|c| {
+        let local = self.local_stream(|c| {
             c.write_notify(
                 self.id,
                 len,
@@ -393,7 +409,7 @@ impl ConnRef {
         }
         let data = parts.concat();
         self.shared.mailbox_add(data.len());
-        self.remote(Cmd::Write {
+        self.remote_stream(Cmd::Write {
             conn: self.id,
             data,
         });
@@ -412,12 +428,12 @@ impl ConnRef {
     /// Queue the concatenation of `parts` as one write (e.g. a length
     /// header and its payload), without joining them first on the owner.
     pub fn write_parts(&self, parts: &[&[u8]]) -> bool {
-        if let Some(ok) = self.local(|c| c.write_parts(self.id, parts)) {
+        if let Some(ok) = self.local_stream(|c| c.write_parts(self.id, parts)) {
             return ok;
         }
         let data = parts.concat();
         self.shared.mailbox_add(data.len());
-        self.remote(Cmd::Write {
+        self.remote_stream(Cmd::Write {
             conn: self.id,
             data,
         });
@@ -455,8 +471,8 @@ impl ConnRef {
 
     /// Flush, then close.
     pub fn close(&self) {
-        if self.local(|c| c.close(self.id)).is_none() {
-            self.remote(Cmd::Close { conn: self.id });
+        if self.local_stream(|c| c.close(self.id)).is_none() {
+            self.remote_stream(Cmd::Close { conn: self.id });
         }
     }
 
@@ -476,8 +492,8 @@ impl ConnRef {
 
     /// Flush, then shut down the sending side.
     pub fn write_eof(&self) {
-        if self.local(|c| c.write_eof(self.id)).is_none() {
-            self.remote(Cmd::WriteEof { conn: self.id });
+        if self.local_stream(|c| c.write_eof(self.id)).is_none() {
+            self.remote_stream(Cmd::WriteEof { conn: self.id });
         }
     }
 

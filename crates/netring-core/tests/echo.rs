@@ -154,3 +154,61 @@ fn shutdown_with_operations_in_flight_finishes_by_its_deadline() {
         assert_eq!(fd_count(), fds_before, "descriptors leaked");
     });
 }
+
+/// Writes from another thread, then its own: the IO thread's write must not
+/// overtake the other thread's, still in the mailbox (issue: workers).
+struct CrossThreadWriter;
+
+impl netring_core::Handler for CrossThreadWriter {
+    fn dispatch(&mut self, batch: &mut netring_core::Batch<'_>) {
+        while let Some(ev) = batch.next() {
+            if let netring_core::Event::Opened { conn, .. } = ev {
+                for i in 0..100u8 {
+                    let remote = conn.clone();
+                    std::thread::spawn(move || assert!(remote.write(&[b'a', i])))
+                        .join()
+                        .unwrap();
+                    assert!(conn.write(&[b'b', i]));
+                }
+                let remote = conn.clone();
+                std::thread::spawn(move || remote.write(b"!"))
+                    .join()
+                    .unwrap();
+                conn.close(); // after every write, including the remote one
+            }
+        }
+    }
+}
+
+#[test]
+fn owner_writes_queue_behind_writes_still_in_the_mailbox() {
+    let _serial = serial();
+    for_each_backend(|backend| {
+        let engine = netring_core::Engine::start(
+            EngineConfig {
+                backend: netring_core::BackendChoice::Exactly(backend),
+                ..config(1)
+            },
+            |_, io_loop| io_loop.run(&mut CrossThreadWriter),
+        )
+        .expect("engine starts");
+        let (_, addr) = engine
+            .listen(&netring_core::ListenConfig {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                backlog: 16,
+                reuse_port: false,
+                conn: Default::default(),
+            })
+            .expect("listen");
+        let mut c = connect(addr);
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        let mut expect = Vec::new();
+        for i in 0..100u8 {
+            expect.extend_from_slice(&[b'a', i, b'b', i]);
+        }
+        expect.push(b'!');
+        assert_eq!(got, expect);
+        engine.shutdown(Duration::from_secs(1));
+    });
+}

@@ -59,6 +59,11 @@ pub struct ConnShared {
     queued: AtomicUsize,
     /// Bytes written from other threads, still in the mailbox.
     in_mailbox: AtomicUsize,
+    /// Stream commands (write, close, write_eof) from other threads still
+    /// in the mailbox. While any is pending, the owner's own stream commands
+    /// queue behind them instead of applying at once, so a worker's write
+    /// is never overtaken by a later write on the IO thread.
+    pending: AtomicUsize,
 }
 
 impl ConnShared {
@@ -77,6 +82,21 @@ impl ConnShared {
 
     pub(crate) fn mailbox_sub(&self, n: usize) {
         self.in_mailbox.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// A stream command entered the mailbox.
+    pub(crate) fn pending_add(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A stream command left the mailbox (applied by the owner).
+    pub(crate) fn pending_sub(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether stream commands from other threads are still queued.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire) != 0
     }
 }
 
