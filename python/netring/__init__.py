@@ -17,11 +17,12 @@ buffer and write queue on its IO threads::
 
 from __future__ import annotations
 
-from ._native import Transport
+from ._native import DatagramTransport, Transport
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
     ConnectionClosedError,
+    DatagramTruncatedError,
     FrameTooLargeError,
     FramingError,
     NetringError,
@@ -30,6 +31,7 @@ from .framing import Delimited, Exactly, LengthPrefixed, Raw
 from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
+from .udp import DatagramProtocol
 
 __version__ = "0.1.0"
 
@@ -38,6 +40,9 @@ __all__ = [
     "BaseProtocol",
     "ConfigurationError",
     "ConnectionClosedError",
+    "DatagramProtocol",
+    "DatagramTransport",
+    "DatagramTruncatedError",
     "Delimited",
     "Exactly",
     "FrameTooLargeError",

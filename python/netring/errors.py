@@ -11,6 +11,7 @@ __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
     "ConnectionClosedError",
+    "DatagramTruncatedError",
     "FrameTooLargeError",
     "FramingError",
     "NetringError",
@@ -41,3 +42,14 @@ class FrameTooLargeError(FramingError):
 
 class ConnectionClosedError(NetringError, ConnectionError):
     """An operation needed a connection that is already closed."""
+
+
+class DatagramTruncatedError(NetringError):
+    """A datagram was larger than a receive buffer holds (``limit`` bytes:
+    the pool's ``buffer_size`` minus 44). Passed to ``error_received``; its
+    bytes were dropped, never delivered cut. Attributes: ``size`` (the
+    datagram's real length), ``limit``, ``addr`` (the sender)."""
+
+    size: int
+    limit: int
+    addr: tuple[str, int] | None

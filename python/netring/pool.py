@@ -311,6 +311,84 @@ class IOPool:
         state = "closed" if self.is_closed() else "running"
         return f"<netring.IOPool {self.backend} io_threads={self.io_threads} {state}>"
 
+    # -- UDP -------------------------------------------------------------------
+
+    def create_datagram_endpoint(
+        self,
+        protocol_factory: Callable[[], Any],
+        local_addr: tuple[str, int] | None = None,
+        remote_addr: tuple[str, int] | None = None,
+        *,
+        reuse_port: bool = False,
+        allow_broadcast: bool = False,
+        multicast_groups: Any = (),
+        multicast_loop: bool | None = None,
+        multicast_ttl: int | None = None,
+        max_send_queue: int | None = None,
+    ) -> concurrent.futures.Future[tuple[Any, Any]]:
+        """Open a UDP endpoint on this pool's IO threads (asyncio's
+        ``loop.create_datagram_endpoint``, see ``netring.udp``).
+
+        Returns a ``concurrent.futures.Future`` of ``(transport, protocol)``,
+        resolved once ``connection_made`` ran on the endpoint's IO thread.
+        ``local_addr`` defaults to an ephemeral port on the wildcard address
+        of ``remote_addr``'s family; with ``remote_addr`` the socket is
+        connected (the kernel filters other senders, ``sendto`` needs no
+        address). ``multicast_groups`` lists groups to join (an address, or
+        ``(group, interface_address)``); ``multicast_loop`` and
+        ``multicast_ttl`` set the matching socket options. ``max_send_queue``
+        caps queued outgoing bytes (default 1 MiB). With IP literals, socket
+        and bind errors raise here; host names are resolved on a helper
+        thread and errors fail the future.
+        """
+        from .udp import check_addr, check_groups, is_ip
+
+        if not callable(protocol_factory):
+            raise TypeError("protocol_factory: must be callable")
+        if local_addr is None and remote_addr is None:
+            raise ConfigurationError("local_addr: give local_addr, remote_addr or both")
+        local = None if local_addr is None else check_addr("local_addr", local_addr)
+        remote = None if remote_addr is None else check_addr("remote_addr", remote_addr,
+                                                            port_min=1)
+        for name, flag in (("reuse_port", reuse_port), ("allow_broadcast", allow_broadcast)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name}: must be a bool, not {type(flag).__name__}")
+        if multicast_loop is not None and not isinstance(multicast_loop, bool):
+            raise TypeError("multicast_loop: must be a bool or None")
+        ttl = None if multicast_ttl is None else check_int("multicast_ttl", multicast_ttl, 0, 255)
+        cap = (None if max_send_queue is None
+               else check_int("max_send_queue", max_send_queue, 1, 1 << 40))
+        groups = check_groups(multicast_groups)
+        future: concurrent.futures.Future[tuple[Any, Any]] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+
+        def start(local: tuple[str, int] | None, remote: tuple[str, int] | None) -> None:
+            if local is None:
+                assert remote is not None
+                local = ("::" if ":" in remote[0] else "0.0.0.0", 0)
+            self._engine.udp_open(protocol_factory, future, local, remote, reuse_port,
+                                  allow_broadcast, groups, multicast_loop, ttl, cap)
+
+        if all(a is None or is_ip(a[0]) for a in (local, remote)):
+            start(local, remote)
+            return future
+
+        def resolve(addr: tuple[str, int] | None) -> tuple[str, int] | None:
+            if addr is None or is_ip(addr[0]):
+                return addr
+            infos = socket.getaddrinfo(addr[0], addr[1], type=socket.SOCK_DGRAM)
+            return str(infos[0][4][0]), addr[1]
+
+        def resolve_and_start() -> None:
+            try:
+                start(resolve(local), resolve(remote))
+            except BaseException as e:  # reported through the future
+                if not future.done():
+                    future.set_exception(e)
+
+        self._resolver().submit(resolve_and_start)
+        return future
+
 
 def shutdown_all() -> None:
     """Close every live pool (at interpreter exit: IO threads are attached to

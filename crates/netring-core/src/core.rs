@@ -80,6 +80,37 @@ pub(crate) enum Ev {
         conn: ConnId,
         error: Option<ConnError>,
     },
+    EndpointOpened {
+        ep: ConnId,
+        token: u64,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+        shared: Arc<ConnShared>,
+    },
+    Datagram {
+        ep: ConnId,
+        chunk: Chunk,
+        addr: Option<SocketAddr>,
+    },
+    DatagramTruncated {
+        ep: ConnId,
+        addr: Option<SocketAddr>,
+        size: usize,
+    },
+    DatagramError {
+        ep: ConnId,
+        error: io::Error,
+    },
+    EndpointPauseWriting {
+        ep: ConnId,
+    },
+    EndpointResumeWriting {
+        ep: ConnId,
+    },
+    EndpointClosed {
+        ep: ConnId,
+        error: Option<io::Error>,
+    },
 }
 
 /// What became of a write.
@@ -137,6 +168,8 @@ pub struct ThreadCore {
     /// The chunk being framed during a dispatch.
     pub(crate) cursor: Option<Cursor>,
     pub(crate) timers: Timers,
+    /// UDP endpoints (`udp.rs`).
+    pub(crate) udp: crate::udp::UdpTable,
 }
 
 impl ThreadCore {
@@ -156,6 +189,7 @@ impl ThreadCore {
             cache: BufCache::default(),
             cursor: None,
             timers: Timers::default(),
+            udp: Default::default(),
         }
     }
 
@@ -187,6 +221,7 @@ impl ThreadCore {
     /// True when the thread holds nothing: no connection, listener or event.
     pub(crate) fn is_empty(&self) -> bool {
         self.conns.is_empty()
+            && self.udp.is_empty()
             && self.listeners.is_empty()
             && self.events.is_empty()
             && self.urgent.is_empty()
@@ -474,6 +509,27 @@ impl ThreadCore {
             Cmd::AddTimer { id, at, interval } => self.timers.add_user(id, at, interval),
             Cmd::CancelTimer { id } => self.timers.cancel_user(id),
             Cmd::Shutdown { deadline } => self.begin_shutdown(deadline, driver),
+            Cmd::UdpOpen {
+                token,
+                socket,
+                max_send_queue,
+            } => self.udp_open(token, socket, max_send_queue),
+            Cmd::UdpSend { ep, data, addr } => {
+                if let Some(shared) = self.udp_shared(ep) {
+                    shared.mailbox_sub(data.len());
+                    shared.pending_sub();
+                }
+                self.udp_send_vec(ep, data, addr, true);
+            }
+            Cmd::UdpClose { ep } => {
+                if let Some(shared) = self.udp_shared(ep) {
+                    shared.pending_sub();
+                }
+                self.udp_close(ep)
+            }
+            Cmd::UdpAbort { ep } => self.udp_abort(ep),
+            Cmd::UdpSetReading { ep, paused } => self.udp_set_reading(ep, paused),
+            Cmd::UdpSetWriteLimits { ep, high, low } => self.udp_set_write_limits(ep, high, low),
         }
     }
 
@@ -519,6 +575,7 @@ impl ThreadCore {
         for id in conns {
             self.close(id);
         }
+        self.udp_close_all();
     }
 
     /// Abort whatever is still closing once the shutdown deadline passed.
@@ -528,6 +585,7 @@ impl ThreadCore {
             for id in conns {
                 self.abort(id);
             }
+            self.udp_abort_all();
         }
     }
 
@@ -664,6 +722,9 @@ impl ThreadCore {
     pub(crate) fn complete<D: Driver>(&mut self, c: Completion, driver: &mut D, now: Instant) {
         match c {
             Completion::Woken => {}
+            c @ (Completion::RecvFrom { .. } | Completion::SentTo { .. }) => {
+                self.udp_complete(c, driver)
+            }
             Completion::Connected { slot, result } => self.connected(slot, result, driver),
             Completion::Accepted {
                 listener,

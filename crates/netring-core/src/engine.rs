@@ -160,6 +160,11 @@ impl Engine {
         }
     }
 
+    /// Bytes per receive buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.config.buffer_size
+    }
+
     /// The backend the threads run on.
     pub fn backend(&self) -> Backend {
         self.shared.backend
@@ -257,6 +262,76 @@ impl Engine {
             deadline: timeout.map(|t| Instant::now() + t),
         });
         Ok(())
+    }
+
+    /// Open a UDP endpoint: the socket is created, configured and bound
+    /// here (errors return here), then handed to one IO thread, which
+    /// reports `Event::EndpointOpened { token, .. }` (or, if the engine is
+    /// shutting down, `Event::ConnectFailed { token, .. }`). Returns the
+    /// bound address.
+    pub fn udp_open(&self, token: u64, cfg: &crate::udp::UdpConfig) -> Result<SocketAddr, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let socket = Socket::new(
+            Domain::for_address(cfg.local),
+            Type::DGRAM.nonblocking().cloexec(),
+            Some(Protocol::UDP),
+        )?;
+        if cfg.reuse_port {
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+        }
+        if cfg.broadcast {
+            socket.set_broadcast(true)?;
+        }
+        if cfg.local.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&cfg.local.into())?;
+        for (group, iface) in &cfg.multicast_groups {
+            match (group, iface) {
+                (std::net::IpAddr::V4(g), None) => {
+                    socket.join_multicast_v4(g, &std::net::Ipv4Addr::UNSPECIFIED)?
+                }
+                (std::net::IpAddr::V4(g), Some(std::net::IpAddr::V4(i))) => {
+                    socket.join_multicast_v4(g, i)?
+                }
+                (std::net::IpAddr::V6(g), None) => socket.join_multicast_v6(g, 0)?,
+                _ => return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "multicast: give an IPv4 interface address for an IPv4 group, none for IPv6",
+                ))),
+            }
+        }
+        if let Some(on) = cfg.multicast_loop {
+            if cfg.local.is_ipv6() {
+                socket.set_multicast_loop_v6(on)?;
+            } else {
+                socket.set_multicast_loop_v4(on)?;
+            }
+        }
+        if let Some(ttl) = cfg.multicast_ttl {
+            if cfg.local.is_ipv6() {
+                socket.set_multicast_hops_v6(ttl)?;
+            } else {
+                socket.set_multicast_ttl_v4(ttl)?;
+            }
+        }
+        if let Some(remote) = cfg.remote {
+            socket.connect(&remote.into())?;
+        }
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| Error::Io(std::io::Error::other("endpoint has no IP address")))?;
+        let target = self.shared.next_target() % self.shared.mailboxes.len();
+        self.shared.mailboxes[target].push(Cmd::UdpOpen {
+            token,
+            socket: socket.into(),
+            max_send_queue: cfg.max_send_queue,
+        });
+        Ok(local)
     }
 
     /// A fresh timer id for [`Engine::start_timer`].
@@ -522,6 +597,116 @@ impl ConnRef {
     }
 
     /// Bytes written and not yet taken by the kernel.
+    pub fn write_buffer_size(&self) -> usize {
+        self.shared.write_buffer_size()
+    }
+}
+
+/// The user's handle on one UDP endpoint; usable from any thread, with
+/// [`ConnRef`]'s rules (at once on the owner thread during a dispatch,
+/// through the mailbox in order elsewhere, a no-op once the endpoint is
+/// gone).
+#[derive(Clone, Debug)]
+pub struct EndpointRef {
+    id: ConnId,
+    engine: Arc<Shared>,
+    shared: Arc<ConnShared>,
+}
+
+impl EndpointRef {
+    pub(crate) fn new(id: ConnId, engine: Arc<Shared>, shared: Arc<ConnShared>) -> Self {
+        EndpointRef { id, engine, shared }
+    }
+
+    /// The endpoint's id (in the endpoint namespace).
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    fn local<R>(&self, f: impl FnOnce(&mut crate::core::ThreadCore) -> R) -> Option<R> {
+        if self.shared.has_pending() {
+            return None; // queue behind sends still in the mailbox
+        }
+        with_active(self.engine.id, self.id.thread, f)
+    }
+
+    fn remote(&self, cmd: Cmd, counted: bool) {
+        if counted {
+            self.shared.pending_add();
+        }
+        self.engine.mailboxes[usize::from(self.id.thread)].push(cmd);
+    }
+
+    /// Queue one datagram to `addr` (None: the connected peer). On the
+    /// owner thread, [`Written::CrossedHigh`] asks the caller to call
+    /// `pause_writing` now; [`Written::Dropped`]: closing, gone, or the send
+    /// queue is at its cap (counted in stats).
+    pub fn send_to(&self, data: &[u8], addr: Option<SocketAddr>) -> Written {
+        if let Some(w) = self.local(|c| c.udp_send_vec(self.id, data.to_vec(), addr, false)) {
+            return w;
+        }
+        self.shared.mailbox_add(data.len());
+        self.remote(
+            Cmd::UdpSend {
+                ep: self.id,
+                data: data.to_vec(),
+                addr,
+            },
+            true,
+        );
+        Written::Queued
+    }
+
+    /// Send what is queued, then close.
+    pub fn close(&self) {
+        if self.local(|c| c.udp_close(self.id)).is_none() {
+            self.remote(Cmd::UdpClose { ep: self.id }, true);
+        }
+    }
+
+    /// Drop what is queued and close now.
+    pub fn abort(&self) {
+        if with_active(self.engine.id, self.id.thread, |c| c.udp_abort(self.id)).is_none() {
+            self.remote(Cmd::UdpAbort { ep: self.id }, false);
+        }
+    }
+
+    /// Pause (true) or resume (false) receiving.
+    pub fn set_reading_paused(&self, paused: bool) {
+        if with_active(self.engine.id, self.id.thread, |c| {
+            c.udp_set_reading(self.id, paused)
+        })
+        .is_none()
+        {
+            self.remote(
+                Cmd::UdpSetReading {
+                    ep: self.id,
+                    paused,
+                },
+                false,
+            );
+        }
+    }
+
+    /// Set the send queue's water marks.
+    pub fn set_write_limits(&self, high: usize, low: usize) {
+        if with_active(self.engine.id, self.id.thread, |c| {
+            c.udp_set_write_limits(self.id, high, low)
+        })
+        .is_none()
+        {
+            self.remote(
+                Cmd::UdpSetWriteLimits {
+                    ep: self.id,
+                    high,
+                    low,
+                },
+                false,
+            );
+        }
+    }
+
+    /// Bytes queued and not yet taken by the kernel.
     pub fn write_buffer_size(&self) -> usize {
         self.shared.write_buffer_size()
     }

@@ -13,7 +13,7 @@
 
 use crate::conn::{ConnError, ConnId, State};
 use crate::core::{Cursor, Ev, ThreadCore};
-use crate::engine::ConnRef;
+use crate::engine::{ConnRef, EndpointRef};
 use crate::framing::Packet;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -67,6 +67,46 @@ pub enum Event<'b> {
         conn: ConnId,
         error: Option<ConnError>,
     },
+    /// A UDP endpoint (`Engine::udp_open`) is ready on its IO thread
+    /// (connection_made). Endpoint ids are a namespace of their own.
+    EndpointOpened {
+        /// Handle for operations on the endpoint.
+        endpoint: EndpointRef,
+        /// The token `Engine::udp_open` was given.
+        token: u64,
+        /// The bound address.
+        local: Option<SocketAddr>,
+        /// The connected peer, if `remote` was given.
+        peer: Option<SocketAddr>,
+    },
+    /// One whole datagram (datagram_received).
+    Datagram {
+        endpoint: ConnId,
+        data: &'b [u8],
+        addr: Option<SocketAddr>,
+    },
+    /// A datagram of `size` bytes was longer than a receive buffer holds:
+    /// its bytes are dropped and it is reported instead of cut.
+    DatagramTruncated {
+        endpoint: ConnId,
+        addr: Option<SocketAddr>,
+        size: usize,
+    },
+    /// A send failed or the kernel reported an ICMP error (error_received);
+    /// the endpoint stays open.
+    DatagramError {
+        endpoint: ConnId,
+        error: std::io::Error,
+    },
+    /// The endpoint's send queue crossed its high-water mark.
+    EndpointPauseWriting { endpoint: ConnId },
+    /// The endpoint's send queue drained to its low-water mark.
+    EndpointResumeWriting { endpoint: ConnId },
+    /// The endpoint is closed (connection_lost): its last event.
+    EndpointClosed {
+        endpoint: ConnId,
+        error: Option<std::io::Error>,
+    },
 }
 
 /// The user of an engine: receives events on each IO thread.
@@ -92,11 +132,20 @@ impl<'b> Batch<'b> {
     pub fn next(&mut self) -> Option<Event<'b>> {
         let mut core = self.core.borrow_mut();
         loop {
-            if let Some(Ev::PauseWriting { conn }) = core.urgent.pop_front() {
-                if core.conn(conn).is_some_and(|c| c.state == State::Open) {
-                    return Some(Event::PauseWriting { conn });
+            match core.urgent.pop_front() {
+                Some(Ev::PauseWriting { conn }) => {
+                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
+                        return Some(Event::PauseWriting { conn });
+                    }
+                    continue;
                 }
-                continue;
+                Some(Ev::EndpointPauseWriting { ep }) => {
+                    if core.udp_is_open(ep) {
+                        return Some(Event::EndpointPauseWriting { endpoint: ep });
+                    }
+                    continue;
+                }
+                _ => {}
             }
             if core.cursor.is_some() {
                 if let Some(ev) = frame_next(&mut core) {
@@ -187,6 +236,68 @@ impl<'b> Batch<'b> {
                     }
                 }
                 Ev::Closed { conn, error } => return Some(Event::Closed { conn, error }),
+                Ev::EndpointOpened {
+                    ep,
+                    token,
+                    local,
+                    peer,
+                    shared,
+                } => {
+                    let endpoint = EndpointRef::new(ep, core.engine.clone(), shared);
+                    return Some(Event::EndpointOpened {
+                        endpoint,
+                        token,
+                        local,
+                        peer,
+                    });
+                }
+                Ev::Datagram { ep, chunk, addr } => {
+                    if !core.udp_is_open(ep) {
+                        continue;
+                    }
+                    // SAFETY: the chunk's buffer is released only after
+                    // this dispatch ends (it is in `chunks_out`), which
+                    // outlives 'b's use by the handler.
+                    let data = unsafe { std::slice::from_raw_parts(chunk.ptr, chunk.len) };
+                    return Some(Event::Datagram {
+                        endpoint: ep,
+                        data,
+                        addr,
+                    });
+                }
+                Ev::DatagramTruncated { ep, addr, size } => {
+                    if core.udp_is_open(ep) {
+                        return Some(Event::DatagramTruncated {
+                            endpoint: ep,
+                            addr,
+                            size,
+                        });
+                    }
+                }
+                Ev::DatagramError { ep, error } => {
+                    if core.udp_is_open(ep) {
+                        return Some(Event::DatagramError {
+                            endpoint: ep,
+                            error,
+                        });
+                    }
+                }
+                Ev::EndpointPauseWriting { ep } => {
+                    if core.udp_is_open(ep) {
+                        return Some(Event::EndpointPauseWriting { endpoint: ep });
+                    }
+                }
+                Ev::EndpointResumeWriting { ep } => {
+                    if core.udp_is_open(ep) {
+                        return Some(Event::EndpointResumeWriting { endpoint: ep });
+                    }
+                }
+                Ev::EndpointClosed { ep, error } => {
+                    return Some(Event::EndpointClosed {
+                        endpoint: ep,
+                        error,
+                    })
+                }
             }
         }
     }

@@ -99,6 +99,7 @@ impl IoLoop {
             // 3. State into operations.
             c.enforce_deadline(now);
             c.settle(&mut driver);
+            c.udp_settle(&mut driver);
             let retry_at = c.rearm_listeners(&mut driver, now);
             // 4. Exit once shut down and nothing is left in the kernel.
             if c.shutdown_deadline.is_some() && c.is_empty() && driver.in_flight() == 0 {

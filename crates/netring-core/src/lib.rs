@@ -20,12 +20,14 @@ mod io_thread;
 pub mod mailbox;
 pub mod stats;
 mod timer;
+pub mod udp;
 
 pub use crate::core::{ThreadCore, Written};
 pub use config::{Backend, BackendChoice, ConnOptions, EngineConfig, Keepalive, ListenConfig};
 pub use conn::ConnId;
-pub use engine::{ConnRef, Engine};
+pub use engine::{ConnRef, EndpointRef, Engine};
 pub use error::{ConfigError, Error};
 pub use event::{Batch, Event, Handler};
 pub use io_thread::IoLoop;
 pub use stats::StatsSnapshot;
+pub use udp::UdpConfig;

@@ -80,6 +80,26 @@ pub enum Cmd {
     /// Stop accepting, close every connection gracefully, abort what is left
     /// at `deadline`, then exit the thread.
     Shutdown { deadline: Instant },
+    /// Take ownership of a bound UDP socket; report `EndpointOpened { token }`.
+    UdpOpen {
+        token: u64,
+        socket: OwnedFd,
+        max_send_queue: usize,
+    },
+    /// Queue one datagram (`addr` None: the connected peer).
+    UdpSend {
+        ep: ConnId,
+        data: Vec<u8>,
+        addr: Option<SocketAddr>,
+    },
+    /// Flush queued datagrams, then close the endpoint.
+    UdpClose { ep: ConnId },
+    /// Drop queued datagrams and close the endpoint.
+    UdpAbort { ep: ConnId },
+    /// Stop or restart receiving datagrams.
+    UdpSetReading { ep: ConnId, paused: bool },
+    /// Change the send queue's water marks.
+    UdpSetWriteLimits { ep: ConnId, high: usize, low: usize },
 }
 
 /// A command queue with an eventfd doorbell.

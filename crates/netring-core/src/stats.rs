@@ -11,6 +11,10 @@ pub struct Stats {
     pub(crate) closed: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    pub(crate) datagrams_in: AtomicU64,
+    pub(crate) datagrams_out: AtomicU64,
+    pub(crate) datagrams_truncated: AtomicU64,
+    pub(crate) datagrams_dropped: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -28,6 +32,14 @@ pub struct StatsSnapshot {
     pub bytes_in: u64,
     /// Bytes handed to the kernel for sending.
     pub bytes_out: u64,
+    /// Datagrams received whole.
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Datagrams received larger than a buffer (reported, not delivered).
+    pub datagrams_truncated: u64,
+    /// Datagrams dropped because the endpoint's send queue was full.
+    pub datagrams_dropped: u64,
 }
 
 impl Stats {
@@ -47,6 +59,10 @@ impl Stats {
             closed,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            datagrams_in: self.datagrams_in.load(Ordering::Relaxed),
+            datagrams_out: self.datagrams_out.load(Ordering::Relaxed),
+            datagrams_truncated: self.datagrams_truncated.load(Ordering::Relaxed),
+            datagrams_dropped: self.datagrams_dropped.load(Ordering::Relaxed),
         }
     }
 }

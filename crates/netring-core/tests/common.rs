@@ -66,6 +66,7 @@ impl Handler for Echo {
                 | Event::IdleTimeout { .. }
                 | Event::Connected { .. }
                 | Event::ConnectFailed { .. } => {}
+                _ => {}
             }
         }
     }

@@ -50,6 +50,7 @@ pub struct Registry {
     listeners: Mutex<HashMap<usize, ListenerEntry>>,
     timers: Mutex<HashMap<u64, TimerEntry>>,
     connects: Mutex<HashMap<u64, PendingConnect>>,
+    endpoints: Mutex<HashMap<u64, crate::udp::PendingEndpoint>>,
 }
 
 impl Registry {
@@ -63,6 +64,10 @@ impl Registry {
 
     pub fn connects(&self) -> MutexGuard<'_, HashMap<u64, PendingConnect>> {
         self.connects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn endpoints(&self) -> MutexGuard<'_, HashMap<u64, crate::udp::PendingEndpoint>> {
+        self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -82,9 +87,11 @@ struct Entry {
 
 /// Delivers one IO thread's events to Python.
 pub struct PyHandler<'py> {
-    py: Python<'py>,
-    registry: Arc<Registry>,
+    pub(crate) py: Python<'py>,
+    pub(crate) registry: Arc<Registry>,
     conns: HashMap<ConnId, Entry>,
+    /// UDP endpoints (`udp.rs`); ids in their own namespace.
+    pub(crate) endpoints: HashMap<ConnId, crate::udp::EndpointEntry>,
     logger: Option<Py<PyAny>>,
 }
 
@@ -99,6 +106,7 @@ impl<'py> PyHandler<'py> {
             py,
             registry,
             conns: HashMap::new(),
+            endpoints: HashMap::new(),
             logger,
         }
     }
@@ -111,7 +119,7 @@ impl<'py> PyHandler<'py> {
     }
 
     /// Log `message` with `err`'s traceback on the `netring` logger.
-    fn log_exception(&self, message: &str, err: &PyErr) {
+    pub(crate) fn log_exception(&self, message: &str, err: &PyErr) {
         let py = self.py;
         let logged = self.logger.as_ref().map(|l| {
             let kwargs = PyDict::new(py);
@@ -212,11 +220,11 @@ impl<'py> PyHandler<'py> {
     /// An outbound connect failed: fail the caller's future.
     fn connect_failed(&mut self, token: u64, error: std::io::Error) {
         let py = self.py;
-        if let Some(pending) = self.registry.connects().remove(&token) {
+        let future = self.registry.connects().remove(&token).map(|p| p.future);
+        let future = future.or_else(|| self.registry.endpoints().remove(&token).map(|p| p.future));
+        if let Some(future) = future {
             let exc = PyErr::from(error).into_value(py);
-            let _ = pending
-                .future
-                .call_method1(py, intern!(py, "set_exception"), (exc,));
+            let _ = future.call_method1(py, intern!(py, "set_exception"), (exc,));
         }
     }
 
@@ -419,6 +427,26 @@ impl Handler for PyHandler<'_> {
                         e.protocol.call_method0(py, intern!(py, "resume_writing"))
                     });
                 }
+                Event::EndpointOpened {
+                    endpoint,
+                    token,
+                    local,
+                    peer,
+                } => self.endpoint_opened(endpoint, token, local, peer),
+                Event::Datagram {
+                    endpoint,
+                    data,
+                    addr,
+                } => self.datagram(endpoint, data, addr),
+                Event::DatagramTruncated {
+                    endpoint,
+                    addr,
+                    size,
+                } => self.datagram_truncated(endpoint, addr, size),
+                Event::DatagramError { endpoint, error } => self.datagram_error(endpoint, error),
+                Event::EndpointPauseWriting { endpoint } => self.endpoint_writing(endpoint, true),
+                Event::EndpointResumeWriting { endpoint } => self.endpoint_writing(endpoint, false),
+                Event::EndpointClosed { endpoint, error } => self.endpoint_closed(endpoint, error),
                 Event::Closed { conn, error } => {
                     let Some(entry) = self.conns.remove(&conn) else {
                         continue;

@@ -194,6 +194,74 @@ impl Engine {
         Ok(())
     }
 
+    /// Open a UDP endpoint bound to `local` (IP literal, port), optionally
+    /// connected to `remote`; resolve `future` with `(transport, protocol)`
+    /// once it is live on its IO thread. Socket, option and bind errors
+    /// raise here. Returns the bound `(host, port)`.
+    #[pyo3(signature = (factory, future, local, remote=None, reuse_port=false, broadcast=false, groups=Vec::new(), multicast_loop=None, multicast_ttl=None, max_send_queue=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn udp_open(
+        &self,
+        py: Python<'_>,
+        factory: Py<PyAny>,
+        future: Py<PyAny>,
+        local: (String, u16),
+        remote: Option<(String, u16)>,
+        reuse_port: bool,
+        broadcast: bool,
+        groups: Vec<(String, Option<String>)>,
+        multicast_loop: Option<bool>,
+        multicast_ttl: Option<u32>,
+        max_send_queue: Option<usize>,
+    ) -> PyResult<(String, u16)> {
+        let mut cfg = netring_core::UdpConfig::new(ip_addr(py, &local.0, local.1)?);
+        cfg.remote = remote.map(|(h, p)| ip_addr(py, &h, p)).transpose()?;
+        cfg.reuse_port = reuse_port;
+        cfg.broadcast = broadcast;
+        for (group, iface) in groups {
+            let parse = |s: &str, what: &str| {
+                s.parse::<IpAddr>().map_err(|_| {
+                    crate::errors::netring_error(
+                        py,
+                        "ConfigurationError",
+                        format!("multicast_groups: {what} {s:?} is not an IP address"),
+                    )
+                })
+            };
+            let g = parse(&group, "group")?;
+            if !g.is_multicast() {
+                return Err(crate::errors::netring_error(
+                    py,
+                    "ConfigurationError",
+                    format!("multicast_groups: {g} is not a multicast address"),
+                ));
+            }
+            let i = iface.map(|i| parse(&i, "interface")).transpose()?;
+            cfg.multicast_groups.push((g, i));
+        }
+        cfg.multicast_loop = multicast_loop;
+        cfg.multicast_ttl = multicast_ttl;
+        if let Some(n) = max_send_queue {
+            cfg.max_send_queue = n;
+        }
+        let token = self.engine.connect_token();
+        self.registry.endpoints().insert(
+            token,
+            crate::udp::PendingEndpoint {
+                factory,
+                future,
+                capacity: netring_core::udp::datagram_capacity(self.engine.buffer_size()),
+            },
+        );
+        match self.engine.udp_open(token, &cfg) {
+            Ok(addr) => Ok((addr.ip().to_string(), addr.port())),
+            Err(e) => {
+                self.registry.endpoints().remove(&token);
+                Err(to_py(py, e))
+            }
+        }
+    }
+
     /// Cancel a timer; returns whether it was still pending.
     fn cancel_timer(&self, id: u64) -> bool {
         let pending = self.registry.timers().remove(&id).is_some();
@@ -263,6 +331,10 @@ impl Engine {
         d.set_item("connections_closed", s.closed)?;
         d.set_item("bytes_in", s.bytes_in)?;
         d.set_item("bytes_out", s.bytes_out)?;
+        d.set_item("datagrams_in", s.datagrams_in)?;
+        d.set_item("datagrams_out", s.datagrams_out)?;
+        d.set_item("datagrams_truncated", s.datagrams_truncated)?;
+        d.set_item("datagrams_dropped", s.datagrams_dropped)?;
         d.set_item("backend", self.engine.backend().name())?;
         d.set_item("io_threads", self.engine.io_threads())?;
         d.set_item("backend_fallback_reason", self.engine.fallback_reason())?;

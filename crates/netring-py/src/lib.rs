@@ -10,6 +10,7 @@ mod errors;
 mod framing;
 mod logging;
 mod transport;
+mod udp;
 
 use pyo3::prelude::*;
 
@@ -27,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add_class::<engine::Engine>()?;
     m.add_class::<transport::Transport>()?;
+    m.add_class::<udp::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(probe_backend, m)?)?;
     m.add_function(wrap_pyfunction!(framing::check_framing, m)?)?;
     m.add(
@@ -50,5 +52,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         netring_core::config::DEFAULT_BUFFERS_PER_THREAD,
     )?;
     m.add("DEFAULT_BACKLOG", netring_core::config::DEFAULT_BACKLOG)?;
+    m.add(
+        "DEFAULT_MAX_SEND_QUEUE_BYTES",
+        netring_core::udp::DEFAULT_MAX_SEND_QUEUE,
+    )?;
+    m.add(
+        "DATAGRAM_HEADROOM_BYTES",
+        netring_core::udp::DATAGRAM_HEADROOM,
+    )?;
     Ok(())
 }

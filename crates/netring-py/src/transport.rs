@@ -145,7 +145,7 @@ impl Transport {
     }
 }
 
-fn address<'py>(
+pub(crate) fn address<'py>(
     py: Python<'py>,
     addr: Option<SocketAddr>,
 ) -> PyResult<Option<Bound<'py, PyTuple>>> {

@@ -67,6 +67,50 @@ pub enum RecvResult {
     Err(io::Error),
 }
 
+/// A socket address from the raw bytes the kernel wrote (`None` if empty
+/// or not IP).
+pub(crate) fn sockaddr_from(raw: &[u8]) -> Option<std::net::SocketAddr> {
+    let mut storage = socket2::SockAddrStorage::zeroed();
+    if raw.is_empty() || raw.len() > storage.size_of() as usize {
+        return None;
+    }
+    // SAFETY: sockaddr_storage is one of the platform's sockaddr types;
+    // at most its size is copied, and SockAddr is told the real length.
+    let addr = unsafe {
+        let dst: &mut libc::sockaddr_storage = storage.view_as();
+        std::ptr::copy_nonoverlapping(
+            raw.as_ptr(),
+            (dst as *mut libc::sockaddr_storage).cast::<u8>(),
+            raw.len(),
+        );
+        socket2::SockAddr::new(storage, raw.len() as libc::socklen_t)
+    };
+    addr.as_socket()
+}
+
+/// Outcome of one datagram recv completion.
+#[derive(Debug)]
+pub enum DgramResult {
+    /// A whole datagram: `chunk` is its payload (inside a receive buffer).
+    Data {
+        chunk: Chunk,
+        addr: Option<std::net::SocketAddr>,
+    },
+    /// A datagram of `size` bytes did not fit a buffer; its buffer must be
+    /// released and its bytes dropped.
+    Truncated {
+        chunk: Chunk,
+        addr: Option<std::net::SocketAddr>,
+        size: usize,
+    },
+    /// The buffer pool ran dry; re-arm after buffers come back.
+    NoBuffers,
+    /// The recv was cancelled (pause, close).
+    Cancelled,
+    /// A socket error (an ICMP error on a connected socket, ...).
+    Err(io::Error),
+}
+
 /// One backend-neutral completion.
 #[derive(Debug)]
 pub enum Completion {
@@ -89,6 +133,18 @@ pub enum Completion {
     },
     /// The outbound connect on `slot` finished (or failed, or was cancelled).
     Connected { slot: u32, result: io::Result<()> },
+    /// A datagram recv on endpoint `slot` completed.
+    RecvFrom {
+        slot: u32,
+        result: DgramResult,
+        more: bool,
+    },
+    /// Datagram `seq` of endpoint `slot` was sent (or failed).
+    SentTo {
+        slot: u32,
+        seq: u16,
+        result: io::Result<usize>,
+    },
     /// The mailbox was signalled.
     Woken,
 }
@@ -142,6 +198,21 @@ pub trait Driver {
     fn cancel_connect(&mut self, slot: u32, fd: RawFd);
     /// The socket is about to be closed: forget any registration.
     fn forget(&mut self, slot: u32, fd: RawFd);
+    /// Start receiving datagrams on endpoint `slot` (its own slot space);
+    /// `template` (source-address length only) stays valid until the final
+    /// completion. Payloads longer than
+    /// [`crate::udp::datagram_capacity`] come back `Truncated`.
+    fn arm_recv_from(&mut self, slot: u32, fd: RawFd, template: &libc::msghdr);
+    /// Stop receiving datagrams; the recv's final completion follows.
+    fn cancel_recv_from(&mut self, slot: u32, fd: RawFd);
+    /// Send the datagram `msg` describes (address and one iovec), which
+    /// stays valid and untouched until its `SentTo { seq }`.
+    fn send_to(&mut self, slot: u32, seq: u16, fd: RawFd, msg: &libc::msghdr);
+    /// Cancel everything armed on endpoint `slot` (abort); every final
+    /// completion follows.
+    fn cancel_dgram(&mut self, slot: u32, fd: RawFd);
+    /// The endpoint's socket is about to be closed.
+    fn forget_dgram(&mut self, slot: u32, fd: RawFd);
     /// Submit what was queued, wait up to `timeout` (None: until something
     /// completes) and append completions to `out`.
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
@@ -167,8 +238,17 @@ pub struct Selected {
 
 /// Probe io_uring for real: set up a ring and check every opcode and feature
 /// the io_uring driver needs. `Err` says which step failed and why.
+///
+/// The probe ring lives on a short-lived thread of its own: tearing a ring
+/// down queues kernel task work to the thread that created it, which
+/// interrupts that thread's next blocking socket call with a timeout
+/// (EINTR), and the caller's thread should not pay for a probe.
 pub fn probe_io_uring() -> Result<(), String> {
-    uring::UringDriver::new(2, 512).map(drop)
+    std::thread::scope(|s| {
+        s.spawn(|| uring::UringDriver::new(2, 512).map(drop))
+            .join()
+            .unwrap_or_else(|_| Err("io_uring probe panicked".to_string()))
+    })
 }
 
 /// Pick the backend for `choice`. `Auto` probes io_uring and selects epoll

@@ -69,18 +69,21 @@ use rustix::event::Timespec;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags, SocketFlags};
 
-use super::{Chunk, Completion, Driver, RecvResult, SendState};
+use super::{Chunk, Completion, DgramResult, Driver, RecvResult, SendState};
 use crate::config::Backend;
 use bufpool::BufPool;
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_CONN: u64 = 2;
+const KIND_DGRAM: u64 = 3;
 const KIND_WAKE: u64 = 4;
 
 /// Readiness events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 256;
 /// Buffers filled per recv readiness before the next socket gets its turn.
 const RECV_BUFFERS_PER_READINESS: usize = 4;
+/// Datagrams read per endpoint readiness.
+const DGRAMS_PER_READINESS: usize = 32;
 /// Connections accepted per listener readiness.
 const ACCEPTS_PER_READINESS: usize = 64;
 /// Longest single wait; the loop computes a new timeout every turn anyway.
@@ -103,8 +106,10 @@ fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
 /// Whether `completion` is its operation's last.
 fn is_final(completion: &Completion) -> bool {
     match completion {
-        Completion::Accepted { more, .. } | Completion::Recv { more, .. } => !*more,
-        Completion::Sent { .. } | Completion::Connected { .. } => true,
+        Completion::Accepted { more, .. }
+        | Completion::Recv { more, .. }
+        | Completion::RecvFrom { more, .. } => !*more,
+        Completion::Sent { .. } | Completion::Connected { .. } | Completion::SentTo { .. } => true,
         Completion::Woken => false,
     }
 }
@@ -147,12 +152,31 @@ struct ConnOps {
     connect: bool,
 }
 
+/// A datagram waiting for `EPOLLOUT`: its number and message header.
+struct WaitingDgram(u16, *const libc::msghdr);
+
+// SAFETY: the header lives in the endpoint's send window on the same IO
+// thread, untouched until this datagram's `SentTo` (see `WaitingSend`).
+unsafe impl Send for WaitingDgram {}
+
+/// The driver's side of one UDP endpoint.
+struct DgramOps {
+    fd: RawFd,
+    registered: EventFlags,
+    /// The recv is armed and its final completion not yet produced.
+    recv: bool,
+    /// Datagrams waiting for `EPOLLOUT`, in order.
+    waiting: std::collections::VecDeque<WaitingDgram>,
+}
+
 /// An epoll set with its receive buffers.
 pub struct EpollDriver {
     epoll: OwnedFd,
     pool: BufPool,
     /// Indexed by slot; `None` for slots the driver has nothing on.
     conns: Vec<Option<ConnOps>>,
+    /// UDP endpoints, indexed by their own slot.
+    dgrams: Vec<Option<DgramOps>>,
     /// Listeners whose accept is armed, with their descriptors.
     listeners: HashMap<usize, RawFd>,
     /// The mailbox eventfd while it is registered.
@@ -172,6 +196,7 @@ impl EpollDriver {
             epoll,
             pool: BufPool::new(buffers, buffer_size)?,
             conns: Vec::new(),
+            dgrams: Vec::new(),
             listeners: HashMap::new(),
             wake_fd: None,
             pending: Vec::new(),
@@ -307,6 +332,80 @@ impl EpollDriver {
         }
     }
 
+    fn dgram_entry(dgrams: &mut Vec<Option<DgramOps>>, slot: u32, fd: RawFd) -> &mut DgramOps {
+        let index = slot as usize;
+        if dgrams.len() <= index {
+            dgrams.resize_with(index + 1, || None);
+        }
+        dgrams[index].get_or_insert_with(|| DgramOps {
+            fd,
+            registered: EventFlags::empty(),
+            recv: false,
+            waiting: std::collections::VecDeque::new(),
+        })
+    }
+
+    fn sync_dgram(epoll: &OwnedFd, slot: u32, ep: &mut DgramOps) -> io::Result<()> {
+        let mut want = EventFlags::empty();
+        if ep.recv {
+            want |= EventFlags::IN;
+        }
+        if !ep.waiting.is_empty() {
+            want |= EventFlags::OUT;
+        }
+        if want == ep.registered {
+            return Ok(());
+        }
+        let fd = borrow(ep.fd);
+        if want.is_empty() {
+            ep.registered = EventFlags::empty();
+            return Ok(epoll::delete(epoll, fd)?);
+        }
+        let data = event_data(KIND_DGRAM, u64::from(slot));
+        if ep.registered.is_empty() {
+            epoll::add(epoll, fd, data, want)?;
+        } else {
+            epoll::modify(epoll, fd, data, want)?;
+        }
+        ep.registered = want;
+        Ok(())
+    }
+
+    /// Readiness on a UDP endpoint: read datagrams, retry waiting sends.
+    fn dgram_ready(&mut self, slot: u32, flags: EventFlags, out: &mut Vec<Completion>) {
+        let Some(ep) = self.dgrams.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut changed = false;
+        if ep.recv && flags.intersects(EventFlags::IN | EventFlags::ERR | EventFlags::HUP) {
+            if let Some(result) = read_datagrams(ep.fd, slot, &mut self.pool, out) {
+                ep.recv = false;
+                changed = true;
+                out.push(Completion::RecvFrom {
+                    slot,
+                    result,
+                    more: false,
+                });
+            }
+        }
+        if flags.intersects(EventFlags::OUT | EventFlags::ERR | EventFlags::HUP) {
+            while let Some(w) = ep.waiting.front() {
+                let Some(result) = try_send_msg(ep.fd, w.1) else {
+                    break;
+                };
+                let seq = w.0;
+                ep.waiting.pop_front();
+                changed = true;
+                out.push(Completion::SentTo { slot, seq, result });
+            }
+        }
+        if changed {
+            if let Err(e) = Self::sync_dgram(&self.epoll, slot, ep) {
+                log::warn!("netring: epoll could not update endpoint {slot}: {e}");
+            }
+        }
+    }
+
     /// `EPOLLIN` on the mailbox eventfd.
     fn wake_ready(&mut self, out: &mut Vec<Completion>) {
         let Some(fd) = self.wake_fd else { return };
@@ -362,6 +461,89 @@ fn read_ready(
         }
     }
     None
+}
+
+/// Read up to [`DGRAMS_PER_READINESS`] datagrams, each into a pool buffer;
+/// returns the recv's final result if this readiness ended it.
+fn read_datagrams(
+    fd: RawFd,
+    slot: u32,
+    pool: &mut BufPool,
+    out: &mut Vec<Completion>,
+) -> Option<DgramResult> {
+    let capacity = crate::udp::datagram_capacity(pool.buf_size());
+    for i in 0..DGRAMS_PER_READINESS {
+        let Some(bid) = pool.take() else {
+            return (i == 0).then_some(DgramResult::NoBuffers);
+        };
+        let buf = pool.buf_mut(bid);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: capacity,
+        };
+        let mut name = socket2::SockAddrStorage::zeroed();
+        // SAFETY: msghdr is a plain C struct; all-zero is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut name as *mut socket2::SockAddrStorage).cast();
+        msg.msg_namelen = name.size_of();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: every pointer in `msg` points at live locals or the pool
+        // buffer `bid` (capacity ≤ its size); MSG_TRUNC makes the result the
+        // datagram's real length.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            pool.put(bid);
+            match Errno::from_raw_os_error(io::Error::last_os_error().raw_os_error().unwrap_or(0)) {
+                Errno::AGAIN => return None,
+                Errno::INTR => continue,
+                e => return Some(DgramResult::Err(e.into())),
+            }
+        }
+        let size = n as usize;
+        // SAFETY: the kernel wrote `msg_namelen` bytes of address into `name`.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&name as *const socket2::SockAddrStorage).cast::<u8>(),
+                (msg.msg_namelen as usize).min(name.size_of() as usize),
+            )
+        };
+        let addr = super::sockaddr_from(raw);
+        let chunk = Chunk {
+            ptr: pool.ptr(bid),
+            len: size.min(capacity),
+            bid,
+        };
+        let result = if size > capacity {
+            DgramResult::Truncated { chunk, addr, size }
+        } else {
+            DgramResult::Data { chunk, addr }
+        };
+        out.push(Completion::RecvFrom {
+            slot,
+            result,
+            more: true,
+        });
+    }
+    None
+}
+
+/// One non-blocking `sendmsg` of a prepared header; `None` on EAGAIN.
+fn try_send_msg(fd: RawFd, msg: *const libc::msghdr) -> Option<io::Result<usize>> {
+    loop {
+        // SAFETY: `msg` and what it points at stay valid until the datagram's
+        // `SentTo` (the endpoint's send window); the call only reads them.
+        let n = unsafe { libc::sendmsg(fd, msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Some(Ok(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return None,
+            Some(libc::EINTR) => {}
+            _ => return Some(Err(e)),
+        }
+    }
 }
 
 /// One non-blocking attempt at sending `iov`; `None` if the socket buffer
@@ -553,6 +735,87 @@ impl Driver for EpollDriver {
         }
     }
 
+    fn arm_recv_from(&mut self, slot: u32, fd: RawFd, _template: &libc::msghdr) {
+        self.in_flight += 1;
+        let ep = Self::dgram_entry(&mut self.dgrams, slot, fd);
+        debug_assert!(!ep.recv, "datagram recv armed twice on endpoint {slot}");
+        ep.recv = true;
+        if let Err(e) = Self::sync_dgram(&self.epoll, slot, ep) {
+            ep.recv = false;
+            self.pending.push(Completion::RecvFrom {
+                slot,
+                result: DgramResult::Err(e),
+                more: false,
+            });
+        }
+    }
+
+    fn cancel_recv_from(&mut self, slot: u32, _fd: RawFd) {
+        let Some(ep) = self.dgrams.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !ep.recv {
+            return; // its final completion is already on its way
+        }
+        ep.recv = false;
+        if let Err(e) = Self::sync_dgram(&self.epoll, slot, ep) {
+            log::warn!("netring: epoll could not drop the recv of endpoint {slot}: {e}");
+        }
+        self.pending.push(Completion::RecvFrom {
+            slot,
+            result: DgramResult::Cancelled,
+            more: false,
+        });
+    }
+
+    fn send_to(&mut self, slot: u32, seq: u16, fd: RawFd, msg: &libc::msghdr) {
+        self.in_flight += 1;
+        let ep = Self::dgram_entry(&mut self.dgrams, slot, fd);
+        if ep.waiting.is_empty() {
+            if let Some(result) = try_send_msg(fd, msg) {
+                self.pending.push(Completion::SentTo { slot, seq, result });
+                return;
+            }
+        }
+        // The socket buffer is full (or earlier datagrams wait): keep order.
+        ep.waiting.push_back(WaitingDgram(seq, msg));
+        if let Err(e) = Self::sync_dgram(&self.epoll, slot, ep) {
+            ep.waiting.pop_back();
+            self.pending.push(Completion::SentTo {
+                slot,
+                seq,
+                result: Err(e),
+            });
+        }
+    }
+
+    fn cancel_dgram(&mut self, slot: u32, fd: RawFd) {
+        self.cancel_recv_from(slot, fd);
+        let Some(ep) = self.dgrams.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        for w in ep.waiting.drain(..) {
+            self.pending.push(Completion::SentTo {
+                slot,
+                seq: w.0,
+                result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            });
+        }
+        if let Err(e) = Self::sync_dgram(&self.epoll, slot, ep) {
+            log::warn!("netring: epoll could not drop endpoint {slot}: {e}");
+        }
+    }
+
+    fn forget_dgram(&mut self, slot: u32, _fd: RawFd) {
+        let Some(ep) = self.dgrams.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        debug_assert!(!ep.recv && ep.waiting.is_empty());
+        if !ep.registered.is_empty() {
+            let _ = epoll::delete(&self.epoll, borrow(ep.fd));
+        }
+    }
+
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         // Completions already produced must not wait behind a blocking wait.
         let timeout = if self.pending.is_empty() {
@@ -580,6 +843,7 @@ impl Driver for EpollDriver {
                     let id = data & 0xFFFF_FFFF;
                     match data >> 56 {
                         KIND_CONN => self.conn_ready(id as u32, flags, out),
+                        KIND_DGRAM => self.dgram_ready(id as u32, flags, out),
                         KIND_ACCEPT => self.accept_ready(id as usize, out),
                         KIND_WAKE => self.wake_ready(out),
                         _ => {}

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{Chunk, Completion, Driver, RecvResult, SendState};
+use super::{Chunk, Completion, DgramResult, Driver, RecvResult, SendState};
 use crate::config::Backend;
 use bufring::BufRing;
 
@@ -29,6 +29,8 @@ const KIND_SEND: u64 = 3;
 const KIND_WAKE: u64 = 4;
 const KIND_CANCEL: u64 = 5;
 const KIND_CONNECT: u64 = 6;
+const KIND_RECVFROM: u64 = 7;
+const KIND_SENDTO: u64 = 8;
 const BUF_GROUP: u16 = 0;
 /// Submission queue entries per ring; the completion queue is 4× larger.
 const RING_ENTRIES: u32 = 1024;
@@ -92,6 +94,7 @@ impl UringDriver {
             (opcode::Read::CODE, "READ"),
             (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
             (opcode::Connect::CODE, "CONNECT"),
+            (opcode::RecvMsgMulti::CODE, "RECVMSG"),
         ] {
             if !probe.is_supported(code) {
                 return Err(format!("io_uring opcode {name} not supported"));
@@ -212,6 +215,33 @@ impl UringDriver {
                     Err(io::Error::from_raw_os_error(-res))
                 },
             }),
+            KIND_RECVFROM => {
+                let result = if res >= 0 {
+                    let bid = cqueue::buffer_select(cqe.flags())
+                        .expect("recvmsg completion without a buffer id");
+                    self.datagram(bid, res as usize, id)
+                } else if res == -libc::ENOBUFS {
+                    DgramResult::NoBuffers
+                } else if res == -libc::ECANCELED {
+                    DgramResult::Cancelled
+                } else {
+                    DgramResult::Err(io::Error::from_raw_os_error(-res))
+                };
+                Some(Completion::RecvFrom {
+                    slot: id,
+                    result,
+                    more,
+                })
+            }
+            KIND_SENDTO => Some(Completion::SentTo {
+                slot: id,
+                seq: ((ud >> 32) & 0xFFFF) as u16,
+                result: if res >= 0 {
+                    Ok(res as usize)
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                },
+            }),
             KIND_WAKE => {
                 self.wake_armed = false;
                 if res < 0 && res != -libc::EAGAIN && res != -libc::EINTR {
@@ -226,6 +256,46 @@ impl UringDriver {
             _ => None, // cancel requests
         }
     }
+}
+
+impl UringDriver {
+    /// Parse a multishot recvmsg buffer: header, source address, payload.
+    fn datagram(&self, bid: u16, used: usize, slot: u32) -> DgramResult {
+        let ptr = self.bufs.buf_ptr(bid);
+        // SAFETY: the kernel filled `used` bytes of buffer `bid`, which stays
+        // ours until the loop releases it.
+        let buf = unsafe { std::slice::from_raw_parts(ptr, used) };
+        let template = recv_template();
+        let Ok(out) = io_uring::types::RecvMsgOut::parse(buf, &template) else {
+            log::error!("netring: malformed recvmsg buffer on endpoint {slot}");
+            return DgramResult::Err(io::Error::from_raw_os_error(libc::EPROTO));
+        };
+        let addr = super::sockaddr_from(out.name_data());
+        let payload = out.payload_data();
+        let chunk = Chunk {
+            ptr: payload.as_ptr(),
+            len: payload.len(),
+            bid,
+        };
+        if out.is_payload_truncated() {
+            DgramResult::Truncated {
+                chunk,
+                addr,
+                size: out.incoming_payload_len() as usize,
+            }
+        } else {
+            DgramResult::Data { chunk, addr }
+        }
+    }
+}
+
+/// The recvmsg template every endpoint uses: room for an IPv6 source
+/// address, no control data (see `udp::DATAGRAM_HEADROOM`).
+fn recv_template() -> libc::msghdr {
+    // SAFETY: msghdr is a plain C struct; all-zero is a valid value.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    m
 }
 
 impl Driver for UringDriver {
@@ -291,6 +361,39 @@ impl Driver for UringDriver {
     }
 
     fn forget(&mut self, _slot: u32, _fd: RawFd) {}
+
+    fn arm_recv_from(&mut self, slot: u32, fd: RawFd, template: &libc::msghdr) {
+        debug_assert_eq!(template.msg_namelen, recv_template().msg_namelen);
+        let entry = opcode::RecvMsgMulti::new(types::Fd(fd), template as *const _, BUF_GROUP)
+            .flags(libc::MSG_TRUNC as u32)
+            .build()
+            .user_data(user_data(KIND_RECVFROM, u64::from(slot)));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn cancel_recv_from(&mut self, slot: u32, _fd: RawFd) {
+        self.cancel(user_data(KIND_RECVFROM, u64::from(slot)));
+    }
+
+    fn send_to(&mut self, slot: u32, seq: u16, fd: RawFd, msg: &libc::msghdr) {
+        let entry = opcode::SendMsg::new(types::Fd(fd), msg as *const libc::msghdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data((KIND_SENDTO << 56) | (u64::from(seq) << 32) | u64::from(slot));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn cancel_dgram(&mut self, _slot: u32, fd: RawFd) {
+        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(user_data(KIND_CANCEL, 0));
+        self.in_flight += 1;
+        self.push(entry);
+    }
+
+    fn forget_dgram(&mut self, _slot: u32, _fd: RawFd) {}
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         self.bufs.publish();
