@@ -73,7 +73,7 @@ def client(timeout: float = 5.0) -> socket.socket:
 
 
 def test_echo_of_10000_datagrams_without_corruption(pool: netring.IOPool) -> None:
-    transport, protocol, addr = open_echo(pool)
+    _transport, protocol, addr = open_echo(pool)
     c = client()
     for i in range(10_000):
         size = (i * 131) % 1500
@@ -89,7 +89,7 @@ def test_echo_of_10000_datagrams_without_corruption(pool: netring.IOPool) -> Non
 
 def test_oversize_datagram_is_reported_truncated_never_cut(backend: str) -> None:
     with netring.IOPool(io_threads=1, backend=backend, buffer_size=1024) as pool:
-        transport, protocol, addr = open_echo(pool)
+        _transport, protocol, addr = open_echo(pool)
         limit = 1024 - netring._native.DATAGRAM_HEADROOM_BYTES
         c = client()
         c.sendto(b"x" * limit, addr)  # exactly the limit: whole
@@ -127,7 +127,7 @@ def test_icmp_refusal_reaches_error_received_and_the_endpoint_goes_on(
 
 def test_exception_in_datagram_received_is_logged_and_isolated(
         pool: netring.IOPool, caplog: pytest.LogCaptureFixture) -> None:
-    transport, protocol, addr = open_echo(pool)
+    transport, _protocol, addr = open_echo(pool)
     c = client()
     with caplog.at_level(logging.ERROR, logger="netring"):
         c.sendto(b"boom", addr)
@@ -162,7 +162,7 @@ def test_close_flushes_sends_from_another_thread_then_connection_lost(
 
 
 def test_pause_reading_holds_datagrams_in_the_kernel(pool: netring.IOPool) -> None:
-    transport, protocol, addr = open_echo(pool)
+    transport, _protocol, addr = open_echo(pool)
     c = client(timeout=0.3)
     transport.pause_reading()
     assert not transport.is_reading()
@@ -220,7 +220,7 @@ def test_broadcast_needs_allow_broadcast(pool: netring.IOPool) -> None:
 
 def test_multicast_group_join(pool: netring.IOPool) -> None:
     group = "239.77.1.2"
-    transport, protocol = pool.create_datagram_endpoint(
+    transport, _protocol = pool.create_datagram_endpoint(
         UdpEcho, ("0.0.0.0", 0), multicast_groups=[(group, "127.0.0.1")],
         multicast_loop=True).result(5)
     port = transport.get_extra_info("sockname")[1]
@@ -284,8 +284,8 @@ def test_tcp_servers_clients_and_udp_share_one_pool_and_close_together(backend: 
     pool = netring.IOPool(io_threads=2, backend=backend)
     tcp = netring.Server(Echo, pool=pool)
     tcp.start()
-    udp_t, udp_p, udp_addr = open_echo(pool)
-    udp_t2, _, udp_addr2 = open_echo(pool)
+    _udp_t, udp_p, udp_addr = open_echo(pool)
+    _udp_t2, _, udp_addr2 = open_echo(pool)
 
     class Client(netring.Protocol):
         def connection_made(self, transport: Any) -> None:
@@ -310,3 +310,43 @@ def test_tcp_servers_clients_and_udp_share_one_pool_and_close_together(backend: 
     pool.close(1.0)
     assert udp_p.lost == [None]
     assert wait_until(lambda: fd_count() == fds, 5)
+
+
+def test_cli_serves_echo_packet_echo_and_udp_echo_in_one_process(backend: str) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netring", "serve", "echo", "packet-echo", "udp-echo",
+         "--port", "0", "--port", "0", "--port", "0", "--backend", backend],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ports = {}
+        for name in ("echo", "packet-echo", "udp-echo"):
+            line = proc.stdout.readline().strip()
+            m = re.fullmatch(rf"netring: serving {name} on 127\.0\.0\.1:(\d+) "
+                             rf"\(backend={backend}, io_threads=1\)", line)
+            assert m, line
+            ports[name] = int(m.group(1))
+        with socket.create_connection(("127.0.0.1", ports["echo"]), timeout=5) as s:
+            s.sendall(b"tcp")
+            assert recv_exactly(s, 3) == b"tcp"
+        with socket.create_connection(("127.0.0.1", ports["packet-echo"]), timeout=5) as s:
+            s.sendall(struct.pack(">I", 6) + b"packet")
+            assert recv_exactly(s, 10) == struct.pack(">I", 6) + b"packet"
+        c = client()
+        c.sendto(b"datagram", ("127.0.0.1", ports["udp-echo"]))
+        assert c.recvfrom(64)[0] == b"datagram"
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()

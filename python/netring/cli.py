@@ -1,7 +1,8 @@
 """Command line: ``python -m netring serve NAME [NAME...] [options]``.
 
 Several names run several servers on one IO pool (``--port`` once per
-name, in order; without ``--port`` they take 5050, 5051, ...). Each server
+name, in order; without ``--port`` they take 5050, 5051, ...), TCP and UDP
+alike: ``serve echo packet-echo udp-echo --port 5050 --port 5051 --port 5052``. Each server
 prints exactly one line, ``netring: serving NAME on H:P (backend=B,
 io_threads=N)``, once it accepts connections; the process exits 0 after a
 graceful drain on SIGINT or SIGTERM.
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
     servers: list[Server] = []
+    endpoints: list[Any] = []
     try:
         pool = IOPool(args.io_threads, backend=args.backend, **pool_options)
     except Exception as e:
@@ -73,19 +75,28 @@ def main(argv: list[str] | None = None) -> int:
         example = SERVERS[name]
         options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
         try:
-            server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
-                            **options)
-            server.start()
+            if example.udp:
+                transport, _ = pool.create_datagram_endpoint(
+                    example.make_factory(pool, args), (args.host, port), **options).result(10)
+                endpoints.append(transport)
+                host, bound = transport.get_extra_info("sockname")[:2]
+            else:
+                server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
+                                **options)
+                server.start()
+                servers.append(server)
+                host, bound = server.host, server.port
         except Exception as e:  # configuration and bind errors: one clear line
             print(f"netring: cannot serve {name}: {e}", file=sys.stderr)
             pool.close(0)
             return 2
-        servers.append(server)
-        print(f"netring: serving {name} on {server.host}:{server.port} "
+        print(f"netring: serving {name} on {host}:{bound} "
               f"(backend={pool.backend}, io_threads={pool.io_threads})", flush=True)
     while not stop.wait(0.1):
         pass
     for server in servers:
         server.shutdown(args.grace)
+    for endpoint in endpoints:
+        endpoint.close()
     pool.close(args.grace)
     return 0

@@ -16,6 +16,7 @@ from .kv import KV
 from .line import LineEcho
 from .packet_echo import PacketEcho
 from .proxy import proxy_factory
+from .udp_echo import UdpEcho
 
 #: Largest packet the large-packet example accepts: 16 MiB.
 LARGE_PACKET_MAX = 16 * 1024 * 1024
@@ -26,13 +27,16 @@ class Example:
     """A named example: its protocol factory and the Server options it needs.
 
     ``build``, when set, makes the factory from the IO pool and the CLI's
-    arguments (the proxy needs both); ``factory`` is then unused.
+    arguments (the proxy needs both); ``factory`` is then unused. ``udp``
+    examples are served by ``IOPool.create_datagram_endpoint`` instead of a
+    ``Server`` (their ``options`` go to it).
     """
 
     factory: Callable[[], Any] | None
     description: str
     options: dict[str, Any] = field(default_factory=dict)
     build: Callable[[IOPool, Any], Callable[[], Any]] | None = None
+    udp: bool = False
 
     def make_factory(self, pool: IOPool, args: Any) -> Callable[[], Any]:
         """The protocol factory to serve."""
@@ -65,6 +69,7 @@ SERVERS: dict[str, Example] = {
                   {"framing": Delimited(b"\r\n")}),
     "proxy": Example(None, "a TCP port forwarder to --upstream HOST:PORT, backpressure both ways",
                      build=_proxy),
+    "udp-echo": Example(UdpEcho, "UDP: every datagram back to its sender", udp=True),
 }
 
 #: Server options that belong to the IO pool when several servers share one.
