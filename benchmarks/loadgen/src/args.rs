@@ -9,12 +9,14 @@ pub const USAGE: &str = "\
 usage: netring-loadgen --port P [options]
   --host H          server address (default 127.0.0.1)
   --port P          server port (required)
-  --conns N         connections (default 50)
-  --size S          message size in bytes (default 64); in lp mode the payload size
+  --conns N         connections, or connected UDP sockets (default 50)
+  --size S          message size in bytes (default 64); in lp mode the payload size;
+                    in udp mode the datagram size (at least 16)
   --depth D         messages outstanding per connection (default 1)
   --duration SECS   measured window (default 5)
   --warmup SECS     unmeasured warm-up before the window (default 1)
-  --mode M          raw | lp | line (default raw)
+  --mode M          raw | lp | line | udp (default raw)
+  --timeout-ms MS   udp: a datagram unanswered this long is lost and replaced (default 200)
   --server-pid PID  sample this process's utime+stime from /proc at the window edges
 ";
 
@@ -27,6 +29,8 @@ pub enum Mode {
     Lp,
     /// S-2 printable bytes, then `\r\n`.
     Line,
+    /// UDP datagrams of S bytes: an 8-byte sequence number, then payload.
+    Udp,
 }
 
 impl Mode {
@@ -35,6 +39,7 @@ impl Mode {
             Mode::Raw => "raw",
             Mode::Lp => "lp",
             Mode::Line => "line",
+            Mode::Udp => "udp",
         }
     }
 
@@ -42,7 +47,7 @@ impl Mode {
     pub fn wire_len(self, size: usize) -> usize {
         match self {
             Mode::Lp => size + 4,
-            Mode::Raw | Mode::Line => size,
+            Mode::Raw | Mode::Line | Mode::Udp => size,
         }
     }
 }
@@ -58,9 +63,12 @@ pub struct Opts {
     pub warmup: Duration,
     pub mode: Mode,
     pub server_pid: Option<u32>,
+    pub udp_timeout: Duration,
 }
 
 const MAX_SIZE_BYTES: usize = 16 << 20;
+/// The largest UDP payload over IPv4.
+const MAX_UDP_BYTES: usize = 65_507;
 
 impl Opts {
     pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
@@ -74,6 +82,7 @@ impl Opts {
             warmup: Duration::from_secs(1),
             mode: Mode::Raw,
             server_pid: None,
+            udp_timeout: Duration::from_millis(200),
         };
         while let Some(key) = args.next() {
             if key == "-h" || key == "--help" {
@@ -89,26 +98,39 @@ impl Opts {
                 "--duration" => o.duration = secs(&key, &val)?,
                 "--warmup" => o.warmup = secs(&key, &val)?,
                 "--server-pid" => o.server_pid = Some(num(&key, &val)?),
+                "--timeout-ms" => {
+                    o.udp_timeout = Duration::from_millis(num(&key, &val)?);
+                }
                 "--mode" => {
                     o.mode = match val.as_str() {
                         "raw" => Mode::Raw,
                         "lp" => Mode::Lp,
                         "line" => Mode::Line,
-                        _ => return Err(format!("--mode must be raw, lp or line, not {val:?}")),
+                        "udp" => Mode::Udp,
+                        _ => {
+                            return Err(format!("--mode must be raw, lp, line or udp, not {val:?}"))
+                        }
                     }
                 }
                 _ => return Err(format!("unknown option {key}")),
             }
         }
-        let min_size = if o.mode == Mode::Line { 3 } else { 1 };
+        let (min_size, max_size) = match o.mode {
+            Mode::Line => (3, MAX_SIZE_BYTES),
+            Mode::Udp => (16, MAX_UDP_BYTES),
+            Mode::Raw | Mode::Lp => (1, MAX_SIZE_BYTES),
+        };
         if o.port == 0 {
             return Err("--port is required".into());
         }
         if o.conns == 0 || o.depth == 0 || o.duration.is_zero() {
             return Err("--conns, --depth and --duration must be positive".into());
         }
-        if !(min_size..=MAX_SIZE_BYTES).contains(&o.size) {
-            return Err(format!("--size must be in {min_size}..={MAX_SIZE_BYTES}"));
+        if !(min_size..=max_size).contains(&o.size) {
+            return Err(format!("--size must be in {min_size}..={max_size}"));
+        }
+        if o.udp_timeout.is_zero() {
+            return Err("--timeout-ms must be positive".into());
         }
         Ok(o)
     }

@@ -58,7 +58,7 @@ impl Conn {
         for _ in 0..n {
             let seed = (self.id << 40) ^ self.next_seq;
             match self.mode {
-                Mode::Raw => fill(&mut self.window, self.size, seed),
+                Mode::Raw | Mode::Udp => fill(&mut self.window, self.size, seed),
                 Mode::Lp => {
                     let len = u32::try_from(self.size).expect("size is validated to fit u32");
                     self.window.extend_from_slice(&len.to_be_bytes());
@@ -154,7 +154,7 @@ impl Conn {
 }
 
 /// Append `n` printable bytes (0x20..=0x5f, never CR or LF) determined by `seed`.
-fn fill(out: &mut Vec<u8>, n: usize, seed: u64) {
+pub fn fill(out: &mut Vec<u8>, n: usize, seed: u64) {
     let start = out.len();
     out.resize(start + n, 0);
     let mut x = seed;

@@ -9,6 +9,11 @@
 //! With `--server-pid` it reads that process's utime+stime at both edges; it
 //! also reads its own and the whole machine's busy time there.
 //!
+//! `--mode udp` uses `--conns` UDP sockets, each `connect()`ed to the server,
+//! instead (see `udp`): a datagram without a reply after `--timeout-ms` is
+//! counted as lost and replaced; `lost` and `late` (replies that came after
+//! their datagram was declared lost) are reported in the JSON.
+//!
 //! Exit status: 0 ok; 1 no message measured, a connection failed, or setup
 //! failed; 2 echo mismatch; 3 hard deadline hit; 64 bad usage. A watchdog
 //! thread bounds the whole run even if a connect or the server stalls.
@@ -16,23 +21,27 @@
 mod args;
 mod conn;
 mod hist;
+mod udp;
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream as StdStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream as StdStream, ToSocketAddrs, UdpSocket as StdUdp};
 use std::process::exit;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
-use args::Opts;
+use args::{Mode, Opts};
 use conn::Conn;
 use hist::Histogram;
+use udp::{Tally, UdpConn};
 
 const CONNECT_BUDGET: Duration = Duration::from_secs(5);
 const DEADLINE_SLACK: Duration = Duration::from_secs(5);
 const READ_BUF_BYTES: usize = 64 << 10;
+/// How often unanswered UDP datagrams are checked against `--timeout-ms`.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
 /// /proc reports utime/stime in USER_HZ ticks: 100 per second on Linux x86 and Arm.
 const USEC_PER_TICK: f64 = 10_000.0;
 
@@ -67,6 +76,37 @@ struct Stats {
     server_ticks: Option<u64>,
     self_ticks: Option<u64>,
     machine_ticks: Option<u64>,
+    lost: u64,
+    late: u64,
+}
+
+/// One load-generating connection or connected UDP socket.
+enum Peer {
+    Tcp(Conn),
+    Udp(UdpConn),
+}
+
+impl Peer {
+    fn queue(&mut self, n: usize, now: Instant) {
+        match self {
+            Peer::Tcp(c) => c.queue(n, now),
+            Peer::Udp(u) => u.queue(n, now),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Peer::Tcp(c) => c.flush(),
+            Peer::Udp(u) => u.flush(),
+        }
+    }
+
+    fn deregister(&mut self, poll: &Poll) {
+        let _ = match self {
+            Peer::Tcp(c) => poll.registry().deregister(&mut c.stream),
+            Peer::Udp(u) => poll.registry().deregister(&mut u.socket),
+        };
+    }
 }
 
 fn run(o: &Opts) -> Result<(), (i32, String)> {
@@ -95,7 +135,10 @@ fn run(o: &Opts) -> Result<(), (i32, String)> {
     Ok(())
 }
 
-fn connect_all(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Conn>>, String> {
+fn connect_all(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Peer>>, String> {
+    if o.mode == Mode::Udp {
+        return open_udp(o, addr, poll);
+    }
     let deadline = Instant::now() + CONNECT_BUDGET;
     let mut conns = Vec::with_capacity(o.conns);
     for i in 0..o.conns {
@@ -115,7 +158,36 @@ fn connect_all(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Con
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("register: {e}"))?;
-        conns.push(Some(Conn::new(stream, i as u64, o.mode, o.size, o.depth)));
+        conns.push(Some(Peer::Tcp(Conn::new(
+            stream, i as u64, o.mode, o.size, o.depth,
+        ))));
+    }
+    Ok(conns)
+}
+
+fn open_udp(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Peer>>, String> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let mut conns = Vec::with_capacity(o.conns);
+    for i in 0..o.conns {
+        let s = StdUdp::bind(local).map_err(|e| format!("bind UDP socket {i}: {e}"))?;
+        s.connect(addr)
+            .map_err(|e| format!("connect UDP socket {i} to {addr}: {e}"))?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut socket = UdpSocket::from_std(s);
+        poll.registry()
+            .register(
+                &mut socket,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("register: {e}"))?;
+        conns.push(Some(Peer::Udp(UdpConn::new(
+            socket, i as u64, o.size, o.depth,
+        ))));
     }
     Ok(conns)
 }
@@ -124,7 +196,7 @@ fn connect_all(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Con
 fn drive(
     o: &Opts,
     poll: &mut Poll,
-    conns: &mut [Option<Conn>],
+    conns: &mut [Option<Peer>],
     start: Instant,
 ) -> Result<Stats, (i32, String)> {
     let warm_end = start + o.warmup;
@@ -137,6 +209,9 @@ fn drive(
     let mut measuring = false;
     let (mut server0, mut self0, mut machine0) = (None, None, None);
     let mut measured_from = warm_end;
+    let (mut lost, mut late) = (0, 0);
+    let udp = o.mode == Mode::Udp;
+    let mut next_sweep = start + SWEEP_EVERY;
 
     loop {
         let now = Instant::now();
@@ -161,10 +236,36 @@ fn drive(
                 server_ticks: delta(server0, server1),
                 self_ticks: delta(self0, self1),
                 machine_ticks: delta(machine0, machine1),
+                lost,
+                late,
             });
         }
-        let edge = if measuring { end } else { warm_end };
-        match poll.poll(&mut events, Some(edge - now)) {
+        let counting = measuring && now < end;
+        if udp && now >= next_sweep {
+            next_sweep = now + SWEEP_EVERY;
+            for (i, slot) in conns.iter_mut().enumerate() {
+                let Some(Peer::Udp(u)) = slot else { continue };
+                let n = u.expire(now, o.udp_timeout);
+                if n == 0 {
+                    continue;
+                }
+                lost += if counting { n as u64 } else { 0 };
+                u.queue(n, now);
+                if let Err(e) = u.flush() {
+                    eprintln!("netring-loadgen: socket {i}: send: {e}");
+                    errors += 1;
+                    alive -= 1;
+                    if let Some(mut c) = slot.take() {
+                        c.deregister(poll);
+                    }
+                }
+            }
+        }
+        let mut edge = if measuring { end } else { warm_end };
+        if udp {
+            edge = edge.min(next_sweep);
+        }
+        match poll.poll(&mut events, Some(edge.saturating_duration_since(now))) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err((1, format!("epoll_wait: {e}"))),
@@ -177,7 +278,17 @@ fn drive(
                     hist.record(lat.as_nanos() as u64);
                 }
             };
-            let outcome = pump(c, &mut buf, &mut record);
+            let outcome = match c {
+                Peer::Tcp(c) => pump(c, &mut buf, &mut record),
+                Peer::Udp(u) => {
+                    let mut tally = Tally::default();
+                    let r = pump_udp(u, &mut buf, &mut tally, &mut record);
+                    if measuring && Instant::now() < end {
+                        late += tally.late;
+                    }
+                    r
+                }
+            };
             if let Err(Failure::Mismatch(msg)) = outcome {
                 return Err((2, msg));
             }
@@ -186,7 +297,7 @@ fn drive(
                 errors += 1;
                 alive -= 1;
                 if let Some(mut c) = conns[i].take() {
-                    let _ = poll.registry().deregister(&mut c.stream);
+                    c.deregister(poll);
                 }
             }
         }
@@ -229,6 +340,31 @@ fn pump(
         c.queue(completed, Instant::now());
     }
     c.flush().map_err(|e| Failure::Io(format!("write: {e}")))
+}
+
+/// Receive and verify every datagram available, replace the answered ones, send.
+fn pump_udp(
+    u: &mut UdpConn,
+    buf: &mut [u8],
+    tally: &mut Tally,
+    record: &mut impl FnMut(Instant, Duration),
+) -> Result<(), Failure> {
+    loop {
+        match u.socket.recv(buf) {
+            Ok(n) => {
+                let now = Instant::now();
+                u.on_datagram(&buf[..n], now, tally, |lat| record(now, lat))
+                    .map_err(Failure::Mismatch)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::Io(format!("recv: {e}"))),
+        }
+    }
+    if tally.completed > 0 {
+        u.queue(tally.completed, Instant::now());
+    }
+    u.flush().map_err(|e| Failure::Io(format!("send: {e}")))
 }
 
 /// utime+stime of a process (all its threads) in clock ticks, from /proc.
@@ -279,6 +415,8 @@ fn report(o: &Opts, s: &Stats) {
         ("max_us", format!("{:.1}", s.hist.max_ns() as f64 / 1000.0)),
         ("mean_us", format!("{:.1}", s.hist.mean_ns() / 1000.0)),
         ("errors", s.errors.to_string()),
+        ("lost", s.lost.to_string()),
+        ("late", s.late.to_string()),
         ("server_cpu_us", num(server_us)),
         ("server_cpu_us_per_msg", num(per_msg)),
         ("loadgen_cpu_us", num(cpu_us(s.self_ticks))),
