@@ -18,6 +18,7 @@ usage: netring-loadgen --port P [options]
   --mode M          raw | lp | line | udp (default raw)
   --timeout-ms MS   udp: a datagram unanswered this long is lost and replaced (default 200)
   --server-pid PID  sample this process's utime+stime from /proc at the window edges
+  --extra-pid PID   sample another process too (e.g. a proxy's upstream), as extra_cpu_us
 ";
 
 /// How a message is framed on the wire; the server echoes it unchanged.
@@ -63,6 +64,7 @@ pub struct Opts {
     pub warmup: Duration,
     pub mode: Mode,
     pub server_pid: Option<u32>,
+    pub extra_pid: Option<u32>,
     pub udp_timeout: Duration,
 }
 
@@ -82,6 +84,7 @@ impl Opts {
             warmup: Duration::from_secs(1),
             mode: Mode::Raw,
             server_pid: None,
+            extra_pid: None,
             udp_timeout: Duration::from_millis(200),
         };
         while let Some(key) = args.next() {
@@ -98,6 +101,7 @@ impl Opts {
                 "--duration" => o.duration = secs(&key, &val)?,
                 "--warmup" => o.warmup = secs(&key, &val)?,
                 "--server-pid" => o.server_pid = Some(num(&key, &val)?),
+                "--extra-pid" => o.extra_pid = Some(num(&key, &val)?),
                 "--timeout-ms" => {
                     o.udp_timeout = Duration::from_millis(num(&key, &val)?);
                 }

@@ -6,8 +6,9 @@
 //! exit status 2. After `--warmup` it prints `MEASURE_START` on stderr, counts
 //! messages completed and their latencies (send → last echoed byte) for
 //! `--duration`, prints `MEASURE_END`, and writes one JSON line on stdout.
-//! With `--server-pid` it reads that process's utime+stime at both edges; it
-//! also reads its own and the whole machine's busy time there.
+//! With `--server-pid` it reads that process's utime+stime at both edges (and
+//! with `--extra-pid` another's, e.g. the upstream behind a proxy); it also
+//! reads its own and the whole machine's busy time there.
 //!
 //! `--mode udp` uses `--conns` UDP sockets, each `connect()`ed to the server,
 //! instead (see `udp`): a datagram without a reply after `--timeout-ms` is
@@ -74,6 +75,7 @@ struct Stats {
     errors: u64,
     window: Duration,
     server_ticks: Option<u64>,
+    extra_ticks: Option<u64>,
     self_ticks: Option<u64>,
     machine_ticks: Option<u64>,
     lost: u64,
@@ -202,12 +204,13 @@ fn drive(
     let warm_end = start + o.warmup;
     let end = warm_end + o.duration;
     let server_pid = o.server_pid.map(|p| p.to_string());
+    let extra_pid = o.extra_pid.map(|p| p.to_string());
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; READ_BUF_BYTES];
     let mut hist = Histogram::new();
     let (mut errors, mut alive) = (0, conns.len());
     let mut measuring = false;
-    let (mut server0, mut self0, mut machine0) = (None, None, None);
+    let (mut server0, mut extra0, mut self0, mut machine0) = (None, None, None, None);
     let mut measured_from = warm_end;
     let (mut lost, mut late) = (0, 0);
     let udp = o.mode == Mode::Udp;
@@ -219,12 +222,14 @@ fn drive(
             measuring = true;
             measured_from = now;
             server0 = server_pid.as_deref().and_then(cpu_ticks);
+            extra0 = extra_pid.as_deref().and_then(cpu_ticks);
             self0 = cpu_ticks("self");
             machine0 = machine_busy_ticks();
             eprintln!("MEASURE_START");
         }
         if now >= end || alive == 0 {
             let server1 = server_pid.as_deref().and_then(cpu_ticks);
+            let extra1 = extra_pid.as_deref().and_then(cpu_ticks);
             let self1 = cpu_ticks("self");
             let machine1 = machine_busy_ticks();
             eprintln!("MEASURE_END");
@@ -234,6 +239,7 @@ fn drive(
                 errors,
                 window: now.saturating_duration_since(measured_from),
                 server_ticks: delta(server0, server1),
+                extra_ticks: delta(extra0, extra1),
                 self_ticks: delta(self0, self1),
                 machine_ticks: delta(machine0, machine1),
                 lost,
@@ -419,6 +425,7 @@ fn report(o: &Opts, s: &Stats) {
         ("late", s.late.to_string()),
         ("server_cpu_us", num(server_us)),
         ("server_cpu_us_per_msg", num(per_msg)),
+        ("extra_cpu_us", num(cpu_us(s.extra_ticks))),
         ("loadgen_cpu_us", num(cpu_us(s.self_ticks))),
         ("machine_cpu_us", num(cpu_us(s.machine_ticks))),
         ("window_s", format!("{secs:.3}")),
