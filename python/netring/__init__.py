@@ -32,6 +32,7 @@ from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
 from .udp import DatagramProtocol
+from .workers import WorkerPool
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "Server",
     "TimerHandle",
     "Transport",
+    "WorkerPool",
     "__version__",
     "backend_info",
 ]

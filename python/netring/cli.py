@@ -6,6 +6,10 @@ alike: ``serve echo packet-echo udp-echo --port 5050 --port 5051 --port 5052``. 
 prints exactly one line, ``netring: serving NAME on H:P (backend=B,
 io_threads=N)``, once it accepts connections; the process exits 0 after a
 graceful drain on SIGINT or SIGTERM.
+
+``--workers N`` runs the TCP servers' callbacks on one shared
+``WorkerPool`` of N threads (0: none, on the IO thread); without it, an
+example that needs workers (``line-workers``: 8) gets its default.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from .pool import BACKENDS, IOPool
 from .server import Server
 from .servers import POOL_OPTIONS, SERVERS
+from .workers import WorkerPool
 
 DEFAULT_PORT = 5050
 
@@ -41,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="the proxy's target")
     serve.add_argument("--grace", type=float, default=5.0,
                        help="seconds to drain on shutdown (default 5)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="worker threads for the servers' callbacks, shared (0: none; "
+                            "default: the example's own, line-workers 8)")
+    serve.add_argument("--work-ms", type=float, default=0.0, metavar="MS",
+                       help="line-workers: milliseconds each command sleeps after its "
+                            "query, standing in for a remote call (default 0)")
     return p
 
 
@@ -64,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
+    if args.workers is not None and args.workers < 0:
+        parser.error("--workers: must be >= 0")
+    if args.work_ms < 0:
+        parser.error("--work-ms: must be >= 0")
+    threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
+               for name in names if not SERVERS[name].udp}
     servers: list[Server] = []
     endpoints: list[Any] = []
     try:
@@ -71,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"netring: cannot start the IO pool: {e}", file=sys.stderr)
         return 2
+    workers = None
+    if max(threads.values(), default=0):
+        try:
+            workers = WorkerPool(max(threads.values()))
+        except Exception as e:
+            print(f"netring: cannot start the worker pool: {e}", file=sys.stderr)
+            pool.close(0)
+            return 2
+        logging.getLogger("netring").info("%d worker threads for %s", workers.threads,
+                                          ", ".join(n for n, t in threads.items() if t))
     for name, port in zip(names, ports, strict=True):
         example = SERVERS[name]
         options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
@@ -82,13 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                 host, bound = transport.get_extra_info("sockname")[:2]
             else:
                 server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
-                                **options)
+                                workers=workers if threads[name] else None, **options)
                 server.start()
                 servers.append(server)
                 host, bound = server.host, server.port
         except Exception as e:  # configuration and bind errors: one clear line
             print(f"netring: cannot serve {name}: {e}", file=sys.stderr)
             pool.close(0)
+            if workers is not None:
+                workers.close(0)
             return 2
         print(f"netring: serving {name} on {host}:{bound} "
               f"(backend={pool.backend}, io_threads={pool.io_threads})", flush=True)
@@ -99,4 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     for endpoint in endpoints:
         endpoint.close()
     pool.close(args.grace)
+    if workers is not None:
+        workers.close(args.grace)
     return 0

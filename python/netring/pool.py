@@ -5,7 +5,9 @@ Any number of ``Server``s share one pool (``Server(..., pool=pool)``); a
 ``call_later``, ``call_at`` and ``call_every`` run their callback on one of
 its IO threads (keep callbacks short, as any IO-thread callback), on the
 monotonic clock, with a heap of deadlines per IO thread — thousands of
-timers cost no thread each.
+timers cost no thread each. With ``workers=a_worker_pool`` the IO thread
+only hands the callback to that ``WorkerPool`` at the deadline, for
+callbacks that block.
 
 Threading contract: every method may be called from any thread, including
 from callbacks running on the pool's IO threads.
@@ -23,10 +25,13 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .workers import WorkerPool
 
 __all__ = ["BACKENDS", "IOPool", "TimerHandle", "default_io_threads"]
 
@@ -166,30 +171,45 @@ class IOPool:
 
     # -- timers --------------------------------------------------------------
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Call ``callback(*args)`` on an IO thread after ``delay`` seconds."""
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any,
+                   workers: WorkerPool | None = None) -> TimerHandle:
+        """Call ``callback(*args)`` on an IO thread after ``delay`` seconds
+        (with ``workers=``, on a thread of that ``WorkerPool``)."""
         delay = check_seconds("delay", delay)
-        return self._schedule(delay, None, callback, args)
+        return self._schedule(delay, None, callback, args, workers)
 
-    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        """Call ``callback(*args)`` at ``when`` on ``time.monotonic()``'s clock."""
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any,
+                workers: WorkerPool | None = None) -> TimerHandle:
+        """Call ``callback(*args)`` at ``when`` on ``time.monotonic()``'s clock
+        (with ``workers=``, on a thread of that ``WorkerPool``)."""
         when = check_seconds("when", when)
-        return self._schedule(max(0.0, when - time.monotonic()), None, callback, args)
+        return self._schedule(max(0.0, when - time.monotonic()), None, callback, args, workers)
 
     def call_every(self, interval: float, callback: Callable[..., Any], *args: Any,
-                   first: float | None = None) -> TimerHandle:
+                   first: float | None = None, workers: WorkerPool | None = None) -> TimerHandle:
         """Call ``callback(*args)`` every ``interval`` seconds (first after
         ``first`` seconds, default ``interval``) until cancelled. Missed beats
-        after a stall are skipped, not replayed."""
+        after a stall are skipped, not replayed. With ``workers=``, on a
+        thread of that ``WorkerPool``; a beat is skipped while the previous
+        run is still queued or running."""
         interval = check_seconds("interval", interval, positive=True)
         first = interval if first is None else check_seconds("first", first)
-        return self._schedule(first, interval, callback, args)
+        return self._schedule(first, interval, callback, args, workers)
 
     def _schedule(self, delay: float, interval: float | None, callback: Callable[..., Any],
-                  args: tuple[Any, ...]) -> TimerHandle:
+                  args: tuple[Any, ...], workers: WorkerPool | None = None) -> TimerHandle:
+        from .workers import WorkerPool
+
         if not callable(callback):
             raise TypeError("callback: must be callable")
         fn = (lambda: callback(*args)) if args else callback
+        if workers is not None:
+            if not isinstance(workers, WorkerPool):
+                raise TypeError(
+                    f"workers: must be a netring.WorkerPool, not {type(workers).__name__}")
+            if workers.is_closed():
+                raise ConfigurationError("workers: the WorkerPool is closed")
+            fn = workers._timer_callback(fn, interval is not None)
         when = time.monotonic() + delay
         return TimerHandle(self, self._engine.call_later(delay, fn, interval), when)
 

@@ -1,7 +1,9 @@
 """``netring.Server``: a TCP server whose IO runs in the native engine.
 
-Threading contract: protocol callbacks run on the engine's IO threads; the
-callbacks of one connection never run concurrently. ``serve_forever()``
+Threading contract: protocol callbacks run on the engine's IO threads (with
+``workers=``, every callback after ``connection_made`` runs on a
+``WorkerPool`` thread instead); the callbacks of one connection never run
+concurrently. ``serve_forever()``
 blocks the calling thread with the GIL released, waking every 100 ms so
 that SIGINT and SIGTERM stop it gracefully.
 """
@@ -30,6 +32,7 @@ from .pool import (
     default_io_threads,
     shutdown_all,
 )
+from .workers import WorkerPool, _ServerWork
 
 __all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
 
@@ -83,6 +86,15 @@ class Server:
             the connection after ``count`` unanswered ones (default: off).
             For peers that vanish without a FIN; a dead peer is only certain
             when a send fails, and keepalive makes the kernel try one.
+        workers: run the protocol's callbacks (all but ``connection_made``,
+            which stays on the IO thread) on a ``netring.WorkerPool``, for
+            handlers that block: a pool to share, or a thread count for a
+            private pool that ``shutdown()`` closes. Per-connection order
+            holds; see ``netring.workers``.
+        priority: with a priority pool (``WorkerPool(queue="priority")``, or
+            ``workers=N`` which then makes one), ``priority(packet) -> int``
+            orders work across connections, lower first. It runs on the IO
+            thread for every packet: keep it cheap.
 
     Wrong arguments raise ``TypeError`` or ``ConfigurationError`` (a
     ``ValueError``) here, naming the argument.
@@ -104,6 +116,8 @@ class Server:
         framing: Framing | None = None,
         idle_timeout: float | None = None,
         keepalive: tuple[float, float, int] | None = None,
+        workers: WorkerPool | int | None = None,
+        priority: Callable[[bytes], int] | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -124,6 +138,21 @@ class Server:
         self._idle_timeout = (None if idle_timeout is None
                               else check_seconds("idle_timeout", idle_timeout, positive=True))
         self._keepalive = check_keepalive(keepalive)
+        if priority is not None and not callable(priority):
+            raise TypeError(f"priority: must be callable, not {type(priority).__name__}")
+        if isinstance(workers, WorkerPool):
+            if workers.is_closed():
+                raise ConfigurationError("workers: the WorkerPool is closed")
+            if priority is not None and workers.queue != "priority":
+                raise ConfigurationError(
+                    'priority: needs a WorkerPool(queue="priority"), not a FIFO one')
+        elif workers is not None:
+            check_int("workers", workers, 1, 1024)
+        elif priority is not None:
+            raise ConfigurationError("priority: needs workers= (a priority WorkerPool)")
+        self._workers_arg = workers
+        self._priority = priority
+        self._work: _ServerWork | None = None
         pool_args = {"io_threads": io_threads, "backend": backend, "buffer_size": buffer_size,
                      "buffers_per_thread": buffers_per_thread}
         if pool is not None:
@@ -163,16 +192,34 @@ class Server:
                 return
             if self._pool is None or (self._own_pool and self._pool.is_closed()):
                 self._pool = IOPool(**(self._pool_args or {}))
+            factory = self._factory
+            work = None
+            if self._workers_arg is not None:
+                work = self._make_work()
+                factory = work.factory(self._factory)
             try:
                 listener, host, port = self._pool._engine.listen(
-                    self._host, self._port, self._backlog, self._reuse_port, self._factory,
+                    self._host, self._port, self._backlog, self._reuse_port, factory,
                     self._framing._spec(), self._idle_timeout, self._keepalive)
             except BaseException:
+                if work is not None and work.owned:
+                    work.pool.close(0.0)
                 if self._own_pool:
                     self._pool.close(0.0)
                 raise
+            self._work = work
             self._listener, self._host, self._port = listener, host, port
             self._stop.clear()
+
+    def _make_work(self) -> _ServerWork:
+        workers = self._workers_arg
+        if isinstance(workers, WorkerPool):
+            if workers.is_closed():
+                raise ConfigurationError("workers: the WorkerPool is closed")
+            return _ServerWork(workers, self._priority, owned=False)
+        assert isinstance(workers, int)
+        queue = "fifo" if self._priority is None else "priority"
+        return _ServerWork(WorkerPool(workers, queue=queue), self._priority, owned=True)
 
     def serve_forever(self, grace: float = DEFAULT_GRACE_SECONDS,
                       on_ready: Callable[[], Any] | None = None) -> None:
@@ -202,17 +249,33 @@ class Server:
         """Stop accepting, flush and close this server's connections, abort
         what is still open after ``grace`` seconds; with its own pool, join
         the IO threads. ``connection_lost`` has run for every connection
-        when this returns (unless called from one of its own callbacks)."""
+        when this returns (unless called from one of its own callbacks).
+
+        With ``workers=``: stop accepting and reading, let the workers finish
+        the queued work within ``grace``, then close; work still queued then
+        is dropped (``connection_lost`` still runs, within half a second
+        more), and a worker still inside a callback is logged by thread
+        name. A private worker pool is closed."""
         self._stop.set()
         with self._lock:
             listener, self._listener = self._listener, None
+            work, self._work = self._work, None
         pool = self._pool
         if listener is None or pool is None:
             return
-        if self._own_pool:
-            pool.close(float(grace))
-        else:
-            pool._engine.close_listener(listener, float(grace))
+        grace = check_seconds("grace", grace)
+
+        def close_connections(remaining: float) -> None:
+            if self._own_pool:
+                pool.close(remaining)
+            else:
+                pool._engine.close_listener(listener, remaining)
+
+        if work is None:
+            close_connections(grace)
+            return
+        pool._engine.unlisten(listener)
+        work.shutdown(grace, close_connections)
 
     close = shutdown
 
@@ -247,6 +310,13 @@ class Server:
         return self._pool
 
     @property
+    def workers(self) -> WorkerPool | None:
+        """The worker pool callbacks run on (a private one once started), or None."""
+        if self._work is not None:
+            return self._work.pool
+        return self._workers_arg if isinstance(self._workers_arg, WorkerPool) else None
+
+    @property
     def framing(self) -> Framing:
         """The framing new connections start with."""
         return self._framing
@@ -275,13 +345,17 @@ class Server:
         """Counters: connections_open, connections_accepted,
         connections_closed, bytes_in, bytes_out (over the whole pool when it
         is shared), server_connections_open (this server's), backend,
-        backend_fallback_reason, io_threads."""
+        backend_fallback_reason, io_threads; with ``workers=``, ``workers``:
+        the pool's ``WorkerPool.stats()``."""
         if self._pool is None:
             return {"connections_open": 0, "connections_accepted": 0,
                     "connections_closed": 0, "bytes_in": 0, "bytes_out": 0,
                     "server_connections_open": 0, "backend": self.backend,
                     "backend_fallback_reason": None, "io_threads": self.io_threads}
         stats = self._pool.stats()
+        work = self._work
+        if work is not None:
+            stats["workers"] = work.pool.stats()
         listener = self._listener
         stats["server_connections_open"] = (
             0 if listener is None else self._pool._engine.listener_connections(listener))

@@ -14,6 +14,7 @@ from ..pool import IOPool
 from .echo import Echo
 from .kv import KV
 from .line import LineEcho
+from .line_workers import line_workers_factory
 from .packet_echo import PacketEcho
 from .proxy import proxy_factory
 from .udp_echo import UdpEcho
@@ -29,7 +30,8 @@ class Example:
     ``build``, when set, makes the factory from the IO pool and the CLI's
     arguments (the proxy needs both); ``factory`` is then unused. ``udp``
     examples are served by ``IOPool.create_datagram_endpoint`` instead of a
-    ``Server`` (their ``options`` go to it).
+    ``Server`` (their ``options`` go to it). ``workers``, when set, is the
+    example's default number of worker threads (``--workers`` overrides it).
     """
 
     factory: Callable[[], Any] | None
@@ -37,6 +39,7 @@ class Example:
     options: dict[str, Any] = field(default_factory=dict)
     build: Callable[[IOPool, Any], Callable[[], Any]] | None = None
     udp: bool = False
+    workers: int | None = None
 
     def make_factory(self, pool: IOPool, args: Any) -> Callable[[], Any]:
         """The protocol factory to serve."""
@@ -51,6 +54,10 @@ def _proxy(pool: IOPool, args: Any) -> Callable[[], Any]:
     if not host or not port.isdigit():
         raise ValueError("upstream: give the proxy's target as --upstream HOST:PORT")
     return proxy_factory(pool, host.strip("[]"), int(port))
+
+
+def _line_workers(pool: IOPool, args: Any) -> Callable[[], Any]:
+    return line_workers_factory(float(getattr(args, "work_ms", 0.0) or 0.0))
 
 
 SERVERS: dict[str, Example] = {
@@ -70,6 +77,10 @@ SERVERS: dict[str, Example] = {
     "proxy": Example(None, "a TCP port forwarder to --upstream HOST:PORT, backpressure both ways",
                      build=_proxy),
     "udp-echo": Example(UdpEcho, "UDP: every datagram back to its sender", udp=True),
+    "line-workers": Example(
+        None, "CRLF command lines, each a SQLite query (+ --work-ms sleep) on a worker pool "
+        "(--workers, default 8)",
+        {"framing": Delimited(b"\r\n")}, build=_line_workers, workers=8),
 }
 
 #: Server options that belong to the IO pool when several servers share one.

@@ -1,0 +1,820 @@
+"""``netring.WorkerPool``: business-logic threads for handlers that block.
+
+Protocol callbacks normally run on the IO threads. A handler that blocks
+there (a database query, a file, a call to another service) stops every
+other connection of that IO thread. ``Server(..., workers=pool)`` moves the
+protocol's callbacks to a pool of Python threads fed by a bounded queue, so
+IO threads only do IO.
+
+Where each callback runs with ``workers=``:
+
+- ``connection_made(transport)``: on the IO thread, at once (keep it cheap:
+  set up state; the transport is ready and may be written to).
+- ``data_received`` / ``packet_received`` / ``packets_received``,
+  ``eof_received``, ``timeout_received``, ``pause_writing`` /
+  ``resume_writing`` and, last, ``connection_lost``: on a worker thread, in
+  the order the IO thread saw them.
+
+Guarantees:
+
+- **Per-connection order.** The callbacks of one connection run one at a
+  time, in arrival order, never concurrently; different connections run in
+  parallel on different workers (Netty's ordered executors).
+- **Priority.** With ``queue="priority"`` and ``Server(priority=fn)``
+  (``fn(packet) -> int``, run on the IO thread: keep it cheap), lower runs
+  first across connections, per-connection order still holding: a
+  connection waits in the queue under the priority of its *oldest* queued
+  packet (head of line), equal priorities in arrival order.
+- **Bounded, with backpressure.** ``max_queued`` packets and
+  ``max_queued_bytes`` bytes. Reaching either makes every connection that
+  delivers more stop reading (the engine pauses its recv; TCP flow control
+  then slows the peer) until the queue drains to half of both limits. Nothing
+  is dropped.
+- **Isolation.** An exception in a callback is logged once with the peer's
+  address and aborts that connection only; ``connection_lost`` receives the
+  exception; the worker goes on.
+
+Threads and the GIL: blocking calls (sockets, files, ``time.sleep``,
+``sqlite3`` queries, most C extensions' I/O) release the GIL, so N workers
+overlap N blocking calls. CPU-bound *Python* handlers gain nothing from
+threads on a GIL build of CPython — and they take the GIL from the IO
+threads; use processes for that. This pool is for blocking work.
+
+Design notes: ``docs/workers.md``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import heapq
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["QUEUES", "WorkerPool"]
+
+_log = logging.getLogger("netring")
+_monotonic = time.monotonic
+
+QUEUES = ("fifo", "priority")
+#: Default queue limit in packets (chunks under ``Raw`` framing).
+DEFAULT_MAX_QUEUED_PACKETS = 10_000
+#: Default queue limit in bytes.
+DEFAULT_MAX_QUEUED_BYTES = 64 << 20
+#: Seconds ``close()`` lets queued work finish before dropping it.
+DEFAULT_GRACE_SECONDS = 5.0
+#: After the grace, seconds given to ``connection_lost`` callbacks still queued.
+LOST_GRACE_SECONDS = 0.5
+#: Items (one read's packets, or one event) of one connection a worker runs
+#: per turn in a FIFO pool before the connection goes to the back of the queue.
+FIFO_ITEMS_PER_TURN = 8
+
+# Item kinds. An item is a tuple (kind, arg, nbytes, npackets, enqueued_at,
+# priority, seq); only data items (npackets > 0) count against the limits.
+_DATA, _PACKETS, _PACKET, _EOF, _TIMEOUT, _PAUSE_W, _RESUME_W, _LOST, _CALL = range(9)
+_NAMES = {_DATA: "data_received", _PACKETS: "packet_received", _PACKET: "packet_received",
+          _EOF: "eof_received", _TIMEOUT: "timeout_received", _PAUSE_W: "pause_writing",
+          _RESUME_W: "resume_writing", _LOST: "connection_lost", _CALL: "a task"}
+
+# Who paused a connection's reading (a bit mask: reading resumes when none is left).
+_USER, _POOL, _SHUTDOWN = 1, 2, 4
+
+_live: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name}: must be between {low} and {high}, not {value}")
+    return value
+
+
+def format_peer(peer: Any) -> str:
+    """``host:port`` (``[v6]:port``) as the engine logs it, or ``?``."""
+    if not isinstance(peer, tuple) or len(peer) < 2:
+        return "?"
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+
+
+class _Unit:
+    """Something with its own ordered queue of items: a connection or a task.
+
+    ``scheduled`` is true while the unit is in the pool's ready queue or a
+    worker runs it: a unit is never in the ready queue twice, which is what
+    makes its items run one at a time, in order.
+    """
+
+    __slots__ = ("__weakref__", "items", "runner", "scheduled")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[Any, ...]] = deque()
+        self.scheduled = False
+        self.runner: str | None = None  # the worker thread's name while it runs
+
+    def run(self, items: list[tuple[Any, ...]]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _Task(_Unit):
+    """A plain callable: ``WorkerPool.submit`` and timers with ``workers=``."""
+
+    __slots__ = ("fn", "future", "what")
+
+    def __init__(self, fn: Callable[[], Any], what: str,
+                 future: concurrent.futures.Future[Any] | None = None) -> None:
+        super().__init__()
+        self.fn, self.what, self.future = fn, what, future
+
+    def run(self, items: list[tuple[Any, ...]]) -> None:
+        for _ in items:
+            future = self.future
+            if future is not None:
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    future.set_result(self.fn())
+                except BaseException as e:
+                    future.set_exception(e)
+                continue
+            try:
+                self.fn()
+            except BaseException:
+                _log.exception("netring: exception in %s", self.what)
+
+    def describe(self) -> str:
+        return self.what
+
+
+class WorkerPool:
+    """A pool of business-logic threads fed by a bounded queue.
+
+    Args:
+        threads: worker threads (1 to 1024), started at construction.
+        queue: ``"fifo"`` (default) or ``"priority"`` (lower runs first; a
+            ``Server`` on it takes ``priority=fn``).
+        max_queued: queued packets (chunks under ``Raw`` framing) at which
+            the connections feeding the pool stop reading (default 10,000).
+        max_queued_bytes: queued bytes at which they stop (default 64 MiB).
+        name: thread name prefix (threads are ``NAME-0``, ``NAME-1``, ...).
+
+    Reading resumes when the queue is back to half of both limits. A
+    connection delivers at most one more read after the limit is reached, so
+    memory is bounded by ``max_queued_bytes`` plus one receive buffer
+    (``buffer_size``) per connection.
+
+    Share one pool between servers (``Server(..., workers=pool)``) or give a
+    server a thread count (``workers=8``) for a private pool it closes.
+    ``submit(fn, *args)`` runs any callable on the pool, and
+    ``IOPool.call_later(..., workers=pool)`` runs timers here.
+
+    Threading contract: every method may be called from any thread. The
+    callbacks of one connection never run concurrently and run in order.
+    Blocking calls release the GIL; CPU-bound Python code gains nothing from
+    threads on a GIL build (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        threads: int,
+        *,
+        queue: str = "fifo",
+        max_queued: int = DEFAULT_MAX_QUEUED_PACKETS,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        name: str = "netring-worker",
+    ) -> None:
+        self._threads_n = _check_int("threads", threads, 1, 1024)
+        if not isinstance(queue, str):
+            raise TypeError(f"queue: must be a str, not {type(queue).__name__}")
+        if queue not in QUEUES:
+            raise ConfigurationError(f"queue: must be one of {QUEUES}, not {queue!r}")
+        self._max_packets = _check_int("max_queued", max_queued, 1, 1 << 40)
+        self._max_bytes = _check_int("max_queued_bytes", max_queued_bytes, 1, 1 << 50)
+        if not isinstance(name, str):
+            raise TypeError(f"name: must be a str, not {type(name).__name__}")
+        if not name:
+            raise ConfigurationError("name: must not be empty")
+        self._low_packets = self._max_packets // 2
+        self._low_bytes = self._max_bytes // 2
+        self._queue = queue
+        self._priority = queue == "priority"
+        self._name = name
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._ready: Any = [] if self._priority else deque()
+        self._seq = 0
+        self._queued_packets = 0
+        self._queued_bytes = 0
+        self._pausing = False  # over the limit, not yet back to low water
+        self._paused: set[_WorkerProtocol] = set()
+        self._idle = 0
+        self._busy = 0
+        self._completed = 0
+        self._started_items = 0
+        self._wait_total = 0.0
+        self._closing = False
+        self._closed = False
+        self._running: dict[str, _Unit] = {}  # worker thread name -> the unit it runs
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(self._threads_n)
+        ]
+        for t in self._threads:
+            t.start()
+        _live.add(self)
+
+    # -- the queue -------------------------------------------------------------
+
+    def _push(self, unit: _Unit, kind: int, arg: Any, nbytes: int, npackets: int,
+              prio: int) -> bool:
+        """Queue one item of ``unit``; False if the pool is closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            seq = self._seq
+            self._seq = seq + 1
+            unit.items.append((kind, arg, nbytes, npackets, _monotonic(), prio, seq))
+            if npackets:
+                self._queued_packets += npackets
+                self._queued_bytes += nbytes
+                if self._pausing or (self._queued_packets >= self._max_packets
+                                     or self._queued_bytes >= self._max_bytes):
+                    self._pausing = True
+                    if isinstance(unit, _WorkerProtocol) and not unit.mask & _POOL:
+                        self._flip(unit, _POOL, True)
+            elif kind == _LOST and unit in self._paused:
+                self._paused.discard(unit)  # type: ignore[arg-type]
+            if not unit.scheduled:
+                unit.scheduled = True
+                if self._priority:
+                    heapq.heappush(self._ready, (prio, seq, unit))
+                else:
+                    self._ready.append(unit)
+                if self._idle:
+                    self._cond.notify()
+            return True
+
+    def _requeue(self, unit: _Unit) -> None:
+        """After a turn: back to the ready queue if it has more (lock held)."""
+        if not unit.items:
+            unit.scheduled = False
+            return
+        if self._priority:
+            head = unit.items[0]
+            heapq.heappush(self._ready, (head[5], head[6], unit))
+        else:
+            self._ready.append(unit)
+        if self._idle:
+            self._cond.notify()
+
+    def _flip(self, unit: _WorkerProtocol, bit: int, on: bool) -> None:
+        """Set or clear one reason for ``unit`` not to read (lock held); the
+        transport pauses on the first reason and resumes when none is left.
+
+        NOTE: every pause/resume of a served connection goes through here
+        under the pool's lock, so the transport's calls (immediate on the IO
+        thread, through the mailbox from workers) never cross.
+        """
+        old = unit.mask
+        new = old | bit if on else old & ~bit
+        if new == old:
+            return
+        unit.mask = new
+        if bit == _POOL:
+            if on:
+                self._paused.add(unit)
+            else:
+                self._paused.discard(unit)
+        transport = unit.transport
+        if transport is None:
+            return
+        if not old:
+            transport.pause_reading()
+        elif not new:
+            transport.resume_reading()
+
+    def _set_paused(self, unit: _WorkerProtocol, bit: int, on: bool) -> None:
+        with self._lock:
+            self._flip(unit, bit, on)
+
+    def _work(self) -> None:
+        """A worker thread: take a unit, run a turn of its items, repeat."""
+        cond = self._cond
+        me = threading.current_thread().name
+        unit: _Unit | None = None
+        taken: list[tuple[Any, ...]] = []
+        per_turn = 1 if self._priority else FIFO_ITEMS_PER_TURN
+        while True:
+            with cond:
+                if unit is not None:
+                    self._busy -= 1
+                    self._completed += sum(max(1, it[3]) for it in taken)
+                    unit.runner = None
+                    del self._running[me]
+                    self._requeue(unit)
+                    unit = None
+                while not self._ready:
+                    if self._closing:
+                        return
+                    self._idle += 1
+                    cond.wait()
+                    self._idle -= 1
+                if self._priority:
+                    unit = heapq.heappop(self._ready)[2]
+                else:
+                    unit = self._ready.popleft()
+                items = unit.items
+                taken = [items.popleft() for _ in range(min(per_turn, len(items)))]
+                now = _monotonic()
+                for it in taken:
+                    self._queued_packets -= it[3]
+                    self._queued_bytes -= it[2]
+                    self._wait_total += now - it[4]
+                self._started_items += len(taken)
+                self._busy += 1
+                unit.runner = me
+                self._running[me] = unit
+                if (self._pausing and self._queued_packets <= self._low_packets
+                        and self._queued_bytes <= self._low_bytes):
+                    self._pausing = False
+                    for u in list(self._paused):
+                        self._flip(u, _POOL, False)
+            if taken:
+                try:
+                    unit.run(taken)
+                except BaseException:  # run() isolates callbacks; this is a bug
+                    _log.exception("netring: worker %s: unexpected error", me)
+
+    def _drop(self, units: Iterable[_Unit], keep: int | None = _LOST) -> int:
+        """Drop the queued items of ``units`` except those of kind ``keep``;
+        returns how many were dropped."""
+        dropped = 0
+        with self._lock:
+            for unit in units:
+                if isinstance(unit, _WorkerProtocol):
+                    unit.dropped = True  # a read's packets running now stop too
+                items = unit.items
+                if not items:
+                    continue
+                kept = [it for it in items if it[0] == keep]
+                for it in items:
+                    if it[0] != keep:
+                        self._queued_packets -= it[3]
+                        self._queued_bytes -= it[2]
+                        dropped += 1
+                items.clear()
+                items.extend(kept)
+        return dropped
+
+    # -- public API ------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               priority: int = 0) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args)`` on a worker; returns a ``concurrent.futures.Future``.
+
+        Tasks do not count against ``max_queued`` (nothing to pause). In a
+        priority pool they run under ``priority`` (default 0).
+        """
+        if not callable(fn):
+            raise TypeError("fn: must be callable")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority: must be an int, not {type(priority).__name__}")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        call = (lambda: fn(*args)) if args else fn
+        task = _Task(call, f"task {getattr(fn, '__qualname__', fn)!r}", future)
+        if not self._push(task, _CALL, None, 0, 0, priority):
+            raise RuntimeError("the WorkerPool is closed")
+        return future
+
+    def _timer_callback(self, callback: Callable[[], Any], repeating: bool) -> Callable[[], None]:
+        """An IO-thread timer callback that runs ``callback`` on this pool.
+        A repeating timer skips a beat while its previous run is still queued
+        or running (as IO-thread timers skip missed beats)."""
+        shared = _Task(callback, "a timer callback") if repeating else None
+
+        def fire() -> None:
+            task = shared if shared is not None else _Task(callback, "a timer callback")
+            if shared is not None and shared.scheduled:
+                return
+            self._push(task, _CALL, None, 0, 0, 0)
+
+        return fire
+
+    def close(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
+        """Let the queued work finish within ``grace`` seconds, then drop
+        what is left (``connection_lost`` callbacks still run, for up to
+        half a second more) and stop the threads. A worker still running a
+        callback after that is logged by name and left to finish (its thread
+        is a daemon). Idempotent. Close the servers using the pool first."""
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0:
+            raise ConfigurationError(f"grace: must be a non-negative number, not {grace!r}")
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        deadline = _monotonic() + float(grace)
+        me = threading.current_thread()
+        others = [t for t in self._threads if t is not me]
+        for t in others:
+            t.join(max(0.0, deadline - _monotonic()))
+        with self._lock:
+            units = [entry if isinstance(entry, _Unit) else entry[2] for entry in self._ready]
+            units += self._running.values()
+            self._closed = True
+        if self._drop(units):
+            _log.warning("netring: %s: work still queued after the %.3g s grace was dropped",
+                         self._name, grace)
+        late = _monotonic() + LOST_GRACE_SECONDS
+        for t in others:
+            t.join(max(0.0, late - _monotonic()))
+        self.report_overrun("closing the pool")
+        _live.discard(self)
+
+    def report_overrun(self, when: str, units: set[Any] | None = None) -> list[str]:
+        """Log each worker thread still running a callback (of ``units``, if
+        given), by name; returns the names."""
+        with self._lock:
+            running = list(self._running.items())
+        names = []
+        for name, unit in running:
+            if units is not None and unit not in units:
+                continue
+            _log.warning("netring: worker thread %s still running %s after the grace period "
+                         "(%s)", name, unit.describe(), when)
+            names.append(name)
+        return names
+
+    def is_closed(self) -> bool:
+        """Whether ``close()`` has run."""
+        return self._closed
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def threads(self) -> int:
+        """Number of worker threads."""
+        return self._threads_n
+
+    @property
+    def queue(self) -> str:
+        """``"fifo"`` or ``"priority"``."""
+        return self._queue
+
+    @property
+    def name(self) -> str:
+        """The thread name prefix."""
+        return self._name
+
+    @property
+    def max_queued(self) -> int:
+        """The queue limit in packets."""
+        return self._max_packets
+
+    @property
+    def max_queued_bytes(self) -> int:
+        """The queue limit in bytes."""
+        return self._max_bytes
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: ``threads``, ``queue``, ``queued_packets``,
+        ``queued_bytes`` (waiting, not yet taken by a worker),
+        ``max_queued``, ``max_queued_bytes``, ``busy_workers``,
+        ``completed`` (packets, events and tasks handled),
+        ``wait_seconds_total`` and ``mean_wait_seconds`` (from queued to
+        taken by a worker), ``paused_connections`` (reading stopped by the
+        pool) and ``closed``."""
+        with self._lock:
+            started = self._started_items
+            return {
+                "threads": self._threads_n,
+                "queue": self._queue,
+                "queued_packets": self._queued_packets,
+                "queued_bytes": self._queued_bytes,
+                "max_queued": self._max_packets,
+                "max_queued_bytes": self._max_bytes,
+                "busy_workers": self._busy,
+                "completed": self._completed,
+                "wait_seconds_total": self._wait_total,
+                "mean_wait_seconds": self._wait_total / started if started else 0.0,
+                "paused_connections": len(self._paused),
+                "closed": self._closed,
+            }
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<netring.WorkerPool {self._name} threads={self._threads_n} {self._queue} {state}>"
+
+
+class _WorkerTransport:
+    """The transport a protocol served by a ``WorkerPool`` sees.
+
+    The engine's transport with the same methods (bound straight through, so
+    ``write`` costs nothing extra), except: ``pause_reading`` /
+    ``resume_reading`` / ``is_reading`` are the protocol's own (the pool
+    pauses reading for backpressure too, and never resumes a connection its
+    protocol paused); ``get_protocol()`` is the user's protocol; and
+    ``set_framing`` works only in ``connection_made`` (later, the IO thread
+    may already have cut the following packets under the old rule).
+    """
+
+    __slots__ = ("_owner", "_transport", "abort", "can_write_eof", "close", "get_extra_info",
+                 "get_write_buffer_limits", "get_write_buffer_size", "is_closing",
+                 "send_packet", "set_idle_timeout", "set_write_buffer_limits", "write",
+                 "write_eof", "writelines")
+
+    def __init__(self, transport: Any, owner: _WorkerProtocol) -> None:
+        self._transport = transport
+        self._owner = owner
+        for name in ("abort", "can_write_eof", "close", "get_extra_info",
+                     "get_write_buffer_limits", "get_write_buffer_size", "is_closing",
+                     "send_packet", "set_idle_timeout", "set_write_buffer_limits", "write",
+                     "write_eof", "writelines"):
+            setattr(self, name, getattr(transport, name))
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer. Items already queued for the pool
+        still arrive (they were read before)."""
+        self._owner.pool._set_paused(self._owner, _USER, True)
+
+    def resume_reading(self) -> None:
+        """Resume reading (unless the pool holds it paused for backpressure:
+        then when the queue drains)."""
+        self._owner.pool._set_paused(self._owner, _USER, False)
+
+    def is_reading(self) -> bool:
+        """False after ``pause_reading()`` or once closing."""
+        return not self._owner.mask & _USER and not self._transport.is_closing()
+
+    def get_protocol(self) -> Any:
+        """The protocol this transport feeds."""
+        return self._owner.user
+
+    def set_framing(self, framing: Any) -> None:
+        """Change the framing; only inside ``connection_made`` with workers."""
+        if not self._owner.in_made:
+            raise RuntimeError(
+                "set_framing() on a connection served by a WorkerPool works only in "
+                "connection_made(): the IO thread may already have cut the next packets")
+        self._transport.set_framing(framing)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def __repr__(self) -> str:
+        return f"<netring worker transport {self._transport!r}>"
+
+
+class _WorkerProtocol(_Unit):
+    """The protocol the engine sees: runs ``connection_made`` on the IO
+    thread and queues every later callback to the pool, in order."""
+
+    __slots__ = ("_data", "_packet", "_packets", "dropped", "failed", "group", "in_made",
+                 "last_prio",
+                 "mask", "peer", "pool", "priority", "transport", "user", "view")
+
+    def __init__(self, user: Any, group: _ServerWork) -> None:
+        super().__init__()
+        self.user = user
+        self.group = group
+        self.pool = group.pool
+        self.priority = group.priority
+        self.transport: Any = None
+        self.view: _WorkerTransport | None = None
+        self.peer: Any = None
+        self.mask = 0
+        self.failed: BaseException | None = None
+        self.dropped = False  # shutdown dropped its work: run nothing but connection_lost
+        self.in_made = False
+        self.last_prio = 0
+        self._data = getattr(user, "data_received", None)
+        self._packets = getattr(user, "packets_received", None)
+        self._packet = getattr(user, "packet_received", None)
+
+    # -- on the IO thread ------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self.view = _WorkerTransport(transport, self)
+        self.group.add(self)
+        self.in_made = True
+        try:
+            self.user.connection_made(self.view)
+        finally:
+            self.in_made = False
+
+    def _queue(self, kind: int, arg: Any = None, nbytes: int = 0, npackets: int = 0,
+               prio: int | None = None) -> None:
+        if prio is None:
+            prio = self.last_prio
+        if not self.pool._push(self, kind, arg, nbytes, npackets, prio):
+            self._pool_closed(kind, arg)
+
+    def _pool_closed(self, kind: int, arg: Any) -> None:
+        """The pool was closed under a live connection: abort it; its
+        ``connection_lost`` runs here if nothing of it can still be running."""
+        if kind == _LOST:
+            self.group.discard(self)
+            if not self.scheduled:
+                try:
+                    self.user.connection_lost(self.failed if self.failed is not None else arg)
+                except BaseException:
+                    _log.exception("netring: exception in connection_lost for %s",
+                                   format_peer(self.peer))
+            return
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        prio = 0
+        if self.priority is not None:
+            prio = self.last_prio = self.priority(data)
+        self._queue(_DATA, data, len(data), 1, prio)
+
+    def packets_received(self, packets: list[bytes]) -> None:
+        fn = self.priority
+        if fn is None:
+            self._queue(_PACKETS, packets, sum(map(len, packets)), len(packets), 0)
+            return
+        for packet in packets:
+            prio = self.last_prio = fn(packet)
+            self._queue(_PACKET, packet, len(packet), 1, prio)
+
+    def eof_received(self) -> bool:
+        self._queue(_EOF)
+        return True  # half-open until the user's eof_received has run
+
+    def timeout_received(self) -> None:
+        self._queue(_TIMEOUT)
+
+    def pause_writing(self) -> None:
+        self._queue(_PAUSE_W)
+
+    def resume_writing(self) -> None:
+        self._queue(_RESUME_W)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._queue(_LOST, exc)
+
+    # -- on a worker -------------------------------------------------------------
+
+    def run(self, items: list[tuple[Any, ...]]) -> None:
+        user = self.user
+        for item in items:
+            kind, arg = item[0], item[1]
+            if (self.failed is not None or self.dropped) and kind != _LOST:
+                continue  # aborted, or shut down past the grace: drop what it sent
+            try:
+                if kind == _PACKETS:
+                    if self._packets is not None:
+                        self._packets(arg)
+                    else:
+                        packet_received = self._packet
+                        assert packet_received is not None
+                        for packet in arg:
+                            if self.failed is not None or self.dropped:
+                                break
+                            packet_received(packet)
+                elif kind == _DATA:
+                    self._data(arg)  # type: ignore[misc]
+                elif kind == _PACKET:
+                    if self._packets is not None:
+                        self._packets([arg])
+                    else:
+                        self._packet(arg)  # type: ignore[misc]
+                elif kind == _EOF:
+                    if not user.eof_received():
+                        self.transport.close()
+                elif kind == _LOST:
+                    self.group.discard(self)
+                    user.connection_lost(self.failed if self.failed is not None else arg)
+                elif kind == _TIMEOUT:
+                    handler = getattr(user, "timeout_received", None)
+                    if handler is None:
+                        self.transport.close()  # asyncio protocols know no idle timeouts
+                    else:
+                        handler()
+                elif kind == _PAUSE_W:
+                    user.pause_writing()
+                elif kind == _RESUME_W:
+                    user.resume_writing()
+            except BaseException as e:
+                self._fail(kind, e)
+
+    def _fail(self, kind: int, exc: BaseException) -> None:
+        peer = format_peer(self.peer)
+        if kind == _LOST:
+            _log.error("netring: exception in connection_lost for %s", peer, exc_info=exc)
+            return
+        if self.failed is not None:
+            return
+        self.failed = exc
+        _log.error("netring: exception in %s for %s; closing the connection",
+                   _NAMES.get(kind, "a callback"), peer, exc_info=exc)
+        self.transport.abort()
+
+    def describe(self) -> str:
+        return f"a callback of {type(self.user).__name__} for {format_peer(self.peer)}"
+
+
+class _ServerWork:
+    """One server's side of a WorkerPool: wraps its protocol factory and
+    tracks its live connections, for shutdown."""
+
+    def __init__(self, pool: WorkerPool, priority: Callable[[bytes], int] | None,
+                 owned: bool) -> None:
+        self.pool = pool
+        self.priority = priority
+        self.owned = owned
+        self.lock = threading.Lock()
+        self.live: set[_WorkerProtocol] = set()
+
+    def factory(self, user_factory: Callable[[], Any]) -> Callable[[], _WorkerProtocol]:
+        def make() -> _WorkerProtocol:
+            return _WorkerProtocol(user_factory(), self)
+        return make
+
+    def add(self, conn: _WorkerProtocol) -> None:
+        with self.lock:
+            self.live.add(conn)
+
+    def discard(self, conn: _WorkerProtocol) -> None:
+        with self.lock:
+            self.live.discard(conn)
+
+    def snapshot(self) -> list[_WorkerProtocol]:
+        with self.lock:
+            return list(self.live)
+
+    def stop_reading(self) -> None:
+        """Shutdown: no connection of this server reads any more."""
+        for conn in self.snapshot():
+            self.pool._set_paused(conn, _SHUTDOWN, True)
+
+    def wait_idle(self, deadline: float, *, until_gone: bool = False) -> bool:
+        """Wait until no connection of this server has queued or running
+        work (``until_gone``: until every ``connection_lost`` has run), or
+        ``deadline``. A unit run by the calling thread (shutdown from a
+        callback) counts as idle."""
+        me = threading.current_thread().name
+        while True:
+            conns = self.snapshot()
+            if until_gone:
+                busy = [c for c in conns if c.runner != me]
+            else:
+                busy = [c for c in conns if c.scheduled and c.runner != me]
+            if not busy or _monotonic() >= deadline:
+                return not busy
+            time.sleep(0.005)
+
+    def drop_queued(self) -> int:
+        """Drop the queued data and events of this server's connections
+        (their ``connection_lost`` stays)."""
+        return self.pool._drop(self.snapshot())
+
+    def shutdown(self, grace: float, close_connections: Callable[[float], Any]) -> None:
+        """Stop reading, let queued work finish within ``grace``, close the
+        connections (``close_connections(remaining_grace)``), run their
+        ``connection_lost``, log workers that overran."""
+        deadline = _monotonic() + grace
+        self.stop_reading()
+        if not self.wait_idle(deadline):
+            dropped = self.drop_queued()
+            if dropped:
+                _log.warning("netring: %d queued callbacks dropped: the %.3g s shutdown "
+                             "grace ran out", dropped, grace)
+        close_connections(max(0.0, deadline - _monotonic()))
+        late = max(deadline, _monotonic()) + LOST_GRACE_SECONDS
+        if not self.wait_idle(late, until_gone=True):
+            self.drop_queued()
+            units = set(self.snapshot())
+            self.pool.report_overrun("shutting down a server", units)
+        if self.owned:
+            self.pool.close(0.0)
+
+
+def _close_all() -> None:
+    """At interpreter exit: stop every pool's threads without waiting for work."""
+    for pool in list(_live):
+        pool.close(0.0)
+
+
+atexit.register(_close_all)
