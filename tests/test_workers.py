@@ -424,6 +424,7 @@ def test_shutdown_with_a_full_queue_completes_within_grace(
     socks = [connect(server) for _ in range(8)]
     try:
         socks[0].sendall(b"stuck\r\n")
+        assert wait_until(lambda: wp.stats()["busy_workers"] == 1)
         for s in socks[1:]:
             s.sendall(b"work\r\n" * 200)  # 1400 x 20 ms on 2 threads: 14 s of work
         assert wait_until(lambda: wp.stats()["paused_connections"] > 0)

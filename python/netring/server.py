@@ -19,6 +19,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from . import _native
+from ._served import _ServerWork
 from .errors import ConfigurationError
 from .framing import Delimited, Exactly, Framing, LengthPrefixed, Raw
 from .pool import (
@@ -32,7 +33,7 @@ from .pool import (
     default_io_threads,
     shutdown_all,
 )
-from .workers import WorkerPool, _ServerWork
+from .workers import WorkerPool
 
 __all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
 

@@ -55,9 +55,12 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._served import _WorkerProtocol
 
 __all__ = ["QUEUES", "WorkerPool"]
 
@@ -115,6 +118,7 @@ class _Unit:
     """
 
     __slots__ = ("__weakref__", "items", "runner", "scheduled")
+    is_conn = False  # a served connection (``netring._served``), with pause bits
 
     def __init__(self) -> None:
         self.items: deque[tuple[Any, ...]] = deque()
@@ -252,8 +256,8 @@ class WorkerPool:
                 if self._pausing or (self._queued_packets >= self._max_packets
                                      or self._queued_bytes >= self._max_bytes):
                     self._pausing = True
-                    if isinstance(unit, _WorkerProtocol) and not unit.mask & _POOL:
-                        self._flip(unit, _POOL, True)
+                    if unit.is_conn and not unit.mask & _POOL:  # type: ignore[attr-defined]
+                        self._flip(unit, _POOL, True)  # type: ignore[arg-type]
             elif kind == _LOST and unit in self._paused:
                 self._paused.discard(unit)  # type: ignore[arg-type]
             if not unit.scheduled:
@@ -363,8 +367,8 @@ class WorkerPool:
         dropped = 0
         with self._lock:
             for unit in units:
-                if isinstance(unit, _WorkerProtocol):
-                    unit.dropped = True  # a read's packets running now stop too
+                if unit.is_conn:
+                    unit.dropped = True  # type: ignore[attr-defined]  # a read's packets stop too
                 items = unit.items
                 if not items:
                     continue
@@ -521,294 +525,6 @@ class WorkerPool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
         return f"<netring.WorkerPool {self._name} threads={self._threads_n} {self._queue} {state}>"
-
-
-class _WorkerTransport:
-    """The transport a protocol served by a ``WorkerPool`` sees.
-
-    The engine's transport with the same methods (bound straight through, so
-    ``write`` costs nothing extra), except: ``pause_reading`` /
-    ``resume_reading`` / ``is_reading`` are the protocol's own (the pool
-    pauses reading for backpressure too, and never resumes a connection its
-    protocol paused); ``get_protocol()`` is the user's protocol; and
-    ``set_framing`` works only in ``connection_made`` (later, the IO thread
-    may already have cut the following packets under the old rule).
-    """
-
-    __slots__ = ("_owner", "_transport", "abort", "can_write_eof", "close", "get_extra_info",
-                 "get_write_buffer_limits", "get_write_buffer_size", "is_closing",
-                 "send_packet", "set_idle_timeout", "set_write_buffer_limits", "write",
-                 "write_eof", "writelines")
-
-    def __init__(self, transport: Any, owner: _WorkerProtocol) -> None:
-        self._transport = transport
-        self._owner = owner
-        for name in ("abort", "can_write_eof", "close", "get_extra_info",
-                     "get_write_buffer_limits", "get_write_buffer_size", "is_closing",
-                     "send_packet", "set_idle_timeout", "set_write_buffer_limits", "write",
-                     "write_eof", "writelines"):
-            setattr(self, name, getattr(transport, name))
-
-    def pause_reading(self) -> None:
-        """Stop reading from the peer. Items already queued for the pool
-        still arrive (they were read before)."""
-        self._owner.pool._set_paused(self._owner, _USER, True)
-
-    def resume_reading(self) -> None:
-        """Resume reading (unless the pool holds it paused for backpressure:
-        then when the queue drains)."""
-        self._owner.pool._set_paused(self._owner, _USER, False)
-
-    def is_reading(self) -> bool:
-        """False after ``pause_reading()`` or once closing."""
-        return not self._owner.mask & _USER and not self._transport.is_closing()
-
-    def get_protocol(self) -> Any:
-        """The protocol this transport feeds."""
-        return self._owner.user
-
-    def set_framing(self, framing: Any) -> None:
-        """Change the framing; only inside ``connection_made`` with workers."""
-        if not self._owner.in_made:
-            raise RuntimeError(
-                "set_framing() on a connection served by a WorkerPool works only in "
-                "connection_made(): the IO thread may already have cut the next packets")
-        self._transport.set_framing(framing)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-    def __repr__(self) -> str:
-        return f"<netring worker transport {self._transport!r}>"
-
-
-class _WorkerProtocol(_Unit):
-    """The protocol the engine sees: runs ``connection_made`` on the IO
-    thread and queues every later callback to the pool, in order."""
-
-    __slots__ = ("_data", "_packet", "_packets", "dropped", "failed", "group", "in_made",
-                 "last_prio",
-                 "mask", "peer", "pool", "priority", "transport", "user", "view")
-
-    def __init__(self, user: Any, group: _ServerWork) -> None:
-        super().__init__()
-        self.user = user
-        self.group = group
-        self.pool = group.pool
-        self.priority = group.priority
-        self.transport: Any = None
-        self.view: _WorkerTransport | None = None
-        self.peer: Any = None
-        self.mask = 0
-        self.failed: BaseException | None = None
-        self.dropped = False  # shutdown dropped its work: run nothing but connection_lost
-        self.in_made = False
-        self.last_prio = 0
-        self._data = getattr(user, "data_received", None)
-        self._packets = getattr(user, "packets_received", None)
-        self._packet = getattr(user, "packet_received", None)
-
-    # -- on the IO thread ------------------------------------------------------
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.peer = transport.get_extra_info("peername")
-        self.view = _WorkerTransport(transport, self)
-        self.group.add(self)
-        self.in_made = True
-        try:
-            self.user.connection_made(self.view)
-        finally:
-            self.in_made = False
-
-    def _queue(self, kind: int, arg: Any = None, nbytes: int = 0, npackets: int = 0,
-               prio: int | None = None) -> None:
-        if prio is None:
-            prio = self.last_prio
-        if not self.pool._push(self, kind, arg, nbytes, npackets, prio):
-            self._pool_closed(kind, arg)
-
-    def _pool_closed(self, kind: int, arg: Any) -> None:
-        """The pool was closed under a live connection: abort it; its
-        ``connection_lost`` runs here if nothing of it can still be running."""
-        if kind == _LOST:
-            self.group.discard(self)
-            if not self.scheduled:
-                try:
-                    self.user.connection_lost(self.failed if self.failed is not None else arg)
-                except BaseException:
-                    _log.exception("netring: exception in connection_lost for %s",
-                                   format_peer(self.peer))
-            return
-        if self.transport is not None:
-            self.transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        prio = 0
-        if self.priority is not None:
-            prio = self.last_prio = self.priority(data)
-        self._queue(_DATA, data, len(data), 1, prio)
-
-    def packets_received(self, packets: list[bytes]) -> None:
-        fn = self.priority
-        if fn is None:
-            self._queue(_PACKETS, packets, sum(map(len, packets)), len(packets), 0)
-            return
-        for packet in packets:
-            prio = self.last_prio = fn(packet)
-            self._queue(_PACKET, packet, len(packet), 1, prio)
-
-    def eof_received(self) -> bool:
-        self._queue(_EOF)
-        return True  # half-open until the user's eof_received has run
-
-    def timeout_received(self) -> None:
-        self._queue(_TIMEOUT)
-
-    def pause_writing(self) -> None:
-        self._queue(_PAUSE_W)
-
-    def resume_writing(self) -> None:
-        self._queue(_RESUME_W)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._queue(_LOST, exc)
-
-    # -- on a worker -------------------------------------------------------------
-
-    def run(self, items: list[tuple[Any, ...]]) -> None:
-        user = self.user
-        for item in items:
-            kind, arg = item[0], item[1]
-            if (self.failed is not None or self.dropped) and kind != _LOST:
-                continue  # aborted, or shut down past the grace: drop what it sent
-            try:
-                if kind == _PACKETS:
-                    if self._packets is not None:
-                        self._packets(arg)
-                    else:
-                        packet_received = self._packet
-                        assert packet_received is not None
-                        for packet in arg:
-                            if self.failed is not None or self.dropped:
-                                break
-                            packet_received(packet)
-                elif kind == _DATA:
-                    self._data(arg)  # type: ignore[misc]
-                elif kind == _PACKET:
-                    if self._packets is not None:
-                        self._packets([arg])
-                    else:
-                        self._packet(arg)  # type: ignore[misc]
-                elif kind == _EOF:
-                    if not user.eof_received():
-                        self.transport.close()
-                elif kind == _LOST:
-                    self.group.discard(self)
-                    user.connection_lost(self.failed if self.failed is not None else arg)
-                elif kind == _TIMEOUT:
-                    handler = getattr(user, "timeout_received", None)
-                    if handler is None:
-                        self.transport.close()  # asyncio protocols know no idle timeouts
-                    else:
-                        handler()
-                elif kind == _PAUSE_W:
-                    user.pause_writing()
-                elif kind == _RESUME_W:
-                    user.resume_writing()
-            except BaseException as e:
-                self._fail(kind, e)
-
-    def _fail(self, kind: int, exc: BaseException) -> None:
-        peer = format_peer(self.peer)
-        if kind == _LOST:
-            _log.error("netring: exception in connection_lost for %s", peer, exc_info=exc)
-            return
-        if self.failed is not None:
-            return
-        self.failed = exc
-        _log.error("netring: exception in %s for %s; closing the connection",
-                   _NAMES.get(kind, "a callback"), peer, exc_info=exc)
-        self.transport.abort()
-
-    def describe(self) -> str:
-        return f"a callback of {type(self.user).__name__} for {format_peer(self.peer)}"
-
-
-class _ServerWork:
-    """One server's side of a WorkerPool: wraps its protocol factory and
-    tracks its live connections, for shutdown."""
-
-    def __init__(self, pool: WorkerPool, priority: Callable[[bytes], int] | None,
-                 owned: bool) -> None:
-        self.pool = pool
-        self.priority = priority
-        self.owned = owned
-        self.lock = threading.Lock()
-        self.live: set[_WorkerProtocol] = set()
-
-    def factory(self, user_factory: Callable[[], Any]) -> Callable[[], _WorkerProtocol]:
-        def make() -> _WorkerProtocol:
-            return _WorkerProtocol(user_factory(), self)
-        return make
-
-    def add(self, conn: _WorkerProtocol) -> None:
-        with self.lock:
-            self.live.add(conn)
-
-    def discard(self, conn: _WorkerProtocol) -> None:
-        with self.lock:
-            self.live.discard(conn)
-
-    def snapshot(self) -> list[_WorkerProtocol]:
-        with self.lock:
-            return list(self.live)
-
-    def stop_reading(self) -> None:
-        """Shutdown: no connection of this server reads any more."""
-        for conn in self.snapshot():
-            self.pool._set_paused(conn, _SHUTDOWN, True)
-
-    def wait_idle(self, deadline: float, *, until_gone: bool = False) -> bool:
-        """Wait until no connection of this server has queued or running
-        work (``until_gone``: until every ``connection_lost`` has run), or
-        ``deadline``. A unit run by the calling thread (shutdown from a
-        callback) counts as idle."""
-        me = threading.current_thread().name
-        while True:
-            conns = self.snapshot()
-            if until_gone:
-                busy = [c for c in conns if c.runner != me]
-            else:
-                busy = [c for c in conns if c.scheduled and c.runner != me]
-            if not busy or _monotonic() >= deadline:
-                return not busy
-            time.sleep(0.005)
-
-    def drop_queued(self) -> int:
-        """Drop the queued data and events of this server's connections
-        (their ``connection_lost`` stays)."""
-        return self.pool._drop(self.snapshot())
-
-    def shutdown(self, grace: float, close_connections: Callable[[float], Any]) -> None:
-        """Stop reading, let queued work finish within ``grace``, close the
-        connections (``close_connections(remaining_grace)``), run their
-        ``connection_lost``, log workers that overran."""
-        deadline = _monotonic() + grace
-        self.stop_reading()
-        if not self.wait_idle(deadline):
-            dropped = self.drop_queued()
-            if dropped:
-                _log.warning("netring: %d queued callbacks dropped: the %.3g s shutdown "
-                             "grace ran out", dropped, grace)
-        close_connections(max(0.0, deadline - _monotonic()))
-        late = max(deadline, _monotonic()) + LOST_GRACE_SECONDS
-        if not self.wait_idle(late, until_gone=True):
-            self.drop_queued()
-            units = set(self.snapshot())
-            self.pool.report_overrun("shutting down a server", units)
-        if self.owned:
-            self.pool.close(0.0)
 
 
 def _close_all() -> None:
