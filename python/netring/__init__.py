@@ -23,9 +23,11 @@ from .errors import (
     ConfigurationError,
     ConnectionClosedError,
     DatagramTruncatedError,
+    FrameTimeoutError,
     FrameTooLargeError,
     FramingError,
     NetringError,
+    WriteBufferLimitError,
 )
 from .framing import Delimited, Exactly, LengthPrefixed, Raw
 from .pool import IOPool, TimerHandle
@@ -46,6 +48,7 @@ __all__ = [
     "DatagramTruncatedError",
     "Delimited",
     "Exactly",
+    "FrameTimeoutError",
     "FrameTooLargeError",
     "FramingError",
     "IOPool",
@@ -57,6 +60,7 @@ __all__ = [
     "TimerHandle",
     "Transport",
     "WorkerPool",
+    "WriteBufferLimitError",
     "__version__",
     "backend_info",
 ]

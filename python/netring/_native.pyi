@@ -7,6 +7,7 @@ DEFAULT_WRITE_HIGH_WATER_BYTES: int
 DEFAULT_BUFFER_SIZE_BYTES: int
 DEFAULT_BUFFERS_PER_THREAD: int
 DEFAULT_BACKLOG: int
+DEFAULT_MAX_WRITE_BUFFER_BYTES: int
 DEFAULT_MAX_SEND_QUEUE_BYTES: int
 DATAGRAM_HEADROOM_BYTES: int
 
@@ -34,6 +35,11 @@ class Engine:
         framing: tuple[object, ...] | None = None,
         idle_timeout: float | None = None,
         keepalive: tuple[float, float, int] | None = None,
+        max_write_buffer: int | None = None,
+        frame_timeout: float | None = None,
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+        overflow: str = "hold",
     ) -> tuple[int, str, int]: ...
     def close_listener(self, listener: int, grace: float) -> bool: ...
     def listener_connections(self, listener: int) -> int: ...
@@ -52,6 +58,8 @@ class Engine:
         timeout: float | None = None,
         local: tuple[str, int] | None = None,
         keepalive: tuple[float, float, int] | None = None,
+        max_write_buffer: int | None = None,
+        frame_timeout: float | None = None,
     ) -> None: ...
     def udp_open(
         self,

@@ -12,9 +12,11 @@ __all__ = [
     "ConfigurationError",
     "ConnectionClosedError",
     "DatagramTruncatedError",
+    "FrameTimeoutError",
     "FrameTooLargeError",
     "FramingError",
     "NetringError",
+    "WriteBufferLimitError",
 ]
 
 
@@ -38,6 +40,18 @@ class FrameTooLargeError(FramingError):
     """A peer declared a packet above ``max_packet``, or sent ``max_line``
     bytes without a delimiter. Passed to ``connection_lost``; nothing was
     buffered for the refused body."""
+
+
+class FrameTimeoutError(FramingError):
+    """A packet (or line) that had started did not finish within the
+    server's ``frame_timeout``: a peer trickling bytes (slowloris). Passed
+    to ``connection_lost``."""
+
+
+class WriteBufferLimitError(NetringError):
+    """A connection's queued writes passed ``max_write_buffer``: its peer is
+    not reading. The connection was aborted (nothing more is sent to it);
+    passed to ``connection_lost``."""
 
 
 class ConnectionClosedError(NetringError, ConnectionError):

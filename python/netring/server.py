@@ -87,6 +87,26 @@ class Server:
             the connection after ``count`` unanswered ones (default: off).
             For peers that vanish without a FIN; a dead peer is only certain
             when a send fails, and keepalive makes the kernel try one.
+        max_connections: open connections at most (default: no limit). At
+            the limit, ``overflow="hold"`` (default) stops taking connections
+            from the accept queue (the kernel backlog holds them; clients
+            wait) until one closes; ``overflow="close"`` accepts and closes
+            each extra one at once. Closed ones count in
+            ``stats()["connections_refused"]``.
+        max_connections_per_ip: open connections from one peer address at
+            most (default: no limit); an extra one is accepted and closed at
+            once (holding it would stall every other address behind it).
+        overflow: "hold" or "close", see ``max_connections``.
+        max_write_buffer: bytes a connection may have queued for sending
+            (default 64 MiB). Past it the peer is not reading: the
+            connection is aborted, the reason logged, and ``connection_lost``
+            gets ``netring.WriteBufferLimitError``. The water marks
+            (``pause_writing``) warn long before.
+        frame_timeout: seconds a framed packet (or line) may take from its
+            first byte to its last (default: no limit). A slower one closes
+            the connection with ``netring.FrameTimeoutError``; with
+            ``idle_timeout`` this bounds what a silent or trickling peer can
+            hold (slowloris).
         workers: run the protocol's callbacks (all but ``connection_made``,
             which stays on the IO thread) on a ``netring.WorkerPool``, for
             handlers that block: a pool to share, or a thread count for a
@@ -119,6 +139,11 @@ class Server:
         keepalive: tuple[float, float, int] | None = None,
         workers: WorkerPool | int | None = None,
         priority: Callable[[bytes], int] | None = None,
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+        overflow: str = "hold",
+        max_write_buffer: int | None = None,
+        frame_timeout: float | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -139,6 +164,17 @@ class Server:
         self._idle_timeout = (None if idle_timeout is None
                               else check_seconds("idle_timeout", idle_timeout, positive=True))
         self._keepalive = check_keepalive(keepalive)
+        self._max_connections = (None if max_connections is None
+                                 else check_int("max_connections", max_connections, 1))
+        self._max_per_ip = (None if max_connections_per_ip is None
+                            else check_int("max_connections_per_ip", max_connections_per_ip, 1))
+        if overflow not in ("hold", "close"):
+            raise ConfigurationError(f"overflow: must be 'hold' or 'close', not {overflow!r}")
+        self._overflow = overflow
+        self._max_write_buffer = (None if max_write_buffer is None
+                                  else check_int("max_write_buffer", max_write_buffer, 1))
+        self._frame_timeout = (None if frame_timeout is None
+                               else check_seconds("frame_timeout", frame_timeout, positive=True))
         if priority is not None and not callable(priority):
             raise TypeError(f"priority: must be callable, not {type(priority).__name__}")
         if isinstance(workers, WorkerPool):
@@ -201,7 +237,9 @@ class Server:
             try:
                 listener, host, port = self._pool._engine.listen(
                     self._host, self._port, self._backlog, self._reuse_port, factory,
-                    self._framing._spec(), self._idle_timeout, self._keepalive)
+                    self._framing._spec(), self._idle_timeout, self._keepalive,
+                    self._max_write_buffer, self._frame_timeout, self._max_connections,
+                    self._max_per_ip, self._overflow)
             except BaseException:
                 if work is not None and work.owned:
                     work.pool.close(0.0)

@@ -13,6 +13,9 @@ pub const DEFAULT_BUFFER_SIZE_BYTES: usize = 16 * 1024;
 pub const DEFAULT_BUFFERS_PER_THREAD: usize = 512;
 /// Default write-queue high-water mark (asyncio's): `pause_writing()` above it.
 pub const DEFAULT_WRITE_HIGH_WATER_BYTES: usize = 64 * 1024;
+/// Default hard cap on one connection's queued writes: past it the peer is
+/// not reading and the connection is aborted (the water marks warn first).
+pub const DEFAULT_MAX_WRITE_BUFFER_BYTES: usize = 64 << 20;
 /// Default listen backlog.
 pub const DEFAULT_BACKLOG: i32 = 1024;
 /// Upper bound on IO threads; more never helps and each owns a ring.
@@ -136,10 +139,37 @@ pub struct ListenConfig {
     pub reuse_port: bool,
     /// What every accepted connection starts with.
     pub conn: ConnOptions,
+    /// Connection limits.
+    pub limits: ListenLimits,
+}
+
+/// What a listener does with a connection over `max_connections`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Stop taking connections from the accept queue (the kernel backlog
+    /// holds them, then refuses past it) until one closes.
+    #[default]
+    Hold,
+    /// Accept it and close it at once (the client sees a closed connection
+    /// instead of waiting).
+    Close,
+}
+
+/// Connection limits of one listener. A connection over
+/// `max_connections_per_ip` is always accepted and closed: holding it would
+/// stall every other address queued behind it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenLimits {
+    /// Open connections from this listener at most.
+    pub max_connections: Option<usize>,
+    /// Open connections from one peer IP address at most.
+    pub max_connections_per_ip: Option<usize>,
+    /// What happens at `max_connections`.
+    pub overflow: Overflow,
 }
 
 /// Per-connection settings a listener gives each connection it accepts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnOptions {
     /// How the stream is cut into packets.
     pub framing: crate::framing::Framing,
@@ -149,6 +179,24 @@ pub struct ConnOptions {
     /// give up after `count` unanswered probes (the kernel then resets the
     /// connection and `connection_lost` gets the error).
     pub keepalive: Option<Keepalive>,
+    /// Abort the connection when its queued writes pass this many bytes
+    /// (a peer that does not read).
+    pub max_write_buffer: usize,
+    /// Close the connection when a framed packet that has started does not
+    /// finish within this long (slowloris).
+    pub frame_timeout: Option<std::time::Duration>,
+}
+
+impl Default for ConnOptions {
+    fn default() -> Self {
+        ConnOptions {
+            framing: Default::default(),
+            idle_timeout: None,
+            keepalive: None,
+            max_write_buffer: DEFAULT_MAX_WRITE_BUFFER_BYTES,
+            frame_timeout: None,
+        }
+    }
 }
 
 /// TCP keepalive settings (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`,

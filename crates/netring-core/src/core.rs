@@ -24,6 +24,7 @@ use crate::conn::{Conn, ConnError, ConnId, ConnShared, State};
 use crate::driver::{Chunk, Completion, Driver, RecvResult};
 use crate::engine::Shared;
 use crate::framing::Framing;
+use crate::limits::{Admit, ListenerCounts};
 use crate::mailbox::Cmd;
 use crate::stats::Stats;
 use crate::timer::{Due, Timers};
@@ -79,6 +80,8 @@ pub(crate) enum Ev {
     Closed {
         conn: ConnId,
         error: Option<ConnError>,
+        /// Released once `connection_lost` has run (after the dispatch).
+        counted: Counted,
     },
     EndpointOpened {
         ep: ConnId,
@@ -144,7 +147,19 @@ struct Listener {
     backoff: Duration,
     retry_at: Option<Instant>,
     failures: u64,
+    /// Connection limits, if any.
+    counts: Option<Arc<ListenerCounts>>,
+    /// At `max_connections` (Overflow::Hold): accepting stopped; accepted
+    /// connections that arrived meanwhile wait here, in order, unserved.
+    full: bool,
+    /// The accept's cancel (for `full`) is on its way.
+    cancel_sent: bool,
+    held: VecDeque<(OwnedFd, Option<std::net::IpAddr>)>,
 }
+
+/// A connection admitted under a listener's limits: the counts it is part
+/// of and its peer IP (to release when it closes).
+pub(crate) type Counted = Option<(Arc<ListenerCounts>, Option<std::net::IpAddr>)>;
 
 /// The connections, listeners and pending events of one IO thread.
 pub struct ThreadCore {
@@ -170,6 +185,13 @@ pub struct ThreadCore {
     pub(crate) timers: Timers,
     /// UDP endpoints (`udp.rs`).
     pub(crate) udp: crate::udp::UdpTable,
+    /// A descriptor was closed this turn: accepts backing off after
+    /// EMFILE may retry at once.
+    fd_freed: bool,
+    /// Places under listener limits whose `Closed` was delivered in this
+    /// dispatch: freed after it, so that a new connection's
+    /// `connection_made` never runs before the old one's `connection_lost`.
+    pub(crate) releases: Vec<(Arc<ListenerCounts>, Option<std::net::IpAddr>)>,
 }
 
 impl ThreadCore {
@@ -190,6 +212,8 @@ impl ThreadCore {
             cursor: None,
             timers: Timers::default(),
             udp: Default::default(),
+            fd_freed: false,
+            releases: Vec::new(),
         }
     }
 
@@ -271,6 +295,25 @@ impl ThreadCore {
         }
     }
 
+    /// A packet of `id` is in progress at the end of a read: start its
+    /// `frame_timeout` clock if it is not running; none in progress: stop it.
+    pub(crate) fn track_packet(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id) else {
+            return;
+        };
+        let Some(timeout) = conn.frame_timeout else {
+            return;
+        };
+        if !conn.decoder.in_packet() {
+            conn.packet_started = None;
+        } else if conn.packet_started.is_none() {
+            let now = Instant::now();
+            conn.packet_started = Some(now);
+            self.timers
+                .schedule(now + timeout, Due::FrameTimeout(id, now));
+        }
+    }
+
     /// Turn every deadline due by `now` into events.
     pub(crate) fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.timers.pop_due(now) {
@@ -296,6 +339,32 @@ impl ThreadCore {
                     }
                 }
                 Due::Abort(id) => self.abort(id),
+                Due::FrameTimeout(id, started) => {
+                    let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id)
+                    else {
+                        continue;
+                    };
+                    if conn.packet_started != Some(started) || conn.state != State::Open {
+                        continue; // that packet finished (or the connection is closing)
+                    }
+                    let Some(timeout) = conn.frame_timeout else {
+                        continue;
+                    };
+                    if conn.read_paused {
+                        // The user stopped reading: the peer is not the slow one.
+                        conn.packet_started = Some(now);
+                        self.timers
+                            .schedule(now + timeout, Due::FrameTimeout(id, now));
+                        continue;
+                    }
+                    conn.begin_abort(
+                        Some(ConnError::Limit(crate::conn::LimitError::FrameTimeout {
+                            timeout,
+                        })),
+                        false,
+                    );
+                    Self::mark_dirty(&mut self.dirty, conn);
+                }
                 Due::ConnectTimeout(id) => {
                     if let Some(conn) = self.touch(id) {
                         if let Some(attempt) = conn.connecting.as_mut() {
@@ -343,6 +412,25 @@ impl ThreadCore {
         push(&mut conn.sendq, &mut self.cache);
         let queued = conn.sendq.len();
         conn.shared.set_queued(queued);
+        if queued > conn.max_write_buffer {
+            let limit = conn.max_write_buffer;
+            let peer = SockRef::from(&conn.fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            log::warn!(
+                "netring: aborting the connection from {}: {queued} bytes queued, over max_write_buffer ({limit}); the peer is not reading",
+                peer.map_or_else(|| "?".to_string(), |p| p.to_string())
+            );
+            conn.begin_abort(
+                Some(ConnError::Limit(crate::conn::LimitError::WriteBuffer {
+                    limit,
+                })),
+                true,
+            );
+            Self::mark_dirty(&mut self.dirty, conn);
+            return Written::Dropped;
+        }
         let pause = !conn.writing_paused && queued > conn.high_water;
         if pause {
             conn.writing_paused = true;
@@ -447,6 +535,7 @@ impl ThreadCore {
                 listener,
                 socket,
                 options,
+                counts,
                 ..
             } => {
                 if self.shutdown_deadline.is_some() {
@@ -463,6 +552,10 @@ impl ThreadCore {
                         backoff: ACCEPT_BACKOFF_MIN,
                         retry_at: None,
                         failures: 0,
+                        counts,
+                        full: false,
+                        cancel_sent: false,
+                        held: VecDeque::new(),
                     },
                 );
             }
@@ -481,7 +574,9 @@ impl ThreadCore {
                 listener,
                 fd,
                 options,
-            } => self.adopt(listener, fd, &options),
+                counted,
+            } => self.adopt(listener, fd, &options, counted),
+            Cmd::Wake => {}
             Cmd::Write { conn, data } => {
                 if let Some(c) = self.conn(conn) {
                     c.shared.mailbox_sub(data.len());
@@ -607,6 +702,8 @@ impl ThreadCore {
             generation: self.generations[index],
         };
         let conn = entry.insert(Conn::new(id, fd, options.framing.clone()));
+        conn.max_write_buffer = options.max_write_buffer;
+        conn.frame_timeout = options.frame_timeout;
         if let Some(t) = options.idle_timeout {
             conn.idle_timeout = Some(t);
             self.timers.schedule(conn.last_activity + t, Due::Idle(id));
@@ -693,8 +790,11 @@ impl ThreadCore {
         let _ = driver;
     }
 
-    fn adopt(&mut self, listener: usize, fd: OwnedFd, options: &ConnOptions) {
+    fn adopt(&mut self, listener: usize, fd: OwnedFd, options: &ConnOptions, counted: Counted) {
         if self.shutdown_deadline.is_some() {
+            if let Some((counts, ip)) = counted {
+                self.release_count(&counts, ip);
+            }
             return; // shutting down: the descriptor closes here
         }
         let sock = SockRef::from(&fd);
@@ -705,6 +805,7 @@ impl ThreadCore {
         let id = self.insert_conn(fd, options);
         let conn = &mut self.conns[id.index as usize];
         conn.listener = listener;
+        conn.counted = counted;
         let shared = conn.shared.clone();
         Self::mark_dirty(&mut self.dirty, conn);
         Stats::add(&self.stats().accepted, 1);
@@ -816,18 +917,24 @@ impl ThreadCore {
                     l.failures = 0;
                     l.backoff = ACCEPT_BACKOFF_MIN;
                 }
-                let n = self.engine.mailboxes.len();
-                let target = self.engine.next_target() % n;
-                let options = l.options.clone();
-                if target == usize::from(self.thread) {
-                    self.adopt(listener, fd, &options);
+                let Some(counts) = l.counts.clone() else {
+                    self.hand_out(listener, fd, None);
+                    return;
+                };
+                let ip = if counts.needs_ip() {
+                    SockRef::from(&fd)
+                        .peer_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .map(|a| a.ip())
                 } else {
-                    self.engine.mailboxes[target].push(Cmd::Adopt {
-                        listener,
-                        fd,
-                        options,
-                    });
+                    None
+                };
+                if !l.held.is_empty() {
+                    l.held.push_back((fd, ip)); // first come, first served
+                    return;
                 }
+                self.admit(listener, fd, ip, counts);
             }
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(0);
@@ -848,16 +955,132 @@ impl ThreadCore {
         }
     }
 
+    /// Serve `fd` from `listener` if its limits allow, else hold or refuse it.
+    fn admit(
+        &mut self,
+        listener: usize,
+        fd: OwnedFd,
+        ip: Option<std::net::IpAddr>,
+        counts: Arc<ListenerCounts>,
+    ) {
+        match counts.try_admit(ip) {
+            Admit::Yes => self.hand_out(listener, fd, Some((counts, ip))),
+            Admit::OverIp => {
+                Stats::add(&self.engine.stats.refused, 1);
+                drop(fd); // accept-then-close: holding it would stall others
+            }
+            Admit::OverTotal => {
+                if counts.overflow() == crate::config::Overflow::Close {
+                    Stats::add(&self.engine.stats.refused, 1);
+                    drop(fd);
+                    return;
+                }
+                let Some(l) = self.listeners.get_mut(&listener) else {
+                    return;
+                };
+                l.held.push_back((fd, ip));
+                if !l.full {
+                    l.full = true;
+                    counts
+                        .waiting
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Give an accepted connection to the next IO thread (round robin).
+    fn hand_out(&mut self, listener: usize, fd: OwnedFd, counted: Counted) {
+        let Some(l) = self.listeners.get(&listener) else {
+            return;
+        };
+        let options = l.options.clone();
+        let n = self.engine.mailboxes.len();
+        let target = self.engine.next_target() % n;
+        if target == usize::from(self.thread) {
+            self.adopt(listener, fd, &options, counted);
+        } else {
+            self.engine.mailboxes[target].push(Cmd::Adopt {
+                listener,
+                fd,
+                options,
+                counted,
+            });
+        }
+    }
+
+    /// Free the places of connections whose `Closed` was just dispatched.
+    pub(crate) fn release_dispatched(&mut self) {
+        for (counts, ip) in std::mem::take(&mut self.releases) {
+            self.release_count(&counts, ip);
+        }
+    }
+
+    /// A counted connection is gone: free its place, and wake the
+    /// listener's owner if it holds connections back.
+    fn release_count(&mut self, counts: &ListenerCounts, ip: Option<std::net::IpAddr>) {
+        if counts.release(ip) && counts.owner != self.thread {
+            self.engine.mailboxes[usize::from(counts.owner)].push(Cmd::Wake);
+        }
+    }
+
+    /// Serve held connections while there is room; start accepting again
+    /// once none is held.
+    fn drain_held(&mut self, listener: usize) {
+        loop {
+            let Some(l) = self.listeners.get_mut(&listener) else {
+                return;
+            };
+            let Some(counts) = l.counts.clone() else {
+                return;
+            };
+            if !counts.has_room() {
+                return;
+            }
+            match l.held.pop_front() {
+                Some((fd, ip)) => self.admit(listener, fd, ip, counts),
+                None => {
+                    l.full = false;
+                    counts
+                        .waiting
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Re-arm listeners whose accept ended; returns the earliest pending retry.
     pub(crate) fn rearm_listeners<D: Driver>(
         &mut self,
         driver: &mut D,
         now: Instant,
     ) -> Option<Instant> {
+        let full: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.full && !l.closing)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in full {
+            self.drain_held(id);
+        }
+        let fd_freed = std::mem::take(&mut self.fd_freed);
         let mut next = None;
         for (&id, l) in self.listeners.iter_mut() {
-            if l.armed || l.closing {
+            if l.full && l.armed && !l.closing {
+                // At the limit: stop taking connections from the backlog.
+                if !l.cancel_sent {
+                    l.cancel_sent = true;
+                    driver.cancel_accept(id, l.socket.as_raw_fd());
+                }
                 continue;
+            }
+            if l.armed || l.closing || l.full {
+                continue;
+            }
+            if fd_freed {
+                l.retry_at = None; // a descriptor just came free: try now
             }
             match l.retry_at {
                 Some(t) if t > now => {
@@ -866,6 +1089,7 @@ impl ThreadCore {
                 _ => {
                     l.retry_at = None;
                     l.armed = true;
+                    l.cancel_sent = false;
                     driver.arm_accept(id, l.socket.as_raw_fd());
                 }
             }
@@ -939,11 +1163,17 @@ impl ThreadCore {
         }
         conn.shared.set_queued(0);
         drop(conn.fd);
-        if !conn.silent {
+        self.fd_freed = true;
+        if conn.silent {
+            if let Some((counts, ip)) = &conn.counted {
+                self.release_count(counts, *ip);
+            }
+        } else {
             Stats::add(&self.engine.stats.closed, 1);
             self.events.push_back(Ev::Closed {
                 conn: conn.id,
                 error: conn.error,
+                counted: conn.counted,
             });
         }
     }

@@ -235,7 +235,16 @@ impl<'b> Batch<'b> {
                         return Some(Event::ResumeWriting { conn });
                     }
                 }
-                Ev::Closed { conn, error } => return Some(Event::Closed { conn, error }),
+                Ev::Closed {
+                    conn,
+                    error,
+                    counted,
+                } => {
+                    if let Some(c) = counted {
+                        core.releases.push(c);
+                    }
+                    return Some(Event::Closed { conn, error });
+                }
                 Ev::EndpointOpened {
                     ep,
                     token,
@@ -351,6 +360,9 @@ fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
             if let Some(c) = core.cursor.as_mut() {
                 c.offset += used;
             }
+            if let Some(c) = core.conn(cur.conn) {
+                c.packet_started = None; // a packet finished: its clock stops
+            }
             let data: &'b [u8] = match packet {
                 Packet::Borrowed(b) => b,
                 Packet::Owned(v) => {
@@ -370,6 +382,7 @@ fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
         }
         Ok((_, None)) => {
             core.cursor = None;
+            core.track_packet(cur.conn);
             None
         }
         Err(e) => {

@@ -150,4 +150,5 @@ fn dispatch<H: Handler>(core: &RefCell<ThreadCore>, handler: &mut H, engine: u64
     handler.dispatch(&mut batch);
     // Whatever the handler left undelivered is dropped here, in order.
     while batch.next().is_some() {}
+    core.borrow_mut().release_dispatched();
 }

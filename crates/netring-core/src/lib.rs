@@ -17,6 +17,7 @@ pub mod error;
 pub mod event;
 pub mod framing;
 mod io_thread;
+pub mod limits;
 pub mod mailbox;
 pub mod stats;
 mod timer;

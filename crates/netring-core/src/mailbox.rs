@@ -26,6 +26,8 @@ pub enum Cmd {
         socket: OwnedFd,
         local: SocketAddr,
         options: Arc<ConnOptions>,
+        /// Connection limits, counted across IO threads.
+        counts: Option<Arc<crate::limits::ListenerCounts>>,
     },
     /// Stop accepting on a listener and close it.
     Unlisten { listener: usize },
@@ -45,7 +47,11 @@ pub enum Cmd {
         listener: usize,
         fd: OwnedFd,
         options: Arc<ConnOptions>,
+        /// The listener counts it was admitted under.
+        counted: crate::core::Counted,
     },
+    /// Nothing to do but run a loop turn (a listener at its limit has room).
+    Wake,
     /// Queue bytes on a connection.
     Write { conn: ConnId, data: Vec<u8> },
     /// Flush, then close.

@@ -15,6 +15,7 @@ pub struct Stats {
     pub(crate) datagrams_out: AtomicU64,
     pub(crate) datagrams_truncated: AtomicU64,
     pub(crate) datagrams_dropped: AtomicU64,
+    pub(crate) refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -40,6 +41,9 @@ pub struct StatsSnapshot {
     pub datagrams_truncated: u64,
     /// Datagrams dropped because the endpoint's send queue was full.
     pub datagrams_dropped: u64,
+    /// Connections accepted and closed at once by a listener's limits
+    /// (`max_connections_per_ip`, or `max_connections` with `Overflow::Close`).
+    pub refused: u64,
 }
 
 impl Stats {
@@ -63,6 +67,7 @@ impl Stats {
             datagrams_out: self.datagrams_out.load(Ordering::Relaxed),
             datagrams_truncated: self.datagrams_truncated.load(Ordering::Relaxed),
             datagrams_dropped: self.datagrams_dropped.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }

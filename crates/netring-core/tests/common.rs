@@ -57,6 +57,7 @@ impl Handler for Echo {
                         error.map(|e| match e {
                             ConnError::Io(e) => e.kind(),
                             ConnError::Frame(_) => std::io::ErrorKind::InvalidData,
+                            ConnError::Limit(_) => std::io::ErrorKind::Other,
                         }),
                     ));
                 }
@@ -130,9 +131,9 @@ pub fn framed_echo_engine(
             reuse_port: false,
             conn: ConnOptions {
                 framing,
-                idle_timeout: None,
-                keepalive: None,
+                ..Default::default()
             },
+            limits: Default::default(),
         })
         .expect("listen");
     (engine, addr, log)

@@ -198,6 +198,7 @@ fn owner_writes_queue_behind_writes_still_in_the_mailbox() {
                 backlog: 16,
                 reuse_port: false,
                 conn: Default::default(),
+                limits: Default::default(),
             })
             .expect("listen");
         let mut c = connect(addr);

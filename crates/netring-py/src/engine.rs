@@ -64,7 +64,7 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
-    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None))]
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, overflow="hold"))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -77,16 +77,39 @@ impl Engine {
         framing: Option<&Bound<'_, PyAny>>,
         idle_timeout: Option<f64>,
         keepalive: Option<(f64, f64, u32)>,
+        max_write_buffer: Option<usize>,
+        frame_timeout: Option<f64>,
+        max_connections: Option<usize>,
+        max_connections_per_ip: Option<usize>,
+        overflow: &str,
     ) -> PyResult<(usize, String, u16)> {
         let framing = framing_or_raw(framing)?;
+        let overflow = match overflow {
+            "hold" => netring_core::config::Overflow::Hold,
+            "close" => netring_core::config::Overflow::Close,
+            other => {
+                return Err(crate::errors::netring_error(
+                    py,
+                    "ConfigurationError",
+                    format!("overflow: must be 'hold' or 'close', not {other:?}"),
+                ))
+            }
+        };
         let cfg = ListenConfig {
             addr: ip_addr(py, host, port)?,
             backlog,
             reuse_port,
-            conn: ConnOptions {
-                framing: framing.clone(),
-                idle_timeout: idle_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
-                keepalive: keepalive.map(keepalive_from),
+            conn: conn_options(
+                framing.clone(),
+                idle_timeout,
+                keepalive,
+                max_write_buffer,
+                frame_timeout,
+            ),
+            limits: netring_core::config::ListenLimits {
+                max_connections,
+                max_connections_per_ip,
+                overflow,
             },
         };
         // NOTE: the GIL is held from here until the factory is registered, so
@@ -154,7 +177,7 @@ impl Engine {
     /// `future` (a `concurrent.futures.Future`) with `(transport,
     /// protocol)` once connected, or fail it with the `OSError` /
     /// `TimeoutError`. Socket creation or bind errors raise here.
-    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None, keepalive=None))]
+    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None, keepalive=None, max_write_buffer=None, frame_timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect(
         &self,
@@ -168,6 +191,8 @@ impl Engine {
         timeout: Option<f64>,
         local: Option<(String, u16)>,
         keepalive: Option<(f64, f64, u32)>,
+        max_write_buffer: Option<usize>,
+        frame_timeout: Option<f64>,
     ) -> PyResult<()> {
         let framing = framing_or_raw(framing)?;
         let addr = ip_addr(py, host, port)?;
@@ -181,11 +206,13 @@ impl Engine {
                 future,
             },
         );
-        let options = ConnOptions {
+        let options = conn_options(
             framing,
-            idle_timeout: idle_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
-            keepalive: keepalive.map(keepalive_from),
-        };
+            idle_timeout,
+            keepalive,
+            max_write_buffer,
+            frame_timeout,
+        );
         let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
         if let Err(e) = self.engine.connect(token, addr, local, options, timeout) {
             self.registry.connects().remove(&token);
@@ -335,11 +362,34 @@ impl Engine {
         d.set_item("datagrams_out", s.datagrams_out)?;
         d.set_item("datagrams_truncated", s.datagrams_truncated)?;
         d.set_item("datagrams_dropped", s.datagrams_dropped)?;
+        d.set_item("connections_refused", s.refused)?;
         d.set_item("backend", self.engine.backend().name())?;
         d.set_item("io_threads", self.engine.io_threads())?;
         d.set_item("backend_fallback_reason", self.engine.fallback_reason())?;
         Ok(d)
     }
+}
+
+/// A connection's options from the (validated) Python arguments.
+fn conn_options(
+    framing: Framing,
+    idle_timeout: Option<f64>,
+    keepalive: Option<(f64, f64, u32)>,
+    max_write_buffer: Option<usize>,
+    frame_timeout: Option<f64>,
+) -> ConnOptions {
+    let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    let mut options = ConnOptions {
+        framing,
+        idle_timeout: idle_timeout.map(seconds),
+        keepalive: keepalive.map(keepalive_from),
+        frame_timeout: frame_timeout.map(seconds),
+        ..Default::default()
+    };
+    if let Some(n) = max_write_buffer {
+        options.max_write_buffer = n;
+    }
+    options
 }
 
 /// A framing spec from Python, or Raw for None.

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-use netring_core::conn::ConnError;
+use netring_core::conn::{ConnError, LimitError};
 use netring_core::framing::FrameError;
 use netring_core::Error;
 
@@ -45,5 +45,11 @@ pub fn conn_error(py: Python<'_>, e: ConnError) -> PyErr {
             f @ (FrameError::PacketTooLarge { .. } | FrameError::LineTooLong { .. }),
         ) => netring_error(py, "FrameTooLargeError", f.to_string()),
         ConnError::Frame(f) => netring_error(py, "FramingError", f.to_string()),
+        ConnError::Limit(l @ LimitError::WriteBuffer { .. }) => {
+            netring_error(py, "WriteBufferLimitError", l.to_string())
+        }
+        ConnError::Limit(l @ LimitError::FrameTimeout { .. }) => {
+            netring_error(py, "FrameTimeoutError", l.to_string())
+        }
     }
 }

@@ -53,6 +53,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("DEFAULT_BACKLOG", netring_core::config::DEFAULT_BACKLOG)?;
     m.add(
+        "DEFAULT_MAX_WRITE_BUFFER_BYTES",
+        netring_core::config::DEFAULT_MAX_WRITE_BUFFER_BYTES,
+    )?;
+    m.add(
         "DEFAULT_MAX_SEND_QUEUE_BYTES",
         netring_core::udp::DEFAULT_MAX_SEND_QUEUE,
     )?;

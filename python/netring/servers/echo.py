@@ -16,3 +16,11 @@ class Echo(Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
+
+    # Backpressure: while the peer is not taking our replies, stop reading
+    # its requests (TCP flow control then slows it down).
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()

@@ -564,6 +564,14 @@ class KV(Protocol):
         self._write = transport.write
         transport.set_framing(LINE)
 
+    # Backpressure: a client pipelining commands without reading replies
+    # stops being read until it takes them.
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
     def packet_received(self, packet: bytes) -> None:
         if self._closing:
             return

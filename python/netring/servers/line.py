@@ -18,3 +18,11 @@ class LineEcho(Protocol):
         send = self.transport.send_packet
         for line in packets:
             send(line)
+
+    # Backpressure: while the peer is not taking our replies, stop reading
+    # its requests (TCP flow control then slows it down).
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()

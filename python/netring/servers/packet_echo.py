@@ -18,3 +18,11 @@ class PacketEcho(Protocol):
         send = self.transport.send_packet
         for packet in packets:
             send(packet)
+
+    # Backpressure: while the peer is not taking our replies, stop reading
+    # its requests (TCP flow control then slows it down).
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()

@@ -29,6 +29,33 @@ pub enum ConnError {
     Io(io::Error),
     /// The peer broke the framing rule (oversize packet or line).
     Frame(FrameError),
+    /// The connection crossed one of its limits.
+    Limit(LimitError),
+}
+
+/// A limit a connection crossed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitError {
+    /// Queued writes passed `max_write_buffer`: the peer is not reading.
+    WriteBuffer { limit: usize },
+    /// A packet started and did not finish within `frame_timeout`.
+    FrameTimeout { timeout: std::time::Duration },
+}
+
+impl std::fmt::Display for LimitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitError::WriteBuffer { limit } => write!(
+                f,
+                "queued writes passed max_write_buffer ({limit} bytes): the peer is not reading"
+            ),
+            LimitError::FrameTimeout { timeout } => write!(
+                f,
+                "a packet did not finish within frame_timeout ({:.3} s)",
+                timeout.as_secs_f64()
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for ConnError {
@@ -36,6 +63,7 @@ impl std::fmt::Display for ConnError {
         match self {
             ConnError::Io(e) => e.fmt(f),
             ConnError::Frame(e) => e.fmt(f),
+            ConnError::Limit(e) => e.fmt(f),
         }
     }
 }
@@ -150,6 +178,14 @@ pub struct Conn {
     pub(crate) connecting: Option<Box<Connecting>>,
     /// The user never saw this connection (a failed connect): no `Closed`.
     pub(crate) silent: bool,
+    /// Abort past this many queued bytes.
+    pub(crate) max_write_buffer: usize,
+    /// Close when a started packet is not done within this long.
+    pub(crate) frame_timeout: Option<std::time::Duration>,
+    /// When the packet in progress started (with `frame_timeout`).
+    pub(crate) packet_started: Option<std::time::Instant>,
+    /// The listener's counts this connection is part of, and its peer IP.
+    pub(crate) counted: Option<(Arc<crate::limits::ListenerCounts>, Option<std::net::IpAddr>)>,
 }
 
 impl Conn {
@@ -183,6 +219,10 @@ impl Conn {
             last_activity: std::time::Instant::now(),
             connecting: None,
             silent: false,
+            max_write_buffer: crate::config::DEFAULT_MAX_WRITE_BUFFER_BYTES,
+            frame_timeout: None,
+            packet_started: None,
+            counted: None,
         }
     }
 
