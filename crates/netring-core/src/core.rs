@@ -29,6 +29,9 @@ use crate::mailbox::Cmd;
 use crate::stats::Stats;
 use crate::timer::{Due, Timers};
 
+/// Longest a gracefully closed connection reads and discards the peer's
+/// input while waiting for its EOF (lingering close) before closing anyway.
+pub const LINGER_MAX: Duration = Duration::from_secs(2);
 /// First pause after accept fails for lack of descriptors or memory.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while descriptors are exhausted.
@@ -339,6 +342,11 @@ impl ThreadCore {
                     }
                 }
                 Due::Abort(id) => self.abort(id),
+                Due::LingerEnd(id) => {
+                    if let Some(conn) = self.touch(id) {
+                        conn.linger_done = true;
+                    }
+                }
                 Due::FrameTimeout(id, started) => {
                     let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id)
                     else {
@@ -848,10 +856,12 @@ impl ThreadCore {
                         conn.last_activity = now;
                         Stats::add(&self.engine.stats.bytes_in, chunk.len as u64);
                         self.chunks_out.push(chunk.bid);
-                        self.events.push_back(Ev::Data {
-                            conn: conn.id,
-                            chunk,
-                        });
+                        if conn.state == State::Open {
+                            self.events.push_back(Ev::Data {
+                                conn: conn.id,
+                                chunk,
+                            });
+                        } // closing: input after close() is discarded
                     }
                     RecvResult::Eof => {
                         if !conn.peer_eof {
@@ -1137,6 +1147,33 @@ impl ThreadCore {
             {
                 conn.eof_sent = true;
                 let _ = rustix::net::shutdown(conn.fd.as_fd(), rustix::net::Shutdown::Write);
+            }
+            if conn.state == State::Closing
+                && !conn.lingering
+                && conn.sendq.is_empty()
+                && !conn.send_inflight
+                && conn.connecting.is_none()
+            {
+                // Flushed: half-close, report the close to the user, then
+                // drain the peer's input until its EOF (or LINGER_MAX).
+                conn.lingering = true;
+                if !conn.eof_sent {
+                    conn.eof_sent = true;
+                    let _ = rustix::net::shutdown(conn.fd.as_fd(), rustix::net::Shutdown::Write);
+                }
+                if !conn.silent {
+                    conn.silent = true;
+                    Stats::add(&self.engine.stats.closed, 1);
+                    self.events.push_back(Ev::Closed {
+                        conn: conn.id,
+                        error: conn.error.take(),
+                        counted: conn.counted.take(),
+                    });
+                }
+                if !conn.peer_eof {
+                    self.timers
+                        .schedule(Instant::now() + LINGER_MAX, Due::LingerEnd(conn.id));
+                }
             }
             if conn.wants_recv() {
                 if !conn.recv_armed {

@@ -27,6 +27,8 @@ pub(crate) enum Due {
     Abort(ConnId),
     /// Give up an outbound connect still in flight.
     ConnectTimeout(ConnId),
+    /// Stop a lingering close that is still waiting for the peer's EOF.
+    LingerEnd(ConnId),
     /// Close a connection whose packet, started at the instant, is not done.
     FrameTimeout(ConnId, std::time::Instant),
 }

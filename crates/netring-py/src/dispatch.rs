@@ -345,7 +345,7 @@ impl<'py> PyHandler<'py> {
         f: impl FnOnce(&Entry) -> PyResult<Py<PyAny>>,
     ) -> Option<Py<PyAny>> {
         let entry = self.conns.get(&conn)?;
-        if entry.failure.is_some() {
+        if entry.failure.is_some() || entry.transport.get().has_failed() {
             return None;
         }
         match f(entry) {
@@ -458,6 +458,7 @@ impl Handler for PyHandler<'_> {
                     transport.mark_lost();
                     let exc: Option<PyErr> = entry
                         .failure
+                        .or_else(|| transport.take_failure())
                         .or_else(|| error.map(|e| crate::errors::conn_error(py, e)));
                     let arg = exc.map(|e| e.into_value(py).into_any());
                     if let Err(e) =

@@ -34,6 +34,9 @@ pub struct Transport {
     protocol: std::sync::Mutex<Option<Py<PyAny>>>,
     /// The framing rule `send_packet` encodes with (the connection's own).
     framing: std::sync::Mutex<Framing>,
+    /// An exception `pause_writing()` raised inside `write()`: the
+    /// connection is being aborted and `connection_lost` gets it.
+    failure: std::sync::Mutex<Option<PyErr>>,
 }
 
 impl Transport {
@@ -55,6 +58,7 @@ impl Transport {
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             protocol: std::sync::Mutex::new(None),
             framing: std::sync::Mutex::new(framing),
+            failure: std::sync::Mutex::new(None),
         }
     }
 
@@ -72,6 +76,23 @@ impl Transport {
     /// A callback failed: drop further writes; the abort follows.
     pub fn mark_lost_soon(&self) {
         self.closing.store(true, Ordering::Release);
+    }
+
+    /// The exception a callback run inside a transport method raised, if
+    /// any (taken once, for `connection_lost`).
+    pub fn take_failure(&self) -> Option<PyErr> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Whether such a callback failed (no more callbacks are delivered).
+    pub fn has_failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// The engine handle.
@@ -137,11 +158,38 @@ impl Transport {
         if let Some(protocol) = protocol {
             Python::attach(|py| {
                 if let Err(e) = protocol.call_method0(py, pyo3::intern!(py, "pause_writing")) {
-                    // As asyncio: reported, not raised from write().
-                    e.print(py);
+                    // Not raised from write() (as asyncio); treated as any
+                    // callback's failure: logged once, this connection
+                    // aborted, connection_lost gets the exception.
+                    self.callback_failed(py, "pause_writing", e);
                 }
             });
         }
+    }
+
+    fn callback_failed(&self, py: Python<'_>, what: &str, err: PyErr) {
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if failure.is_some() {
+                return;
+            }
+            *failure = Some(err.clone_ref(py));
+        }
+        self.closing.store(true, Ordering::Release);
+        let peer = self.peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        let message = format!("netring: exception in {what} for {peer}; closing the connection");
+        let logged = py
+            .import("logging")
+            .and_then(|m| m.call_method1("getLogger", ("netring",)))
+            .and_then(|logger| {
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("exc_info", err.value(py))?;
+                logger.call_method("error", ("%s", message), Some(&kwargs))
+            });
+        if logged.is_err() {
+            err.print(py);
+        }
+        self.conn.abort_quietly();
     }
 }
 

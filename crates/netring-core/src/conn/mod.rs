@@ -184,6 +184,10 @@ pub struct Conn {
     pub(crate) frame_timeout: Option<std::time::Duration>,
     /// When the packet in progress started (with `frame_timeout`).
     pub(crate) packet_started: Option<std::time::Instant>,
+    /// Flushed and half-closed; draining input until the peer's EOF.
+    pub(crate) lingering: bool,
+    /// Lingering is over (deadline passed): close even without EOF.
+    pub(crate) linger_done: bool,
     /// The listener's counts this connection is part of, and its peer IP.
     pub(crate) counted: Option<(Arc<crate::limits::ListenerCounts>, Option<std::net::IpAddr>)>,
 }
@@ -222,6 +226,8 @@ impl Conn {
             max_write_buffer: crate::config::DEFAULT_MAX_WRITE_BUFFER_BYTES,
             frame_timeout: None,
             packet_started: None,
+            lingering: false,
+            linger_done: false,
             counted: None,
         }
     }
@@ -244,17 +250,25 @@ impl Conn {
 
     /// Whether the recv should be armed now.
     pub(crate) fn wants_recv(&self) -> bool {
-        self.state == State::Open
-            && !self.read_paused
-            && !self.peer_eof
-            && self.connecting.is_none()
+        if self.connecting.is_some() || self.peer_eof {
+            return false;
+        }
+        match self.state {
+            State::Open => !self.read_paused,
+            // Lingering close: read and discard until the peer's EOF, so the
+            // kernel never resets a connection whose input we left unread.
+            State::Closing => !self.linger_done,
+            State::Aborting => false,
+        }
     }
 
     /// Whether every operation has completed and the close condition holds.
     pub(crate) fn finished(&self) -> bool {
         let drained = match self.state {
             State::Open => false,
-            State::Closing => self.sendq.is_empty(),
+            State::Closing => {
+                self.sendq.is_empty() && self.lingering && (self.peer_eof || self.linger_done)
+            }
             State::Aborting => true,
         };
         drained && !self.recv_armed && !self.send_inflight && self.connecting.is_none()
