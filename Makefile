@@ -7,7 +7,7 @@ HOST      ?= 127.0.0.1
 PORT      ?= 5050
 FUZZ_SECONDS ?= 30
 
-.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-quick fuzz clean
+.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -46,6 +46,9 @@ bench: build  ## echo benchmark: netring vs uvloop vs asyncio vs a C epoll serve
 
 bench-framed: build  ## packet/line echo: netring vs uvloop/asyncio BufferedProtocol, Twisted, C
 	$(PY) benchmarks/framed_bench.py
+
+bench-workers: build  ## worker pool: line-workers vs asyncio run_in_executor, and the hand-off cost
+	$(PY) benchmarks/workers_bench.py --json benchmarks/results/workers.json > benchmarks/results/workers.md
 
 bench-quick: build  ## a short smoke run of the benchmark
 	$(PY) benchmarks/echo_bench.py --quick
