@@ -278,3 +278,22 @@ def test_limit_arguments_are_checked_at_construction() -> None:
         netring.Server(Counting, max_write_buffer=0)
     with pytest.raises(netring.ConfigurationError, match="frame_timeout"):
         netring.Server(Counting, frame_timeout=0)
+
+
+def test_outbound_connections_take_the_same_limits(backend: str) -> None:
+    Flooder.lost = []
+    with netring.IOPool(io_threads=1, backend=backend) as pool:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        future = pool.connect(Flooder, "127.0.0.1", listener.getsockname()[1],
+                              max_write_buffer=1 << 20, frame_timeout=5.0)
+        peer, _ = listener.accept()  # never reads
+        transport, protocol = future.result(5)
+        protocol.data_received(b"flood")  # from this thread: via the mailbox
+        assert wait_until(lambda: Flooder.lost, 10)
+        assert isinstance(Flooder.lost[0], netring.WriteBufferLimitError)
+        with pytest.raises(netring.ConfigurationError, match="max_write_buffer"):
+            pool.connect(Flooder, "127.0.0.1", 9, max_write_buffer=0)
+        peer.close()
+        listener.close()

@@ -226,6 +226,8 @@ class IOPool:
         local_addr: tuple[str, int] | None = None,
         idle_timeout: float | None = None,
         keepalive: tuple[float, float, int] | None = None,
+        max_write_buffer: int | None = None,
+        frame_timeout: float | None = None,
     ) -> concurrent.futures.Future[tuple[Any, Any]]:
         """Open a TCP connection from this pool's IO threads.
 
@@ -237,7 +239,8 @@ class IOPool:
         connect fails the future with the matching ``OSError`` /
         ``TimeoutError`` and leaves nothing behind. Safe to call from a
         protocol callback (e.g. a proxy opening its upstream); do not block
-        an IO thread on ``future.result()``.
+        an IO thread on ``future.result()``. ``max_write_buffer`` and
+        ``frame_timeout`` are ``Server``'s per-connection limits.
         """
         from .framing import Delimited, Exactly, LengthPrefixed, Raw
 
@@ -255,6 +258,10 @@ class IOPool:
             raise TypeError("framing: must be netring.Raw(), LengthPrefixed(), Delimited() "
                             f"or Exactly(), not {type(framing).__name__}")
         ka = check_keepalive(keepalive)
+        cap = (None if max_write_buffer is None
+               else check_int("max_write_buffer", max_write_buffer, 1))
+        frame_to = (None if frame_timeout is None
+                    else check_seconds("frame_timeout", frame_timeout, positive=True))
         local = None
         if local_addr is not None:
             local = (str(local_addr[0]), check_int("local_addr port", local_addr[1], 0, 65535))
@@ -264,7 +271,7 @@ class IOPool:
 
         def start(ip: str) -> None:
             self._engine.connect(ip, port, protocol_factory, future, spec, idle, timeout, local,
-                                 ka)
+                                 ka, cap, frame_to)
 
         try:
             ipaddress.ip_address(host)

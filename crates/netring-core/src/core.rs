@@ -605,7 +605,12 @@ impl ThreadCore {
                 }
                 self.write_eof(conn)
             }
-            Cmd::SetReading { conn, paused } => self.set_reading(conn, paused),
+            Cmd::SetReading { conn, paused } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.pending_sub();
+                }
+                self.set_reading(conn, paused)
+            }
             Cmd::SetWriteLimits { conn, high, low } => self.set_write_limits(conn, high, low),
             Cmd::SetFraming { conn, framing } => self.set_framing(conn, framing),
             Cmd::SetIdleTimeout { conn, timeout } => self.set_idle_timeout(conn, timeout),

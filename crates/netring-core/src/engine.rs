@@ -581,10 +581,14 @@ impl ConnRef {
         }
     }
 
-    /// Pause (true) or resume (false) delivery of received data.
+    /// Pause (true) or resume (false) delivery of received data. Ordered
+    /// with writes and earlier pauses from other threads, like a write.
     pub fn set_reading_paused(&self, paused: bool) {
-        if self.local(|c| c.set_reading(self.id, paused)).is_none() {
-            self.remote(Cmd::SetReading {
+        if self
+            .local_stream(|c| c.set_reading(self.id, paused))
+            .is_none()
+        {
+            self.remote_stream(Cmd::SetReading {
                 conn: self.id,
                 paused,
             });
