@@ -289,7 +289,7 @@ def test_outbound_connections_take_the_same_limits(backend: str) -> None:
         future = pool.connect(Flooder, "127.0.0.1", listener.getsockname()[1],
                               max_write_buffer=1 << 20, frame_timeout=5.0)
         peer, _ = listener.accept()  # never reads
-        transport, protocol = future.result(5)
+        _transport, protocol = future.result(5)
         protocol.data_received(b"flood")  # from this thread: via the mailbox
         assert wait_until(lambda: Flooder.lost, 10)
         assert isinstance(Flooder.lost[0], netring.WriteBufferLimitError)
