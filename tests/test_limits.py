@@ -297,3 +297,62 @@ def test_outbound_connections_take_the_same_limits(backend: str) -> None:
             pool.connect(Flooder, "127.0.0.1", 9, max_write_buffer=0)
         peer.close()
         listener.close()
+
+
+class Mirror(netring.Protocol):
+    """Echoes without ever pausing (relies on the engine's memory cap)."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_max_buffer_memory_pauses_readers_and_the_server_stays_responsive(
+        backend: str) -> None:
+    cap = 2 << 20
+    size = 16 << 20  # more than the kernel buffers both ways hold
+    with serving(Mirror, backend, max_buffer_memory=cap) as server:
+        clients = []
+        for _ in range(8):
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # before connect
+            c.settimeout(30)
+            c.connect(server.address)
+            clients.append(c)
+        payloads = [bytes([i]) * size for i in range(len(clients))]
+        senders = [threading.Thread(target=c.sendall, args=(p,))
+                   for c, p in zip(clients, payloads, strict=True)]
+        for t in senders:
+            t.start()
+        # Nobody reads: the engine buffers up to the cap, then stops reading
+        # those peers (TCP flow control holds the rest in the clients).
+        samples = []
+        for _ in range(20):
+            time.sleep(0.05)
+            samples.append(server.stats()["buffer_memory"])
+        assert max(samples) >= cap // 2, samples  # it did fill up
+        # ... and stopped near it: over by at most what the readers already
+        # had in flight when it was crossed.
+        assert max(samples) <= cap + len(clients) * (256 << 10), samples
+        assert all(t.is_alive() for t in senders)  # the senders are held back
+        # A client holding nothing is still served.
+        with connect(server) as fresh:
+            fresh.sendall(b"still here")
+            assert recv_exactly(fresh, 10) == b"still here"
+        # Everyone reads: every byte comes back, in order, and memory drains.
+        results: list[bool] = [False] * len(clients)
+
+        def read_all(i: int) -> None:
+            results[i] = recv_exactly(clients[i], size) == payloads[i]
+
+        readers = [threading.Thread(target=read_all, args=(i,)) for i in range(len(clients))]
+        for t in readers:
+            t.start()
+        for t in senders + readers:
+            t.join(60)
+        assert all(results)
+        assert wait_until(lambda: server.stats()["buffer_memory"] == 0, 10)
+        for c in clients:
+            c.close()

@@ -24,6 +24,7 @@ class Engine:
         backend: str = "auto",
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
+        max_buffer_memory: int | None = None,
     ) -> None: ...
     def listen(
         self,

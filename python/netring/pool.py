@@ -142,6 +142,13 @@ class IOPool:
         buffer_size: bytes per receive buffer (default 16 KiB).
         buffers_per_thread: receive buffers per IO thread (power of two,
             default 512).
+        max_buffer_memory: cap in bytes on what the engine buffers for
+            connections beyond its receive buffers (queued writes, partial
+            packets, input held while paused); default: no cap. At the cap,
+            connections holding such bytes stop reading until the total
+            falls to 3/4 of it; connections holding none go on being
+            served. Use ``frame_timeout`` too, so that a partial packet
+            cannot hold its bytes forever. Now: ``stats()["buffer_memory"]``.
 
     The threads start at construction; ``close()`` (or leaving a ``with``
     block) stops them.
@@ -154,6 +161,7 @@ class IOPool:
         backend: str | None = None,
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
+        max_buffer_memory: int | None = None,
     ) -> None:
         threads = (default_io_threads() if io_threads is None
                    else check_int("io_threads", io_threads, 1, 256))
@@ -164,7 +172,10 @@ class IOPool:
             n = check_int("buffers_per_thread", buffers_per_thread, 2, 32768)
             if n & (n - 1):
                 raise ConfigurationError(f"buffers_per_thread: must be a power of two, not {n}")
-        self._engine = _native.Engine(threads, backend, buffer_size, buffers_per_thread)
+        if max_buffer_memory is not None:
+            check_int("max_buffer_memory", max_buffer_memory, 1)
+        self._engine = _native.Engine(threads, backend, buffer_size, buffers_per_thread,
+                                      max_buffer_memory)
         self._lock = threading.Lock()
         self._resolver_pool: concurrent.futures.ThreadPoolExecutor | None = None
         _live.add(self)

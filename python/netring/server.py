@@ -67,13 +67,15 @@ class Server:
         host: address or name to bind (default 127.0.0.1).
         port: port to bind; 0 picks a free one (see ``port`` after start).
         pool: an ``IOPool`` to share with other servers; without one the
-            server makes its own from the four pool arguments below.
+            server makes its own from the five pool arguments below.
         io_threads: IO threads (default: 1 on a GIL build, one per CPU on a
             free-threaded build; see ``default_io_threads``).
         backend: "auto" (default, or $NETRING_BACKEND), "io_uring" or "epoll".
         buffer_size: bytes per receive buffer (default 16 KiB).
         buffers_per_thread: receive buffers per IO thread (power of two,
             default 512).
+        max_buffer_memory: cap on the bytes the engine buffers for
+            connections (see ``IOPool``); default: no cap.
         backlog: listen backlog.
         reuse_port: set SO_REUSEPORT (several processes on one port).
         framing: how each connection's stream is cut into packets
@@ -132,6 +134,7 @@ class Server:
         backend: str | None = None,
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
+        max_buffer_memory: int | None = None,
         backlog: int = _native.DEFAULT_BACKLOG,
         reuse_port: bool = False,
         framing: Framing | None = None,
@@ -191,7 +194,8 @@ class Server:
         self._priority = priority
         self._work: _ServerWork | None = None
         pool_args = {"io_threads": io_threads, "backend": backend, "buffer_size": buffer_size,
-                     "buffers_per_thread": buffers_per_thread}
+                     "buffers_per_thread": buffers_per_thread,
+                     "max_buffer_memory": max_buffer_memory}
         if pool is not None:
             if not isinstance(pool, IOPool):
                 raise TypeError(f"pool: must be a netring.IOPool, not {type(pool).__name__}")
@@ -211,6 +215,8 @@ class Server:
                 if n & (n - 1):
                     raise ConfigurationError(
                         f"buffers_per_thread: must be a power of two, not {n}")
+            if max_buffer_memory is not None:
+                check_int("max_buffer_memory", max_buffer_memory, 1)
             pool_args["backend"] = choose_backend(backend)
             self._pool_args = pool_args
         self._pool = pool

@@ -75,6 +75,11 @@ pub struct EngineConfig {
     pub buffer_size: usize,
     /// Receive buffers per IO thread.
     pub buffers_per_thread: usize,
+    /// Cap on the bytes the engine buffers for connections beyond its fixed
+    /// receive buffers (queued writes, partial packets, input held while
+    /// paused); `None`: no cap. At the cap, connections holding such bytes
+    /// stop reading until the total falls to 3/4 of it.
+    pub max_buffer_memory: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -84,6 +89,7 @@ impl Default for EngineConfig {
             backend: BackendChoice::Auto,
             buffer_size: DEFAULT_BUFFER_SIZE_BYTES,
             buffers_per_thread: DEFAULT_BUFFERS_PER_THREAD,
+            max_buffer_memory: None,
         }
     }
 }

@@ -195,6 +195,8 @@ pub struct ThreadCore {
     /// dispatch: freed after it, so that a new connection's
     /// `connection_made` never runs before the old one's `connection_lost`.
     pub(crate) releases: Vec<(Arc<ListenerCounts>, Option<std::net::IpAddr>)>,
+    /// Connections paused because the engine is over `max_buffer_memory`.
+    mem_paused: Vec<ConnId>,
 }
 
 impl ThreadCore {
@@ -217,6 +219,7 @@ impl ThreadCore {
             udp: Default::default(),
             fd_freed: false,
             releases: Vec::new(),
+            mem_paused: Vec::new(),
         }
     }
 
@@ -1114,9 +1117,53 @@ impl ThreadCore {
 
     // ---- settling -------------------------------------------------------------
 
+    /// Account a connection's buffered bytes; over the engine's cap, a
+    /// connection that holds some stops reading.
+    fn account(&mut self, index: usize) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let (old, now) = (conn.accounted, conn.buffered_bytes());
+        conn.accounted = now;
+        if old != now && self.engine.memory.update(old, now) {
+            self.wake_all();
+        }
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let memory = &self.engine.memory;
+        if now > 0 && !conn.mem_paused && conn.state == State::Open && memory.over_cap() {
+            conn.mem_paused = true;
+            memory.mark_over();
+            self.mem_paused.push(conn.id);
+        }
+    }
+
+    /// Wake every IO thread, this one included (paused connections may
+    /// resume on their next turn).
+    fn wake_all(&self) {
+        for mb in &self.engine.mailboxes {
+            mb.push(Cmd::Wake);
+        }
+    }
+
+    /// Resume connections paused for memory once the total is low again.
+    fn resume_for_memory(&mut self) {
+        if self.mem_paused.is_empty() || !self.engine.memory.may_resume() {
+            return;
+        }
+        for id in std::mem::take(&mut self.mem_paused) {
+            if let Some(conn) = self.touch(id) {
+                conn.mem_paused = false;
+            }
+        }
+    }
+
     /// Turn the state of every dirty connection into driver operations.
     pub(crate) fn settle<D: Driver>(&mut self, driver: &mut D) {
+        self.resume_for_memory();
         while let Some(index) = self.dirty.pop() {
+            self.account(index);
             let Some(conn) = self.conns.get_mut(index) else {
                 continue;
             };
@@ -1198,6 +1245,9 @@ impl ThreadCore {
 
     fn finalize<D: Driver>(&mut self, index: usize, driver: &mut D) {
         let conn = self.conns.remove(index);
+        if self.engine.memory.update(conn.accounted, 0) {
+            self.wake_all();
+        }
         self.generations[index] = self.generations[index].wrapping_add(1);
         driver.forget(index as u32, conn.fd.as_raw_fd());
         if conn.reset_on_close {

@@ -42,6 +42,8 @@ pub struct Shared {
     round_robin: AtomicUsize,
     next_listener: AtomicUsize,
     next_timer: AtomicU64,
+    /// Bytes buffered for connections (see `EngineConfig::max_buffer_memory`).
+    pub(crate) memory: crate::memory::Memory,
 }
 
 impl Shared {
@@ -91,6 +93,7 @@ impl Engine {
             round_robin: AtomicUsize::new(0),
             next_listener: AtomicUsize::new(0),
             next_timer: AtomicU64::new(1),
+            memory: crate::memory::Memory::new(config.max_buffer_memory),
         });
         let run_thread = Arc::new(run_thread);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -382,7 +385,9 @@ impl Engine {
 
     /// Counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot()
+        let mut s = self.shared.stats.snapshot();
+        s.buffer_memory = self.shared.memory.used() as u64;
+        s
     }
 
     /// Stop accepting, close every connection gracefully (flushing what was

@@ -19,6 +19,7 @@ pub mod framing;
 mod io_thread;
 pub mod limits;
 pub mod mailbox;
+mod memory;
 pub mod stats;
 mod timer;
 pub mod udp;

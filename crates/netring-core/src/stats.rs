@@ -44,6 +44,9 @@ pub struct StatsSnapshot {
     /// Connections accepted and closed at once by a listener's limits
     /// (`max_connections_per_ip`, or `max_connections` with `Overflow::Close`).
     pub refused: u64,
+    /// Bytes buffered for connections now (queued writes, partial packets,
+    /// held input), the quantity `max_buffer_memory` caps.
+    pub buffer_memory: u64,
 }
 
 impl Stats {
@@ -68,6 +71,7 @@ impl Stats {
             datagrams_truncated: self.datagrams_truncated.load(Ordering::Relaxed),
             datagrams_dropped: self.datagrams_dropped.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            buffer_memory: 0,
         }
     }
 }

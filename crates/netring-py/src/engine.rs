@@ -26,16 +26,18 @@ pub struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (io_threads, backend="auto", buffer_size=None, buffers_per_thread=None))]
+    #[pyo3(signature = (io_threads, backend="auto", buffer_size=None, buffers_per_thread=None, max_buffer_memory=None))]
     fn new(
         py: Python<'_>,
         io_threads: usize,
         backend: &str,
         buffer_size: Option<usize>,
         buffers_per_thread: Option<usize>,
+        max_buffer_memory: Option<usize>,
     ) -> PyResult<Self> {
         let mut config = EngineConfig {
             io_threads,
+            max_buffer_memory,
             ..Default::default()
         };
         config.backend = backend
@@ -363,6 +365,7 @@ impl Engine {
         d.set_item("datagrams_truncated", s.datagrams_truncated)?;
         d.set_item("datagrams_dropped", s.datagrams_dropped)?;
         d.set_item("connections_refused", s.refused)?;
+        d.set_item("buffer_memory", s.buffer_memory)?;
         d.set_item("backend", self.engine.backend().name())?;
         d.set_item("io_threads", self.engine.io_threads())?;
         d.set_item("backend_fallback_reason", self.engine.fallback_reason())?;

@@ -184,6 +184,10 @@ pub struct Conn {
     pub(crate) frame_timeout: Option<std::time::Duration>,
     /// When the packet in progress started (with `frame_timeout`).
     pub(crate) packet_started: Option<std::time::Instant>,
+    /// Bytes this connection adds to the engine's buffer memory.
+    pub(crate) accounted: usize,
+    /// Reading stopped: the engine is over `max_buffer_memory`.
+    pub(crate) mem_paused: bool,
     /// Flushed and half-closed; draining input until the peer's EOF.
     pub(crate) lingering: bool,
     /// Lingering is over (deadline passed): close even without EOF.
@@ -226,6 +230,8 @@ impl Conn {
             max_write_buffer: crate::config::DEFAULT_MAX_WRITE_BUFFER_BYTES,
             frame_timeout: None,
             packet_started: None,
+            accounted: 0,
+            mem_paused: false,
             lingering: false,
             linger_done: false,
             counted: None,
@@ -254,12 +260,18 @@ impl Conn {
             return false;
         }
         match self.state {
-            State::Open => !self.read_paused,
+            State::Open => !self.read_paused && !self.mem_paused,
             // Lingering close: read and discard until the peer's EOF, so the
             // kernel never resets a connection whose input we left unread.
             State::Closing => !self.linger_done,
             State::Aborting => false,
         }
+    }
+
+    /// Bytes buffered for this connection: queued writes, partial packet,
+    /// held input.
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.sendq.len() + self.decoder.allocated() + self.held.iter().map(Vec::len).sum::<usize>()
     }
 
     /// Whether every operation has completed and the close condition holds.
