@@ -190,6 +190,26 @@ def test_send_packet_refuses_what_the_header_cannot_hold(backend: str) -> None:
             protos[0].transport.send_packet(b"x" * 256)
 
 
+@pytest.mark.parametrize("framing, wire", [
+    (netring.LengthPrefixed(header_size=2, byteorder="little"),
+     b"\x01\x00a\x00\x00\x03\x00bcd"),
+    (netring.Delimited(b"\r\n"), b"a\r\n\r\nbcd\r\n"),
+])
+def test_send_packets_frames_a_batch_in_one_call(backend: str, framing: Any, wire: bytes) -> None:
+    protos: list[Any] = []
+    with serving(factory_of(Recorder, protos), backend, framing=framing) as server, \
+            connect(server) as s:
+        assert wait_until(lambda: len(protos) == 1)
+        t = protos[0].transport
+        t.send_packets([b"a", b"", bytearray(b"bcd")])
+        assert recv_exactly(s, len(wire)) == wire
+        with pytest.raises(TypeError, match="bytes-like"):
+            t.send_packets([b"ok", "text"])
+        t.write_eof()
+        with pytest.raises(RuntimeError, match="send_packets"):
+            t.send_packets([b"late"])
+
+
 def test_framing_arguments_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="header_size"):
         netring.LengthPrefixed(header_size=3)

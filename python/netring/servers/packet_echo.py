@@ -15,9 +15,7 @@ class PacketEcho(Protocol):
         self.transport = transport
 
     def packets_received(self, packets: list[bytes]) -> None:
-        send = self.transport.send_packet
-        for packet in packets:
-            send(packet)
+        self.transport.send_packets(packets)  # one call for the whole batch
 
     # Backpressure: while the peer is not taking our replies, stop reading
     # its requests (TCP flow control then slows it down).

@@ -45,18 +45,21 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// Bytes buffered under a previous rule, re-framed before new input.
     replay: Vec<u8>,
+    /// Delimited: the delimiter's searcher, built once per rule.
+    finder: Option<memmem::Finder<'static>>,
 }
 
 impl Decoder {
     /// A decoder with nothing buffered.
     pub fn new(framing: Framing) -> Self {
         Decoder {
-            framing,
             header: [0; 8],
             header_len: 0,
             body_len: None,
             partial: Vec::new(),
             replay: Vec::new(),
+            finder: framing_finder_source(&framing).map(|d| memmem::Finder::new(&d).into_owned()),
+            framing,
         }
     }
 
@@ -187,7 +190,7 @@ impl Decoder {
             } => {
                 let (d, max_line, strip) = (delimiter.len(), *max_line, *strip);
                 if self.partial.is_empty() {
-                    return match memmem::find(input, delimiter) {
+                    return match find(&self.finder, input, delimiter) {
                         Some(i) if i + d <= max_line => {
                             let end = if strip { i } else { i + d };
                             Ok((i + d, Some(Packet::Borrowed(&input[..end]))))
@@ -208,7 +211,7 @@ impl Decoder {
                 let take = input.len().min(max_line - old);
                 self.partial.extend_from_slice(&input[..take]);
                 let start = old.saturating_sub(d - 1);
-                match memmem::find(&self.partial[start..], delimiter) {
+                match find(&self.finder, &self.partial[start..], delimiter) {
                     Some(j) => {
                         let line_end = start + j + d;
                         self.partial.truncate(line_end);
@@ -253,6 +256,24 @@ impl Decoder {
         } else {
             (take, None)
         }
+    }
+}
+
+/// The delimiter a rule searches for, if it is Delimited.
+fn framing_finder_source(framing: &Framing) -> Option<Vec<u8>> {
+    match framing {
+        Framing::Delimited { delimiter, .. } => Some(delimiter.clone()),
+        _ => None,
+    }
+}
+
+/// First occurrence of `needle` in `hay`: memchr for one byte, the prebuilt
+/// searcher otherwise.
+fn find(finder: &Option<memmem::Finder<'static>>, hay: &[u8], needle: &[u8]) -> Option<usize> {
+    match (needle, finder) {
+        ([b], _) => memchr::memchr(*b, hay),
+        (_, Some(f)) => f.find(hay),
+        (_, None) => memmem::find(hay, needle),
     }
 }
 

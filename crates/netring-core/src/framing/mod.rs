@@ -140,9 +140,9 @@ impl Framing {
         Ok(())
     }
 
-    /// Append what goes before a `len`-byte payload: the length header for
-    /// LengthPrefixed, nothing otherwise.
-    pub fn encode_header(&self, len: usize, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// Write the header of a `len`-byte payload into `out` and return its
+    /// length (0 unless LengthPrefixed): no allocation.
+    pub fn encode_header_into(&self, len: usize, out: &mut [u8; 8]) -> Result<usize, EncodeError> {
         if let Framing::LengthPrefixed {
             header,
             big_endian,
@@ -159,11 +159,21 @@ impl Framing {
                 });
             }
             if *big_endian {
-                out.extend_from_slice(&total.to_be_bytes()[8 - h..]);
+                out[..h].copy_from_slice(&total.to_be_bytes()[8 - h..]);
             } else {
-                out.extend_from_slice(&total.to_le_bytes()[..h]);
+                out[..h].copy_from_slice(&total.to_le_bytes()[..h]);
             }
+            return Ok(h);
         }
+        Ok(0)
+    }
+
+    /// Append what goes before a `len`-byte payload: the length header for
+    /// LengthPrefixed, nothing otherwise.
+    pub fn encode_header(&self, len: usize, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let mut header = [0u8; 8];
+        let h = self.encode_header_into(len, &mut header)?;
+        out.extend_from_slice(&header[..h]);
         Ok(())
     }
 }
