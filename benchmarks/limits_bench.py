@@ -350,9 +350,13 @@ def verdict(ratio: float | None, target: float, lower_is_better: bool) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
+    build = doc.get("build") or {}
+    dirty = " (engine tree modified)" if build.get("engine_tree_dirty") else ""
     out = [f"Limits figures (issue #7): medians of {doc['runs']} run(s); servers on CPU "
            f"{SERVER_CPU}, clients on CPU {CLIENT_CPU}; {doc['machine']}; "
-           f"RLIMIT_NOFILE hard limit {doc['hard_nofile']}.", ""]
+           f"RLIMIT_NOFILE hard limit {doc['hard_nofile']}; netring at commit "
+           f"{build.get('commit')}{dirty}"
+           f", native module built {build.get('native_built')}.", ""]
     if doc.get("rss"):
         out += ["### RSS per idle connection", "",
                 "| server | idle connections | bytes per connection | RSS before → with them "
@@ -368,13 +372,14 @@ def render(doc: dict[str, Any]) -> str:
                 f"RLIMIT_NOFILE {EXHAUST_LIMIT} in the server, {2 * EXHAUST_LIMIT} clients; "
                 "after 2 s exhausted all close, then one new client's echo is timed.", "",
                 "| server | descriptors held | CPU while exhausted | new client served after "
-                "| within 1 s |", "|---|---:|---:|---:|---|"]
+                "| target < 1 s |", "|---|---:|---:|---:|---|"]
         for row in doc["recovery"]:
             s = row["recovery_s"]
+            took = "never (15 s)" if s is None else "< 1 ms" if s < 0.0005 else f"{s * 1000:.0f} ms"
+            ok = "met" if s is not None and s < 1 else "**missed**"
             out.append(f"| {row['server']} | {row['descriptors_held']} | "
-                       f"{row['exhausted_cpu_pct']} % | "
-                       f"{'never (15 s)' if s is None else f'{s * 1000:.0f} ms'} | "
-                       f"{'met' if s is not None and s < 1 else '**missed**'} |")
+                       f"{row['exhausted_cpu_pct']} % | {took} | "
+                       f"{ok if row['server'].startswith('netring') else ''} |")
         out.append("")
     if doc.get("churn"):
         out += ["### Connections per second (connect, 64-byte echo, close; 64 in flight)", "",
@@ -409,7 +414,11 @@ def main() -> int:
                     help="run a churn measurement again (up to N times) when other processes "
                     f"used over {QUIET_PCT} %% of a CPU during it")
     ap.add_argument("--out", default=str(HERE / "results" / "limits"))
+    ap.add_argument("--render", metavar="JSON", help="only print the table of a saved run")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())), end="")
+        return 0
     names = [n for n in args.servers.split(",") if n]
     for n in names:
         if n not in SERVERS:
