@@ -408,10 +408,11 @@ def test_quit_replies_ok_and_closes(kv: netring.Server) -> None:
         assert recv_until_eof(s) == b"+OK\r\n"
 
 
-def test_line_over_16_kib_is_closed_by_the_engine(kv: netring.Server, client: Any) -> None:
+def test_inline_line_over_64_kib_gets_a_protocol_error(kv: netring.Server,
+                                                       client: Any) -> None:
     with connect(kv) as s:
-        s.sendall(b"SET k " + b"v" * 20_000 + b"\r\n")
-        assert recv_until_eof(s) == b""
+        s.sendall(b"SET k " + b"v" * 70_000 + b"\r\n")
+        assert recv_until_eof(s) == b"-ERR Protocol error: too big inline request\r\n"
     assert client.ping() is True
 
 

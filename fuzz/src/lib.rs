@@ -135,6 +135,21 @@ pub fn exactly(input: &mut Input) -> Framing {
     valid(Framing::Exactly(n))
 }
 
+/// `[a] [b] [c]`: RESP requests with `max_bulk` 1..=256, `max_command`
+/// 16..=4,096 and `max_inline` 16..=271.
+pub fn resp(input: &mut Input) -> Framing {
+    let (a, b, c) = (
+        usize::from(input.byte()),
+        usize::from(input.byte()),
+        usize::from(input.byte()),
+    );
+    valid(Framing::Resp {
+        max_bulk: 1 + a,
+        max_command: 16 + (b << 4),
+        max_inline: 16 + c,
+    })
+}
+
 /// Any rule: `kind` bits 5–6 pick raw, length-prefixed, delimited or
 /// exactly, whose parameters follow.
 pub fn any_framing(kind: u8, input: &mut Input) -> Framing {
@@ -486,7 +501,7 @@ fn overhead(framing: &Framing) -> (usize, usize) {
         Framing::Delimited {
             delimiter, strip, ..
         } => (0, if *strip { delimiter.len() } else { 0 }),
-        Framing::Raw | Framing::Exactly(_) => (0, 0),
+        Framing::Raw | Framing::Exactly(_) | Framing::Resp { .. } => (0, 0),
     }
 }
 
@@ -499,5 +514,12 @@ fn limit(framing: &Framing) -> usize {
         } => usize::from(*header) + max_packet,
         Framing::Delimited { max_line, .. } => *max_line,
         Framing::Exactly(n) => *n,
+        // An unfinished command: its declared bytes plus a header line in
+        // progress, or an inline line.
+        Framing::Resp {
+            max_command,
+            max_inline,
+            ..
+        } => (*max_command + netring_core::framing::resp::MAX_HEADER_LINE).max(*max_inline),
     }
 }

@@ -29,7 +29,7 @@ from .errors import (
     NetringError,
     WriteBufferLimitError,
 )
-from .framing import Delimited, Exactly, LengthPrefixed, Raw
+from .framing import Delimited, Exactly, LengthPrefixed, Raw, Resp
 from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
@@ -56,6 +56,7 @@ __all__ = [
     "NetringError",
     "Protocol",
     "Raw",
+    "Resp",
     "Server",
     "TimerHandle",
     "Transport",

@@ -27,6 +27,7 @@ __all__ = [
     "Framing",
     "LengthPrefixed",
     "Raw",
+    "Resp",
 ]
 
 #: Largest length-prefixed packet by default: 1 MiB (see docs/framing.md).
@@ -129,4 +130,40 @@ class Exactly:
         return ("exactly", self.n)
 
 
-Framing = Raw | LengthPrefixed | Delimited | Exactly
+@dataclass(frozen=True)
+class Resp:
+    """Redis protocol requests, one packet per whole command.
+
+    ``packet_received`` gets a command as ``list[bytes]`` (its arguments,
+    from a RESP array of bulk strings) or as ``bytes`` (an inline command's
+    line, without its line ending, for the protocol to split). One callback
+    per command instead of one per header and argument.
+
+    Bad input closes the connection with ``FramingError`` carrying Redis's
+    text ("Protocol error: invalid bulk length", "... too big inline
+    request", ...); the protocol's ``framing_error(exc)`` runs first and may
+    write Redis's ``-ERR`` reply. Limits apply before buffering.
+
+    Args:
+        max_bulk: largest argument (default 16 MiB; Redis allows 512 MiB).
+        max_command: largest command, headers and bodies (default 64 MiB);
+            a declared length that would pass it closes the connection with
+            ``FrameTooLargeError`` before the body is buffered.
+        max_inline: longest inline command line (default 64 KiB, Redis's).
+    """
+
+    max_bulk: int = 16 << 20
+    max_command: int = 64 << 20
+    max_inline: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        _int("max_bulk", self.max_bulk)
+        _int("max_command", self.max_command)
+        _int("max_inline", self.max_inline)
+        _native.check_framing(self._spec())
+
+    def _spec(self) -> tuple[object, ...]:
+        return ("resp", self.max_bulk, self.max_command, self.max_inline)
+
+
+Framing = Raw | LengthPrefixed | Delimited | Exactly | Resp

@@ -253,7 +253,7 @@ class IOPool:
         an IO thread on ``future.result()``. ``max_write_buffer`` and
         ``frame_timeout`` are ``Server``'s per-connection limits.
         """
-        from .framing import Delimited, Exactly, LengthPrefixed, Raw
+        from .framing import Delimited, Exactly, LengthPrefixed, Raw, Resp
 
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable")
@@ -265,9 +265,9 @@ class IOPool:
                 else check_seconds("idle_timeout", idle_timeout, positive=True))
         if framing is None:
             framing = Raw()
-        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly):
-            raise TypeError("framing: must be netring.Raw(), LengthPrefixed(), Delimited() "
-                            f"or Exactly(), not {type(framing).__name__}")
+        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly | Resp):
+            raise TypeError("framing: must be netring.Raw(), LengthPrefixed(), Delimited(), "
+                            f"Exactly() or Resp(), not {type(framing).__name__}")
         ka = check_keepalive(keepalive)
         cap = (None if max_write_buffer is None
                else check_int("max_write_buffer", max_write_buffer, 1))

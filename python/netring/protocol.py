@@ -58,6 +58,12 @@ class Protocol(BaseProtocol):
         if transport is not None:
             transport.close()
 
+    def framing_error(self, exc: Exception) -> None:
+        """The peer broke the framing rule (``exc``: ``FrameTooLargeError``,
+        ``FramingError``). Nothing more is delivered; write a last reply
+        here if the protocol has one (it is flushed), then the connection
+        closes and ``connection_lost(exc)`` follows."""
+
     def eof_received(self) -> bool | None:
         """The peer half-closed. Return a true value to keep the connection
         open for writing; otherwise the transport closes itself."""

@@ -21,7 +21,7 @@ from typing import Any
 from . import _native
 from ._served import _ServerWork
 from .errors import ConfigurationError
-from .framing import Delimited, Exactly, Framing, LengthPrefixed, Raw
+from .framing import Delimited, Exactly, Framing, LengthPrefixed, Raw, Resp
 from .pool import (
     BACKENDS,
     DEFAULT_GRACE_SECONDS,
@@ -159,10 +159,10 @@ class Server:
         self._reuse_port = reuse_port
         if framing is None:
             framing = Raw()
-        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly):
+        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly | Resp):
             raise TypeError(
-                "framing: must be netring.Raw(), LengthPrefixed(), Delimited() or Exactly(), "
-                f"not {type(framing).__name__}")
+                "framing: must be netring.Raw(), LengthPrefixed(), Delimited(), Exactly() "
+                f"or Resp(), not {type(framing).__name__}")
         self._framing = framing
         self._idle_timeout = (None if idle_timeout is None
                               else check_seconds("idle_timeout", idle_timeout, positive=True))

@@ -86,6 +86,10 @@ pub(crate) enum Ev {
         /// Released once `connection_lost` has run (after the dispatch).
         counted: Counted,
     },
+    FrameError {
+        conn: ConnId,
+        error: crate::framing::FrameError,
+    },
     EndpointOpened {
         ep: ConnId,
         token: u64,
@@ -197,6 +201,9 @@ pub struct ThreadCore {
     pub(crate) releases: Vec<(Arc<ListenerCounts>, Option<std::net::IpAddr>)>,
     /// Connections paused because the engine is over `max_buffer_memory`.
     mem_paused: Vec<ConnId>,
+    /// Connections whose `FrameError` was just delivered: closed (flushing
+    /// what the handler wrote in answer) before the next event.
+    pub(crate) close_after: Vec<ConnId>,
 }
 
 impl ThreadCore {
@@ -220,6 +227,7 @@ impl ThreadCore {
             fd_freed: false,
             releases: Vec::new(),
             mem_paused: Vec::new(),
+            close_after: Vec::new(),
         }
     }
 
@@ -864,7 +872,7 @@ impl ThreadCore {
                         conn.last_activity = now;
                         Stats::add(&self.engine.stats.bytes_in, chunk.len as u64);
                         self.chunks_out.push(chunk.bid);
-                        if conn.state == State::Open {
+                        if conn.state == State::Open && !conn.frame_failed {
                             self.events.push_back(Ev::Data {
                                 conn: conn.id,
                                 chunk,
@@ -1024,6 +1032,13 @@ impl ThreadCore {
                 options,
                 counted,
             });
+        }
+    }
+
+    /// Close the connections whose `FrameError` was just delivered.
+    pub(crate) fn close_after_frame_errors(&mut self) {
+        for id in std::mem::take(&mut self.close_after) {
+            self.close(id);
         }
     }
 

@@ -61,6 +61,14 @@ pub enum Event<'b> {
     PauseWriting { conn: ConnId },
     /// The write queue drained to its low-water mark.
     ResumeWriting { conn: ConnId },
+    /// The peer broke the framing rule (an oversize packet or line, a RESP
+    /// protocol error): nothing more is read or delivered; the handler may
+    /// write a last reply, then the connection closes gracefully (flushing
+    /// it) and `Closed` follows with the same error.
+    FrameError {
+        conn: ConnId,
+        error: crate::framing::FrameError,
+    },
     /// The connection is gone (connection_lost); `error` says why, if an
     /// error ended it. This is the last event for `conn`.
     Closed {
@@ -131,6 +139,9 @@ impl<'b> Batch<'b> {
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Event<'b>> {
         let mut core = self.core.borrow_mut();
+        if !core.close_after.is_empty() {
+            core.close_after_frame_errors();
+        }
         loop {
             match core.urgent.pop_front() {
                 Some(Ev::PauseWriting { conn }) => {
@@ -233,6 +244,12 @@ impl<'b> Batch<'b> {
                 Ev::ResumeWriting { conn } => {
                     if core.conn(conn).is_some_and(|c| c.state == State::Open) {
                         return Some(Event::ResumeWriting { conn });
+                    }
+                }
+                Ev::FrameError { conn, error } => {
+                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
+                        core.close_after.push(conn);
+                        return Some(Event::FrameError { conn, error });
                     }
                 }
                 Ev::Closed {
@@ -342,6 +359,7 @@ fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
     let rest: &'b [u8] =
         unsafe { std::slice::from_raw_parts(cur.ptr.add(cur.offset), cur.len - cur.offset) };
     let result = match core.conn(cur.conn) {
+        Some(c) if c.frame_failed => None,
         Some(c) if c.state == State::Open && c.read_paused => {
             if !rest.is_empty() {
                 c.held.push(rest.to_vec());
@@ -387,8 +405,13 @@ fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
         }
         Err(e) => {
             if let Some(c) = core.touch(cur.conn) {
-                c.begin_abort(Some(ConnError::Frame(e)), false);
+                c.frame_failed = true;
+                c.error = Some(ConnError::Frame(e.clone()));
             }
+            core.events.push_front(Ev::FrameError {
+                conn: cur.conn,
+                error: e,
+            });
             core.cursor = None;
             None
         }

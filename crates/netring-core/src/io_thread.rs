@@ -150,5 +150,7 @@ fn dispatch<H: Handler>(core: &RefCell<ThreadCore>, handler: &mut H, engine: u64
     handler.dispatch(&mut batch);
     // Whatever the handler left undelivered is dropped here, in order.
     while batch.next().is_some() {}
-    core.borrow_mut().release_dispatched();
+    let mut c = core.borrow_mut();
+    c.close_after_frame_errors();
+    c.release_dispatched();
 }

@@ -85,6 +85,19 @@ struct Entry {
     open: Option<Arc<AtomicUsize>>,
 }
 
+/// A RESP command as Python sees it: `list[bytes]` (an array's arguments)
+/// or `bytes` (an inline line without its line ending).
+fn resp_command<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyAny> {
+    use netring_core::framing::resp::{args, Command};
+    match args(data) {
+        Command::Inline(line) => PyBytes::new(py, line).into_any(),
+        Command::Args(parts) => {
+            let items = parts.into_iter().map(|a| PyBytes::new(py, a));
+            PyList::new(py, items).map_or_else(|_| py.None().into_bound(py), Bound::into_any)
+        }
+    }
+}
+
 /// Delivers one IO thread's events to Python.
 pub struct PyHandler<'py> {
     pub(crate) py: Python<'py>,
@@ -289,15 +302,23 @@ impl<'py> PyHandler<'py> {
     /// the same read in one list.
     fn packets(&mut self, batch: &mut Batch<'_>, conn: ConnId, first: &[u8]) {
         let py = self.py;
-        let batched = self
-            .conns
-            .get(&conn)
-            .and_then(|e| e.packets_received.as_ref().map(|m| m.clone_ref(py)));
+        let Some(entry) = self.conns.get(&conn) else {
+            return;
+        };
+        let resp = entry.transport.get().is_resp();
+        let packet = |data: &[u8]| -> Bound<'_, PyAny> {
+            if resp {
+                resp_command(py, data)
+            } else {
+                PyBytes::new(py, data).into_any()
+            }
+        };
+        let batched = entry.packets_received.as_ref().map(|m| m.clone_ref(py));
         if let Some(method) = batched {
             let list = PyList::empty(py);
             let mut next = Some(first);
             while let Some(data) = next {
-                if list.append(PyBytes::new(py, data)).is_err() {
+                if list.append(packet(data)).is_err() {
                     break;
                 }
                 next = batch.next_packet_of(conn);
@@ -311,7 +332,7 @@ impl<'py> PyHandler<'py> {
             });
             return;
         }
-        let bytes = PyBytes::new(py, first);
+        let bytes = packet(first);
         self.call(conn, "packet_received", |e| match &e.packet_received {
             Some(m) => m.call1(py, (bytes,)),
             None => e
@@ -425,6 +446,23 @@ impl Handler for PyHandler<'_> {
                 Event::ResumeWriting { conn } => {
                     self.call(conn, "resume_writing", |e| {
                         e.protocol.call_method0(py, intern!(py, "resume_writing"))
+                    });
+                }
+                Event::FrameError { conn, error } => {
+                    // A protocol may answer bad input before the close (e.g.
+                    // Redis's "-ERR Protocol error: ..."): framing_error(exc).
+                    self.call(conn, "framing_error", |e| {
+                        let p = e.protocol.bind(py);
+                        if p.hasattr(intern!(py, "framing_error"))? {
+                            let exc = crate::errors::conn_error(
+                                py,
+                                netring_core::conn::ConnError::Frame(error),
+                            );
+                            p.call_method1(intern!(py, "framing_error"), (exc.into_value(py),))
+                                .map(Bound::unbind)
+                        } else {
+                            Ok(py.None())
+                        }
                     });
                 }
                 Event::EndpointOpened {

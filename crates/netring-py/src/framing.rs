@@ -13,7 +13,7 @@ use crate::errors::netring_error;
 
 /// Parse a framing tuple: `("raw",)`, `("length_prefixed", header,
 /// big_endian, includes_header, max_packet)`, `("delimited", delimiter,
-/// max_line, strip)` or `("exactly", n)`.
+/// max_line, strip)`, `("exactly", n)` or `("resp", max_bulk, max_command, max_inline)`.
 pub fn from_py(spec: &Bound<'_, PyAny>) -> PyResult<Framing> {
     let py = spec.py();
     let tuple = match spec.cast::<PyTuple>() {
@@ -39,6 +39,11 @@ pub fn from_py(spec: &Bound<'_, PyAny>) -> PyResult<Framing> {
             strip: tuple.get_item(3)?.extract()?,
         },
         "exactly" => Framing::Exactly(tuple.get_item(1)?.extract()?),
+        "resp" => Framing::Resp {
+            max_bulk: tuple.get_item(1)?.extract()?,
+            max_command: tuple.get_item(2)?.extract()?,
+            max_inline: tuple.get_item(3)?.extract()?,
+        },
         other => {
             return Err(netring_error(
                 py,

@@ -29,6 +29,8 @@ pub struct Transport {
     reading_paused: AtomicBool,
     /// Inside `packets_received`: the rest of the read is already cut.
     in_batch: AtomicBool,
+    /// The framing is RESP: packets reach Python as argument lists.
+    resp: AtomicBool,
     high_water: AtomicUsize,
     low_water: AtomicUsize,
     protocol: std::sync::Mutex<Option<Py<PyAny>>>,
@@ -54,6 +56,7 @@ impl Transport {
             eof_written: AtomicBool::new(false),
             reading_paused: AtomicBool::new(false),
             in_batch: AtomicBool::new(false),
+            resp: AtomicBool::new(matches!(framing, Framing::Resp { .. })),
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             protocol: std::sync::Mutex::new(None),
@@ -66,6 +69,11 @@ impl Transport {
     pub fn mark_lost(&self) {
         self.closing.store(true, Ordering::Release);
         *self.protocol.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Whether packets are RESP commands (delivered as argument lists).
+    pub fn is_resp(&self) -> bool {
+        self.resp.load(Ordering::Acquire)
     }
 
     /// Mark the span of a `packets_received` call.
@@ -156,7 +164,9 @@ impl Transport {
     /// Queue one packet framed by `framing` (header on the stack).
     fn frame_one(&self, framing: &Framing, data: &[u8]) -> PyResult<Written> {
         Ok(match framing {
-            Framing::Raw | Framing::Exactly(_) => self.conn.write_inline(data),
+            Framing::Raw | Framing::Exactly(_) | Framing::Resp { .. } => {
+                self.conn.write_inline(data)
+            }
             Framing::Delimited { delimiter, .. } => {
                 self.conn.write_parts_inline(&[data, delimiter])
             }
@@ -324,6 +334,8 @@ impl Transport {
             ));
         }
         let framing = crate::framing::from_py(framing)?;
+        self.resp
+            .store(matches!(framing, Framing::Resp { .. }), Ordering::Release);
         *self.framing.lock().unwrap_or_else(|e| e.into_inner()) = framing.clone();
         self.conn.set_framing(framing);
         Ok(())

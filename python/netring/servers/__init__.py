@@ -13,6 +13,7 @@ from ..framing import Delimited, LengthPrefixed
 from ..pool import IOPool
 from .echo import Echo
 from .kv import KV
+from .kv import RESP as KV_RESP
 from .line import LineEcho
 from .line_workers import line_workers_factory
 from .packet_echo import PacketEcho
@@ -73,7 +74,7 @@ SERVERS: dict[str, Example] = {
         {"framing": LengthPrefixed(header_size=4, byteorder="big", max_packet=LARGE_PACKET_MAX),
          "buffer_size": 1024}),
     "kv": Example(KV, "a Redis-protocol key-value server (RESP subset)",
-                  {"framing": Delimited(b"\r\n")}),
+                  {"framing": KV_RESP}),
     "proxy": Example(None, "a TCP port forwarder to --upstream HOST:PORT, backpressure both ways",
                      build=_proxy),
     "udp-echo": Example(UdpEcho, "UDP: every datagram back to its sender", udp=True),

@@ -2,11 +2,11 @@
 
 Requests are RESP arrays of bulk strings (``*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n``,
 what every Redis client sends) or inline commands (``GET k\\r\\n``, as typed
-into telnet). The engine does the framing, switching rules mid-stream:
-``Delimited(b"\\r\\n")`` cuts the ``*N`` array header and each ``$len`` bulk
-header; ``Exactly(len + 2)`` then cuts that bulk string's body with its
-CRLF, and the rule goes back to ``Delimited``. Python sees whole headers
-and whole values, never a partial read.
+into telnet). The engine does the framing with ``netring.Resp``: one packet
+per whole command, delivered as its argument list (``list[bytes]``), or as
+the line (``bytes``) for an inline command, which this module splits the
+way Redis does. One Python call per read however many commands it holds
+(``packets_received``), and one write for all their replies.
 
 Commands: PING, ECHO, SET (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL), GET,
 DEL, EXISTS, INCR, DECR, INCRBY, DECRBY, MGET, MSET, DBSIZE, FLUSHDB,
@@ -18,22 +18,13 @@ by default); RESP3 only changes how nulls and maps are written.
 
 Bad input is answered the way Redis answers it: ``-ERR Protocol error: ...``
 and the connection is closed after the replies already due (a malformed
-``*``/``$`` header, a negative bulk length, one above 512 MiB, unbalanced
-quotes in an inline command). ``*-1`` and ``*0`` are empty requests and are
-skipped; any other negative count is an error. Two checks are stricter than
-Redis: a bulk body must be followed by CRLF (Redis skips those two bytes
-unread), and ``*-2`` is an error (Redis skips it). An inline line longer than
-the framing's ``max_line`` (16 KiB) is refused by the engine, which closes
-the connection without a reply (Redis answers "too big inline request").
-
-Why ``packet_received`` and not ``packets_received``: the engine cuts every
-packet of a batch before calling ``packets_received``, so a
-``set_framing(Exactly(...))`` made for a bulk body would come too late for
-the packets already in the list (a body cut as a line, or one longer than
-``max_line`` closing the connection). With ``packet_received`` a switch
-applies to the very next byte. Each command's reply is one
-``transport.write``; the engine coalesces the writes of one batch into one
-send.
+``*``/``$`` header, a negative bulk length, one above 512 MiB, an inline
+line over 64 KiB, unbalanced quotes in an inline command). The engine finds
+these while framing and calls ``framing_error``, which writes the reply
+before the engine closes the connection. ``*-1`` and ``*0`` are empty
+requests and are skipped; any other negative count is an error. Two checks
+are stricter than Redis: a bulk body must be followed by CRLF (Redis skips
+those two bytes unread), and ``*-2`` is an error (Redis skips it).
 """
 
 from __future__ import annotations
@@ -46,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .._native import Transport
-from ..framing import Delimited, Exactly, Framing
+from ..framing import Resp
 from ..protocol import Protocol
 
 __all__ = ["KV", "MAX_BULK_BYTES", "MAX_MULTIBULK_ARGS", "Session", "Store", "execute"]
@@ -56,22 +47,10 @@ MAX_BULK_BYTES = 512 * 1024 * 1024
 #: Most arguments in one request array (Redis's limit).
 MAX_MULTIBULK_ARGS = 1024 * 1024
 
-#: Headers and inline commands: CRLF lines of at most 16 KiB.
-LINE = Delimited(b"\r\n")
-
-_EXACTLY_CACHE_MAX_BYTES = 4096
-_exactly_cache: dict[int, Exactly] = {}
-
-
-def _exactly(n: int) -> Exactly:
-    """``Exactly(n)``, cached for small n (every SET of a 3-byte key asks
-    for ``Exactly(5)``)."""
-    spec = _exactly_cache.get(n)
-    if spec is None:
-        spec = Exactly(n)
-        if n <= _EXACTLY_CACHE_MAX_BYTES:
-            _exactly_cache[n] = spec
-    return spec
+#: One packet per whole command: arguments up to 512 MiB each (Redis's
+#: proto-max-bulk-len), a command up to 1 GiB (its client-query-buffer-limit),
+#: an inline line up to 64 KiB.
+RESP = Resp(max_bulk=MAX_BULK_BYTES, max_command=1 << 30, max_inline=64 * 1024)
 
 
 # -- replies -------------------------------------------------------------------
@@ -116,15 +95,6 @@ def parse_int(value: bytes) -> int | None:
         return None
     n = int(value)
     return n if _INT64_MIN <= n <= _INT64_MAX else None
-
-
-def _parse_length(digits: bytes) -> int | None:
-    """A ``*N`` or ``$N`` header's number; None if it is not one."""
-    if digits.isdigit() and len(digits) <= 18:
-        return int(digits)
-    if digits[:1] == b"-" and digits[1:].isdigit() and len(digits) <= 19:
-        return int(digits)
-    return None
 
 
 def split_inline(line: bytes) -> list[bytes] | None:
@@ -534,35 +504,28 @@ def execute(session: Session, args: list[bytes]) -> bytes:
 
 
 class KV(Protocol):
-    """One client connection: parses requests, runs them, writes replies in
-    order.
+    """One client connection: runs its commands, writes replies in order.
 
-    Serve it with ``framing=netring.Delimited(b"\\r\\n")`` (it also sets that
-    rule itself when the connection is made). Threading contract: the
-    callbacks of one connection never run concurrently; connections on
-    different IO threads share the store, and each command runs under the
-    store's lock.
+    Serve it with ``framing=netring.Resp(...)`` (it also sets ``RESP``
+    itself when the connection is made). Threading contract: the callbacks
+    of one connection never run concurrently; connections on different IO
+    threads share the store, and each command runs under the store's lock.
 
     Args:
         store: the keyspace; ``DEFAULT_STORE`` (one per process) if omitted.
     """
 
     transport: Transport
-    _set_framing: Callable[[Framing], None]
     _write: Callable[[bytes], None]
 
     def __init__(self, store: Store | None = None) -> None:
         self.session = Session(DEFAULT_STORE if store is None else store)
-        self._args: list[bytes] = []  # the request being read
-        self._argc = 0                # its length, from *N (0: between requests)
-        self._in_body = False         # the next packet is a bulk body plus its CRLF
         self._closing = False
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         self.transport = transport
-        self._set_framing = transport.set_framing
         self._write = transport.write
-        transport.set_framing(LINE)
+        transport.set_framing(RESP)
 
     # Backpressure: a client pipelining commands without reading replies
     # stops being read until it takes them.
@@ -572,53 +535,38 @@ class KV(Protocol):
     def resume_writing(self) -> None:
         self.transport.resume_reading()
 
-    def packet_received(self, packet: bytes) -> None:
-        if self._closing:
-            return
-        if self._in_body:
-            # Exactly(len + 2): the value and its CRLF; then headers again.
-            self._in_body = False
-            self._set_framing(LINE)
-            if packet[-2:] != b"\r\n":
-                self._protocol_error("expected CRLF after bulk string")
-                return
-            args = self._args
-            args.append(packet[:-2])
-            if len(args) == self._argc:
-                self._args, self._argc = [], 0
-                self._run(args)
-            return
-        digits = packet[1:]
-        # The common case first: a plain count; _parse_length takes the rest.
-        n = int(digits) if digits.isdigit() and len(digits) <= 18 else _parse_length(digits)
-        if self._argc:  # inside a request: a $len header
-            if packet[:1] != b"$":
-                self._protocol_error(f"expected '$', got '{packet[:1].decode('latin-1')}'")
-            elif n is None or not 0 <= n <= MAX_BULK_BYTES:
-                self._protocol_error("invalid bulk length")
+    def packets_received(self, commands: list[list[bytes] | bytes]) -> None:  # type: ignore[override]
+        session = self.session
+        replies = []
+        for command in commands:
+            if self._closing:
+                break
+            if isinstance(command, bytes):  # an inline command's line
+                args = split_inline(command)
+                if args is None:
+                    replies.append(error("ERR Protocol error: unbalanced quotes in request"))
+                    self._closing = True
+                    break
             else:
-                self._in_body = True
-                self._set_framing(_exactly_cache.get(n + 2) or _exactly(n + 2))
-        elif packet[:1] == b"*":
-            if n is None or not -1 <= n <= MAX_MULTIBULK_ARGS:
-                self._protocol_error("invalid multibulk length")
-            elif n > 0:  # *0 and *-1 are empty requests, skipped
-                self._argc = n
-        else:
-            args = split_inline(packet)
-            if args is None:
-                self._protocol_error("unbalanced quotes in request")
-            elif args:
-                self._run(args)
-
-    def _run(self, args: list[bytes]) -> None:
-        self._write(execute(self.session, args))
-        if len(args[0]) == 4 and args[0].lower() == b"quit":
-            self._closing = True
+                args = command
+            if not args:
+                continue  # an empty request (*0, *-1, a blank line)
+            replies.append(execute(session, args))
+            if len(args[0]) == 4 and args[0].lower() == b"quit":
+                self._closing = True
+        if replies:
+            self._write(b"".join(replies))
+        if self._closing:
             self.transport.close()
 
-    def _protocol_error(self, what: str) -> None:
-        """Reply ``-ERR Protocol error: what`` and close, as Redis does."""
+    def packet_received(self, packet: list[bytes] | bytes) -> None:  # type: ignore[override]
+        self.packets_received([packet])
+
+    def framing_error(self, exc: Exception) -> None:
+        """The engine found a protocol error: answer as Redis does (the
+        engine then closes the connection, after this reply)."""
+        text = str(exc)
+        if not text.startswith("Protocol error"):
+            text = f"Protocol error: {text}"
         self._closing = True
-        self.transport.write(error(f"ERR Protocol error: {what}"))
-        self.transport.close()
+        self._write(error(f"ERR {text}"))

@@ -184,6 +184,9 @@ pub struct Conn {
     pub(crate) frame_timeout: Option<std::time::Duration>,
     /// When the packet in progress started (with `frame_timeout`).
     pub(crate) packet_started: Option<std::time::Instant>,
+    /// The peer broke the framing rule: no more reading or decoding; the
+    /// connection closes after its `FrameError` event.
+    pub(crate) frame_failed: bool,
     /// Bytes this connection adds to the engine's buffer memory.
     pub(crate) accounted: usize,
     /// Reading stopped: the engine is over `max_buffer_memory`.
@@ -230,6 +233,7 @@ impl Conn {
             max_write_buffer: crate::config::DEFAULT_MAX_WRITE_BUFFER_BYTES,
             frame_timeout: None,
             packet_started: None,
+            frame_failed: false,
             accounted: 0,
             mem_paused: false,
             lingering: false,
@@ -260,7 +264,7 @@ impl Conn {
             return false;
         }
         match self.state {
-            State::Open => !self.read_paused && !self.mem_paused,
+            State::Open => !self.read_paused && !self.mem_paused && !self.frame_failed,
             // Lingering close: read and discard until the peer's EOF, so the
             // kernel never resets a connection whose input we left unread.
             State::Closing => !self.linger_done,

@@ -47,6 +47,8 @@ pub struct Decoder {
     replay: Vec<u8>,
     /// Delimited: the delimiter's searcher, built once per rule.
     finder: Option<memmem::Finder<'static>>,
+    /// Resp: how far the command in progress was scanned.
+    resp: super::resp::Scan,
 }
 
 impl Decoder {
@@ -59,6 +61,7 @@ impl Decoder {
             partial: Vec::new(),
             replay: Vec::new(),
             finder: framing_finder_source(&framing).map(|d| memmem::Finder::new(&d).into_owned()),
+            resp: Default::default(),
             framing,
         }
     }
@@ -138,6 +141,38 @@ impl Decoder {
             Framing::Exactly(n) => {
                 let n = *n;
                 Ok(self.fill_to(input, 0, n))
+            }
+            Framing::Resp {
+                max_bulk,
+                max_command,
+                max_inline,
+            } => {
+                let limits = super::resp::Limits {
+                    max_bulk: *max_bulk,
+                    max_command: *max_command,
+                    max_inline: *max_inline,
+                };
+                if self.partial.is_empty() {
+                    let mut st = super::resp::Scan::default();
+                    if let Some(end) = super::resp::scan(input, &mut st, limits)? {
+                        return Ok((end, Some(Packet::Borrowed(&input[..end]))));
+                    }
+                    self.resp = st;
+                    self.partial.extend_from_slice(input);
+                    return Ok((input.len(), None));
+                }
+                // The command started in an earlier read: append and resume
+                // the scan where it stopped.
+                let old = self.partial.len();
+                self.partial.extend_from_slice(input);
+                match super::resp::scan(&self.partial, &mut self.resp, limits)? {
+                    Some(end) => {
+                        self.partial.truncate(end);
+                        let cmd = std::mem::take(&mut self.partial);
+                        Ok((end - old, Some(Packet::Owned(cmd))))
+                    }
+                    None => Ok((input.len(), None)),
+                }
             }
             Framing::LengthPrefixed {
                 header,

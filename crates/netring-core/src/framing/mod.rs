@@ -20,6 +20,7 @@
 
 mod decoder;
 pub mod reference;
+pub mod resp;
 
 pub use decoder::{Decoder, Packet};
 
@@ -69,6 +70,16 @@ pub enum Framing {
     },
     /// Packets of exactly this many bytes.
     Exactly(usize),
+    /// Redis protocol requests: one packet per whole command (an array of
+    /// bulk strings, or an inline line); see [`resp`].
+    Resp {
+        /// Largest bulk string (argument) accepted.
+        max_bulk: usize,
+        /// Largest command accepted (headers and bodies).
+        max_command: usize,
+        /// Longest inline command line.
+        max_inline: usize,
+    },
 }
 
 impl Framing {
@@ -112,6 +123,35 @@ impl Framing {
                         "max_line",
                         format!(
                             "must be between the delimiter's length and {MAX_PACKET_LIMIT_BYTES}, not {max_line}"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Framing::Resp {
+                max_bulk,
+                max_command,
+                max_inline,
+            } => {
+                if *max_bulk > MAX_PACKET_LIMIT_BYTES {
+                    return Err(ConfigError::new(
+                        "max_bulk",
+                        format!("must be at most {MAX_PACKET_LIMIT_BYTES}, not {max_bulk}"),
+                    ));
+                }
+                if *max_command < 16 || *max_command > MAX_PACKET_LIMIT_BYTES {
+                    return Err(ConfigError::new(
+                        "max_command",
+                        format!(
+                            "must be between 16 and {MAX_PACKET_LIMIT_BYTES}, not {max_command}"
+                        ),
+                    ));
+                }
+                if *max_inline < 16 || *max_inline > MAX_PACKET_LIMIT_BYTES {
+                    return Err(ConfigError::new(
+                        "max_inline",
+                        format!(
+                            "must be between 16 and {MAX_PACKET_LIMIT_BYTES}, not {max_inline}"
                         ),
                     ));
                 }
@@ -208,6 +248,8 @@ pub enum FrameError {
     LineTooLong { limit: usize },
     /// A header that counts itself declared less than its own size.
     HeaderTooShort { declared: u64, header: u8 },
+    /// A RESP request broke the protocol (Redis's text for the error).
+    Resp(String),
 }
 
 impl fmt::Display for FrameError {
@@ -224,6 +266,7 @@ impl fmt::Display for FrameError {
                 f,
                 "length header declares {declared} bytes, less than its own {header} bytes"
             ),
+            FrameError::Resp(what) => write!(f, "Protocol error: {what}"),
         }
     }
 }

@@ -15,6 +15,29 @@ pub fn decode_all(framing: &Framing, stream: &[u8]) -> (Vec<Vec<u8>>, Option<Fra
                 out.push(stream.to_vec());
             }
         }
+        Framing::Resp {
+            max_bulk,
+            max_command,
+            max_inline,
+        } => {
+            let limits = super::resp::Limits {
+                max_bulk: *max_bulk,
+                max_command: *max_command,
+                max_inline: *max_inline,
+            };
+            // From scratch at every command (the decoder resumes instead).
+            while pos < stream.len() {
+                let mut st = super::resp::Scan::default();
+                match super::resp::scan(&stream[pos..], &mut st, limits) {
+                    Ok(Some(end)) => {
+                        out.push(stream[pos..pos + end].to_vec());
+                        pos += end;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
         Framing::Exactly(n) => {
             while stream.len() - pos >= *n {
                 out.push(stream[pos..pos + n].to_vec());

@@ -304,7 +304,33 @@ fn any_framing() -> impl Strategy<Value = Framing> {
         )
             .prop_map(|(d, max, strip)| lines(&d, max.max(d.len()), strip)),
         (1usize..50).prop_map(Framing::Exactly),
+        (1usize..100, 16usize..400, 16usize..100).prop_map(|(b, c, i)| Framing::Resp {
+            max_bulk: b,
+            max_command: c,
+            max_inline: i,
+        }),
     ]
+}
+
+/// RESP commands: arrays of bulk strings (binary, CRLF inside) and inline lines.
+fn resp_stream() -> impl Strategy<Value = Vec<u8>> {
+    let arg = prop::collection::vec(prop::sample::select(b"ab\r\n*$0".to_vec()), 0..12);
+    let array = prop::collection::vec(arg, 0..5).prop_map(|args| {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(&a);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    });
+    let inline = prop::collection::vec(prop::sample::select(b"PING x\t".to_vec()), 0..10).prop_map(
+        |mut l| {
+            l.extend_from_slice(b"\r\n");
+            l
+        },
+    );
+    prop::collection::vec(prop_oneof![array, inline], 0..10).prop_map(|cmds| cmds.concat())
 }
 
 proptest! {
@@ -317,6 +343,19 @@ proptest! {
         sizes in prop::collection::vec(1usize..40, 1..8),
     ) {
         prop_assert_eq!(decode_split(&framing, &stream, &sizes), decode_all(&framing, &stream));
+    }
+
+    #[test]
+    fn resp_commands_at_every_split_decode_like_the_reference(
+        stream in resp_stream(),
+        sizes in prop::collection::vec(1usize..20, 1..8),
+    ) {
+        let framing = Framing::Resp { max_bulk: 1 << 16, max_command: 1 << 20, max_inline: 1024 };
+        let expect = decode_all(&framing, &stream);
+        prop_assert_eq!(&expect.1, &None);
+        prop_assert_eq!(expect.0.concat(), stream.clone());
+        prop_assert_eq!(decode_split(&framing, &stream, &sizes), expect.clone());
+        prop_assert_eq!(decode_split(&framing, &stream, &[1]), expect);
     }
 
     #[test]
