@@ -265,3 +265,55 @@ def test_set_framing_inside_packets_received_is_refused(backend: str) -> None:
             connect(server) as s:
         s.sendall(b"a\nb\n")
         assert recv_exactly(s, 30) == b"set_framing() inside packets_r"
+
+
+class RespRecorder(netring.Protocol):
+    """Records RESP commands; answers framing errors, as Redis does."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.commands: list[Any] = []
+        self.errors: list[Exception] = []
+        self.lost: list[BaseException | None] = []
+
+    def packet_received(self, packet: Any) -> None:
+        self.commands.append(packet)
+        self.transport.write(b"+OK\r\n")
+
+    def framing_error(self, exc: Exception) -> None:
+        self.errors.append(exc)
+        self.transport.write(b"-ERR " + str(exc).encode() + b"\r\n")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+
+def test_resp_framing_delivers_whole_commands_and_answers_bad_input(backend: str) -> None:
+    protos: list[Any] = []
+    framing = netring.Resp(max_bulk=64, max_command=1024)
+    with serving(factory_of(RespRecorder, protos), backend, framing=framing) as server, \
+            connect(server) as s:
+        stream = (b"*2\r\n$3\r\nGET\r\n$4\r\nk\r\nx\r\n" + b"PING  a\r\n" + b"*0\r\n"
+                  + b"*1\r\n$65\r\n" + b"never read\r\n")
+        for i in range(0, len(stream), 3):  # across many reads
+            s.sendall(stream[i:i + 3])
+        got = recv_until_eof(s)
+        assert got == (b"+OK\r\n" * 3
+                       + b"-ERR Protocol error: invalid bulk length\r\n")
+        p = protos[0]
+        assert wait_until(lambda: p.lost)
+        assert p.commands == [[b"GET", b"k\r\nx"], b"PING  a", []]
+        assert isinstance(p.errors[0], netring.FramingError)
+        assert isinstance(p.lost[0], netring.FramingError)
+
+
+def test_framing_error_can_answer_before_the_close(backend: str) -> None:
+    protos: list[Any] = []
+    framing = netring.LengthPrefixed(header_size=2, max_packet=10)
+    with serving(factory_of(RespRecorder, protos), backend, framing=framing) as server, \
+            connect(server) as s:
+        s.sendall(struct.pack(">H", 2) + b"ok" + struct.pack(">H", 11) + b"x" * 11)
+        got = recv_until_eof(s)
+        assert got.startswith(b"+OK\r\n-ERR ") and b"max_packet=10" in got
+        assert wait_until(lambda: protos[0].lost)
+        assert isinstance(protos[0].lost[0], netring.FrameTooLargeError)
