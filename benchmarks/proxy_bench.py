@@ -36,6 +36,7 @@ from echo_bench import (
     Scenario,
     Server,
     add_run_args,
+    build_info,
     ensure_built,
     finish_run_args,
     fmt,
@@ -47,6 +48,7 @@ from echo_bench import (
     table,
     wait_quiet,
 )
+from udp_bench import provenance
 
 PROXY_CPU, CLIENT_CPU = "0", "1"  # the proxy alone; the load generator with the C echo
 DIRECT = "direct"  # the C echo on CPU 1 with the load generator: the baseline
@@ -294,6 +296,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    build = build_info()  # what the proxies load, read before they start
     ensure_built("proxy_bench")
     can_pin = not args.no_pin and shutil.which("taskset") and {0, 1} <= os.sched_getaffinity(0)
     if not can_pin and not args.no_pin:
@@ -343,12 +346,13 @@ def main() -> None:
         f" after {args.warmup:g} s warm-up; {where}; {platform.system()} {platform.release()},"
         f" {os.cpu_count()} CPUs, Python {platform.python_version()}.\n"
     )
+    print(provenance(build) + "\n")
     print(report(rows, checks))
     for note in footnotes(runs, skipped):
         print("\n" + note)
     if args.json:
-        save_json(args.json, args, bool(can_pin),
-                  {"skipped": skipped, "runs": runs, "medians": rows, "targets": checks})
+        doc = {"skipped": skipped, "runs": runs, "medians": rows, "targets": checks}
+        save_json(args.json, args, bool(can_pin), doc | {"build_at_start": build})
     if not rows:
         sys.exit(1)
 

@@ -27,6 +27,7 @@ from echo_bench import (
     Scenario,
     Server,
     add_run_args,
+    build_info,
     ensure_built,
     finish_run_args,
     fmt,
@@ -194,6 +195,13 @@ def report(rows: list[dict], checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def provenance(build: dict) -> str:
+    """One line naming the netring build the servers ran (read when the run started)."""
+    dirty = ", engine tree dirty" if build.get("engine_tree_dirty") else ""
+    return (f"netring: checkout {build.get('commit')}{dirty}, native module built"
+            f" {build.get('native_built')} (read at the start of the run).")
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--servers", default=ALL_SERVERS, help="comma list of %(default)s")
@@ -211,6 +219,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    build = build_info()  # what the servers load, read before they start
     ensure_built("udp_bench")
     build_c_udp()
     pins = pinning(args)
@@ -224,12 +233,13 @@ def main() -> None:
     checks = verdicts(rows, args.scenario_list)
     title = "UDP echo benchmark (connected sockets; datagram unanswered after 200 ms = lost)"
     print(headline(title, args, pins[0]) + "\n")
+    print(provenance(build) + "\n")
     print(report(rows, checks))
     for note in footnotes(runs, skipped):
         print("\n" + note)
     if args.json:
-        save_json(args.json, args, pins[0], {"skipped": skipped, "runs": runs, "medians": rows,
-                                             "targets": checks})
+        doc = {"skipped": skipped, "runs": runs, "medians": rows, "targets": checks}
+        save_json(args.json, args, pins[0], doc | {"build_at_start": build})
     if not rows:
         sys.exit(1)
 
