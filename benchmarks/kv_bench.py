@@ -58,6 +58,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The issue's targets, per netring backend: (tests, pipeline, threshold) on
 # requests/s vs redis-server.
 TARGETS = [(("SET", "GET"), 1, 0.8), (("SET", "GET"), 16, 0.3)]
+SPREAD = 0.10  # a run this far from its median req/s is named in the notes
 BORDERLINE = 0.10  # a verdict this close to its threshold is within run-to-run noise
 METRICS = (
     "rps",
@@ -435,9 +436,19 @@ def report(rows: list[dict], checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def footnotes(runs: list[dict], skipped: dict[str, str], bad: dict[str, str]) -> list[str]:
-    notes = [f"- skipped {name}: {why}" for name, why in skipped.items()]
-    notes += [f"- {name} answered wrongly, not measured: {why}" for name, why in bad.items()]
+def footnotes(doc: dict) -> list[str]:
+    runs, meta = doc["runs"], doc["meta"]
+    notes = [f"- skipped {name}: {why}" for name, why in doc["skipped"].items()]
+    notes += [
+        f"- {name} answered wrongly, not measured: {why}"
+        for name, why in doc["wrong_answers"].items()
+    ]
+    start, end = meta["build_at_start"], meta["build_at_end"]
+    if start.get("native_built") != end.get("native_built"):
+        notes.append(
+            f"- the native module was rebuilt during the run ({start.get('native_built')}"
+            f" -> {end.get('native_built')}): the servers ran the build read at the start"
+        )
     noisy = [r["other_cpu_pct"] for r in runs if r.get("other_cpu_pct", 0) > QUIET_MAX_PCT]
     if noisy:
         notes.append(
@@ -445,17 +456,58 @@ def footnotes(runs: list[dict], skipped: dict[str, str], bad: dict[str, str]) ->
             f" {QUIET_MAX_PCT}-{max(noisy):.0f} % of a CPU: the machine was not quiet"
         )
     else:
-        notes.append(f"- no run had other processes above {QUIET_MAX_PCT} % of a CPU")
+        notes.append(f"- no recorded run had other processes above {QUIET_MAX_PCT} % of a CPU")
     retried = sum(r.get("attempts", 1) > 1 for r in runs)
     if retried:
         notes.append(f"- {retried} run(s) were retried because other processes were busy")
     failed = [r for r in runs if "error" in r]
     if failed:
         notes.append(f"- {len(failed)} run(s) failed, e.g. {failed[0]['error']}")
+    median_of = {(m["server"], m["test"], m["pipeline"]): m["rps"] for m in doc["medians"]}
+    off = []
+    for r in runs:
+        med = median_of.get((r["server"], r["test"], r["pipeline"]))
+        if med and "rps" in r and abs(r["rps"] / med - 1) > SPREAD:
+            off.append(
+                f"{r['server']} {r['test']} -P {r['pipeline']} rep {r['rep'] + 1}"
+                f" {r['rps'] / med - 1:+.0%}"
+            )
+    if off:
+        notes.append(
+            f"- {len(off)} of {len(runs)} runs were more than {SPREAD:.0%} from their median"
+            f" req/s: {'; '.join(off)}"
+        )
+    else:
+        notes.append(f"- every run was within {SPREAD:.0%} of its median req/s")
     elapsed = [r["elapsed_s"] for r in runs if "elapsed_s" in r]
     if elapsed:
         notes.append(f"- runs took {min(elapsed):.1f}-{max(elapsed):.1f} s each")
     return notes
+
+
+def render(doc: dict) -> str:
+    """The markdown report of a run (also of a saved one: --render)."""
+    meta = doc["meta"]
+    build = meta["build_at_start"]
+    where = (
+        f"server on CPU {meta['server_cpu']}, redis-benchmark on CPU {meta['client_cpu']}"
+        if meta["pinned"]
+        else "unpinned"
+    )
+    head = (
+        f"kv benchmark: redis-benchmark -c {meta['clients']}, -n sized for"
+        f" ≥ {meta['duration_s']:g} s on the fastest server; medians of {meta['repeat']}"
+        f" run(s); {where}; netring --io-threads {meta['io_threads']};"
+        f" {meta['redis_server'].split(' sha=')[0]}; {meta['redis_benchmark']};"
+        f" {meta['system']}, {meta['cpus']} CPUs, Python {meta['python_version']}; {meta['time']}."
+    )
+    dirty = ", engine tree dirty" if build.get("engine_tree_dirty") else ""
+    prov = (
+        f"netring: checkout {build.get('commit')}{dirty}, native module built"
+        f" {build.get('native_built')} (read at the start of the run)."
+    )
+    parts = [head, "", prov, "", report(doc["medians"], doc["targets"]), ""]
+    return "\n".join(parts + footnotes(doc)) + "\n"
 
 
 def parse_args() -> argparse.Namespace:
@@ -505,6 +557,7 @@ def parse_args() -> argparse.Namespace:
         f" used over {QUIET_MAX_PCT} %% of a CPU; the last attempt is kept",
     )
     ap.add_argument("--json", metavar="OUT", help="save meta, every run and the medians here")
+    ap.add_argument("--render", metavar="JSON", help="only print the report of a saved run")
     args = ap.parse_args()
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
@@ -522,6 +575,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())), end="")
+        return
+    build = build_info()  # what the servers load, read before they start
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for tool in (REDIS_BENCHMARK, REDIS_CLI):
         if shutil.which(tool) is None:
             sys.exit(f"kv_bench: {tool} is not installed (Debian: apt-get install redis-tools)")
@@ -558,61 +616,43 @@ def main() -> None:
             skipped[srv.name] = srv.note
 
     rows = medians(runs, [s.name for s in servers if s.name not in bad], args)
-    checks = verdicts(rows)
-    where = (
-        f"server on CPU {SERVER_CPU}, redis-benchmark on CPU {CLIENT_CPU}"
-        if can_pin
-        else "unpinned"
-    )
-    bench = subprocess.run(
-        [REDIS_BENCHMARK, "--version"], check=False, capture_output=True, text=True
-    ).stdout.strip()
-    redis = (
-        subprocess.run(
-            [REDIS_SERVER, "--version"], check=False, capture_output=True, text=True
-        ).stdout.strip()
-        if shutil.which(REDIS_SERVER)
-        else ""
-    )
-    info = build_info()
-    print(
-        f"kv benchmark: redis-benchmark -c {CLIENTS}, -n sized for ≥ {args.duration:g} s"
-        f" on the fastest server; medians of {args.repeat} run(s); {where};"
-        f" netring {info['commit']} (native module built {info['native_built']}"
-        f"{', engine tree dirty' if info['engine_tree_dirty'] else ''}),"
-        f" --io-threads {args.io_threads}; {redis.split(' sha=')[0]}; {bench};"
-        f" {platform.system()} {platform.release()}, {os.cpu_count()} CPUs,"
-        f" Python {platform.python_version()}.\n"
-    )
-    print(report(rows, checks))
-    print()
-    for note in footnotes(runs, skipped, bad):
-        print(note)
+
+    def version(tool: str) -> str:
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+        cmd = [tool, "--version"]
+        return subprocess.run(cmd, check=False, capture_output=True, text=True).stdout.strip()
+
+    meta = {
+        "argv": sys.argv,
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpus": os.cpu_count(),
+        "pinned": bool(can_pin),
+        "server_cpu": SERVER_CPU,
+        "client_cpu": CLIENT_CPU,
+        "clients": CLIENTS,
+        "io_threads": args.io_threads,
+        "time": started,
+        "repeat": args.repeat,
+        "duration_s": args.duration,
+        "requests": sizes,
+        "redis_server": version(REDIS_SERVER),
+        "redis_benchmark": version(REDIS_BENCHMARK),
+        "build_at_start": build,
+        "build_at_end": build_info(),
+    }
+    doc = {
+        "meta": meta,
+        "skipped": skipped,
+        "wrong_answers": bad,
+        "runs": runs,
+        "medians": rows,
+        "targets": verdicts(rows),
+    }
+    print(render(doc), end="")
     if args.json:
-        meta = {
-            "argv": sys.argv,
-            "python": sys.executable,
-            "pinned": bool(can_pin),
-            "server_cpu": SERVER_CPU,
-            "client_cpu": CLIENT_CPU,
-            "clients": CLIENTS,
-            "kernel": platform.release(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "repeat": args.repeat,
-            "duration_s": args.duration,
-            "requests": sizes,
-            "redis_server": redis,
-            "redis_benchmark": bench,
-            **info,
-        }
-        doc = {
-            "meta": meta,
-            "skipped": skipped,
-            "wrong_answers": bad,
-            "runs": runs,
-            "medians": rows,
-            "targets": checks,
-        }
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     if not rows or bad:
         sys.exit(1)
