@@ -26,7 +26,11 @@ time from /proc. It passes (exit 0) when: RSS after warm-up grows < 5 %
 window; windows are 10 % of the run, at least 5 s), descriptors and threads
 return to their baseline (before any connection) once the traffic stops,
 every echo was exact, every exception was logged exactly once, and the
-server drains and exits 0 on SIGTERM. Prints a summary and writes
+server drains and exits 0 on SIGTERM. The server runs with glibc's mmap
+threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``; ``--malloc-default``
+turns that off): with the default dynamic threshold freed 16 MiB buffers are
+kept or returned at glibc's whim and RSS steps by 16 MiB either way for
+minutes, which says nothing about leaks. Prints a summary and writes
 ``PREFIX.md`` and ``PREFIX.json`` (default ``benchmarks/results/soak``).
 """
 
@@ -319,6 +323,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "soak"),
                         help="write PREFIX.md and PREFIX.json")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs 0 and 1")
+    parser.add_argument("--malloc-default", action="store_true",
+                        help="leave glibc's dynamic mmap threshold on in the server (RSS then "
+                        "steps by 16 MiB as freed big buffers are kept or returned)")
     args = parser.parse_args()
     duration = args.duration
     warmup = args.warmup if args.warmup is not None else max(10.0, 0.25 * duration)
@@ -339,8 +346,14 @@ def main() -> int:
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
         os.sched_setaffinity(0, {1})
+    env = dict(os.environ)
+    if not args.malloc_default:
+        # A fixed 1 MiB mmap threshold: freed 16 MiB buffers go back to the
+        # OS at once, so RSS follows live memory (leaks) rather than what
+        # glibc chose to keep after the largest burst so far.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     with open(log_path, "w") as log:
-        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     assert server.stdout is not None
     ready = server.stdout.readline().split()
     if not ready or ready[0] != "READY":
@@ -466,6 +479,7 @@ def main() -> int:
         "server_exit": code,
         "server_stop_s": round(stop_seconds, 2),
         "pinned": pin,
+        "malloc_mmap_threshold": None if args.malloc_default else 1 << 20,
         "machine": f"Linux {platform.release()}, {os.cpu_count()} CPUs, "
                    f"Python {platform.python_version()}",
         "load_before": os.getloadavg(),
