@@ -350,3 +350,19 @@ def test_cli_serves_echo_packet_echo_and_udp_echo_in_one_process(backend: str) -
         for f in (proc.stdout, proc.stderr):
             if f:
                 f.close()
+
+
+def test_many_senders_past_the_address_cache(pool: netring.IOPool) -> None:
+    """Replies go to the right sender whatever the number of senders (the
+    endpoint's address cache starts over past 1,024 of them)."""
+    _transport, _protocol, addr = open_echo(pool)
+    clients = [client() for _ in range(1100)]
+    for rounds in range(2):
+        for start in range(0, len(clients), 50):  # 50 at a time: no kernel drops
+            batch = list(enumerate(clients))[start:start + 50]
+            for i, c in batch:
+                c.sendto(b"%d/%d" % (rounds, i), addr)
+            for i, c in batch:
+                assert c.recvfrom(64)[0] == b"%d/%d" % (rounds, i)
+    for c in clients:
+        c.close()

@@ -36,6 +36,22 @@ pub struct DatagramTransport {
     high_water: AtomicUsize,
     low_water: AtomicUsize,
     protocol: std::sync::Mutex<Option<Py<PyAny>>>,
+    /// Senders' addresses as Python tuples, and back: an echo passes the
+    /// tuple it was given straight to `sendto`, so neither side formats or
+    /// parses an address string per datagram.
+    addrs: std::sync::Mutex<AddrCache>,
+}
+
+/// Most sender addresses remembered per endpoint; past it the cache starts
+/// over (memory stays bounded whatever the senders).
+const ADDR_CACHE_ENTRIES: usize = 1024;
+
+#[derive(Default)]
+struct AddrCache {
+    objects: std::collections::HashMap<SocketAddr, Py<PyAny>>,
+    /// Tuple object identity → address. Valid while `objects` holds the
+    /// tuple (the two maps are cleared together).
+    parsed: std::collections::HashMap<usize, SocketAddr>,
 }
 
 impl DatagramTransport {
@@ -49,7 +65,42 @@ impl DatagramTransport {
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             protocol: std::sync::Mutex::new(None),
+            addrs: Default::default(),
         }
+    }
+
+    /// `addr` as a Python `(host, port)` tuple, cached.
+    fn addr_object(&self, py: Python<'_>, addr: SocketAddr) -> Py<PyAny> {
+        let mut cache = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(obj) = cache.objects.get(&addr) {
+            return obj.clone_ref(py);
+        }
+        let obj = match address(py, Some(addr)) {
+            Ok(Some(t)) => t.into_any().unbind(),
+            _ => return py.None(),
+        };
+        if cache.objects.len() >= ADDR_CACHE_ENTRIES {
+            cache.objects.clear();
+            cache.parsed.clear();
+        }
+        cache.parsed.insert(obj.as_ptr() as usize, addr);
+        cache.objects.insert(addr, obj.clone_ref(py));
+        obj
+    }
+
+    /// `addr` parsed, from the cache when it is a tuple we handed out.
+    fn parse_cached(&self, addr: &Bound<'_, PyAny>) -> PyResult<SocketAddr> {
+        let key = addr.as_ptr() as usize;
+        if let Some(a) = self
+            .addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .parsed
+            .get(&key)
+        {
+            return Ok(*a);
+        }
+        parse_addr(addr)
     }
 
     fn protocol(&self) -> Option<Py<PyAny>> {
@@ -109,7 +160,7 @@ impl DatagramTransport {
             }
             Some(a) if a.is_none() => None,
             Some(a) => {
-                let to = parse_addr(a)?;
+                let to = self.parse_cached(a)?;
                 if let Some(peer) = self.peer {
                     if to != peer {
                         return Err(PyValueError::new_err(format!(
@@ -269,8 +320,6 @@ pub struct EndpointEntry {
     transport: Py<DatagramTransport>,
     datagram_received: Option<Py<PyAny>>,
     capacity: usize,
-    /// The last sender and its address tuple (most traffic repeats peers).
-    last_addr: Option<(SocketAddr, Py<PyAny>)>,
 }
 
 impl PyHandler<'_> {
@@ -303,7 +352,6 @@ impl PyHandler<'_> {
                     transport: transport.clone_ref(py),
                     datagram_received,
                     capacity: pending.capacity,
-                    last_addr: None,
                 },
             );
             protocol.call_method1(
@@ -339,26 +387,13 @@ impl PyHandler<'_> {
         }
     }
 
-    /// The Python form of a sender's address (cached for repeat senders).
+    /// The Python form of a sender's address (cached per endpoint).
     fn addr_object(&mut self, id: ConnId, addr: Option<SocketAddr>) -> Py<PyAny> {
         let py = self.py;
-        let Some(addr) = addr else {
-            return py.None();
-        };
-        let Some(entry) = self.endpoints.get_mut(&id) else {
-            return py.None();
-        };
-        if let Some((a, obj)) = &entry.last_addr {
-            if *a == addr {
-                return obj.clone_ref(py);
-            }
-        }
-        let obj = match address(py, Some(addr)) {
-            Ok(Some(t)) => t.into_any().unbind(),
+        match (addr, self.endpoints.get(&id)) {
+            (Some(addr), Some(entry)) => entry.transport.get().addr_object(py, addr),
             _ => py.None(),
-        };
-        entry.last_addr = Some((addr, obj.clone_ref(py)));
-        obj
+        }
     }
 
     pub(crate) fn datagram(&mut self, id: ConnId, data: &[u8], addr: Option<SocketAddr>) {
