@@ -6,8 +6,10 @@ PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6"
 HOST      ?= 127.0.0.1
 PORT      ?= 5050
 FUZZ_SECONDS ?= 30
+SOAK_SECONDS ?= 60
+SOAK_OUT  ?= benchmarks/results/soak
 
-.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-quick fuzz clean
+.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits soak bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -49,6 +51,21 @@ bench-framed: build  ## packet/line echo: netring vs uvloop/asyncio BufferedProt
 
 bench-workers: build  ## worker pool: line-workers vs asyncio run_in_executor, and the hand-off cost
 	$(PY) benchmarks/workers_bench.py --json benchmarks/results/workers.json > benchmarks/results/workers.md
+
+bench-udp: build  ## UDP echo: netring vs uvloop/asyncio/C
+	$(PY) benchmarks/udp_bench.py --wait-quiet 120 --retry-noisy 2 --json benchmarks/results/udp.json > benchmarks/results/udp.md
+
+bench-proxy: build  ## serve proxy vs a direct connection to the C echo
+	$(PY) benchmarks/proxy_bench.py --wait-quiet 120 --retry-noisy 2 --json benchmarks/results/proxy.json > benchmarks/results/proxy.md
+
+bench-kv: build  ## kv (Redis protocol) vs redis-server under redis-benchmark, -P 1 and 16
+	$(PY) benchmarks/kv_bench.py --wait-quiet 120 --retry-noisy 2 --json benchmarks/results/kv.json > benchmarks/results/kv.md
+
+bench-limits: build  ## RSS per idle connection, EMFILE recovery, connections/s vs uvloop
+	$(PY) benchmarks/limits_bench.py
+
+soak: build  ## hostile mixed traffic for $(SOAK_SECONDS)s; fails on RSS growth >=5 % or leaked fds/threads
+	$(PY) benchmarks/soak.py --duration $(SOAK_SECONDS) --out $(SOAK_OUT)
 
 bench-quick: build  ## a short smoke run of the benchmark
 	$(PY) benchmarks/echo_bench.py --quick
