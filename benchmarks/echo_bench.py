@@ -307,6 +307,12 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
         action="store_true",
         help="smoke run: defaults become 1 repeat of 2 s",
     )
+    add_noise_args(ap)
+    ap.add_argument("--json", metavar="OUT", help="save meta, every run and the medians here")
+
+
+def add_noise_args(ap: argparse.ArgumentParser) -> None:
+    """--no-pin, --wait-quiet and --retry-noisy, shared by the drivers."""
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument(
         "--wait-quiet",
@@ -324,7 +330,6 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
         help="run again, up to N times, a run during which other processes"
         f" used over {QUIET_MAX_PCT} %% of a CPU; the last attempt is kept (default 0)",
     )
-    ap.add_argument("--json", metavar="OUT", help="save meta, every run and the medians here")
 
 
 def finish_run_args(args: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ from echo_bench import (
     OUT,
     QUIET_MAX_PCT,
     Server,
+    add_noise_args,
     build_info,
     fmt,
     importable,
@@ -539,23 +540,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--quick", action="store_true", help="smoke run: defaults become 1 repeat of ~1 s runs"
     )
-    ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="SECS",
-        help="before each run, wait up to SECS for a second with the machine"
-        f" under {QUIET_MAX_PCT} %% busy (default 0: do not wait)",
-    )
-    ap.add_argument(
-        "--retry-noisy",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run again, up to N times, a run during which other processes"
-        f" used over {QUIET_MAX_PCT} %% of a CPU; the last attempt is kept",
-    )
+    add_noise_args(ap)
     ap.add_argument("--json", metavar="OUT", help="save meta, every run and the medians here")
     ap.add_argument("--render", metavar="JSON", help="only print the report of a saved run")
     args = ap.parse_args()
