@@ -143,11 +143,11 @@ pub fn resp(input: &mut Input) -> Framing {
         usize::from(input.byte()),
         usize::from(input.byte()),
     );
-    valid(Framing::Resp {
+    valid(Framing::Resp(netring_core::framing::resp::Limits {
         max_bulk: 1 + a,
         max_command: 16 + (b << 4),
         max_inline: 16 + c,
-    })
+    }))
 }
 
 /// Any rule: `kind` bits 5–6 pick raw, length-prefixed, delimited or
@@ -501,7 +501,7 @@ fn overhead(framing: &Framing) -> (usize, usize) {
         Framing::Delimited {
             delimiter, strip, ..
         } => (0, if *strip { delimiter.len() } else { 0 }),
-        Framing::Raw | Framing::Exactly(_) | Framing::Resp { .. } => (0, 0),
+        Framing::Raw | Framing::Exactly(_) | Framing::Resp(_) => (0, 0),
     }
 }
 
@@ -516,10 +516,10 @@ fn limit(framing: &Framing) -> usize {
         Framing::Exactly(n) => *n,
         // An unfinished command: its declared bytes plus a header line in
         // progress, or an inline line.
-        Framing::Resp {
+        Framing::Resp(netring_core::framing::resp::Limits {
             max_command,
             max_inline,
             ..
-        } => (*max_command + netring_core::framing::resp::MAX_HEADER_LINE).max(*max_inline),
+        }) => (*max_command + netring_core::framing::resp::MAX_HEADER_LINE).max(*max_inline),
     }
 }

@@ -39,11 +39,11 @@ pub fn from_py(spec: &Bound<'_, PyAny>) -> PyResult<Framing> {
             strip: tuple.get_item(3)?.extract()?,
         },
         "exactly" => Framing::Exactly(tuple.get_item(1)?.extract()?),
-        "resp" => Framing::Resp {
+        "resp" => Framing::Resp(netring_core::framing::resp::Limits {
             max_bulk: tuple.get_item(1)?.extract()?,
             max_command: tuple.get_item(2)?.extract()?,
             max_inline: tuple.get_item(3)?.extract()?,
-        },
+        }),
         other => {
             return Err(netring_error(
                 py,

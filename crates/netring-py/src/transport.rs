@@ -56,7 +56,7 @@ impl Transport {
             eof_written: AtomicBool::new(false),
             reading_paused: AtomicBool::new(false),
             in_batch: AtomicBool::new(false),
-            resp: AtomicBool::new(matches!(framing, Framing::Resp { .. })),
+            resp: AtomicBool::new(matches!(framing, Framing::Resp(_))),
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             protocol: std::sync::Mutex::new(None),
@@ -164,9 +164,7 @@ impl Transport {
     /// Queue one packet framed by `framing` (header on the stack).
     fn frame_one(&self, framing: &Framing, data: &[u8]) -> PyResult<Written> {
         Ok(match framing {
-            Framing::Raw | Framing::Exactly(_) | Framing::Resp { .. } => {
-                self.conn.write_inline(data)
-            }
+            Framing::Raw | Framing::Exactly(_) | Framing::Resp(_) => self.conn.write_inline(data),
             Framing::Delimited { delimiter, .. } => {
                 self.conn.write_parts_inline(&[data, delimiter])
             }
@@ -335,7 +333,7 @@ impl Transport {
         }
         let framing = crate::framing::from_py(framing)?;
         self.resp
-            .store(matches!(framing, Framing::Resp { .. }), Ordering::Release);
+            .store(matches!(framing, Framing::Resp(_)), Ordering::Release);
         *self.framing.lock().unwrap_or_else(|e| e.into_inner()) = framing.clone();
         self.conn.set_framing(framing);
         Ok(())

@@ -142,16 +142,8 @@ impl Decoder {
                 let n = *n;
                 Ok(self.fill_to(input, 0, n))
             }
-            Framing::Resp {
-                max_bulk,
-                max_command,
-                max_inline,
-            } => {
-                let limits = super::resp::Limits {
-                    max_bulk: *max_bulk,
-                    max_command: *max_command,
-                    max_inline: *max_inline,
-                };
+            Framing::Resp(limits) => {
+                let limits = *limits;
                 if self.partial.is_empty() {
                     let mut st = super::resp::Scan::default();
                     if let Some(end) = super::resp::scan(input, &mut st, limits)? {

@@ -72,14 +72,7 @@ pub enum Framing {
     Exactly(usize),
     /// Redis protocol requests: one packet per whole command (an array of
     /// bulk strings, or an inline line); see [`resp`].
-    Resp {
-        /// Largest bulk string (argument) accepted.
-        max_bulk: usize,
-        /// Largest command accepted (headers and bodies).
-        max_command: usize,
-        /// Longest inline command line.
-        max_inline: usize,
-    },
+    Resp(resp::Limits),
 }
 
 impl Framing {
@@ -128,11 +121,11 @@ impl Framing {
                 }
                 Ok(())
             }
-            Framing::Resp {
+            Framing::Resp(resp::Limits {
                 max_bulk,
                 max_command,
                 max_inline,
-            } => {
+            }) => {
                 if *max_bulk > MAX_PACKET_LIMIT_BYTES {
                     return Err(ConfigError::new(
                         "max_bulk",

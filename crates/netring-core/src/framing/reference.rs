@@ -15,16 +15,8 @@ pub fn decode_all(framing: &Framing, stream: &[u8]) -> (Vec<Vec<u8>>, Option<Fra
                 out.push(stream.to_vec());
             }
         }
-        Framing::Resp {
-            max_bulk,
-            max_command,
-            max_inline,
-        } => {
-            let limits = super::resp::Limits {
-                max_bulk: *max_bulk,
-                max_command: *max_command,
-                max_inline: *max_inline,
-            };
+        Framing::Resp(limits) => {
+            let limits = *limits;
             // From scratch at every command (the decoder resumes instead).
             while pos < stream.len() {
                 let mut st = super::resp::Scan::default();

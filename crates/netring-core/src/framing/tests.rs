@@ -304,11 +304,13 @@ fn any_framing() -> impl Strategy<Value = Framing> {
         )
             .prop_map(|(d, max, strip)| lines(&d, max.max(d.len()), strip)),
         (1usize..50).prop_map(Framing::Exactly),
-        (1usize..100, 16usize..400, 16usize..100).prop_map(|(b, c, i)| Framing::Resp {
-            max_bulk: b,
-            max_command: c,
-            max_inline: i,
-        }),
+        (1usize..100, 16usize..400, 16usize..100).prop_map(|(b, c, i)| Framing::Resp(
+            resp::Limits {
+                max_bulk: b,
+                max_command: c,
+                max_inline: i,
+            }
+        )),
     ]
 }
 
@@ -350,7 +352,7 @@ proptest! {
         stream in resp_stream(),
         sizes in prop::collection::vec(1usize..20, 1..8),
     ) {
-        let framing = Framing::Resp { max_bulk: 1 << 16, max_command: 1 << 20, max_inline: 1024 };
+        let framing = Framing::Resp(resp::Limits { max_bulk: 1 << 16, max_command: 1 << 20, max_inline: 1024 });
         let expect = decode_all(&framing, &stream);
         prop_assert_eq!(&expect.1, &None);
         prop_assert_eq!(expect.0.concat(), stream.clone());
