@@ -148,7 +148,8 @@ class IOPool:
             connections holding such bytes stop reading until the total
             falls to 3/4 of it; connections holding none go on being
             served. Use ``frame_timeout`` too, so that a partial packet
-            cannot hold its bytes forever. Now: ``stats()["buffer_memory"]``.
+            cannot hold its bytes forever. Now: ``stats()["buffer_memory"]``
+            (counted only when a cap is set).
 
     The threads start at construction; ``close()`` (or leaving a ``with``
     block) stops them.

@@ -1135,6 +1135,9 @@ impl ThreadCore {
     /// Account a connection's buffered bytes; over the engine's cap, a
     /// connection that holds some stops reading.
     fn account(&mut self, index: usize) {
+        if !self.engine.memory.enabled() {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };

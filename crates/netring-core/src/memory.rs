@@ -27,6 +27,12 @@ impl Memory {
         }
     }
 
+    /// Whether a cap is set (without one nothing is counted: no shared
+    /// atomic on every write).
+    pub(crate) fn enabled(&self) -> bool {
+        self.cap.is_some()
+    }
+
     /// Bytes buffered now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)

@@ -45,7 +45,8 @@ pub struct StatsSnapshot {
     /// (`max_connections_per_ip`, or `max_connections` with `Overflow::Close`).
     pub refused: u64,
     /// Bytes buffered for connections now (queued writes, partial packets,
-    /// held input), the quantity `max_buffer_memory` caps.
+    /// held input), the quantity `max_buffer_memory` caps; counted only
+    /// when that cap is set (0 otherwise).
     pub buffer_memory: u64,
 }
 
