@@ -272,9 +272,19 @@ impl<'py> PyHandler<'py> {
             open.fetch_add(1, Ordering::AcqRel);
         }
         transport.get().set_protocol_ref(protocol.clone_ref(py));
-        let data_received = protocol.getattr(py, intern!(py, "data_received")).ok();
-        let packet_received = protocol.getattr(py, intern!(py, "packet_received")).ok();
-        let packets_received = protocol.getattr(py, intern!(py, "packets_received")).ok();
+        // NOTE: getattr_opt: a missing method (most protocols lack one of
+        // the three) costs no AttributeError per accepted connection.
+        let method = |name: &Bound<'_, pyo3::types::PyString>| {
+            protocol
+                .bind(py)
+                .getattr_opt(name)
+                .ok()
+                .flatten()
+                .map(Bound::unbind)
+        };
+        let data_received = method(intern!(py, "data_received"));
+        let packet_received = method(intern!(py, "packet_received"));
+        let packets_received = method(intern!(py, "packets_received"));
         self.conns.insert(
             id,
             Entry {

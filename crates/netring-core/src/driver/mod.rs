@@ -160,7 +160,10 @@ pub struct SendState {
 impl Default for SendState {
     fn default() -> Self {
         SendState {
-            iov: Vec::with_capacity(crate::conn::sendq::MAX_IOVECS),
+            // Grown by the first send (to what it needs, at most MAX_IOVECS)
+            // rather than reserved at accept: an idle connection costs 1 KiB
+            // less.
+            iov: Vec::new(),
             // SAFETY: msghdr is a plain C struct for which all-zero is a
             // valid (empty) value.
             msg: Box::new(unsafe { std::mem::zeroed() }),
