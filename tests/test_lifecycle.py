@@ -7,7 +7,7 @@ import logging
 import socket
 import struct
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import netring
 import pytest
@@ -265,3 +265,100 @@ def test_dropping_a_running_server_stops_it_without_deadlock(backend: str) -> No
         except ConnectionResetError:
             pass
     assert wait_until(lambda: thread_count() == threads, 5)
+
+
+# --- how data callbacks are found ------------------------------------------------
+# The dispatcher caches a class's data callbacks; these check that what the
+# protocol object itself would answer to is what runs.
+
+
+class Tagged(netring.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"class:" + data)
+
+
+class InstanceOverride(Tagged):
+    def __init__(self) -> None:
+        self.data_received = self.instance_data  # type: ignore[method-assign]
+
+    def instance_data(self, data: bytes) -> None:
+        self.transport.write(b"instance:" + data)
+
+
+class CallableObject(Tagged):
+    class _Reply:
+        def __call__(self, protocol: Any, data: bytes) -> None:
+            protocol.transport.write(b"object:" + data)
+
+    _reply = _Reply()
+
+    def __init__(self) -> None:
+        self.data_received = lambda data: self._reply(self, data)  # type: ignore[method-assign]
+
+
+class Static(Tagged):
+    seen: ClassVar[list[bytes]] = []
+
+    @staticmethod
+    def data_received(data: bytes) -> None:  # type: ignore[override]
+        Static.seen.append(data)
+
+
+@pytest.mark.parametrize(
+    ("factory", "expect"),
+    [
+        (Tagged, b"class:ping"),
+        (InstanceOverride, b"instance:ping"),
+        (CallableObject, b"object:ping"),
+    ],
+)
+def test_data_callbacks_are_what_the_protocol_object_answers_to(
+    backend: str, factory: Any, expect: bytes
+) -> None:
+    # Each class twice in a row: the second connection uses the cached class.
+    with serving(factory, backend) as server:
+        for _ in range(2):
+            with connect(server) as c:
+                c.sendall(b"ping")
+                assert recv_exactly(c, len(expect)) == expect
+
+
+def test_a_staticmethod_callback_gets_only_the_data(backend: str) -> None:
+    Static.seen.clear()
+    with serving(Static, backend) as server:
+        for i in range(2):
+            with connect(server) as c:
+                c.sendall(b"x%d" % i)
+                wait_until(lambda n=i + 1: len(Static.seen) == n)
+    assert Static.seen == [b"x0", b"x1"]
+
+
+def test_classes_mixed_on_one_server_keep_their_own_callbacks(backend: str) -> None:
+    # One factory alternating classes (and making fresh classes past the
+    # cache's size): every connection runs its own class's callback.
+    made = 0
+
+    def factory() -> netring.Protocol:
+        nonlocal made
+        made += 1
+        if made % 3 == 0:
+            fresh = type(f"Fresh{made}", (Tagged,), {
+                "data_received": lambda self, d, n=made: self.transport.write(b"fresh%d:" % n + d),
+            })
+            return fresh()
+        return Tagged() if made % 3 == 1 else InstanceOverride()
+
+    with serving(factory, backend, io_threads=1) as server:
+        for i in range(1, 211):  # 70 fresh classes: past the cache of 64
+            with connect(server) as c:
+                c.sendall(b"p")
+                if i % 3 == 0:
+                    want = b"fresh%d:p" % i
+                elif i % 3 == 1:
+                    want = b"class:p"
+                else:
+                    want = b"instance:p"
+                assert recv_exactly(c, len(want)) == want

@@ -898,6 +898,11 @@ impl ThreadCore {
                 match result {
                     Ok(n) => {
                         conn.sendq.advance(n, &mut self.cache);
+                        if conn.sendq.is_empty() {
+                            if let Some(state) = conn.send.take() {
+                                self.cache.put_state(state);
+                            }
+                        }
                         Stats::add(&self.engine.stats.bytes_out, n as u64);
                         let queued = conn.sendq.len();
                         conn.shared.set_queued(queued);
@@ -1204,8 +1209,9 @@ impl ThreadCore {
                     conn.shared.set_queued(0);
                 }
             } else if !conn.send_inflight && !conn.sendq.is_empty() {
-                conn.sendq.fill_iovecs(&mut conn.send.iov);
-                driver.send(slot, fd, &mut conn.send);
+                let send = conn.send.get_or_insert_with(|| self.cache.get_state());
+                conn.sendq.fill_iovecs(&mut send.iov);
+                driver.send(slot, fd, send);
                 conn.send_inflight = true;
                 conn.send_cancel_sent = false;
             }

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -73,16 +74,173 @@ impl Registry {
 
 /// One connection as the dispatcher sees it.
 struct Entry {
+    id: ConnId,
     protocol: Py<PyAny>,
     transport: Py<Transport>,
-    data_received: Option<Py<PyAny>>,
-    packet_received: Option<Py<PyAny>>,
-    /// Set when the protocol takes every packet of one read in one call.
-    packets_received: Option<Py<PyAny>>,
+    /// Its data callbacks (usually its class's, shared).
+    methods: Rc<Methods>,
     /// The exception that made us abort, passed to `connection_lost`.
     failure: Option<PyErr>,
     /// The accepting listener's open-connection count (None: outbound).
     open: Option<Arc<AtomicUsize>>,
+}
+
+/// One IO thread's connections, indexed by their slot in the engine (the
+/// events of a connection always arrive on its own thread). A flat table:
+/// an entry costs its own size, with no hashing and no per-entry overhead.
+#[derive(Default)]
+struct ConnTable {
+    slots: Vec<Option<Entry>>,
+}
+
+impl ConnTable {
+    fn get(&self, id: ConnId) -> Option<&Entry> {
+        self.slots
+            .get(id.index as usize)?
+            .as_ref()
+            .filter(|e| e.id == id)
+    }
+
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(id.index as usize)?
+            .as_mut()
+            .filter(|e| e.id == id)
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let i = entry.id.index as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some(entry);
+    }
+
+    fn remove(&mut self, id: ConnId) -> Option<Entry> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.as_ref().is_some_and(|e| e.id == id) {
+            slot.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// Protocol classes whose data callbacks are cached per IO thread (a
+/// factory that makes a class per connection falls back to per-connection
+/// lookups past this many).
+const CACHED_CLASSES_MAX: usize = 64;
+
+/// A data callback: a function of the protocol's class, called with the
+/// protocol as first argument (no bound-method object per connection), or
+/// a callable found on the instance itself.
+struct Callback {
+    func: Py<PyAny>,
+    unbound: bool,
+}
+
+/// A protocol's `data_received`, `packet_received` and `packets_received`,
+/// looked up when its connection opens.
+struct Methods {
+    /// The class the functions were found on; holding it keeps its address
+    /// (the cache key) from being reused by another class.
+    _class: Option<Py<PyAny>>,
+    data_received: Option<Callback>,
+    packet_received: Option<Callback>,
+    /// Set when the protocol takes every packet of one read in one call.
+    packets_received: Option<Callback>,
+}
+
+impl Callback {
+    fn call1<'py>(
+        &self,
+        py: Python<'py>,
+        protocol: &Py<PyAny>,
+        arg: Bound<'py, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        if self.unbound {
+            self.func.call1(py, (protocol.clone_ref(py), arg))
+        } else {
+            self.func.call1(py, (arg,))
+        }
+    }
+}
+
+fn callback_names(py: Python<'_>) -> [&Bound<'_, pyo3::types::PyString>; 3] {
+    [
+        intern!(py, "data_received"),
+        intern!(py, "packet_received"),
+        intern!(py, "packets_received"),
+    ]
+}
+
+impl Methods {
+    fn from_array(
+        class: Option<Py<PyAny>>,
+        [data, packet, packets]: [Option<Callback>; 3],
+    ) -> Self {
+        Methods {
+            _class: class,
+            data_received: data,
+            packet_received: packet,
+            packets_received: packets,
+        }
+    }
+
+    /// The class's plain functions of those names.
+    fn of_class(class: &Bound<'_, PyAny>, function_type: &Bound<'_, PyAny>) -> Self {
+        let py = class.py();
+        let found = callback_names(py).map(|name| {
+            class
+                .getattr_opt(name)
+                .ok()
+                .flatten()
+                .filter(|f| f.get_type().is(function_type))
+                .map(|f| Callback {
+                    func: f.unbind(),
+                    unbound: true,
+                })
+        });
+        Methods::from_array(Some(class.clone().unbind()), found)
+    }
+
+    /// Whether `protocol` sees exactly these functions (its instance does
+    /// not shadow or add any of them).
+    fn fit(&self, protocol: &Bound<'_, PyAny>) -> bool {
+        let py = protocol.py();
+        let own = [
+            &self.data_received,
+            &self.packet_received,
+            &self.packets_received,
+        ];
+        callback_names(py)
+            .into_iter()
+            .zip(own)
+            .all(|(name, cached)| {
+                let attr = protocol.getattr_opt(name).ok().flatten();
+                match (attr, cached) {
+                    (None, None) => true,
+                    (Some(attr), Some(cb)) => {
+                        let func = attr.getattr_opt(intern!(py, "__func__")).ok().flatten();
+                        let this = attr.getattr_opt(intern!(py, "__self__")).ok().flatten();
+                        func.is_some_and(|f| f.is(&cb.func)) && this.is_some_and(|s| s.is(protocol))
+                    }
+                    _ => false,
+                }
+            })
+    }
+
+    /// The instance's own attributes (bound methods or other callables).
+    fn of_instance(protocol: &Bound<'_, PyAny>) -> Self {
+        let py = protocol.py();
+        let found = callback_names(py).map(|name| {
+            protocol.getattr_opt(name).ok().flatten().map(|f| Callback {
+                func: f.unbind(),
+                unbound: false,
+            })
+        });
+        Methods::from_array(None, found)
+    }
 }
 
 /// A RESP command as Python sees it: `list[bytes]` (an array's arguments)
@@ -102,7 +260,11 @@ fn resp_command<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyAny> {
 pub struct PyHandler<'py> {
     pub(crate) py: Python<'py>,
     pub(crate) registry: Arc<Registry>,
-    conns: HashMap<ConnId, Entry>,
+    conns: ConnTable,
+    /// Data callbacks per protocol class (keyed by the class's address).
+    classes: HashMap<usize, Rc<Methods>>,
+    /// `types.FunctionType`: what a plain method is on its class.
+    function_type: Option<Py<PyAny>>,
     /// UDP endpoints (`udp.rs`); ids in their own namespace.
     pub(crate) endpoints: HashMap<ConnId, crate::udp::EndpointEntry>,
     logger: Option<Py<PyAny>>,
@@ -118,7 +280,13 @@ impl<'py> PyHandler<'py> {
         PyHandler {
             py,
             registry,
-            conns: HashMap::new(),
+            conns: ConnTable::default(),
+            classes: HashMap::new(),
+            function_type: py
+                .import("types")
+                .and_then(|m| m.getattr("FunctionType"))
+                .map(Bound::unbind)
+                .ok(),
             endpoints: HashMap::new(),
             logger,
         }
@@ -148,7 +316,7 @@ impl<'py> PyHandler<'py> {
     /// A callback raised: log it and abort its connection.
     fn fail(&mut self, conn: ConnId, what: &str, err: PyErr) {
         let py = self.py;
-        let Some(entry) = self.conns.get_mut(&conn) else {
+        let Some(entry) = self.conns.get_mut(conn) else {
             return;
         };
         let transport = entry.transport.clone_ref(py);
@@ -209,7 +377,7 @@ impl<'py> PyHandler<'py> {
         let future = pending.future.bind(py);
         match started {
             Ok(pair) => {
-                if self.conns.contains_key(&id) {
+                if self.conns.get(id).is_some() {
                     if future
                         .call_method1(intern!(py, "set_result"), (pair,))
                         .is_err()
@@ -272,31 +440,15 @@ impl<'py> PyHandler<'py> {
             open.fetch_add(1, Ordering::AcqRel);
         }
         transport.get().set_protocol_ref(protocol.clone_ref(py));
-        // NOTE: getattr_opt: a missing method (most protocols lack one of
-        // the three) costs no AttributeError per accepted connection.
-        let method = |name: &Bound<'_, pyo3::types::PyString>| {
-            protocol
-                .bind(py)
-                .getattr_opt(name)
-                .ok()
-                .flatten()
-                .map(Bound::unbind)
-        };
-        let data_received = method(intern!(py, "data_received"));
-        let packet_received = method(intern!(py, "packet_received"));
-        let packets_received = method(intern!(py, "packets_received"));
-        self.conns.insert(
+        let methods = self.methods_for(protocol.bind(py));
+        self.conns.insert(Entry {
             id,
-            Entry {
-                protocol: protocol.clone_ref(py),
-                transport: transport.clone_ref(py),
-                data_received,
-                packet_received,
-                packets_received,
-                failure: None,
-                open,
-            },
-        );
+            protocol: protocol.clone_ref(py),
+            transport: transport.clone_ref(py),
+            methods,
+            failure: None,
+            open,
+        });
         let made = protocol.call_method1(
             py,
             intern!(py, "connection_made"),
@@ -308,11 +460,33 @@ impl<'py> PyHandler<'py> {
         Ok((transport, protocol))
     }
 
+    /// The data callbacks of a new connection's protocol: its class's,
+    /// cached, unless the instance has its own.
+    fn methods_for(&mut self, protocol: &Bound<'_, PyAny>) -> Rc<Methods> {
+        let class = protocol.get_type().into_any();
+        let key = class.as_ptr() as usize;
+        let cached = match (self.classes.get(&key), &self.function_type) {
+            (Some(m), _) => Some(m.clone()),
+            (None, Some(function_type)) => {
+                let m = Rc::new(Methods::of_class(&class, function_type.bind(self.py)));
+                if self.classes.len() < CACHED_CLASSES_MAX {
+                    self.classes.insert(key, m.clone());
+                }
+                Some(m)
+            }
+            (None, None) => None,
+        };
+        match cached {
+            Some(m) if m.fit(protocol) => m,
+            _ => Rc::new(Methods::of_instance(protocol)),
+        }
+    }
+
     /// Deliver a packet, or with `packets_received`, every whole packet of
     /// the same read in one list.
     fn packets(&mut self, batch: &mut Batch<'_>, conn: ConnId, first: &[u8]) {
         let py = self.py;
-        let Some(entry) = self.conns.get(&conn) else {
+        let Some(entry) = self.conns.get(conn) else {
             return;
         };
         let resp = entry.transport.get().is_resp();
@@ -323,8 +497,8 @@ impl<'py> PyHandler<'py> {
                 PyBytes::new(py, data).into_any()
             }
         };
-        let batched = entry.packets_received.as_ref().map(|m| m.clone_ref(py));
-        if let Some(method) = batched {
+        let methods = entry.methods.clone();
+        if let Some(method) = &methods.packets_received {
             let list = PyList::empty(py);
             let mut next = Some(first);
             while let Some(data) = next {
@@ -336,18 +510,20 @@ impl<'py> PyHandler<'py> {
             self.call(conn, "packets_received", |e| {
                 let transport = e.transport.get();
                 transport.set_in_batch(true);
-                let r = method.call1(py, (list,));
+                let r = method.call1(py, &e.protocol, list.into_any());
                 transport.set_in_batch(false);
                 r
             });
             return;
         }
         let bytes = packet(first);
-        self.call(conn, "packet_received", |e| match &e.packet_received {
-            Some(m) => m.call1(py, (bytes,)),
-            None => e
-                .protocol
-                .call_method1(py, intern!(py, "packet_received"), (bytes,)),
+        self.call(conn, "packet_received", |e| {
+            match &e.methods.packet_received {
+                Some(m) => m.call1(py, &e.protocol, bytes),
+                None => e
+                    .protocol
+                    .call_method1(py, intern!(py, "packet_received"), (bytes,)),
+            }
         });
     }
 
@@ -375,7 +551,7 @@ impl<'py> PyHandler<'py> {
         name: &str,
         f: impl FnOnce(&Entry) -> PyResult<Py<PyAny>>,
     ) -> Option<Py<PyAny>> {
-        let entry = self.conns.get(&conn)?;
+        let entry = self.conns.get(conn)?;
         if entry.failure.is_some() || entry.transport.get().has_failed() {
             return None;
         }
@@ -402,8 +578,8 @@ impl Handler for PyHandler<'_> {
                 } => self.opened(conn, listener, peer, local),
                 Event::Data { conn, data } => {
                     let bytes = PyBytes::new(py, data);
-                    self.call(conn, "data_received", |e| match &e.data_received {
-                        Some(m) => m.call1(py, (bytes,)),
+                    self.call(conn, "data_received", |e| match &e.methods.data_received {
+                        Some(m) => m.call1(py, &e.protocol, bytes.into_any()),
                         None => e
                             .protocol
                             .call_method1(py, intern!(py, "data_received"), (bytes,)),
@@ -418,7 +594,7 @@ impl Handler for PyHandler<'_> {
                         match keep.is_truthy(py) {
                             Ok(true) => {}
                             Ok(false) => {
-                                if let Some(e) = self.conns.get(&conn) {
+                                if let Some(e) = self.conns.get(conn) {
                                     e.transport.get().close_now();
                                 }
                             }
@@ -496,7 +672,7 @@ impl Handler for PyHandler<'_> {
                 Event::EndpointResumeWriting { endpoint } => self.endpoint_writing(endpoint, false),
                 Event::EndpointClosed { endpoint, error } => self.endpoint_closed(endpoint, error),
                 Event::Closed { conn, error } => {
-                    let Some(entry) = self.conns.remove(&conn) else {
+                    let Some(entry) = self.conns.remove(conn) else {
                         continue;
                     };
                     if let Some(open) = &entry.open {

@@ -148,7 +148,8 @@ pub struct Conn {
     pub(crate) shared: Arc<ConnShared>,
     pub(crate) state: State,
     pub(crate) sendq: SendQueue,
-    pub(crate) send: SendState,
+    /// While bytes are queued or in flight: the send's iovecs and header.
+    pub(crate) send: Option<Box<SendState>>,
     pub(crate) send_inflight: bool,
     pub(crate) send_cancel_sent: bool,
     pub(crate) recv_armed: bool,
@@ -208,7 +209,7 @@ impl Conn {
             shared: Arc::new(ConnShared::default()),
             state: State::Open,
             sendq: SendQueue::default(),
-            send: SendState::default(),
+            send: None,
             send_inflight: false,
             send_cancel_sent: false,
             recv_armed: false,
@@ -288,5 +289,19 @@ impl Conn {
             State::Aborting => true,
         };
         drained && !self.recv_armed && !self.send_inflight && self.connecting.is_none()
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// What an idle connection costs the engine is mostly its slab entry:
+    /// keep rarely used state boxed (framing rules, send state) so that it
+    /// stays small. A regression here shows in `make bench-limits`.
+    #[test]
+    fn an_idle_connection_stays_small() {
+        assert!(std::mem::size_of::<crate::framing::Decoder>() <= 8);
+        assert!(std::mem::size_of::<Option<Box<crate::driver::SendState>>>() <= 8);
+        let conn = std::mem::size_of::<super::Conn>();
+        assert!(conn <= 320, "Conn grew to {conn} bytes");
     }
 }

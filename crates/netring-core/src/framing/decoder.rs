@@ -33,8 +33,17 @@ impl Packet<'_> {
 }
 
 /// A connection's framing rule plus its partial packet.
-#[derive(Debug)]
+///
+/// Raw with nothing buffered, the common case, allocates nothing and takes
+/// one word in the connection; any other rule lives in a box.
+#[derive(Debug, Default)]
 pub struct Decoder {
+    rule: Option<Box<Rule>>,
+}
+
+/// What `Decoder` holds for every rule but bare Raw.
+#[derive(Debug)]
+struct Rule {
     framing: Framing,
     /// Length-prefixed: header bytes seen so far.
     header: [u8; 8],
@@ -45,45 +54,45 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// Bytes buffered under a previous rule, re-framed before new input.
     replay: Vec<u8>,
-    /// Delimited: the delimiter's searcher, built once per rule.
-    finder: Option<memmem::Finder<'static>>,
+    /// Delimited (2 bytes or more): the delimiter's searcher, built once
+    /// per rule; boxed, as it is large.
+    finder: Option<Box<memmem::Finder<'static>>>,
     /// Resp: how far the command in progress was scanned.
     resp: super::resp::Scan,
 }
+
+static RAW: Framing = Framing::Raw;
 
 impl Decoder {
     /// A decoder with nothing buffered.
     pub fn new(framing: Framing) -> Self {
         Decoder {
-            header: [0; 8],
-            header_len: 0,
-            body_len: None,
-            partial: Vec::new(),
-            replay: Vec::new(),
-            finder: framing_finder_source(&framing).map(|d| memmem::Finder::new(&d).into_owned()),
-            resp: Default::default(),
-            framing,
+            rule: (framing != Framing::Raw).then(|| Box::new(Rule::new(framing))),
         }
     }
 
     /// The current rule.
     pub fn framing(&self) -> &Framing {
-        &self.framing
+        self.rule.as_ref().map_or(&RAW, |r| &r.framing)
     }
 
     /// Whether packets are raw chunks (no framing).
     pub fn is_raw(&self) -> bool {
-        self.framing == Framing::Raw
+        *self.framing() == Framing::Raw
     }
 
     /// Bytes of reassembly memory allocated (capacity, not length).
     pub fn allocated(&self) -> usize {
-        self.partial.capacity() + self.replay.capacity()
+        self.rule
+            .as_ref()
+            .map_or(0, |r| r.partial.capacity() + r.replay.capacity())
     }
 
     /// Bytes held for an incomplete packet.
     pub fn buffered(&self) -> usize {
-        self.header_len + self.partial.len() + self.replay.len()
+        self.rule
+            .as_ref()
+            .map_or(0, |r| r.header_len + r.partial.len() + r.replay.len())
     }
 
     /// Whether a packet has started but not finished.
@@ -94,12 +103,21 @@ impl Decoder {
     /// Switch rules. Bytes buffered under the old rule are re-framed under
     /// the new one, before any new input.
     pub fn set_framing(&mut self, framing: Framing) {
-        let mut pending = Vec::with_capacity(self.buffered());
-        pending.extend_from_slice(&self.header[..self.header_len]);
-        pending.append(&mut self.partial);
-        pending.append(&mut self.replay);
-        *self = Decoder::new(framing);
-        self.replay = pending;
+        let Some(mut old) = self.rule.take() else {
+            *self = Decoder::new(framing);
+            return;
+        };
+        let mut pending = Vec::with_capacity(old.header_len + old.partial.len() + old.replay.len());
+        pending.extend_from_slice(&old.header[..old.header_len]);
+        pending.append(&mut old.partial);
+        pending.append(&mut old.replay);
+        if pending.is_empty() {
+            *self = Decoder::new(framing);
+        } else {
+            let mut rule = Rule::new(framing);
+            rule.replay = pending;
+            self.rule = Some(Box::new(rule));
+        }
     }
 
     /// Decode at most one packet from `input`. Returns the number of input
@@ -110,6 +128,38 @@ impl Decoder {
         &mut self,
         input: &'a [u8],
     ) -> Result<(usize, Option<Packet<'a>>), FrameError> {
+        match &mut self.rule {
+            None => Ok(raw(input)),
+            Some(rule) => rule.decode(input),
+        }
+    }
+}
+
+/// Raw: whatever arrived is the packet.
+fn raw(input: &[u8]) -> (usize, Option<Packet<'_>>) {
+    if input.is_empty() {
+        (0, None)
+    } else {
+        (input.len(), Some(Packet::Borrowed(input)))
+    }
+}
+
+impl Rule {
+    fn new(framing: Framing) -> Self {
+        Rule {
+            header: [0; 8],
+            header_len: 0,
+            body_len: None,
+            partial: Vec::new(),
+            replay: Vec::new(),
+            finder: framing_finder_source(&framing)
+                .map(|d| Box::new(memmem::Finder::new(&d).into_owned())),
+            resp: Default::default(),
+            framing,
+        }
+    }
+
+    fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Packet<'a>>), FrameError> {
         while !self.replay.is_empty() {
             let mut replay = std::mem::take(&mut self.replay);
             let (used, packet) = match self.step(&replay) {
@@ -133,11 +183,7 @@ impl Decoder {
 
     fn step<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Packet<'a>>), FrameError> {
         match &self.framing {
-            Framing::Raw => Ok(if input.is_empty() {
-                (0, None)
-            } else {
-                (input.len(), Some(Packet::Borrowed(input)))
-            }),
+            Framing::Raw => Ok(raw(input)),
             Framing::Exactly(n) => {
                 let n = *n;
                 Ok(self.fill_to(input, 0, n))
@@ -289,14 +335,15 @@ impl Decoder {
 /// The delimiter a rule searches for, if it is Delimited.
 fn framing_finder_source(framing: &Framing) -> Option<Vec<u8>> {
     match framing {
-        Framing::Delimited { delimiter, .. } => Some(delimiter.clone()),
+        // One byte: memchr, no searcher.
+        Framing::Delimited { delimiter, .. } if delimiter.len() > 1 => Some(delimiter.clone()),
         _ => None,
     }
 }
 
 /// First occurrence of `needle` in `hay`: memchr for one byte, the prebuilt
 /// searcher otherwise.
-fn find(finder: &Option<memmem::Finder<'static>>, hay: &[u8], needle: &[u8]) -> Option<usize> {
+fn find(finder: &Option<Box<memmem::Finder<'static>>>, hay: &[u8], needle: &[u8]) -> Option<usize> {
     match (needle, finder) {
         ([b], _) => memchr::memchr(*b, hay),
         (_, Some(f)) => f.find(hay),

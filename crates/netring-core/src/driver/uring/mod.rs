@@ -336,7 +336,7 @@ impl Driver for UringDriver {
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
         state.msg.msg_iov = state.iov.as_mut_ptr();
         state.msg.msg_iovlen = state.iov.len() as _;
-        let entry = opcode::SendMsg::new(types::Fd(fd), &*state.msg as *const libc::msghdr)
+        let entry = opcode::SendMsg::new(types::Fd(fd), &state.msg as *const libc::msghdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
             .user_data(user_data(KIND_SEND, u64::from(slot)));
