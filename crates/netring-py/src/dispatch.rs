@@ -80,7 +80,7 @@ struct Entry {
     /// Its data callbacks (usually its class's, shared).
     methods: Rc<Methods>,
     /// The exception that made us abort, passed to `connection_lost`.
-    failure: Option<PyErr>,
+    failure: Option<Box<PyErr>>,
     /// The accepting listener's open-connection count (None: outbound).
     open: Option<Arc<AtomicUsize>>,
 }
@@ -322,7 +322,7 @@ impl<'py> PyHandler<'py> {
         let transport = entry.transport.clone_ref(py);
         let transport = transport.get();
         if entry.failure.is_none() {
-            entry.failure = Some(err.clone_ref(py));
+            entry.failure = Some(Box::new(err.clone_ref(py)));
             transport.mark_lost_soon();
         }
         self.log_error(what, transport.peer(), &err);
@@ -682,6 +682,7 @@ impl Handler for PyHandler<'_> {
                     transport.mark_lost();
                     let exc: Option<PyErr> = entry
                         .failure
+                        .map(|e| *e)
                         .or_else(|| transport.take_failure())
                         .or_else(|| error.map(|e| crate::errors::conn_error(py, e)));
                     let arg = exc.map(|e| e.into_value(py).into_any());
@@ -699,5 +700,18 @@ impl Handler for PyHandler<'_> {
 
     fn park<R: Send>(&mut self, wait: impl FnOnce() -> R + Send) -> R {
         self.py.detach(wait)
+    }
+}
+#[cfg(test)]
+mod size_tests {
+    /// Per-connection bookkeeping on the Python side: rare state (a
+    /// callback's exception, a framing rule) is boxed so that idle
+    /// connections stay small; `make bench-limits` shows the total.
+    #[test]
+    fn per_connection_state_stays_small() {
+        let entry = std::mem::size_of::<super::Entry>();
+        let transport = std::mem::size_of::<crate::transport::Transport>();
+        assert!(entry <= 64, "Entry grew to {entry} bytes");
+        assert!(transport <= 176, "Transport grew to {transport} bytes");
     }
 }

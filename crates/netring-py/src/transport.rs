@@ -35,10 +35,11 @@ pub struct Transport {
     low_water: AtomicUsize,
     protocol: std::sync::Mutex<Option<Py<PyAny>>>,
     /// The framing rule `send_packet` encodes with (the connection's own).
-    framing: std::sync::Mutex<Framing>,
+    /// Boxed, and absent for Raw: most connections never frame a packet.
+    framing: std::sync::Mutex<Option<Box<Framing>>>,
     /// An exception `pause_writing()` raised inside `write()`: the
     /// connection is being aborted and `connection_lost` gets it.
-    failure: std::sync::Mutex<Option<PyErr>>,
+    failure: std::sync::Mutex<Option<Box<PyErr>>>,
 }
 
 impl Transport {
@@ -60,7 +61,7 @@ impl Transport {
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             protocol: std::sync::Mutex::new(None),
-            framing: std::sync::Mutex::new(framing),
+            framing: std::sync::Mutex::new(boxed_rule(framing)),
             failure: std::sync::Mutex::new(None),
         }
     }
@@ -93,6 +94,7 @@ impl Transport {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+            .map(|e| *e)
     }
 
     /// Whether such a callback failed (no more callbacks are delivered).
@@ -209,7 +211,7 @@ impl Transport {
             if failure.is_some() {
                 return;
             }
-            *failure = Some(err.clone_ref(py));
+            *failure = Some(Box::new(err.clone_ref(py)));
         }
         self.closing.store(true, Ordering::Release);
         let peer = self.peer.map_or_else(|| "?".to_string(), |p| p.to_string());
@@ -292,7 +294,7 @@ impl Transport {
             return Ok(());
         }
         let framing = self.framing.lock().unwrap_or_else(|e| e.into_inner());
-        let written = with_bytes(payload, |data| self.frame_one(&framing, data))??;
+        let written = with_bytes(payload, |data| self.frame_one(rule(&framing), data))??;
         drop(framing);
         self.after_write(written);
         Ok(())
@@ -309,7 +311,7 @@ impl Transport {
             let framing = self.framing.lock().unwrap_or_else(|e| e.into_inner());
             for item in packets.try_iter()? {
                 let item = item?;
-                let written = with_bytes(&item, |data| self.frame_one(&framing, data))??;
+                let written = with_bytes(&item, |data| self.frame_one(rule(&framing), data))??;
                 crossed |= written == Written::CrossedHigh;
             }
         }
@@ -334,7 +336,7 @@ impl Transport {
         let framing = crate::framing::from_py(framing)?;
         self.resp
             .store(matches!(framing, Framing::Resp(_)), Ordering::Release);
-        *self.framing.lock().unwrap_or_else(|e| e.into_inner()) = framing.clone();
+        *self.framing.lock().unwrap_or_else(|e| e.into_inner()) = boxed_rule(framing.clone());
         self.conn.set_framing(framing);
         Ok(())
     }
@@ -475,4 +477,16 @@ impl Transport {
         };
         format!("<netring.Transport peer={peer} {state}>")
     }
+}
+
+static RAW: Framing = Framing::Raw;
+
+/// How a transport keeps its framing rule: nothing for Raw.
+fn boxed_rule(framing: Framing) -> Option<Box<Framing>> {
+    (framing != Framing::Raw).then(|| Box::new(framing))
+}
+
+/// The rule a transport keeps.
+fn rule(kept: &Option<Box<Framing>>) -> &Framing {
+    kept.as_deref().unwrap_or(&RAW)
 }
