@@ -36,6 +36,8 @@ pub const LINGER_MAX: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while descriptors are exhausted.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// An exhaustion episode ends after this long with no failed accept.
+const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
 /// An event waiting for dispatch (internal form; see `event::Event`).
 pub(crate) enum Ev {
@@ -153,7 +155,10 @@ struct Listener {
     closing: bool,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// Failed accepts in the current exhaustion episode (0: none).
     failures: u64,
+    /// When the last accept failed for want of descriptors or memory.
+    last_failure: Option<Instant>,
     /// Connection limits, if any.
     counts: Option<Arc<ListenerCounts>>,
     /// At `max_connections` (Overflow::Hold): accepting stopped; accepted
@@ -571,6 +576,7 @@ impl ThreadCore {
                         backoff: ACCEPT_BACKOFF_MIN,
                         retry_at: None,
                         failures: 0,
+                        last_failure: None,
                         counts,
                         full: false,
                         cancel_sent: false,
@@ -940,13 +946,18 @@ impl ThreadCore {
         }
         match result {
             Ok(fd) => {
-                if l.failures > 0 {
+                // Retry quickly again, but end the episode (and log it) only
+                // once accepts have gone a quiet second without failing:
+                // near the limit, accepts alternate between working and
+                // failing as descriptors come and go, and that is one
+                // episode, not one per flip.
+                l.backoff = ACCEPT_BACKOFF_MIN;
+                if l.failures > 0 && l.last_failure.is_none_or(|t| now - t >= EPISODE_QUIET) {
                     log::info!(
                         "netring: accepting again after {} failed attempts (descriptors or memory exhausted)",
                         l.failures
                     );
                     l.failures = 0;
-                    l.backoff = ACCEPT_BACKOFF_MIN;
                 }
                 let Some(counts) = l.counts.clone() else {
                     self.hand_out(listener, fd, None);
@@ -977,6 +988,7 @@ impl ThreadCore {
                         log::warn!("netring: accept failed ({e}); backing off");
                     }
                     l.failures += 1;
+                    l.last_failure = Some(now);
                     l.retry_at = Some(now + l.backoff);
                     l.backoff = (l.backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 } else if errno != libc::ECANCELED {
