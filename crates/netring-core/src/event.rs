@@ -14,7 +14,7 @@
 use crate::conn::{ConnError, ConnId, State};
 use crate::core::{Cursor, Ev, ThreadCore};
 use crate::engine::{ConnRef, EndpointRef};
-use crate::framing::Packet;
+use crate::framing::{FrameError, Packet};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 
@@ -159,7 +159,7 @@ impl<'b> Batch<'b> {
                 _ => {}
             }
             if core.cursor.is_some() {
-                if let Some(ev) = frame_next(&mut core) {
+                if let Some(ev) = frame_next(&mut core, false) {
                     return Some(ev);
                 }
                 continue;
@@ -333,10 +333,10 @@ impl<'b> Batch<'b> {
     /// one call (`packets_received`).
     pub fn next_packet_of(&mut self, conn: ConnId) -> Option<&'b [u8]> {
         let mut core = self.core.borrow_mut();
-        if core.cursor.map(|c| c.conn) != Some(conn) || core.conn(conn)?.decoder.is_raw() {
+        if core.cursor.map(|c| c.conn) != Some(conn) {
             return None;
         }
-        match frame_next(&mut core)? {
+        match frame_next(&mut core, true)? {
             Event::Packet { data, .. } => Some(data),
             _ => None,
         }
@@ -348,38 +348,59 @@ impl<'b> Batch<'b> {
     }
 }
 
+/// What `frame_next` found on the cursor's connection.
+enum Step<'b> {
+    /// Nothing more from this chunk: clear the cursor.
+    Stop,
+    /// Asked for packets only, and the connection is raw: leave the cursor.
+    Leave,
+    /// The decoder's answer, and whether the rule is Raw.
+    Decoded(Result<(usize, Option<Packet<'b>>), FrameError>, bool),
+}
+
 /// Cut the next packet from the chunk under the cursor. Returns `None` (and
 /// clears the cursor) when the chunk is used up, its connection is closing,
-/// or reading was paused (the rest of the chunk is then held).
-fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
+/// or reading was paused (the rest of the chunk is then held). With
+/// `packets_only`, a raw connection's chunk is left under the cursor.
+fn frame_next<'b>(core: &mut ThreadCore, packets_only: bool) -> Option<Event<'b>> {
     let cur = core.cursor?;
     // SAFETY: the cursor's chunk is a receive buffer handed out in this
     // batch or a retired held buffer; both stay valid and unmodified until
     // the dispatch ends, which outlives 'b.
     let rest: &'b [u8] =
         unsafe { std::slice::from_raw_parts(cur.ptr.add(cur.offset), cur.len - cur.offset) };
-    let result = match core.conn(cur.conn) {
-        Some(c) if c.frame_failed => None,
-        Some(c) if c.state == State::Open && c.read_paused => {
+    // NOTE: one slab lookup per packet: everything this packet changes on
+    // the connection happens here.
+    let step = match core.conn(cur.conn) {
+        Some(c) if c.frame_failed || c.state != State::Open => Step::Stop,
+        Some(c) if packets_only && c.decoder.is_raw() => Step::Leave,
+        Some(c) if c.read_paused => {
             if !rest.is_empty() {
                 c.held.push(rest.to_vec());
             }
-            None
+            Step::Stop
         }
-        Some(c) if c.state == State::Open => Some((c.decoder.decode(rest), c.decoder.is_raw())),
-        _ => None,
+        Some(c) => {
+            let decoded = c.decoder.decode(rest);
+            if matches!(decoded, Ok((_, Some(_)))) {
+                c.packet_started = None; // a packet finished: its clock stops
+            }
+            Step::Decoded(decoded, c.decoder.is_raw())
+        }
+        None => Step::Stop,
     };
-    let Some((decoded, raw)) = result else {
-        core.cursor = None;
-        return None;
+    let (decoded, raw) = match step {
+        Step::Stop => {
+            core.cursor = None;
+            return None;
+        }
+        Step::Leave => return None,
+        Step::Decoded(decoded, raw) => (decoded, raw),
     };
     match decoded {
         Ok((used, Some(packet))) => {
             if let Some(c) = core.cursor.as_mut() {
                 c.offset += used;
-            }
-            if let Some(c) = core.conn(cur.conn) {
-                c.packet_started = None; // a packet finished: its clock stops
             }
             let data: &'b [u8] = match packet {
                 Packet::Borrowed(b) => b,

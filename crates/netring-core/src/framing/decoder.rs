@@ -219,17 +219,8 @@ impl Rule {
                 max_packet,
             } => {
                 let h = usize::from(*header);
-                let mut used = 0;
-                if self.body_len.is_none() {
-                    let take = (h - self.header_len).min(input.len());
-                    self.header[self.header_len..self.header_len + take]
-                        .copy_from_slice(&input[..take]);
-                    self.header_len += take;
-                    used = take;
-                    if self.header_len < h {
-                        return Ok((used, None));
-                    }
-                    let declared = parse_length(&self.header[..h], *big_endian);
+                let body_of = |head: &[u8]| -> Result<usize, FrameError> {
+                    let declared = parse_length(head, *big_endian);
                     let body = if *includes_header {
                         declared
                             .checked_sub(h as u64)
@@ -246,7 +237,27 @@ impl Rule {
                             limit: *max_packet,
                         });
                     }
-                    self.body_len = Some(body as usize);
+                    Ok(body as usize)
+                };
+                // Fast path: a whole packet at the start of the input and
+                // nothing buffered: borrow it, copying nothing.
+                if self.header_len == 0 && self.body_len.is_none() && input.len() >= h {
+                    let body = body_of(&input[..h])?;
+                    if input.len() - h >= body {
+                        return Ok((h + body, Some(Packet::Borrowed(&input[h..h + body]))));
+                    }
+                }
+                let mut used = 0;
+                if self.body_len.is_none() {
+                    let take = (h - self.header_len).min(input.len());
+                    self.header[self.header_len..self.header_len + take]
+                        .copy_from_slice(&input[..take]);
+                    self.header_len += take;
+                    used = take;
+                    if self.header_len < h {
+                        return Ok((used, None));
+                    }
+                    self.body_len = Some(body_of(&self.header[..h])?);
                 }
                 let body = self.body_len.unwrap_or(0);
                 let (n, packet) = self.fill_to(input, used, body);
