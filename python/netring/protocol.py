@@ -3,6 +3,10 @@
 Threading contract: every callback for one connection runs on the IO thread
 that owns the connection, one at a time, never concurrently. Callbacks of
 different connections may run on different IO threads.
+
+The data callbacks (``data_received``, ``packet_received``,
+``packets_received``) are looked up once, when the connection opens (before
+``connection_made``); assigning one on the instance afterwards has no effect.
 """
 
 from __future__ import annotations
