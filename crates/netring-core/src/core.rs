@@ -510,7 +510,11 @@ impl ThreadCore {
         conn.read_paused = paused;
         if !paused {
             // Held data is older than anything still queued: deliver it first.
-            let mut held = std::mem::take(&mut conn.held);
+            let mut held = conn
+                .rare
+                .as_mut()
+                .map(|r| std::mem::take(&mut r.held))
+                .unwrap_or_default();
             let eof = std::mem::take(&mut conn.eof_held);
             if held.is_empty() && conn.decoder.in_packet() {
                 // Re-frame what the decoder buffered (e.g. after a rule change).
@@ -681,7 +685,7 @@ impl ThreadCore {
         let conns: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.listener == listener)
+            .filter(|(_, c)| c.listener as usize == listener)
             .map(|(_, c)| c.id)
             .collect();
         for id in conns {
@@ -834,8 +838,11 @@ impl ThreadCore {
         let local = sock.local_addr().ok().and_then(|a| a.as_socket());
         let id = self.insert_conn(fd, options);
         let conn = &mut self.conns[id.index as usize];
-        conn.listener = listener;
-        conn.counted = counted;
+        // NOTE: listener ids count up from 0; u32::MAX marks outbound.
+        conn.listener = u32::try_from(listener).unwrap_or(u32::MAX);
+        if counted.is_some() {
+            conn.rare().counted = counted;
+        }
         let shared = conn.shared.clone();
         Self::mark_dirty(&mut self.dirty, conn);
         Stats::add(&self.stats().accepted, 1);
@@ -1254,8 +1261,8 @@ impl ThreadCore {
                     Stats::add(&self.engine.stats.closed, 1);
                     self.events.push_back(Ev::Closed {
                         conn: conn.id,
-                        error: conn.error.take(),
-                        counted: conn.counted.take(),
+                        error: conn.take_error(),
+                        counted: conn.take_counted(),
                     });
                 }
                 if !conn.peer_eof {
@@ -1292,16 +1299,17 @@ impl ThreadCore {
         conn.shared.set_queued(0);
         drop(conn.fd);
         self.fd_freed = true;
+        let (error, counted) = conn.rare.map_or((None, None), |r| (r.error, r.counted));
         if conn.silent {
-            if let Some((counts, ip)) = &conn.counted {
+            if let Some((counts, ip)) = &counted {
                 self.release_count(counts, *ip);
             }
         } else {
             Stats::add(&self.engine.stats.closed, 1);
             self.events.push_back(Ev::Closed {
                 conn: conn.id,
-                error: conn.error,
-                counted: conn.counted,
+                error,
+                counted,
             });
         }
     }

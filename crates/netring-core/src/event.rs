@@ -376,7 +376,7 @@ fn frame_next<'b>(core: &mut ThreadCore, packets_only: bool) -> Option<Event<'b>
         Some(c) if packets_only && c.decoder.is_raw() => Step::Leave,
         Some(c) if c.read_paused => {
             if !rest.is_empty() {
-                c.held.push(rest.to_vec());
+                c.rare().held.push(rest.to_vec());
             }
             Step::Stop
         }
@@ -427,7 +427,7 @@ fn frame_next<'b>(core: &mut ThreadCore, packets_only: bool) -> Option<Event<'b>
         Err(e) => {
             if let Some(c) = core.touch(cur.conn) {
                 c.frame_failed = true;
-                c.error = Some(ConnError::Frame(e.clone()));
+                c.rare().error = Some(ConnError::Frame(e.clone()));
             }
             core.events.push_front(Ev::FrameError {
                 conn: cur.conn,

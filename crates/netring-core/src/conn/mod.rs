@@ -144,7 +144,7 @@ pub struct Conn {
     pub(crate) id: ConnId,
     pub(crate) fd: OwnedFd,
     /// The listener that accepted it.
-    pub(crate) listener: usize,
+    pub(crate) listener: u32,
     pub(crate) shared: Arc<ConnShared>,
     pub(crate) state: State,
     pub(crate) sendq: SendQueue,
@@ -154,9 +154,9 @@ pub struct Conn {
     pub(crate) send_cancel_sent: bool,
     pub(crate) recv_armed: bool,
     pub(crate) recv_cancel_sent: bool,
-    /// The user paused reading; data that was already in flight is held.
+    /// The user paused reading; data that was already in flight is held
+    /// (in `rare`).
     pub(crate) read_paused: bool,
-    pub(crate) held: Vec<Vec<u8>>,
     /// The peer's EOF arrived while reading was paused.
     pub(crate) eof_held: bool,
     pub(crate) peer_eof: bool,
@@ -164,7 +164,8 @@ pub struct Conn {
     pub(crate) eof_sent: bool,
     /// Reset (SO_LINGER 0) on close: the user aborted.
     pub(crate) reset_on_close: bool,
-    pub(crate) error: Option<ConnError>,
+    /// State most connections never need, boxed on first use.
+    pub(crate) rare: Option<Box<Rare>>,
     /// The framing rule and the packet in progress.
     pub(crate) decoder: Decoder,
     pub(crate) high_water: usize,
@@ -196,6 +197,17 @@ pub struct Conn {
     pub(crate) lingering: bool,
     /// Lingering is over (deadline passed): close even without EOF.
     pub(crate) linger_done: bool,
+}
+
+/// What a connection holds only in some lives: held input, a failure, a
+/// place under listener limits. Boxed so that a plain idle connection does
+/// not carry it (about 70 bytes less each).
+#[derive(Default)]
+pub(crate) struct Rare {
+    /// Data that arrived while reading was paused.
+    pub(crate) held: Vec<Vec<u8>>,
+    /// What `connection_lost` will report.
+    pub(crate) error: Option<ConnError>,
     /// The listener's counts this connection is part of, and its peer IP.
     pub(crate) counted: Option<(Arc<crate::limits::ListenerCounts>, Option<std::net::IpAddr>)>,
 }
@@ -205,7 +217,7 @@ impl Conn {
         Conn {
             id,
             fd,
-            listener: usize::MAX,
+            listener: u32::MAX,
             shared: Arc::new(ConnShared::default()),
             state: State::Open,
             sendq: SendQueue::default(),
@@ -215,13 +227,12 @@ impl Conn {
             recv_armed: false,
             recv_cancel_sent: false,
             read_paused: false,
-            held: Vec::new(),
             eof_held: false,
             peer_eof: false,
             eof_requested: false,
             eof_sent: false,
             reset_on_close: false,
-            error: None,
+            rare: None,
             decoder: Decoder::new(framing),
             high_water: DEFAULT_WRITE_HIGH_WATER_BYTES,
             low_water: DEFAULT_WRITE_HIGH_WATER_BYTES / 4,
@@ -239,7 +250,6 @@ impl Conn {
             mem_paused: false,
             lingering: false,
             linger_done: false,
-            counted: None,
         }
     }
 
@@ -254,7 +264,9 @@ impl Conn {
     pub(crate) fn begin_abort(&mut self, error: Option<ConnError>, reset: bool) {
         if self.state != State::Aborting {
             self.state = State::Aborting;
-            self.error = error;
+            if error.is_some() || self.rare.is_some() {
+                self.rare().error = error;
+            }
             self.reset_on_close = reset;
         }
     }
@@ -276,7 +288,26 @@ impl Conn {
     /// Bytes buffered for this connection: queued writes, partial packet,
     /// held input.
     pub(crate) fn buffered_bytes(&self) -> usize {
-        self.sendq.len() + self.decoder.allocated() + self.held.iter().map(Vec::len).sum::<usize>()
+        let held = self
+            .rare
+            .as_ref()
+            .map_or(0, |r| r.held.iter().map(Vec::len).sum::<usize>());
+        self.sendq.len() + self.decoder.allocated() + held
+    }
+
+    /// The rare state, boxed on first use.
+    pub(crate) fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// The failure `connection_lost` will report, taken.
+    pub(crate) fn take_error(&mut self) -> Option<ConnError> {
+        self.rare.as_mut().and_then(|r| r.error.take())
+    }
+
+    /// The listener place this connection holds, taken.
+    pub(crate) fn take_counted(&mut self) -> crate::core::Counted {
+        self.rare.as_mut().and_then(|r| r.counted.take())
     }
 
     /// Whether every operation has completed and the close condition holds.
@@ -302,6 +333,6 @@ mod size_tests {
         assert!(std::mem::size_of::<crate::framing::Decoder>() <= 8);
         assert!(std::mem::size_of::<Option<Box<crate::driver::SendState>>>() <= 8);
         let conn = std::mem::size_of::<super::Conn>();
-        assert!(conn <= 320, "Conn grew to {conn} bytes");
+        assert!(conn <= 240, "Conn grew to {conn} bytes");
     }
 }
