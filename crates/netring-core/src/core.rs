@@ -36,6 +36,22 @@ pub const LINGER_MAX: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while descriptors are exhausted.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often a thread frees the spare write buffers it did not use.
+const SPARES_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+/// Freeing at least this much also hands free heap pages back to the kernel.
+const RELEASE_MIN_BYTES: usize = 1 << 20;
+
+/// Hand the allocator's free pages back to the kernel (glibc keeps freed
+/// small chunks resident otherwise); elsewhere a no-op.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own
+    // arenas; it takes their locks and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// An exhaustion episode ends after this long with no failed accept.
 const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
@@ -209,6 +225,8 @@ pub struct ThreadCore {
     /// Connections whose `FrameError` was just delivered: closed (flushing
     /// what the handler wrote in answer) before the next event.
     pub(crate) close_after: Vec<ConnId>,
+    /// A `TrimSpares` timer is pending.
+    trim_scheduled: bool,
 }
 
 impl ThreadCore {
@@ -233,6 +251,7 @@ impl ThreadCore {
             releases: Vec::new(),
             mem_paused: Vec::new(),
             close_after: Vec::new(),
+            trim_scheduled: false,
         }
     }
 
@@ -333,11 +352,27 @@ impl ThreadCore {
         }
     }
 
+    /// While spare write buffers are kept, check every `SPARES_TRIM_INTERVAL`
+    /// for ones that went unused: an idle thread gives them back.
+    pub(crate) fn schedule_trim(&mut self, now: Instant) {
+        if !self.trim_scheduled && self.cache.has_spares() {
+            self.trim_scheduled = true;
+            self.timers
+                .schedule(now + SPARES_TRIM_INTERVAL, Due::TrimSpares);
+        }
+    }
+
     /// Turn every deadline due by `now` into events.
     pub(crate) fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.timers.pop_due(now) {
             match due {
                 Due::User(id) => self.events.push_back(Ev::Timer { id }),
+                Due::TrimSpares => {
+                    self.trim_scheduled = false;
+                    if self.cache.trim() >= RELEASE_MIN_BYTES {
+                        release_free_memory();
+                    }
+                }
                 Due::Idle(id) => {
                     let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id)
                     else {

@@ -100,6 +100,7 @@ impl IoLoop {
             c.enforce_deadline(now);
             c.settle(&mut driver);
             c.udp_settle(&mut driver);
+            c.schedule_trim(now);
             let retry_at = c.rearm_listeners(&mut driver, now);
             // 4. Exit once shut down and nothing is left in the kernel.
             if c.shutdown_deadline.is_some() && c.is_empty() && driver.in_flight() == 0 {

@@ -31,6 +31,8 @@ pub(crate) enum Due {
     LingerEnd(ConnId),
     /// Close a connection whose packet, started at the instant, is not done.
     FrameTimeout(ConnId, std::time::Instant),
+    /// Free the spare write buffers that went unused since the last trim.
+    TrimSpares,
 }
 
 /// The timers of one IO thread.

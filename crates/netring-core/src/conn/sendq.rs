@@ -38,6 +38,9 @@ const CACHED_DEQUE_CAPACITY_MAX: usize = 16;
 #[derive(Default)]
 pub struct BufCache {
     spare: Vec<Vec<u8>>,
+    /// The fewest spare buffers seen since the last `trim`: that many went
+    /// unused for the whole interval.
+    low: usize,
     deques: Vec<VecDeque<Vec<u8>>>,
     // NOTE: boxed on purpose: a state moves between the spares and a
     // connection as a pointer, and its address is what the kernel reads.
@@ -70,9 +73,30 @@ impl BufCache {
     }
 
     fn get(&mut self) -> Vec<u8> {
-        self.spare
+        let buf = self
+            .spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(TAIL_CAPACITY_BYTES))
+            .unwrap_or_else(|| Vec::with_capacity(TAIL_CAPACITY_BYTES));
+        self.low = self.low.min(self.spare.len());
+        buf
+    }
+
+    /// Whether any spare buffer is kept (a trim is worth scheduling).
+    pub fn has_spares(&self) -> bool {
+        !self.spare.is_empty()
+    }
+
+    /// Free the spare buffers that went unused since the last trim (all of
+    /// them after an idle interval; none while traffic keeps using them).
+    /// Returns the bytes freed.
+    pub fn trim(&mut self) -> usize {
+        let unused = self.low.min(self.spare.len());
+        self.spare.truncate(self.spare.len() - unused);
+        if self.spare.is_empty() {
+            self.spare = Vec::new();
+        }
+        self.low = self.spare.len();
+        unused * TAIL_CAPACITY_BYTES
     }
 
     fn put(&mut self, mut buf: Vec<u8>) {
@@ -289,5 +313,24 @@ mod tests {
         q.push_slice(b"y", c);
         q.fill_iovecs(&mut iov);
         assert_eq!(iov[0].iov_base, first, "the drained buffer was not reused");
+    }
+
+    #[test]
+    fn spares_unused_for_an_interval_are_trimmed() {
+        let c = &mut BufCache::default();
+        let bufs: Vec<Vec<u8>> = (0..3).map(|_| c.get()).collect();
+        for b in bufs {
+            c.put(b);
+        }
+        // All three were in use during this interval: none is freed.
+        assert_eq!(c.trim(), 0);
+        assert!(c.has_spares());
+        // One is used in the next interval: the other two go.
+        let b = c.get();
+        c.put(b);
+        assert_eq!(c.trim(), 2 * TAIL_CAPACITY_BYTES);
+        // Idle for a whole interval: the last one goes.
+        assert_eq!(c.trim(), TAIL_CAPACITY_BYTES);
+        assert!(!c.has_spares());
     }
 }
