@@ -36,6 +36,8 @@ pub const LINGER_MAX: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between accept attempts while descriptors are exhausted.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// An exhaustion episode ends after this long with no failed accept.
+const EPISODE_QUIET: Duration = Duration::from_secs(1);
 /// How often a thread frees the spare write buffers it did not use.
 const SPARES_TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Freeing at least this much also hands free heap pages back to the kernel.
@@ -51,9 +53,6 @@ fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
-
-/// An exhaustion episode ends after this long with no failed accept.
-const EPISODE_QUIET: Duration = Duration::from_secs(1);
 
 /// An event waiting for dispatch (internal form; see `event::Event`).
 pub(crate) enum Ev {
@@ -1261,6 +1260,9 @@ impl ThreadCore {
                 } else if !conn.send_inflight {
                     conn.sendq.clear(&mut self.cache);
                     conn.shared.set_queued(0);
+                    if let Some(state) = conn.send.take() {
+                        self.cache.put_state(state);
+                    }
                 }
             } else if !conn.send_inflight && !conn.sendq.is_empty() {
                 let send = conn.send.get_or_insert_with(|| self.cache.get_state());

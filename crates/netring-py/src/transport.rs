@@ -479,8 +479,6 @@ impl Transport {
     }
 }
 
-static RAW: Framing = Framing::Raw;
-
 /// How a transport keeps its framing rule: nothing for Raw.
 fn boxed_rule(framing: Framing) -> Option<Box<Framing>> {
     (framing != Framing::Raw).then(|| Box::new(framing))
@@ -488,5 +486,5 @@ fn boxed_rule(framing: Framing) -> Option<Box<Framing>> {
 
 /// The rule a transport keeps.
 fn rule(kept: &Option<Box<Framing>>) -> &Framing {
-    kept.as_deref().unwrap_or(&RAW)
+    kept.as_deref().unwrap_or(&netring_core::framing::RAW)
 }

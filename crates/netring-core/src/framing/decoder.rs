@@ -61,8 +61,6 @@ struct Rule {
     resp: super::resp::Scan,
 }
 
-static RAW: Framing = Framing::Raw;
-
 impl Decoder {
     /// A decoder with nothing buffered.
     pub fn new(framing: Framing) -> Self {
@@ -73,7 +71,7 @@ impl Decoder {
 
     /// The current rule.
     pub fn framing(&self) -> &Framing {
-        self.rule.as_ref().map_or(&RAW, |r| &r.framing)
+        self.rule.as_ref().map_or(&super::RAW, |r| &r.framing)
     }
 
     /// Whether packets are raw chunks (no framing).

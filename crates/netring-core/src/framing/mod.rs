@@ -42,6 +42,10 @@ pub const MAX_DELIMITER_BYTES: usize = 16;
 /// Largest `max_packet` accepted: 1 GiB.
 pub const MAX_PACKET_LIMIT_BYTES: usize = 1 << 30;
 
+/// `Framing::Raw` as a `'static` reference (for holders that store only
+/// the other rules and answer Raw when they have none).
+pub static RAW: Framing = Framing::Raw;
+
 /// How a connection's byte stream is cut into packets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Framing {
