@@ -210,6 +210,46 @@ def test_send_packets_frames_a_batch_in_one_call(backend: str, framing: Any, wir
             t.send_packets([b"late"])
 
 
+@pytest.mark.parametrize("framing, frame", [
+    (netring.LengthPrefixed(header_size=1), lambda p: bytes([len(p)]) + p),
+    (netring.Delimited(b"\r\n"), lambda p: p + b"\r\n"),
+])
+def test_send_packets_keeps_order_across_chunks_types_and_failures(
+        backend: str, framing: Any, frame: Any) -> None:
+    # On the IO thread (inside a callback): lists and tuples are framed in
+    # chunks per engine write, other iterables item by item; order holds
+    # across all of them, a bytearray in the middle included, and a packet
+    # the header cannot hold stops the batch there.
+    payloads = [bytes([65 + i % 26]) * (i % 7) for i in range(100)]
+    mixed: list[Any] = [bytearray(p) if i % 33 == 5 else p for i, p in enumerate(payloads)]
+    errors: list[Exception] = []
+
+    class Sender(netring.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def packet_received(self, packet: bytes) -> None:
+            self.t.send_packets(mixed)
+            self.t.send_packets(tuple(mixed))
+            self.t.send_packets(p for p in mixed)
+            if isinstance(framing, netring.LengthPrefixed):
+                try:
+                    self.t.send_packets([b"x", b"y" * 256, b"z"])
+                except ValueError as e:
+                    errors.append(e)
+            self.t.send_packet(b"end")
+
+    with serving(Sender, backend, framing=framing) as server, connect(server) as s:
+        s.sendall(frame(b"go"))
+        expected = b"".join(frame(p) for p in payloads) * 3
+        if isinstance(framing, netring.LengthPrefixed):
+            expected += frame(b"x")
+        expected += frame(b"end")
+        assert recv_exactly(s, len(expected)) == expected
+        if isinstance(framing, netring.LengthPrefixed):
+            assert len(errors) == 1 and "1-byte length header" in str(errors[0])
+
+
 def test_framing_arguments_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="header_size"):
         netring.LengthPrefixed(header_size=3)

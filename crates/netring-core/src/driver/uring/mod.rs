@@ -91,6 +91,7 @@ impl UringDriver {
             (opcode::AcceptMulti::CODE, "ACCEPT"),
             (opcode::RecvMulti::CODE, "RECV"),
             (opcode::SendMsg::CODE, "SENDMSG"),
+            (opcode::Send::CODE, "SEND"),
             (opcode::Read::CODE, "READ"),
             (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
             (opcode::Connect::CODE, "CONNECT"),
@@ -334,14 +335,24 @@ impl Driver for UringDriver {
     }
 
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
-        state.msg.msg_iov = state.iov.as_mut_ptr();
-        state.msg.msg_iovlen = state.iov.len() as _;
-        let entry = opcode::SendMsg::new(types::Fd(fd), &state.msg as *const libc::msghdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data(KIND_SEND, u64::from(slot)));
+        // NOTE: one contiguous buffer (the usual case: small writes are
+        // coalesced) goes as a plain SEND, which spares the kernel copying
+        // and checking a msghdr and an iovec array.
+        let entry = if let [one] = state.iov.as_slice() {
+            // A buffer over 4 GiB goes in parts: a short send resumes.
+            let len = u32::try_from(one.iov_len).unwrap_or(u32::MAX);
+            opcode::Send::new(types::Fd(fd), one.iov_base as *const u8, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            state.msg.msg_iov = state.iov.as_mut_ptr();
+            state.msg.msg_iovlen = state.iov.len() as _;
+            opcode::SendMsg::new(types::Fd(fd), &state.msg as *const libc::msghdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        };
         self.in_flight += 1;
-        self.push(entry);
+        self.push(entry.user_data(user_data(KIND_SEND, u64::from(slot))));
     }
 
     fn cancel_send(&mut self, slot: u32, _fd: RawFd) {
