@@ -10,7 +10,9 @@ uvloop or asyncio), pinned to CPU 0; clients run on CPU 1. Each figure is the
 median of ``--runs`` runs, the servers interleaved within each run.
 
 - **RSS per idle connection**: the server's RSS with N idle connections (each
-  did one 16-byte echo, then sleeps) minus its RSS before them, over N. The
+  did one 16-byte echo, then sleeps) minus its RSS before them, over N; the
+  baseline is taken after the same warm-up traffic for every server (1 s of
+  churn, then 2.5 s quiet), and RSS 2.5 s after the last connect. The
   clients are ``limits_hold.py`` processes spread over 127.0.0.x source
   addresses. N is limited by RLIMIT_NOFILE (the server needs N descriptors);
   a count the hard limit cannot hold is reported as not measured, with the
@@ -54,6 +56,7 @@ PEERS = HERE / "peers"
 OUT = HERE / "out"
 CHURN_SRC = HERE / "churn" / "churn.c"
 CHURN = OUT / "churn"
+WARMUP_S = 1.0  # churn traffic before an RSS baseline
 SERVER_CPU, CLIENT_CPU = "0", "1"
 PY = sys.executable
 SERVERS: dict[str, list[str]] = {
@@ -182,7 +185,14 @@ def feasible_count() -> int:
 def rss_run(name: str, count: int) -> dict[str, Any]:
     with serving(name) as server:
         echo_once(server.port)
-        time.sleep(1.0)
+        # Warm-up traffic before the baseline (the same for every server):
+        # what a running server has touched whatever its connection count —
+        # netring's receive buffers, each page of which the kernel touches
+        # on first use — is then in the baseline, not charged to the idle
+        # connections. Then a quiet spell for spare-buffer trimming.
+        ensure_churn()
+        churn(server.port, WARMUP_S, 0.0)
+        time.sleep(2.5)
         base_rss, base_fds = median_sample(server.rss_kib), server.fds()
         holders: list[subprocess.Popen[str]] = []
         try:
@@ -204,7 +214,7 @@ def rss_run(name: str, count: int) -> dict[str, Any]:
             deadline = time.monotonic() + 30
             while server.fds() < base_fds + count and time.monotonic() < deadline:
                 time.sleep(0.1)
-            time.sleep(1.0)
+            time.sleep(2.5)  # settled: as long as the quiet spell before the baseline
             rss = median_sample(server.rss_kib)
             fds = server.fds()
         finally:

@@ -40,6 +40,36 @@ def test_factory_must_be_callable() -> None:
         netring.Server(42)  # type: ignore[arg-type]
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_extra_info_over_ipv6(backend: str) -> None:
+    # IPv4 addresses are kept inline in the transport, others boxed: both
+    # must read back exactly as the socket module reports them.
+    protos: list[Any] = []
+    server = netring.Server(factory_of(Recorder, protos), "::1", 0, backend=backend,
+                            io_threads=1)
+    server.start()
+    try:
+        with socket.create_connection(server.address[:2], timeout=10) as s:
+            assert wait_until(lambda: len(protos) == 1)
+            t = protos[0].transport
+            assert t.get_extra_info("peername") == s.getsockname()
+            assert t.get_extra_info("sockname") == s.getpeername()
+            assert "::1" in repr(t)
+            t.write(b"v6")
+            assert recv_exactly(s, 2) == b"v6"
+    finally:
+        server.shutdown(2.0)
+
+
 def test_stats_and_extra_info(backend: str) -> None:
     protos: list[Any] = []
     with serving(factory_of(Recorder, protos), backend) as server, connect(server) as s:

@@ -41,11 +41,13 @@ const EPISODE_QUIET: Duration = Duration::from_secs(1);
 /// How often a thread frees the spare write buffers it did not use.
 const SPARES_TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Freeing at least this much also hands free heap pages back to the kernel.
-const RELEASE_MIN_BYTES: usize = 1 << 20;
+pub(crate) const RELEASE_MIN_BYTES: usize = 1 << 20;
+/// Entries a per-thread queue keeps when it is shrunk after a burst.
+pub(crate) const SCRATCH_KEEP: usize = 256;
 
 /// Hand the allocator's free pages back to the kernel (glibc keeps freed
 /// small chunks resident otherwise); elsewhere a no-op.
-fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory of the allocator's own
     // arenas; it takes their locks and touches no live allocation.
@@ -351,10 +353,22 @@ impl ThreadCore {
         }
     }
 
-    /// While spare write buffers are kept, check every `SPARES_TRIM_INTERVAL`
-    /// for ones that went unused: an idle thread gives them back.
-    pub(crate) fn schedule_trim(&mut self, now: Instant) {
-        if !self.trim_scheduled && self.cache.has_spares() {
+    /// Shrink the event queues a burst (thousands of accepts in one wait)
+    /// grew, once they are empty again; returns the bytes freed.
+    pub(crate) fn shrink_queues(&mut self) -> usize {
+        shrink_deque(&mut self.events)
+            + shrink_deque(&mut self.urgent)
+            + shrink_vec(&mut self.chunks_out)
+    }
+
+    /// While spare write buffers are kept (or `others`: receive buffers, or
+    /// queues a burst grew), check every `SPARES_TRIM_INTERVAL` for ones
+    /// that went unused: an idle thread wakes to give them back.
+    pub(crate) fn schedule_trim(&mut self, now: Instant, others: bool) {
+        let grown = self.events.capacity() > SCRATCH_KEEP
+            || self.urgent.capacity() > SCRATCH_KEEP
+            || self.chunks_out.capacity() > SCRATCH_KEEP;
+        if !self.trim_scheduled && (others || grown || self.cache.has_spares()) {
             self.trim_scheduled = true;
             self.timers
                 .schedule(now + SPARES_TRIM_INTERVAL, Due::TrimSpares);
@@ -362,13 +376,13 @@ impl ThreadCore {
     }
 
     /// Turn every deadline due by `now` into events.
-    pub(crate) fn fire_timers(&mut self, now: Instant) {
+    pub(crate) fn fire_timers<D: Driver>(&mut self, now: Instant, driver: &mut D) {
         while let Some(due) = self.timers.pop_due(now) {
             match due {
                 Due::User(id) => self.events.push_back(Ev::Timer { id }),
                 Due::TrimSpares => {
                     self.trim_scheduled = false;
-                    if self.cache.trim() >= RELEASE_MIN_BYTES {
+                    if self.cache.trim() + driver.trim_buffers() >= RELEASE_MIN_BYTES {
                         release_free_memory();
                     }
                 }
@@ -1349,5 +1363,43 @@ impl ThreadCore {
                 counted,
             });
         }
+    }
+}
+
+/// Give back the capacity of an empty `v` beyond [`SCRATCH_KEEP`] entries;
+/// returns the bytes freed.
+pub(crate) fn shrink_vec<T>(v: &mut Vec<T>) -> usize {
+    let before = v.capacity();
+    if v.is_empty() && before > SCRATCH_KEEP {
+        v.shrink_to(SCRATCH_KEEP);
+    }
+    (before - v.capacity()) * std::mem::size_of::<T>()
+}
+
+/// [`shrink_vec`] for a deque.
+pub(crate) fn shrink_deque<T>(v: &mut VecDeque<T>) -> usize {
+    let before = v.capacity();
+    if v.is_empty() && before > SCRATCH_KEEP {
+        v.shrink_to(SCRATCH_KEEP);
+    }
+    (before - v.capacity()) * std::mem::size_of::<T>()
+}
+
+#[cfg(test)]
+mod shrink_tests {
+    use super::*;
+
+    #[test]
+    fn queues_grown_by_a_burst_are_shrunk_only_when_empty() {
+        let mut v: Vec<u64> = Vec::with_capacity(10_000);
+        v.push(1);
+        assert_eq!(shrink_vec(&mut v), 0, "in use: kept");
+        v.clear();
+        let freed = shrink_vec(&mut v);
+        assert!(v.capacity() >= SCRATCH_KEEP && v.capacity() < 10_000);
+        assert_eq!(freed, (10_000 - v.capacity()) * 8);
+        assert_eq!(shrink_vec(&mut v), 0, "already small");
+        let mut d: VecDeque<u32> = VecDeque::with_capacity(5_000);
+        assert!(shrink_deque(&mut d) > 0 && d.capacity() < 5_000);
     }
 }

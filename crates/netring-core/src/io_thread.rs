@@ -14,13 +14,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backend, EngineConfig};
-use crate::core::ThreadCore;
+use crate::core::{release_free_memory, shrink_vec, ThreadCore, RELEASE_MIN_BYTES, SCRATCH_KEEP};
 use crate::driver::epoll::EpollDriver;
 use crate::driver::uring::UringDriver;
 use crate::driver::{Completion, Driver};
 use crate::engine::Shared;
 use crate::event::{ActiveGuard, Batch, Handler};
 use crate::mailbox::Cmd;
+
+/// How often a thread gives back the queue space a burst grew.
+const SHRINK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything one IO thread needs; consumed by [`IoLoop::run`].
 pub struct IoLoop {
@@ -80,6 +83,7 @@ impl IoLoop {
         let mut cmds: Vec<Cmd> = Vec::new();
         let mut completions: Vec<Completion> = Vec::new();
         let mut wake_cancelled = false;
+        let mut next_shrink = Instant::now() + SHRINK_INTERVAL;
         loop {
             // 1. Commands from other threads.
             mailbox.take(&mut cmds);
@@ -100,7 +104,19 @@ impl IoLoop {
             c.enforce_deadline(now);
             c.settle(&mut driver);
             c.udp_settle(&mut driver);
-            c.schedule_trim(now);
+            let grown = completions.capacity() > SCRATCH_KEEP || cmds.capacity() > SCRATCH_KEEP;
+            c.schedule_trim(now, grown || driver.has_spare_buffers());
+            if now >= next_shrink {
+                // NOTE: a burst's queues (up to a full completion ring of
+                // accepts) are kept only while busy: one burst of 20,000
+                // connects would otherwise hold megabytes for good.
+                next_shrink = now + SHRINK_INTERVAL;
+                let freed =
+                    c.shrink_queues() + shrink_vec(&mut completions) + shrink_vec(&mut cmds);
+                if freed >= RELEASE_MIN_BYTES / 4 {
+                    release_free_memory();
+                }
+            }
             let retry_at = c.rearm_listeners(&mut driver, now);
             // 4. Exit once shut down and nothing is left in the kernel.
             if c.shutdown_deadline.is_some() && c.is_empty() && driver.in_flight() == 0 {
@@ -140,7 +156,7 @@ impl IoLoop {
                 c.complete(comp, &mut driver, now);
             }
             // 7. Timers due.
-            c.fire_timers(now);
+            c.fire_timers(now, &mut driver);
         }
     }
 }

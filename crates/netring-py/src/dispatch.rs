@@ -712,6 +712,6 @@ mod size_tests {
         let entry = std::mem::size_of::<super::Entry>();
         let transport = std::mem::size_of::<crate::transport::Transport>();
         assert!(entry <= 64, "Entry grew to {entry} bytes");
-        assert!(transport <= 176, "Transport grew to {transport} bytes");
+        assert!(transport <= 104, "Transport grew to {transport} bytes");
     }
 }

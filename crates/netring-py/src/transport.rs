@@ -8,7 +8,8 @@
 //! another connection (the id's generation no longer matches).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -22,24 +23,76 @@ use netring_core::{ConnRef, Written};
 #[pyclass(frozen, module = "netring._native")]
 pub struct Transport {
     conn: ConnRef,
-    peer: Option<SocketAddr>,
-    local: Option<SocketAddr>,
-    closing: AtomicBool,
-    eof_written: AtomicBool,
-    reading_paused: AtomicBool,
-    /// Inside `packets_received`: the rest of the read is already cut.
-    in_batch: AtomicBool,
-    /// The framing is RESP: packets reach Python as argument lists.
-    resp: AtomicBool,
+    addrs: Addrs,
+    /// `CLOSING`, `EOF_WRITTEN`, `READING_PAUSED`, `IN_BATCH`, `RESP`.
+    flags: AtomicU8,
     high_water: AtomicUsize,
     low_water: AtomicUsize,
-    protocol: std::sync::Mutex<Option<Py<PyAny>>>,
+    /// What is touched rarely, under one lock.
+    slow: Mutex<Slow>,
+}
+
+/// Closed (or closing): writes are dropped.
+const CLOSING: u8 = 1;
+/// `write_eof()` was called.
+const EOF_WRITTEN: u8 = 1 << 1;
+/// `pause_reading()` is in effect.
+const READING_PAUSED: u8 = 1 << 2;
+/// Inside `packets_received`: the rest of the read is already cut.
+const IN_BATCH: u8 = 1 << 3;
+/// The framing is RESP: packets reach Python as argument lists.
+const RESP: u8 = 1 << 4;
+
+/// The parts of a transport that are not read per packet.
+#[derive(Default)]
+struct Slow {
+    protocol: Option<Py<PyAny>>,
     /// The framing rule `send_packet` encodes with (the connection's own).
     /// Boxed, and absent for Raw: most connections never frame a packet.
-    framing: std::sync::Mutex<Option<Box<Framing>>>,
+    framing: Option<Box<Framing>>,
     /// An exception `pause_writing()` raised inside `write()`: the
     /// connection is being aborted and `connection_lost` gets it.
-    failure: std::sync::Mutex<Option<Box<PyErr>>>,
+    failure: Option<Box<PyErr>>,
+}
+
+/// A connection's peer and local addresses: an IPv4 pair inline (the
+/// common case, 16 bytes), anything else boxed.
+enum Addrs {
+    V4 {
+        peer: ([u8; 4], u16),
+        local: ([u8; 4], u16),
+    },
+    Other(Box<(Option<SocketAddr>, Option<SocketAddr>)>),
+}
+
+impl Addrs {
+    fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
+        match (peer, local) {
+            (Some(SocketAddr::V4(p)), Some(SocketAddr::V4(l))) => Addrs::V4 {
+                peer: (p.ip().octets(), p.port()),
+                local: (l.ip().octets(), l.port()),
+            },
+            _ => Addrs::Other(Box::new((peer, local))),
+        }
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        match self {
+            Addrs::V4 { peer, .. } => Some(v4(*peer)),
+            Addrs::Other(b) => b.0,
+        }
+    }
+
+    fn local(&self) -> Option<SocketAddr> {
+        match self {
+            Addrs::V4 { local, .. } => Some(v4(*local)),
+            Addrs::Other(b) => b.1,
+        }
+    }
+}
+
+fn v4((ip, port): ([u8; 4], u16)) -> SocketAddr {
+    SocketAddr::from((ip, port))
 }
 
 impl Transport {
@@ -49,60 +102,72 @@ impl Transport {
         local: Option<SocketAddr>,
         framing: Framing,
     ) -> Self {
+        let resp = if matches!(framing, Framing::Resp(_)) {
+            RESP
+        } else {
+            0
+        };
         Transport {
             conn,
-            peer,
-            local,
-            closing: AtomicBool::new(false),
-            eof_written: AtomicBool::new(false),
-            reading_paused: AtomicBool::new(false),
-            in_batch: AtomicBool::new(false),
-            resp: AtomicBool::new(matches!(framing, Framing::Resp(_))),
+            addrs: Addrs::new(peer, local),
+            flags: AtomicU8::new(resp),
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
-            protocol: std::sync::Mutex::new(None),
-            framing: std::sync::Mutex::new(boxed_rule(framing)),
-            failure: std::sync::Mutex::new(None),
+            slow: Mutex::new(Slow {
+                framing: boxed_rule(framing),
+                ..Slow::default()
+            }),
         }
+    }
+
+    fn flag(&self, bit: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Set (`on`) or clear `bit`; returns whether it was set before.
+    fn set_flag(&self, bit: u8, on: bool) -> bool {
+        let old = if on {
+            self.flags.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.flags.fetch_and(!bit, Ordering::AcqRel)
+        };
+        old & bit != 0
+    }
+
+    fn slow(&self) -> MutexGuard<'_, Slow> {
+        self.slow.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The connection is gone: every later call is a no-op.
     pub fn mark_lost(&self) {
-        self.closing.store(true, Ordering::Release);
-        *self.protocol.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.set_flag(CLOSING, true);
+        self.slow().protocol = None;
     }
 
     /// Whether packets are RESP commands (delivered as argument lists).
     pub fn is_resp(&self) -> bool {
-        self.resp.load(Ordering::Acquire)
+        self.flag(RESP)
     }
 
     /// Mark the span of a `packets_received` call.
     pub fn set_in_batch(&self, on: bool) {
-        self.in_batch.store(on, Ordering::Release);
+        self.set_flag(IN_BATCH, on);
     }
 
     /// A callback failed: drop further writes; the abort follows.
     pub fn mark_lost_soon(&self) {
-        self.closing.store(true, Ordering::Release);
+        self.set_flag(CLOSING, true);
     }
 
     /// The exception a callback run inside a transport method raised, if
     /// any (taken once, for `connection_lost`).
     pub fn take_failure(&self) -> Option<PyErr> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .map(|e| *e)
+        self.slow().failure.take().map(|e| *e)
     }
 
     /// Whether such a callback failed (no more callbacks are delivered).
     pub fn has_failed(&self) -> bool {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.slow().failure.is_some()
     }
 
     /// The engine handle.
@@ -116,12 +181,12 @@ impl Transport {
     }
 
     pub fn set_protocol_ref(&self, protocol: Py<PyAny>) {
-        *self.protocol.lock().unwrap_or_else(|e| e.into_inner()) = Some(protocol);
+        self.slow().protocol = Some(protocol);
     }
 
     /// The peer address, as asyncio formats it.
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer
+        self.addrs.peer()
     }
 
     fn write_bytes(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -139,12 +204,12 @@ impl Transport {
     }
 
     fn write_slice(&self, data: &[u8]) -> PyResult<()> {
-        if self.eof_written.load(Ordering::Acquire) {
+        if self.flag(EOF_WRITTEN) {
             return Err(PyRuntimeError::new_err(
                 "Cannot call write() after write_eof()",
             ));
         }
-        if self.closing.load(Ordering::Acquire) {
+        if self.flag(CLOSING) {
             return Ok(()); // as asyncio: writes after close() are dropped
         }
         let written = self.conn.write_inline(data);
@@ -155,12 +220,12 @@ impl Transport {
     /// Whether a packet may be queued now: false after close (dropped, as
     /// asyncio drops writes), an error after write_eof.
     fn may_send(&self, what: &str) -> PyResult<bool> {
-        if self.eof_written.load(Ordering::Acquire) {
+        if self.flag(EOF_WRITTEN) {
             return Err(PyRuntimeError::new_err(format!(
                 "Cannot call {what}() after write_eof()"
             )));
         }
-        Ok(!self.closing.load(Ordering::Acquire))
+        Ok(!self.flag(CLOSING))
     }
 
     /// Queue one packet framed by `framing` (header on the stack).
@@ -187,12 +252,7 @@ impl Transport {
         if written != Written::CrossedHigh {
             return;
         }
-        let protocol = self
-            .protocol
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|p| Python::attach(|py| p.clone_ref(py)));
+        let protocol = Python::attach(|py| self.slow().protocol.as_ref().map(|p| p.clone_ref(py)));
         if let Some(protocol) = protocol {
             Python::attach(|py| {
                 if let Err(e) = protocol.call_method0(py, pyo3::intern!(py, "pause_writing")) {
@@ -207,14 +267,17 @@ impl Transport {
 
     fn callback_failed(&self, py: Python<'_>, what: &str, err: PyErr) {
         {
-            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-            if failure.is_some() {
+            let mut slow = self.slow();
+            if slow.failure.is_some() {
                 return;
             }
-            *failure = Some(Box::new(err.clone_ref(py)));
+            slow.failure = Some(Box::new(err.clone_ref(py)));
         }
-        self.closing.store(true, Ordering::Release);
-        let peer = self.peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        self.set_flag(CLOSING, true);
+        let peer = self
+            .addrs
+            .peer()
+            .map_or_else(|| "?".to_string(), |p| p.to_string());
         let message = format!("netring: exception in {what} for {peer}; closing the connection");
         let logged = py
             .import("logging")
@@ -293,9 +356,9 @@ impl Transport {
         if !self.may_send("send_packet")? {
             return Ok(());
         }
-        let framing = self.framing.lock().unwrap_or_else(|e| e.into_inner());
-        let written = with_bytes(payload, |data| self.frame_one(rule(&framing), data))??;
-        drop(framing);
+        let slow = self.slow();
+        let written = with_bytes(payload, |data| self.frame_one(rule(&slow.framing), data))??;
+        drop(slow);
         self.after_write(written);
         Ok(())
     }
@@ -308,10 +371,10 @@ impl Transport {
         }
         let mut crossed = false;
         {
-            let framing = self.framing.lock().unwrap_or_else(|e| e.into_inner());
+            let slow = self.slow();
             for item in packets.try_iter()? {
                 let item = item?;
-                let written = with_bytes(&item, |data| self.frame_one(rule(&framing), data))??;
+                let written = with_bytes(&item, |data| self.frame_one(rule(&slow.framing), data))??;
                 crossed |= written == Written::CrossedHigh;
             }
         }
@@ -325,7 +388,7 @@ impl Transport {
     /// the next byte on; bytes received and not yet delivered are re-framed.
     /// `send_packet` frames by it too.
     fn set_framing(&self, framing: &Bound<'_, PyAny>) -> PyResult<()> {
-        if self.in_batch.load(Ordering::Acquire) {
+        if self.flag(IN_BATCH) {
             // NOTE: the packets handed to packets_received were all cut under
             // the old rule; switching now would silently mis-frame them.
             return Err(PyRuntimeError::new_err(
@@ -334,9 +397,8 @@ impl Transport {
             ));
         }
         let framing = crate::framing::from_py(framing)?;
-        self.resp
-            .store(matches!(framing, Framing::Resp(_)), Ordering::Release);
-        *self.framing.lock().unwrap_or_else(|e| e.into_inner()) = boxed_rule(framing.clone());
+        self.set_flag(RESP, matches!(framing, Framing::Resp(_)));
+        self.slow().framing = boxed_rule(framing.clone());
         self.conn.set_framing(framing);
         Ok(())
     }
@@ -361,7 +423,7 @@ impl Transport {
 
     /// Flush what is queued, then shut down the sending side (FIN).
     fn write_eof(&self) {
-        if self.closing.load(Ordering::Acquire) || self.eof_written.swap(true, Ordering::AcqRel) {
+        if self.flag(CLOSING) || self.set_flag(EOF_WRITTEN, true) {
             return;
         }
         self.conn.write_eof();
@@ -374,20 +436,20 @@ impl Transport {
 
     /// Flush what is queued, then close (FIN). `connection_lost(None)` follows.
     fn close(&self) {
-        if !self.closing.swap(true, Ordering::AcqRel) {
+        if !self.set_flag(CLOSING, true) {
             self.conn.close();
         }
     }
 
     /// Drop the queue and reset the connection (RST). `connection_lost(None)` follows.
     fn abort(&self) {
-        self.closing.store(true, Ordering::Release);
+        self.set_flag(CLOSING, true);
         self.conn.abort();
     }
 
     /// True once `close()`/`abort()` was called or the connection is lost.
     fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.flag(CLOSING)
     }
 
     /// `peername`, `sockname`, or `default`.
@@ -399,8 +461,8 @@ impl Transport {
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let addr = match name {
-            "peername" => self.peer,
-            "sockname" => self.local,
+            "peername" => self.addrs.peer(),
+            "sockname" => self.addrs.local(),
             _ => return Ok(default),
         };
         Ok(address(py, addr)?.map(Bound::into_any).or(default))
@@ -408,21 +470,21 @@ impl Transport {
 
     /// Stop calling `data_received` until `resume_reading()`.
     fn pause_reading(&self) {
-        if !self.reading_paused.swap(true, Ordering::AcqRel) {
+        if !self.set_flag(READING_PAUSED, true) {
             self.conn.set_reading_paused(true);
         }
     }
 
     /// Resume `data_received` calls; data held meanwhile comes first.
     fn resume_reading(&self) {
-        if self.reading_paused.swap(false, Ordering::AcqRel) {
+        if self.set_flag(READING_PAUSED, false) {
             self.conn.set_reading_paused(false);
         }
     }
 
     /// False while reading is paused or after close.
     fn is_reading(&self) -> bool {
-        !self.reading_paused.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire)
+        self.flags.load(Ordering::Acquire) & (READING_PAUSED | CLOSING) == 0
     }
 
     /// Bytes written and not yet taken by the kernel.
@@ -461,16 +523,12 @@ impl Transport {
 
     /// The protocol this transport feeds.
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.protocol
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|p| p.clone_ref(py))
+        self.slow().protocol.as_ref().map(|p| p.clone_ref(py))
     }
 
     fn __repr__(&self) -> String {
-        let peer = self.peer.map_or("?".to_string(), |p| p.to_string());
-        let state = if self.closing.load(Ordering::Acquire) {
+        let peer = self.addrs.peer().map_or("?".to_string(), |p| p.to_string());
+        let state = if self.flag(CLOSING) {
             "closing"
         } else {
             "open"

@@ -221,6 +221,17 @@ pub trait Driver {
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
     /// Give a receive buffer back to the pool.
     fn release(&mut self, bid: u16);
+    /// Whether receive buffers are allocated beyond what reads need now
+    /// (see `trim_buffers`).
+    fn has_spare_buffers(&self) -> bool {
+        false
+    }
+    /// Free receive buffers that went unused since the last call; returns
+    /// the bytes freed. (io_uring's ring is registered with the kernel and
+    /// stays whole.)
+    fn trim_buffers(&mut self) -> usize {
+        0
+    }
     /// Operations that still owe their final completion, wake read excluded.
     fn in_flight(&self) -> usize;
     /// Stop the wake read before exit; its final completion follows.

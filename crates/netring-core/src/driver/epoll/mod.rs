@@ -434,11 +434,11 @@ fn read_ready(
             return (i == 0).then_some(RecvResult::NoBuffers);
         };
         match rustix::net::recv(borrow(fd), pool.buf_mut(bid), RecvFlags::DONTWAIT) {
-            Ok((0, _)) => {
+            Ok((_, 0)) => {
                 pool.put(bid);
                 return Some(RecvResult::Eof);
             }
-            Ok((len, _)) => {
+            Ok((_, len)) => {
                 let ptr = pool.ptr(bid);
                 out.push(Completion::Recv {
                     slot,
@@ -865,6 +865,14 @@ impl Driver for EpollDriver {
 
     fn release(&mut self, bid: u16) {
         self.pool.put(bid);
+    }
+
+    fn has_spare_buffers(&self) -> bool {
+        self.pool.has_spares()
+    }
+
+    fn trim_buffers(&mut self) -> usize {
+        self.pool.trim()
     }
 
     fn in_flight(&self) -> usize {
