@@ -139,15 +139,16 @@ struct WaitingSend(Vec<libc::iovec>);
 // in use (it is `Send` only so the loop can hand `&mut` to the wait closure).
 unsafe impl Send for WaitingSend {}
 
-/// The driver's side of one connection slot.
+/// The driver's side of one connection slot (12 bytes: one per
+/// connection, idle ones included).
 struct ConnOps {
     fd: RawFd,
     /// The interest registered in the epoll set; empty: not registered.
     registered: EventFlags,
     /// The recv is armed and its final completion not yet produced.
     recv: bool,
-    /// The send waiting for `EPOLLOUT`, if any.
-    send: Option<WaitingSend>,
+    /// A send is waiting for `EPOLLOUT` (its iovecs in `EpollDriver::sends`).
+    sending: bool,
     /// A non-blocking connect waiting for `EPOLLOUT`.
     connect: bool,
 }
@@ -177,6 +178,8 @@ pub struct EpollDriver {
     conns: Vec<Option<ConnOps>>,
     /// UDP endpoints, indexed by their own slot.
     dgrams: Vec<Option<DgramOps>>,
+    /// Sends that found the socket buffer full, by slot, until `EPOLLOUT`.
+    sends: HashMap<u32, WaitingSend>,
     /// Listeners whose accept is armed, with their descriptors.
     listeners: HashMap<usize, RawFd>,
     /// The mailbox eventfd while it is registered.
@@ -197,6 +200,7 @@ impl EpollDriver {
             pool: BufPool::new(buffers, buffer_size)?,
             conns: Vec::new(),
             dgrams: Vec::new(),
+            sends: HashMap::new(),
             listeners: HashMap::new(),
             wake_fd: None,
             pending: Vec::new(),
@@ -214,7 +218,7 @@ impl EpollDriver {
             fd,
             registered: EventFlags::empty(),
             recv: false,
-            send: None,
+            sending: false,
             connect: false,
         });
         debug_assert_eq!(conn.fd, fd, "slot {slot} reused without forget");
@@ -227,7 +231,7 @@ impl EpollDriver {
         if conn.recv {
             want |= EventFlags::IN | EventFlags::RDHUP;
         }
-        if conn.send.is_some() || conn.connect {
+        if conn.sending || conn.connect {
             want |= EventFlags::OUT;
         }
         if want == conn.registered {
@@ -318,9 +322,11 @@ impl EpollDriver {
             };
             out.push(Completion::Connected { slot, result });
         }
-        if let Some(waiting) = conn.send.as_ref().filter(|_| flags.intersects(writable)) {
+        let waiting = conn.sending && flags.intersects(writable);
+        if let Some(waiting) = self.sends.get(&slot).filter(|_| waiting) {
             if let Some(result) = try_send(conn.fd, &waiting.0) {
-                conn.send = None;
+                self.sends.remove(&slot);
+                conn.sending = false;
                 ended = true;
                 out.push(Completion::Sent { slot, result });
             }
@@ -653,10 +659,12 @@ impl Driver for EpollDriver {
             return;
         }
         let conn = Self::conn_entry(&mut self.conns, slot, fd);
-        debug_assert!(conn.send.is_none(), "two sends in flight on slot {slot}");
-        conn.send = Some(WaitingSend(state.iov.clone()));
+        debug_assert!(!conn.sending, "two sends in flight on slot {slot}");
+        conn.sending = true;
+        self.sends.insert(slot, WaitingSend(state.iov.clone()));
         if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
-            conn.send = None;
+            conn.sending = false;
+            self.sends.remove(&slot);
             self.pending.push(Completion::Sent {
                 slot,
                 result: Err(e),
@@ -668,9 +676,10 @@ impl Driver for EpollDriver {
         let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut) else {
             return;
         };
-        if conn.send.take().is_none() {
+        if !std::mem::take(&mut conn.sending) {
             return; // its `Sent` is already on its way
         }
+        self.sends.remove(&slot);
         if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
             log::warn!("netring: epoll could not drop the send interest of slot {slot}: {e}");
         }
@@ -727,7 +736,7 @@ impl Driver for EpollDriver {
             return;
         };
         debug_assert!(
-            !conn.recv && conn.send.is_none() && !conn.connect,
+            !conn.recv && !conn.sending && !conn.connect,
             "slot {slot} forgotten with an operation armed"
         );
         if !conn.registered.is_empty() {

@@ -275,3 +275,10 @@ fn wake_reads_the_eventfd_and_cancel_disarms_at_once() {
     assert!(!d.wake_armed());
     assert_eq!(d.in_flight(), 0);
 }
+
+#[test]
+fn an_idle_connections_driver_record_stays_small() {
+    // One per connection, idle ones included; a waiting send lives apart.
+    let size = std::mem::size_of::<Option<super::ConnOps>>();
+    assert!(size <= 12, "ConnOps grew to {size} bytes");
+}
