@@ -250,6 +250,29 @@ def test_send_packets_keeps_order_across_chunks_types_and_failures(
             assert len(errors) == 1 and "1-byte length header" in str(errors[0])
 
 
+def test_send_packets_from_a_generator_that_uses_the_transport(backend: str) -> None:
+    # The generator runs Python code while send_packets iterates: it may use
+    # the same transport (and another thread may take the GIL meanwhile);
+    # nothing may be locked across it.
+    class Sender(netring.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+
+        def items(self) -> Any:
+            for i in range(3):
+                assert self.t.get_protocol() is self
+                assert not self.t.is_closing()
+                yield b"%d" % i
+
+        def packet_received(self, packet: bytes) -> None:
+            self.t.send_packets(self.items())
+
+    with serving(Sender, backend, framing=netring.Delimited(b"\n")) as server, \
+            connect(server, timeout=5) as s:
+        s.sendall(b"go\n")
+        assert recv_exactly(s, 6) == b"0\n1\n2\n"
+
+
 def test_framing_arguments_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="header_size"):
         netring.LengthPrefixed(header_size=3)

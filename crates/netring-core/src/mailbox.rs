@@ -162,10 +162,12 @@ impl Mailbox {
         inner.queue.push(cmd);
     }
 
-    /// Take every queued command (owner only). `into` is swapped in so its
-    /// allocation is reused.
+    /// Take every queued command (owner only). `into` (empty) is swapped
+    /// in so its allocation is reused; one a burst grew is shrunk first, so
+    /// that it cannot stay large in here while the owner idles.
     pub fn take(&self, into: &mut Vec<Cmd>) {
         self.notified.store(false, Ordering::Release);
+        crate::core::shrink_vec(into);
         std::mem::swap(&mut self.lock().queue, into);
     }
 

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -49,7 +49,7 @@ struct Slow {
     protocol: Option<Py<PyAny>>,
     /// The framing rule `send_packet` encodes with (the connection's own).
     /// Boxed, and absent for Raw: most connections never frame a packet.
-    framing: Option<Box<Framing>>,
+    framing: Option<Arc<Framing>>,
     /// An exception `pause_writing()` raised inside `write()`: the
     /// connection is being aborted and `connection_lost` gets it.
     failure: Option<Box<PyErr>>,
@@ -114,7 +114,7 @@ impl Transport {
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
             slow: Mutex::new(Slow {
-                framing: boxed_rule(framing),
+                framing: shared_rule(framing),
                 ..Slow::default()
             }),
         }
@@ -134,14 +134,22 @@ impl Transport {
         old & bit != 0
     }
 
+    /// The rare state. Lock order: the GIL (if needed) first, then this;
+    /// never run Python code while holding it.
     fn slow(&self) -> MutexGuard<'_, Slow> {
         self.slow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rule `send_packet` frames by (shared: no lock held while framing).
+    fn framing(&self) -> Option<Arc<Framing>> {
+        self.slow().framing.clone()
     }
 
     /// The connection is gone: every later call is a no-op.
     pub fn mark_lost(&self) {
         self.set_flag(CLOSING, true);
-        self.slow().protocol = None;
+        let old = self.slow().protocol.take();
+        drop(old); // outside the lock: dropping may run Python code
     }
 
     /// Whether packets are RESP commands (delivered as argument lists).
@@ -181,7 +189,8 @@ impl Transport {
     }
 
     pub fn set_protocol_ref(&self, protocol: Py<PyAny>) {
-        self.slow().protocol = Some(protocol);
+        let old = self.slow().protocol.replace(protocol);
+        drop(old); // outside the lock: dropping may run Python code
     }
 
     /// The peer address, as asyncio formats it.
@@ -356,9 +365,8 @@ impl Transport {
         if !self.may_send("send_packet")? {
             return Ok(());
         }
-        let slow = self.slow();
-        let written = with_bytes(payload, |data| self.frame_one(rule(&slow.framing), data))??;
-        drop(slow);
+        let framing = self.framing();
+        let written = with_bytes(payload, |data| self.frame_one(rule(&framing), data))??;
         self.after_write(written);
         Ok(())
     }
@@ -370,13 +378,14 @@ impl Transport {
             return Ok(());
         }
         let mut crossed = false;
-        {
-            let slow = self.slow();
-            for item in packets.try_iter()? {
-                let item = item?;
-                let written = with_bytes(&item, |data| self.frame_one(rule(&slow.framing), data))??;
-                crossed |= written == Written::CrossedHigh;
-            }
+        // NOTE: iterating may run Python code (a generator), which may hand
+        // the GIL to a thread that wants this transport's lock: never hold
+        // it here.
+        let framing = self.framing();
+        for item in packets.try_iter()? {
+            let item = item?;
+            let written = with_bytes(&item, |data| self.frame_one(rule(&framing), data))??;
+            crossed |= written == Written::CrossedHigh;
         }
         if crossed {
             self.after_write(Written::CrossedHigh);
@@ -398,7 +407,7 @@ impl Transport {
         }
         let framing = crate::framing::from_py(framing)?;
         self.set_flag(RESP, matches!(framing, Framing::Resp(_)));
-        self.slow().framing = boxed_rule(framing.clone());
+        self.slow().framing = shared_rule(framing.clone());
         self.conn.set_framing(framing);
         Ok(())
     }
@@ -538,11 +547,11 @@ impl Transport {
 }
 
 /// How a transport keeps its framing rule: nothing for Raw.
-fn boxed_rule(framing: Framing) -> Option<Box<Framing>> {
-    (framing != Framing::Raw).then(|| Box::new(framing))
+fn shared_rule(framing: Framing) -> Option<Arc<Framing>> {
+    (framing != Framing::Raw).then(|| Arc::new(framing))
 }
 
 /// The rule a transport keeps.
-fn rule(kept: &Option<Box<Framing>>) -> &Framing {
+fn rule(kept: &Option<Arc<Framing>>) -> &Framing {
     kept.as_deref().unwrap_or(&netring_core::framing::RAW)
 }

@@ -27,7 +27,7 @@ const KEEP_MIN: usize = 16;
 pub struct BufPool {
     /// Buffers by id; `None` once trimmed (allocated again when needed).
     /// Not zeroed: the kernel writes before anyone reads, and untouched
-    /// pages of a buffer cost no memory.
+    /// pages of a fresh allocation cost no memory.
     bufs: Vec<Option<Box<[MaybeUninit<u8>]>>>,
     /// Ids of allocated buffers that are not lent out, coldest first (used
     /// LIFO from the back: the most recently returned buffer is the most
@@ -113,7 +113,8 @@ impl BufPool {
         self.lent -= 1;
     }
 
-    /// Whether a trim could free something now.
+    /// Whether a trim could free something (now, or at the next trim if
+    /// this interval's peak still covers the free buffers).
     pub fn has_spares(&self) -> bool {
         self.lent + self.free.len() > KEEP_MIN.max(self.lent)
     }

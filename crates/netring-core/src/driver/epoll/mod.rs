@@ -739,6 +739,9 @@ impl Driver for EpollDriver {
             !conn.recv && !conn.sending && !conn.connect,
             "slot {slot} forgotten with an operation armed"
         );
+        if conn.sending {
+            self.sends.remove(&slot);
+        }
         if !conn.registered.is_empty() {
             let _ = epoll::delete(&self.epoll, borrow(conn.fd));
         }
