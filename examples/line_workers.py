@@ -23,7 +23,8 @@ local = threading.local()
 
 def query(sql: str, *args: object) -> tuple:
     if not hasattr(local, "db"):
-        local.db = sqlite3.connect(f"file:{DB}?mode=ro", uri=True)
+        # immutable: the file never changes, so SQLite skips per-query locking.
+        local.db = sqlite3.connect(f"file:{DB}?mode=ro&immutable=1", uri=True)
     return local.db.execute(sql, args).fetchone()
 
 
