@@ -478,7 +478,7 @@ def main() -> int:
                     continue
                 row = {"server": n, "count": c, "runs": len(mine)}
                 for key in ("bytes_per_conn", "base_rss_mib", "rss_mib"):
-                    row[key] = med(mine, key)
+                    row[key] = round(med(mine, key), 2)  # a median of an even count averages
                 row["bytes_per_conn"] = round(row["bytes_per_conn"])
                 if base and n.startswith("netring"):
                     row["ratio"] = row["bytes_per_conn"] / base

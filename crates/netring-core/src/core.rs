@@ -38,10 +38,11 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// An exhaustion episode ends after this long with no failed accept.
 const EPISODE_QUIET: Duration = Duration::from_secs(1);
-/// How often a thread frees the spare write buffers it did not use.
+/// How often a thread frees the spare write buffers, receive buffers and
+/// queue space it did not use.
 const SPARES_TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Freeing at least this much also hands free heap pages back to the kernel.
-pub(crate) const RELEASE_MIN_BYTES: usize = 1 << 20;
+pub(crate) const RELEASE_MIN_BYTES: usize = 256 << 10;
 /// Entries a per-thread queue keeps when it is shrunk after a burst.
 pub(crate) const SCRATCH_KEEP: usize = 256;
 
@@ -228,6 +229,8 @@ pub struct ThreadCore {
     pub(crate) close_after: Vec<ConnId>,
     /// A `TrimSpares` timer is pending.
     trim_scheduled: bool,
+    /// It fired: the loop runs `trim` next.
+    trim_due: bool,
 }
 
 impl ThreadCore {
@@ -253,6 +256,7 @@ impl ThreadCore {
             mem_paused: Vec::new(),
             close_after: Vec::new(),
             trim_scheduled: false,
+            trim_due: false,
         }
     }
 
@@ -353,10 +357,19 @@ impl ThreadCore {
         }
     }
 
-    /// Shrink the event queues a burst (thousands of accepts in one wait)
-    /// grew, once they are empty again; returns the bytes freed.
-    pub(crate) fn shrink_queues(&mut self) -> usize {
-        shrink_deque(&mut self.events)
+    /// Whether the `TrimSpares` timer fired since the last call.
+    pub(crate) fn take_trim_due(&mut self) -> bool {
+        std::mem::take(&mut self.trim_due)
+    }
+
+    /// Free what went unused for a trim interval: spare write buffers, the
+    /// driver's spare receive buffers, and the event queues a burst
+    /// (thousands of accepts in one wait) grew, once empty again. Returns
+    /// the bytes freed.
+    pub(crate) fn trim<D: Driver>(&mut self, driver: &mut D) -> usize {
+        self.cache.trim()
+            + driver.trim_buffers()
+            + shrink_deque(&mut self.events)
             + shrink_deque(&mut self.urgent)
             + shrink_vec(&mut self.chunks_out)
     }
@@ -376,15 +389,13 @@ impl ThreadCore {
     }
 
     /// Turn every deadline due by `now` into events.
-    pub(crate) fn fire_timers<D: Driver>(&mut self, now: Instant, driver: &mut D) {
+    pub(crate) fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.timers.pop_due(now) {
             match due {
                 Due::User(id) => self.events.push_back(Ev::Timer { id }),
                 Due::TrimSpares => {
                     self.trim_scheduled = false;
-                    if self.cache.trim() + driver.trim_buffers() >= RELEASE_MIN_BYTES {
-                        release_free_memory();
-                    }
+                    self.trim_due = true;
                 }
                 Due::Idle(id) => {
                     let Some(conn) = self.conns.get_mut(id.index as usize).filter(|c| c.id == id)

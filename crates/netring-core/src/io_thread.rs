@@ -22,9 +22,6 @@ use crate::engine::Shared;
 use crate::event::{ActiveGuard, Batch, Handler};
 use crate::mailbox::Cmd;
 
-/// How often a thread gives back the queue space a burst grew.
-const SHRINK_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Everything one IO thread needs; consumed by [`IoLoop::run`].
 pub struct IoLoop {
     shared: Arc<Shared>,
@@ -83,7 +80,6 @@ impl IoLoop {
         let mut cmds: Vec<Cmd> = Vec::new();
         let mut completions: Vec<Completion> = Vec::new();
         let mut wake_cancelled = false;
-        let mut next_shrink = Instant::now() + SHRINK_INTERVAL;
         loop {
             // 1. Commands from other threads.
             mailbox.take(&mut cmds);
@@ -106,17 +102,6 @@ impl IoLoop {
             c.udp_settle(&mut driver);
             let grown = completions.capacity() > SCRATCH_KEEP || cmds.capacity() > SCRATCH_KEEP;
             c.schedule_trim(now, grown || driver.has_spare_buffers());
-            if now >= next_shrink {
-                // NOTE: a burst's queues (up to a full completion ring of
-                // accepts) are kept only while busy: one burst of 20,000
-                // connects would otherwise hold megabytes for good.
-                next_shrink = now + SHRINK_INTERVAL;
-                let freed =
-                    c.shrink_queues() + shrink_vec(&mut completions) + shrink_vec(&mut cmds);
-                if freed >= RELEASE_MIN_BYTES / 4 {
-                    release_free_memory();
-                }
-            }
             let retry_at = c.rearm_listeners(&mut driver, now);
             // 4. Exit once shut down and nothing is left in the kernel.
             if c.shutdown_deadline.is_some() && c.is_empty() && driver.in_flight() == 0 {
@@ -156,7 +141,19 @@ impl IoLoop {
                 c.complete(comp, &mut driver, now);
             }
             // 7. Timers due.
-            c.fire_timers(now, &mut driver);
+            c.fire_timers(now);
+            if c.take_trim_due() {
+                // NOTE: a burst's queues (up to a full completion ring of
+                // accepts) are kept only while busy: one burst of 20,000
+                // connects would otherwise hold megabytes for good.
+                let freed = c.trim(&mut driver)
+                    + shrink_vec(&mut completions)
+                    + shrink_vec(&mut cmds)
+                    + mailbox.shrink();
+                if freed >= RELEASE_MIN_BYTES {
+                    release_free_memory();
+                }
+            }
         }
     }
 }

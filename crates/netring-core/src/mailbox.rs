@@ -162,13 +162,18 @@ impl Mailbox {
         inner.queue.push(cmd);
     }
 
-    /// Take every queued command (owner only). `into` (empty) is swapped
-    /// in so its allocation is reused; one a burst grew is shrunk first, so
-    /// that it cannot stay large in here while the owner idles.
+    /// Take every queued command (owner only). `into` is swapped in so its
+    /// allocation is reused.
     pub fn take(&self, into: &mut Vec<Cmd>) {
         self.notified.store(false, Ordering::Release);
-        crate::core::shrink_vec(into);
         std::mem::swap(&mut self.lock().queue, into);
+    }
+
+    /// Give back the space a burst grew in the queue, if it is empty (the
+    /// owner's trim: `take` swaps allocations, so a large one can sit here
+    /// while the owner idles). Returns the bytes freed.
+    pub fn shrink(&self) -> usize {
+        crate::core::shrink_vec(&mut self.lock().queue)
     }
 
     /// The owner has exited: drop queued commands and close the eventfd.

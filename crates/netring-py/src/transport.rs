@@ -24,7 +24,8 @@ use netring_core::{ConnRef, Written};
 pub struct Transport {
     conn: ConnRef,
     addrs: Addrs,
-    /// `CLOSING`, `EOF_WRITTEN`, `READING_PAUSED`, `IN_BATCH`, `RESP`.
+    /// `CLOSING`, `EOF_WRITTEN`, `READING_PAUSED`, `IN_BATCH`, `RESP`,
+    /// `FAILED`.
     flags: AtomicU8,
     high_water: AtomicUsize,
     low_water: AtomicUsize,
@@ -42,13 +43,18 @@ const READING_PAUSED: u8 = 1 << 2;
 const IN_BATCH: u8 = 1 << 3;
 /// The framing is RESP: packets reach Python as argument lists.
 const RESP: u8 = 1 << 4;
+/// A callback run inside a transport method failed (the exception is in
+/// `Slow::failure` until `connection_lost` takes it). A flag, as the
+/// dispatcher checks it before every callback.
+const FAILED: u8 = 1 << 5;
 
 /// The parts of a transport that are not read per packet.
 #[derive(Default)]
 struct Slow {
     protocol: Option<Py<PyAny>>,
     /// The framing rule `send_packet` encodes with (the connection's own).
-    /// Boxed, and absent for Raw: most connections never frame a packet.
+    /// Shared (read without holding the lock), and absent for Raw: most
+    /// connections never frame a packet.
     framing: Option<Arc<Framing>>,
     /// An exception `pause_writing()` raised inside `write()`: the
     /// connection is being aborted and `connection_lost` gets it.
@@ -175,7 +181,7 @@ impl Transport {
 
     /// Whether such a callback failed (no more callbacks are delivered).
     pub fn has_failed(&self) -> bool {
-        self.slow().failure.is_some()
+        self.flag(FAILED)
     }
 
     /// The engine handle.
@@ -281,6 +287,7 @@ impl Transport {
                 return;
             }
             slow.failure = Some(Box::new(err.clone_ref(py)));
+            self.set_flag(FAILED, true);
         }
         self.set_flag(CLOSING, true);
         let peer = self
