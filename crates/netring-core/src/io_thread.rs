@@ -100,6 +100,19 @@ impl IoLoop {
             c.enforce_deadline(now);
             c.settle(&mut driver);
             c.udp_settle(&mut driver);
+            if c.take_trim_due() {
+                // NOTE: here, after dispatch, the queues are empty. A burst's
+                // queues (up to a full completion ring of accepts) are kept
+                // only while busy: one burst of 20,000 connects would
+                // otherwise hold megabytes for good.
+                let freed = c.trim(&mut driver)
+                    + shrink_vec(&mut completions)
+                    + shrink_vec(&mut cmds)
+                    + mailbox.shrink();
+                if freed >= RELEASE_MIN_BYTES {
+                    release_free_memory();
+                }
+            }
             let grown = completions.capacity() > SCRATCH_KEEP || cmds.capacity() > SCRATCH_KEEP;
             c.schedule_trim(now, grown || driver.has_spare_buffers());
             let retry_at = c.rearm_listeners(&mut driver, now);
@@ -142,18 +155,6 @@ impl IoLoop {
             }
             // 7. Timers due.
             c.fire_timers(now);
-            if c.take_trim_due() {
-                // NOTE: a burst's queues (up to a full completion ring of
-                // accepts) are kept only while busy: one burst of 20,000
-                // connects would otherwise hold megabytes for good.
-                let freed = c.trim(&mut driver)
-                    + shrink_vec(&mut completions)
-                    + shrink_vec(&mut cmds)
-                    + mailbox.shrink();
-                if freed >= RELEASE_MIN_BYTES {
-                    release_free_memory();
-                }
-            }
         }
     }
 }
