@@ -203,6 +203,8 @@ def test_send_packets_frames_a_batch_in_one_call(backend: str, framing: Any, wir
         t = protos[0].transport
         t.send_packets([b"a", b"", bytearray(b"bcd")])
         assert recv_exactly(s, len(wire)) == wire
+        t.send_packets((b"a", b"", b"bcd"))  # all bytes: one engine write
+        assert recv_exactly(s, len(wire)) == wire
         with pytest.raises(TypeError, match="bytes-like"):
             t.send_packets([b"ok", "text"])
         t.write_eof()
@@ -232,6 +234,8 @@ def test_send_packets_keeps_order_across_chunks_types_and_failures(
             self.t.send_packets(mixed)
             self.t.send_packets(tuple(mixed))
             self.t.send_packets(p for p in mixed)
+            self.t.send_packets(payloads)
+            self.t.send_packets(tuple(payloads))
             if isinstance(framing, netring.LengthPrefixed):
                 try:
                     self.t.send_packets([b"x", b"y" * 256, b"z"])
@@ -241,13 +245,44 @@ def test_send_packets_keeps_order_across_chunks_types_and_failures(
 
     with serving(Sender, backend, framing=framing) as server, connect(server) as s:
         s.sendall(frame(b"go"))
-        expected = b"".join(frame(p) for p in payloads) * 3
+        expected = b"".join(frame(p) for p in payloads) * 5
         if isinstance(framing, netring.LengthPrefixed):
             expected += frame(b"x")
         expected += frame(b"end")
         assert recv_exactly(s, len(expected)) == expected
         if isinstance(framing, netring.LengthPrefixed):
             assert len(errors) == 1 and "1-byte length header" in str(errors[0])
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+def test_send_packets_that_crosses_high_water_then_fails_still_pauses(
+        backend: str, as_list: bool) -> None:
+    # The packets before an unframeable one are queued; if they crossed the
+    # high-water mark, pause_writing() is called before the error is raised
+    # (no event would follow to tell the protocol otherwise).
+    calls: list[str] = []
+
+    class Sender(netring.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            transport.set_write_buffer_limits(high=16)
+
+        def pause_writing(self) -> None:
+            calls.append("pause")
+
+        def packet_received(self, packet: bytes) -> None:
+            batch = [b"x" * 100, b"y" * 256, b"z"]
+            try:
+                self.t.send_packets(batch if as_list else iter(batch))
+            except ValueError:
+                calls.append("error")
+            self.t.send_packet(b"end")
+
+    with serving(Sender, backend, framing=netring.LengthPrefixed(header_size=1)) as server, \
+            connect(server) as s:
+        s.sendall(b"\x02go")
+        assert recv_exactly(s, 101 + 4) == b"\x64" + b"x" * 100 + b"\x03end"
+        assert calls == ["pause", "error"]
 
 
 def test_send_packets_from_a_generator_that_uses_the_transport(backend: str) -> None:

@@ -269,6 +269,18 @@ impl ThreadCore {
         self.conns.get_mut(id.index as usize).filter(|c| c.id == id)
     }
 
+    /// A connection and the dispatch's retired buffers, borrowed together.
+    pub(crate) fn conn_and_retired(
+        &mut self,
+        id: ConnId,
+    ) -> Option<(&mut Conn, &mut Vec<Vec<u8>>)> {
+        let conn = self
+            .conns
+            .get_mut(id.index as usize)
+            .filter(|c| c.id == id)?;
+        Some((conn, &mut self.retired))
+    }
+
     fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn) {
         if !conn.dirty {
             conn.dirty = true;

@@ -20,7 +20,7 @@ use crate::conn::{ConnId, ConnShared};
 use crate::core::Written;
 use crate::error::Error;
 use crate::event::with_active;
-use crate::framing::Framing;
+use crate::framing::{EncodeError, Framing};
 use crate::io_thread::IoLoop;
 use crate::mailbox::{Cmd, Mailbox};
 use crate::stats::{Stats, StatsSnapshot};
@@ -503,6 +503,75 @@ impl ConnRef {
             data,
         });
         Written::Queued
+    }
+
+    /// Queue `packets`, each framed by `framing` (its length header before
+    /// it, its delimiter after it, or as is: see [`Framing::encode`]), as
+    /// one write, like [`ConnRef::write_parts_inline`]. A packet whose
+    /// length does not fit the header is not queued, nor is any after it;
+    /// its error comes back beside what the write of those before it did.
+    pub fn write_packets_inline(
+        &self,
+        framing: &Framing,
+        packets: &[&[u8]],
+    ) -> (Written, Option<EncodeError>) {
+        let delimiter: &[u8] = match framing {
+            Framing::Delimited { delimiter, .. } => delimiter,
+            _ => &[],
+        };
+        let mut header = [0u8; 8];
+        let mut len = 0;
+        let mut error = None;
+        let mut fit = packets.len();
+        for (i, p) in packets.iter().enumerate() {
+            match framing.encode_header_into(p.len(), &mut header) {
+                Ok(h) => len += h + p.len() + delimiter.len(),
+                Err(e) => {
+                    error = Some(e);
+                    fit = i;
+                    break;
+                }
+            }
+        }
+        let packets = &packets[..fit];
+        if packets.is_empty() {
+            return (Written::Queued, error);
+        }
+        let local = self.local_stream(|c| {
+            c.write_notify(
+                self.id,
+                len,
+                |q, cache| {
+                    for p in packets {
+                        let h = framing
+                            .encode_header_into(p.len(), &mut header)
+                            .unwrap_or(0);
+                        if h > 0 {
+                            q.push_slice(&header[..h], cache);
+                        }
+                        q.push_slice(p, cache);
+                        if !delimiter.is_empty() {
+                            q.push_slice(delimiter, cache);
+                        }
+                    }
+                },
+                false,
+            )
+        });
+        if let Some(w) = local {
+            return (w, error);
+        }
+        let mut data = Vec::with_capacity(len);
+        for p in packets {
+            // Cannot fail: every length was checked above.
+            let _ = framing.encode(p, &mut data);
+        }
+        self.shared.mailbox_add(data.len());
+        self.remote_stream(Cmd::Write {
+            conn: self.id,
+            data,
+        });
+        (Written::Queued, error)
     }
 
     /// Queue bytes, asyncio style: on the owner thread inside a dispatch,

@@ -159,7 +159,7 @@ impl<'b> Batch<'b> {
                 _ => {}
             }
             if core.cursor.is_some() {
-                if let Some(ev) = frame_next(&mut core, false) {
+                if let Some(ev) = frame_next(&mut core) {
                     return Some(ev);
                 }
                 continue;
@@ -328,18 +328,19 @@ impl<'b> Batch<'b> {
         }
     }
 
-    /// Another whole packet for `conn` from the read being delivered, if the
-    /// read holds one: for handlers that deliver every packet of one read in
-    /// one call (`packets_received`).
-    pub fn next_packet_of(&mut self, conn: ConnId) -> Option<&'b [u8]> {
+    /// Every further whole packet for `conn` in the read being delivered,
+    /// appended to `out`: for handlers that deliver every packet of one read
+    /// in one call (`packets_received`). Cut under one borrow and one
+    /// connection lookup; nothing for a raw connection.
+    pub fn packets_of(&mut self, conn: ConnId, out: &mut Vec<&'b [u8]>) {
         let mut core = self.core.borrow_mut();
         if core.cursor.map(|c| c.conn) != Some(conn) {
-            return None;
+            return;
         }
-        match frame_next(&mut core, true)? {
-            Event::Packet { data, .. } => Some(data),
-            _ => None,
-        }
+        cut(&mut core, true, |data| {
+            out.push(data);
+            true
+        });
     }
 
     /// Apply operations on this thread's connections directly.
@@ -348,95 +349,131 @@ impl<'b> Batch<'b> {
     }
 }
 
-/// What `frame_next` found on the cursor's connection.
-enum Step<'b> {
-    /// Nothing more from this chunk: clear the cursor.
-    Stop,
+/// How `cut` left the chunk under the cursor.
+enum End {
+    /// The handler wants no more now: the cursor moves past what was cut.
+    More(usize),
     /// Asked for packets only, and the connection is raw: leave the cursor.
     Leave,
-    /// The decoder's answer, and whether the rule is Raw.
-    Decoded(Result<(usize, Option<Packet<'b>>), FrameError>, bool),
+    /// Nothing more from this chunk (used up, connection closing, reading
+    /// paused): clear the cursor.
+    Stop,
+    /// The chunk is used up: clear the cursor, start the partial packet's
+    /// clock.
+    Done,
+    /// The peer broke the rule.
+    Failed(FrameError),
 }
 
-/// Cut the next packet from the chunk under the cursor. Returns `None` (and
-/// clears the cursor) when the chunk is used up, its connection is closing,
-/// or reading was paused (the rest of the chunk is then held). With
-/// `packets_only`, a raw connection's chunk is left under the cursor.
-fn frame_next<'b>(core: &mut ThreadCore, packets_only: bool) -> Option<Event<'b>> {
-    let cur = core.cursor?;
-    // SAFETY: the cursor's chunk is a receive buffer handed out in this
-    // batch or a retired held buffer; both stay valid and unmodified until
-    // the dispatch ends, which outlives 'b.
-    let rest: &'b [u8] =
-        unsafe { std::slice::from_raw_parts(cur.ptr.add(cur.offset), cur.len - cur.offset) };
-    // NOTE: one slab lookup per packet: everything this packet changes on
-    // the connection happens here.
-    let step = match core.conn(cur.conn) {
-        Some(c) if c.frame_failed || c.state != State::Open => Step::Stop,
-        Some(c) if packets_only && c.decoder.is_raw() => Step::Leave,
-        Some(c) if c.read_paused => {
-            if !rest.is_empty() {
+/// The next event from the chunk under the cursor: a packet (a chunk, for
+/// a raw connection), or `None` when the chunk is used up, its connection is
+/// closing, or reading was paused (the rest of the chunk is then held).
+fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
+    let conn = core.cursor?.conn;
+    let mut one = None;
+    let raw = cut(core, false, |data| {
+        one = Some(data);
+        false
+    });
+    let data = one?;
+    Some(if raw {
+        Event::Data { conn, data }
+    } else {
+        Event::Packet { conn, data }
+    })
+}
+
+/// Cut packets from the chunk under the cursor, handing each to `emit`
+/// until it returns false or the chunk is used up. Returns whether the rule
+/// is Raw (the "packet" is the whole chunk). With `packets_only`, a raw
+/// connection's chunk is left under the cursor.
+///
+/// NOTE: one slab lookup for the whole run: no user code runs inside it, so
+/// nothing (closing, pausing, a new rule) can change the connection between
+/// two packets; everything a packet changes on the connection happens here.
+fn cut<'b>(
+    core: &mut ThreadCore,
+    packets_only: bool,
+    mut emit: impl FnMut(&'b [u8]) -> bool,
+) -> bool {
+    let Some(cur) = core.cursor else {
+        return false;
+    };
+    let mut raw = false;
+    let end = match core.conn_and_retired(cur.conn) {
+        Some((c, _)) if c.frame_failed || c.state != State::Open => End::Stop,
+        Some((c, _)) if packets_only && c.decoder.is_raw() => End::Leave,
+        Some((c, _)) if c.read_paused => {
+            if cur.offset < cur.len {
+                // SAFETY: as below.
+                let rest = unsafe {
+                    std::slice::from_raw_parts(cur.ptr.add(cur.offset), cur.len - cur.offset)
+                };
                 c.rare().held.push(rest.to_vec());
             }
-            Step::Stop
+            End::Stop
         }
-        Some(c) => {
-            let decoded = c.decoder.decode(rest);
-            if matches!(decoded, Ok((_, Some(_)))) {
-                c.packet_started = None; // a packet finished: its clock stops
-            }
-            Step::Decoded(decoded, c.decoder.is_raw())
-        }
-        None => Step::Stop,
-    };
-    let (decoded, raw) = match step {
-        Step::Stop => {
-            core.cursor = None;
-            return None;
-        }
-        Step::Leave => return None,
-        Step::Decoded(decoded, raw) => (decoded, raw),
-    };
-    match decoded {
-        Ok((used, Some(packet))) => {
-            if let Some(c) = core.cursor.as_mut() {
-                c.offset += used;
-            }
-            let data: &'b [u8] = match packet {
-                Packet::Borrowed(b) => b,
-                Packet::Owned(v) => {
-                    let (ptr, len) = (v.as_ptr(), v.len());
-                    core.retired.push(v);
-                    // SAFETY: as for held data: the buffer lives in
-                    // `retired` until the dispatch ends.
-                    unsafe { std::slice::from_raw_parts(ptr, len) }
+        Some((c, retired)) => {
+            raw = c.decoder.is_raw();
+            let mut offset = cur.offset;
+            loop {
+                // SAFETY: the cursor's chunk is a receive buffer handed out
+                // in this batch or a retired held buffer; both stay valid and
+                // unmodified until the dispatch ends, which outlives 'b.
+                let rest: &'b [u8] =
+                    unsafe { std::slice::from_raw_parts(cur.ptr.add(offset), cur.len - offset) };
+                match c.decoder.decode(rest) {
+                    Ok((used, Some(packet))) => {
+                        offset += used;
+                        c.packet_started = None; // a packet finished: its clock stops
+                        let data: &'b [u8] = match packet {
+                            Packet::Borrowed(b) => b,
+                            Packet::Owned(v) => {
+                                let (ptr, len) = (v.as_ptr(), v.len());
+                                retired.push(v);
+                                // SAFETY: as for held data: the buffer lives
+                                // (unmoved on the heap) in `retired` until the
+                                // dispatch ends.
+                                unsafe { std::slice::from_raw_parts(ptr, len) }
+                            }
+                        };
+                        if !emit(data) {
+                            break End::More(offset);
+                        }
+                    }
+                    Ok((_, None)) => break End::Done,
+                    Err(e) => {
+                        c.frame_failed = true;
+                        c.rare().error = Some(ConnError::Frame(e.clone()));
+                        break End::Failed(e);
+                    }
                 }
-            };
-            let conn = cur.conn;
-            Some(if raw {
-                Event::Data { conn, data }
-            } else {
-                Event::Packet { conn, data }
-            })
+            }
         }
-        Ok((_, None)) => {
+        None => End::Stop,
+    };
+    match end {
+        End::More(offset) => {
+            if let Some(c) = core.cursor.as_mut() {
+                c.offset = offset;
+            }
+        }
+        End::Leave => {}
+        End::Stop => core.cursor = None,
+        End::Done => {
             core.cursor = None;
             core.track_packet(cur.conn);
-            None
         }
-        Err(e) => {
-            if let Some(c) = core.touch(cur.conn) {
-                c.frame_failed = true;
-                c.rare().error = Some(ConnError::Frame(e.clone()));
-            }
+        End::Failed(error) => {
+            core.touch(cur.conn);
             core.events.push_front(Ev::FrameError {
                 conn: cur.conn,
-                error: e,
+                error,
             });
             core.cursor = None;
-            None
         }
     }
+    raw
 }
 
 /// The core being dispatched on this thread, if any: (engine id, thread, core).

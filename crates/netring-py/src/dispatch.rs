@@ -484,7 +484,7 @@ impl<'py> PyHandler<'py> {
 
     /// Deliver a packet, or with `packets_received`, every whole packet of
     /// the same read in one list.
-    fn packets(&mut self, batch: &mut Batch<'_>, conn: ConnId, first: &[u8]) {
+    fn packets<'b>(&mut self, batch: &mut Batch<'b>, conn: ConnId, first: &'b [u8]) {
         let py = self.py;
         let Some(entry) = self.conns.get(conn) else {
             return;
@@ -499,14 +499,12 @@ impl<'py> PyHandler<'py> {
         };
         let methods = entry.methods.clone();
         if let Some(method) = &methods.packets_received {
-            let list = PyList::empty(py);
-            let mut next = Some(first);
-            while let Some(data) = next {
-                if list.append(packet(data)).is_err() {
-                    break;
-                }
-                next = batch.next_packet_of(conn);
-            }
+            let mut all = Vec::with_capacity(16);
+            all.push(first);
+            batch.packets_of(conn, &mut all);
+            let Ok(list) = PyList::new(py, all.into_iter().map(packet)) else {
+                return;
+            };
             self.call(conn, "packets_received", |e| {
                 let transport = e.transport.get();
                 transport.set_in_batch(true);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyTuple};
 
 use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
 use netring_core::framing::Framing;
@@ -325,6 +325,28 @@ fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
     }
 }
 
+/// The items of a list or tuple of `bytes` (what `packets_received` gets and
+/// most protocols answer with), each held; `None` for any other sequence or
+/// item type (the general path handles those).
+fn bytes_items<'py>(packets: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyBytes>>> {
+    fn collect<'py>(
+        items: impl ExactSizeIterator<Item = Bound<'py, PyAny>>,
+    ) -> Option<Vec<Bound<'py, PyBytes>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(item.cast_into::<PyBytes>().ok()?);
+        }
+        Some(out)
+    }
+    if let Ok(list) = packets.cast_exact::<PyList>() {
+        collect(list.iter())
+    } else if let Ok(tuple) = packets.cast_exact::<PyTuple>() {
+        collect(tuple.iter())
+    } else {
+        None
+    }
+}
+
 pub(crate) fn address<'py>(
     py: Python<'py>,
     addr: Option<SocketAddr>,
@@ -384,20 +406,33 @@ impl Transport {
         if !self.may_send("send_packets")? {
             return Ok(());
         }
-        let mut crossed = false;
+        let framing = self.framing();
+        if let Some(items) = bytes_items(packets) {
+            // One engine write for the whole batch; `items` holds every
+            // payload alive, whatever Python code (a log handler) runs.
+            let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
+            let (written, error) = self.conn.write_packets_inline(rule(&framing), &slices);
+            self.after_write(written);
+            return match error {
+                Some(e) => Err(PyValueError::new_err(e.to_string())),
+                None => Ok(()),
+            };
+        }
         // NOTE: iterating may run Python code (a generator), which may hand
         // the GIL to a thread that wants this transport's lock: never hold
         // it here.
-        let framing = self.framing();
-        for item in packets.try_iter()? {
-            let item = item?;
-            let written = with_bytes(&item, |data| self.frame_one(rule(&framing), data))??;
-            crossed |= written == Written::CrossedHigh;
-        }
+        let mut crossed = false;
+        let result = packets.try_iter().and_then(|items| {
+            for item in items {
+                let written = with_bytes(&item?, |data| self.frame_one(rule(&framing), data))??;
+                crossed |= written == Written::CrossedHigh;
+            }
+            Ok(())
+        });
         if crossed {
             self.after_write(Written::CrossedHigh);
         }
-        Ok(())
+        result
     }
 
     /// Cut the incoming stream by `framing` (a `netring.framing` spec) from
