@@ -361,12 +361,18 @@ fn find(finder: &Option<Box<memmem::Finder<'static>>>, hay: &[u8], needle: &[u8]
 }
 
 fn parse_length(header: &[u8], big_endian: bool) -> u64 {
-    let mut buf = [0u8; 8];
-    if big_endian {
-        buf[8 - header.len()..].copy_from_slice(header);
-        u64::from_be_bytes(buf)
-    } else {
-        buf[..header.len()].copy_from_slice(header);
-        u64::from_le_bytes(buf)
+    // NOTE: one fixed-size load per header size: copying a variable number
+    // of bytes into a stack word and loading it back stalled store-to-load
+    // forwarding (half of this function's time in profiles).
+    match (header, big_endian) {
+        ([b], _) => u64::from(*b),
+        (&[a, b], true) => u64::from(u16::from_be_bytes([a, b])),
+        (&[a, b], false) => u64::from(u16::from_le_bytes([a, b])),
+        (&[a, b, c, d], true) => u64::from(u32::from_be_bytes([a, b, c, d])),
+        (&[a, b, c, d], false) => u64::from(u32::from_le_bytes([a, b, c, d])),
+        (&[a, b, c, d, e, f, g, h], true) => u64::from_be_bytes([a, b, c, d, e, f, g, h]),
+        (&[a, b, c, d, e, f, g, h], false) => u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+        (h, true) => h.iter().fold(0, |n, &b| n << 8 | u64::from(b)),
+        (h, false) => h.iter().rev().fold(0, |n, &b| n << 8 | u64::from(b)),
     }
 }
