@@ -317,11 +317,7 @@ impl ThreadCore {
     /// Queue the concatenation of `parts` (e.g. a header and a payload).
     pub fn write_parts(&mut self, id: ConnId, parts: &[&[u8]]) -> bool {
         let len = parts.iter().map(|p| p.len()).sum();
-        self.write_with(id, len, |q, c| {
-            for part in parts {
-                q.push_slice(part, c);
-            }
-        })
+        self.write_with(id, len, |q, c| q.push_parts(parts, c))
     }
 
     /// Cut `id`'s stream by `framing` from the next byte on.

@@ -482,16 +482,7 @@ impl ConnRef {
     pub fn write_parts_inline(&self, parts: &[&[u8]]) -> Written {
         let len = parts.iter().map(|p| p.len()).sum();
         let local = self.local_stream(|c| {
-            c.write_notify(
-                self.id,
-                len,
-                |q, cache| {
-                    for part in parts {
-                        q.push_slice(part, cache);
-                    }
-                },
-                false,
-            )
+            c.write_notify(self.id, len, |q, cache| q.push_parts(parts, cache), false)
         });
         if let Some(w) = local {
             return w;
@@ -510,10 +501,10 @@ impl ConnRef {
     /// one write, like [`ConnRef::write_parts_inline`]. A packet whose
     /// length does not fit the header is not queued, nor is any after it;
     /// its error comes back beside what the write of those before it did.
-    pub fn write_packets_inline(
+    pub fn write_packets_inline<P: AsRef<[u8]>>(
         &self,
         framing: &Framing,
-        packets: &[&[u8]],
+        packets: &[P],
     ) -> (Written, Option<EncodeError>) {
         let delimiter: &[u8] = match framing {
             Framing::Delimited { delimiter, .. } => delimiter,
@@ -524,6 +515,7 @@ impl ConnRef {
         let mut error = None;
         let mut fit = packets.len();
         for (i, p) in packets.iter().enumerate() {
+            let p = p.as_ref();
             match framing.encode_header_into(p.len(), &mut header) {
                 Ok(h) => len += h + p.len() + delimiter.len(),
                 Err(e) => {
@@ -543,16 +535,11 @@ impl ConnRef {
                 len,
                 |q, cache| {
                     for p in packets {
+                        let p = p.as_ref();
                         let h = framing
                             .encode_header_into(p.len(), &mut header)
                             .unwrap_or(0);
-                        if h > 0 {
-                            q.push_slice(&header[..h], cache);
-                        }
-                        q.push_slice(p, cache);
-                        if !delimiter.is_empty() {
-                            q.push_slice(delimiter, cache);
-                        }
+                        q.push_parts(&[&header[..h], p, delimiter], cache);
                     }
                 },
                 false,
@@ -564,7 +551,7 @@ impl ConnRef {
         let mut data = Vec::with_capacity(len);
         for p in packets {
             // Cannot fail: every length was checked above.
-            let _ = framing.encode(p, &mut data);
+            let _ = framing.encode(p.as_ref(), &mut data);
         }
         self.shared.mailbox_add(data.len());
         self.remote_stream(Cmd::Write {

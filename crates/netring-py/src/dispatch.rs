@@ -268,6 +268,18 @@ pub struct PyHandler<'py> {
     /// UDP endpoints (`udp.rs`); ids in their own namespace.
     pub(crate) endpoints: HashMap<ConnId, crate::udp::EndpointEntry>,
     logger: Option<Py<PyAny>>,
+    /// The slices of one read's packets (`packets_received`): empty between
+    /// reads, its allocation reused.
+    run: Vec<&'static [u8]>,
+}
+
+/// An empty vector's allocation, reused for slices of another lifetime (the
+/// standard library collects a `map` over a vector's own iterator in place).
+fn recycle<'a>(mut v: Vec<&[u8]>) -> Vec<&'a [u8]> {
+    v.clear();
+    v.into_iter()
+        .map(|_| -> &'a [u8] { unreachable!() })
+        .collect()
 }
 
 impl<'py> PyHandler<'py> {
@@ -288,6 +300,7 @@ impl<'py> PyHandler<'py> {
                 .map(Bound::unbind)
                 .ok(),
             endpoints: HashMap::new(),
+            run: Vec::new(),
             logger,
         }
     }
@@ -499,10 +512,12 @@ impl<'py> PyHandler<'py> {
         };
         let methods = entry.methods.clone();
         if let Some(method) = &methods.packets_received {
-            let mut all = Vec::with_capacity(16);
-            all.push(first);
-            batch.packets_of(conn, &mut all);
-            let Ok(list) = PyList::new(py, all.into_iter().map(packet)) else {
+            let mut run = recycle(std::mem::take(&mut self.run));
+            run.push(first);
+            batch.packets_of(conn, &mut run);
+            let list = PyList::new(py, run.iter().map(|data| packet(data)));
+            self.run = recycle(run);
+            let Ok(list) = list else {
                 return;
             };
             self.call(conn, "packets_received", |e| {

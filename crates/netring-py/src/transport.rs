@@ -325,16 +325,25 @@ fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
     }
 }
 
+/// A held `bytes` payload, read in place.
+struct Payload<'py>(Bound<'py, PyBytes>);
+
+impl AsRef<[u8]> for Payload<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// The items of a list or tuple of `bytes` (what `packets_received` gets and
 /// most protocols answer with), each held; `None` for any other sequence or
 /// item type (the general path handles those).
-fn bytes_items<'py>(packets: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyBytes>>> {
+fn bytes_items<'py>(packets: &Bound<'py, PyAny>) -> Option<Vec<Payload<'py>>> {
     fn collect<'py>(
         items: impl ExactSizeIterator<Item = Bound<'py, PyAny>>,
-    ) -> Option<Vec<Bound<'py, PyBytes>>> {
+    ) -> Option<Vec<Payload<'py>>> {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            out.push(item.cast_into::<PyBytes>().ok()?);
+            out.push(Payload(item.cast_into::<PyBytes>().ok()?));
         }
         Some(out)
     }
@@ -410,8 +419,7 @@ impl Transport {
         if let Some(items) = bytes_items(packets) {
             // One engine write for the whole batch; `items` holds every
             // payload alive, whatever Python code (a log handler) runs.
-            let slices: Vec<&[u8]> = items.iter().map(|b| b.as_bytes()).collect();
-            let (written, error) = self.conn.write_packets_inline(rule(&framing), &slices);
+            let (written, error) = self.conn.write_packets_inline(rule(&framing), &items);
             self.after_write(written);
             return match error {
                 Some(e) => Err(PyValueError::new_err(e.to_string())),

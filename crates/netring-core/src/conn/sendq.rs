@@ -154,6 +154,33 @@ impl SendQueue {
         }
     }
 
+    /// Append a copy of the concatenation of `parts` (a length header and
+    /// its payload, a line and its delimiter): one look at the tail buffer
+    /// when they fit in it together.
+    pub fn push_parts(&mut self, parts: &[&[u8]], cache: &mut BufCache) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return;
+        }
+        if total <= COALESCE_MAX_BYTES {
+            self.ensure_ring(cache);
+            let n = self.bufs.len();
+            if n > self.pinned {
+                let tail = &mut self.bufs[n - 1];
+                if tail.len() + total <= tail.capacity() {
+                    for part in parts {
+                        tail.extend_from_slice(part);
+                    }
+                    self.len += total;
+                    return;
+                }
+            }
+        }
+        for part in parts {
+            self.push_slice(part, cache);
+        }
+    }
+
     /// Append an owned buffer without copying.
     pub fn push_vec(&mut self, data: Vec<u8>, cache: &mut BufCache) {
         if data.len() <= COALESCE_MAX_BYTES {
