@@ -326,6 +326,38 @@ mod tests {
     }
 
     #[test]
+    fn parts_coalesce_in_order_and_respect_the_pinned_buffer() {
+        let mut q = SendQueue::default();
+        let c = &mut BufCache::default();
+        let mut expect = Vec::new();
+        // Header + payload + delimiter, of every size around the coalescing
+        // limit and the tail buffer's capacity, and empty parts.
+        for i in 0..300usize {
+            let payload = vec![(i % 251) as u8; (i * 37) % (COALESCE_MAX_BYTES + 100)];
+            let header = (payload.len() as u32).to_be_bytes();
+            let parts: [&[u8]; 4] = [&header, &payload, b"", b"\r\n"];
+            q.push_parts(&parts, c);
+            parts.iter().for_each(|p| expect.extend_from_slice(p));
+            if i == 150 {
+                // A send in flight pins what is queued: later parts may not
+                // be appended to it.
+                let mut iov = Vec::new();
+                let pinned = q.fill_iovecs(&mut iov);
+                q.push_parts(&[b"pin", b"ned"], c);
+                expect.extend_from_slice(b"pinned");
+                let mut again = Vec::new();
+                assert_eq!(q.fill_iovecs(&mut again), pinned + 6);
+                assert_eq!(again[..iov.len()].len(), iov.len());
+                assert_eq!(again[iov.len() - 1].iov_len, iov[iov.len() - 1].iov_len);
+            }
+        }
+        q.push_parts(&[b"", b""], c);
+        assert_eq!(q.len(), expect.len());
+        assert_eq!(drain(&mut q, 4093), expect);
+        assert!(q.is_empty());
+    }
+
+    #[test]
     fn small_writes_coalesce_and_buffers_are_reused() {
         let mut q = SendQueue::default();
         let c = &mut BufCache::default();
