@@ -464,17 +464,23 @@ impl ConnRef {
         self.remote(cmd);
     }
 
+    /// Hand bytes to the owner thread through the mailbox (counted against
+    /// the engine's buffer memory until it takes them).
+    fn remote_write(&self, data: Vec<u8>) {
+        self.shared.mailbox_add(data.len());
+        self.remote_stream(Cmd::Write {
+            conn: self.id,
+            data,
+        });
+    }
+
     /// Queue bytes. On the owner thread returns false if the connection is
     /// closing or gone; from other threads the check happens later.
     pub fn write(&self, data: &[u8]) -> bool {
         if let Some(ok) = self.local_stream(|c| c.write(self.id, data)) {
             return ok;
         }
-        self.shared.mailbox_add(data.len());
-        self.remote_stream(Cmd::Write {
-            conn: self.id,
-            data: data.to_vec(),
-        });
+        self.remote_write(data.to_vec());
         true
     }
 
@@ -488,11 +494,7 @@ impl ConnRef {
             return w;
         }
         let data = parts.concat();
-        self.shared.mailbox_add(data.len());
-        self.remote_stream(Cmd::Write {
-            conn: self.id,
-            data,
-        });
+        self.remote_write(data);
         Written::Queued
     }
 
@@ -553,11 +555,7 @@ impl ConnRef {
             // Cannot fail: every length was checked above.
             let _ = framing.encode(p.as_ref(), &mut data);
         }
-        self.shared.mailbox_add(data.len());
-        self.remote_stream(Cmd::Write {
-            conn: self.id,
-            data,
-        });
+        self.remote_write(data);
         (Written::Queued, error)
     }
 
@@ -577,11 +575,7 @@ impl ConnRef {
             return ok;
         }
         let data = parts.concat();
-        self.shared.mailbox_add(data.len());
-        self.remote_stream(Cmd::Write {
-            conn: self.id,
-            data,
-        });
+        self.remote_write(data);
         true
     }
 

@@ -124,6 +124,12 @@ pub fn framed_echo_engine(
     })
     .expect("engine starts");
     assert_eq!(engine.backend(), backend);
+    let addr = listen_local(&engine, framing);
+    (engine, addr, log)
+}
+
+/// Listen on 127.0.0.1:0 with `framing`; the bound address.
+pub fn listen_local(engine: &Engine, framing: Framing) -> SocketAddr {
     let (_, addr) = engine
         .listen(&ListenConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -136,7 +142,7 @@ pub fn framed_echo_engine(
             limits: Default::default(),
         })
         .expect("listen");
-    (engine, addr, log)
+    addr
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {

@@ -168,18 +168,7 @@ fn packets_of_cuts_a_whole_read_and_write_packets_frames_them_back() {
             },
         )
         .expect("engine starts");
-        let (_, addr) = engine
-            .listen(&netring_core::ListenConfig {
-                addr: "127.0.0.1:0".parse().unwrap(),
-                backlog: 16,
-                reuse_port: false,
-                conn: netring_core::ConnOptions {
-                    framing: framing.clone(),
-                    ..Default::default()
-                },
-                limits: Default::default(),
-            })
-            .expect("listen");
+        let addr = listen_local(&engine, framing.clone());
         let frame = |p: &[u8]| {
             let mut v = (p.len() as u32).to_be_bytes().to_vec();
             v.extend_from_slice(p);
