@@ -36,6 +36,7 @@ SERVER_CPU, LOADGEN_CPU = "1", "0"
 READY_TIMEOUT_S = 15
 PRIME_S = 0.5
 QUIET_MAX_PCT = 10  # other processes' CPU above which a run is noisy
+SPREAD = 0.10  # a run this far from its median msgs/s is named in the notes
 METRICS = (
     "msgs_per_s",
     "p50_us",
@@ -508,7 +509,34 @@ def footnotes(runs: list[dict], skipped: dict[str, str]) -> list[str]:
     failed = sum("error" in r for r in runs)
     if failed:
         notes.append(f"- {failed} run(s) failed; see the progress lines (stderr)")
+    notes.extend(spread_note(runs))
     return notes
+
+
+def spread_note(runs: list[dict]) -> list[str]:
+    """Name every run more than SPREAD from its (scenario, server) median msgs/s:
+    the VM has slow phases, and a median of a few runs can land in one."""
+    rates: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        if r.get("msgs_per_s") is not None:
+            rates.setdefault((r["scenario"], r["server"]), []).append(r["msgs_per_s"])
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    off = [
+        f"{r['server']} {r['scenario']} rep {r.get('rep', 0) + 1} {r['msgs_per_s'] / m - 1:+.0%}"
+        for r in runs
+        if r.get("msgs_per_s") is not None
+        and (m := med[(r["scenario"], r["server"])]) > 0
+        and abs(r["msgs_per_s"] / m - 1) > SPREAD
+    ]
+    counted = sum(len(v) for v in rates.values())
+    if not counted:
+        return []
+    if not off:
+        return [f"- every run was within {SPREAD:.0%} of its median msgs/s"]
+    return [
+        f"- {len(off)} of {counted} runs were more than {SPREAD:.0%} from their median"
+        f" msgs/s: {'; '.join(off)}"
+    ]
 
 
 def build_info() -> dict:
