@@ -243,21 +243,13 @@ impl Transport {
         Ok(!self.flag(CLOSING))
     }
 
-    /// Queue one packet framed by `framing` (header on the stack).
+    /// Queue one packet framed by `framing` (the engine's one framing
+    /// write, as for a batch).
     fn frame_one(&self, framing: &Framing, data: &[u8]) -> PyResult<Written> {
-        Ok(match framing {
-            Framing::Raw | Framing::Exactly(_) | Framing::Resp(_) => self.conn.write_inline(data),
-            Framing::Delimited { delimiter, .. } => {
-                self.conn.write_parts_inline(&[data, delimiter])
-            }
-            Framing::LengthPrefixed { .. } => {
-                let mut header = [0u8; 8];
-                let h = framing
-                    .encode_header_into(data.len(), &mut header)
-                    .map_err(|e| PyValueError::new_err(e.to_string()))?;
-                self.conn.write_parts_inline(&[&header[..h], data])
-            }
-        })
+        match self.conn.write_packets_inline(framing, &[data]) {
+            (written, None) => Ok(written),
+            (_, Some(e)) => Err(PyValueError::new_err(e.to_string())),
+        }
     }
 
     /// The write crossed the high-water mark on the owner thread: call the
