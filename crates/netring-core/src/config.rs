@@ -191,6 +191,9 @@ pub struct ConnOptions {
     /// Close the connection when a framed packet that has started does not
     /// finish within this long (slowloris).
     pub frame_timeout: Option<std::time::Duration>,
+    /// A stream layer between the wire and framing (TLS, PROXY protocol):
+    /// see `layer.rs`.
+    pub layer: Option<crate::layer::Layer>,
 }
 
 impl Default for ConnOptions {
@@ -201,6 +204,7 @@ impl Default for ConnOptions {
             keepalive: None,
             max_write_buffer: DEFAULT_MAX_WRITE_BUFFER_BYTES,
             frame_timeout: None,
+            layer: None,
         }
     }
 }

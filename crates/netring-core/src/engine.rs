@@ -8,7 +8,7 @@
 //! [`ConnRef`] is the handle the user keeps for one connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,48 +16,15 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Backend, ConnOptions, EngineConfig, ListenConfig};
-use crate::conn::{ConnId, ConnShared};
-use crate::core::Written;
 use crate::error::Error;
-use crate::event::with_active;
-use crate::framing::{EncodeError, Framing};
 use crate::io_thread::IoLoop;
-use crate::mailbox::{Cmd, Mailbox};
-use crate::stats::{Stats, StatsSnapshot};
-
-static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
+use crate::mailbox::Cmd;
+use crate::shared::Shared;
+use crate::stats::StatsSnapshot;
 
 thread_local! {
     /// The engine whose IO thread this is (0 on other threads).
     static IO_THREAD_OF: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// State shared by an engine's threads and its handles.
-pub struct Shared {
-    pub(crate) id: u64,
-    pub(crate) backend: Backend,
-    pub(crate) fallback_reason: Option<String>,
-    pub(crate) mailboxes: Vec<Mailbox>,
-    pub(crate) stats: Stats,
-    round_robin: AtomicUsize,
-    next_listener: AtomicUsize,
-    next_timer: AtomicU64,
-    /// Bytes buffered for connections (see `EngineConfig::max_buffer_memory`).
-    pub(crate) memory: crate::memory::Memory,
-}
-
-impl Shared {
-    pub(crate) fn next_target(&self) -> usize {
-        self.round_robin.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A running pool of IO threads.
@@ -81,20 +48,12 @@ impl Engine {
         config.validate()?;
         let selected = crate::driver::choose(config.backend)?;
         let backend = selected.backend;
-        let mailboxes = (0..config.io_threads)
-            .map(|_| Mailbox::new())
-            .collect::<Result<Vec<_>, _>>()?;
-        let shared = Arc::new(Shared {
-            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+        let shared = Arc::new(Shared::new(
             backend,
-            fallback_reason: selected.fallback_reason,
-            mailboxes,
-            stats: Stats::default(),
-            round_robin: AtomicUsize::new(0),
-            next_listener: AtomicUsize::new(0),
-            next_timer: AtomicU64::new(1),
-            memory: crate::memory::Memory::new(config.max_buffer_memory),
-        });
+            selected.fallback_reason,
+            config.io_threads,
+            config.max_buffer_memory,
+        )?);
         let run_thread = Arc::new(run_thread);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::new();
@@ -238,7 +197,7 @@ impl Engine {
     /// caller can register what the token means before the IO thread
     /// reports on it).
     pub fn connect_token(&self) -> u64 {
-        self.shared.next_timer.fetch_add(1, Ordering::Relaxed)
+        self.shared.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Open an outbound TCP connection to `addr` (optionally from
@@ -348,7 +307,7 @@ impl Engine {
 
     /// A fresh timer id for [`Engine::start_timer`].
     pub fn timer_id(&self) -> u64 {
-        self.shared.next_timer.fetch_add(1, Ordering::Relaxed)
+        self.shared.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Run timer `id` on one IO thread: first at `at`, then every
@@ -414,368 +373,5 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
-    }
-}
-
-/// The user's handle on one connection; usable from any thread.
-///
-/// On the connection's own IO thread, during a dispatch, operations apply
-/// at once; from anywhere else they travel through the owner's mailbox, in
-/// order. Once the connection is gone every operation is a no-op: the id's
-/// generation no longer matches, even if the slot or descriptor is reused.
-#[derive(Clone, Debug)]
-pub struct ConnRef {
-    id: ConnId,
-    engine: Arc<Shared>,
-    shared: Arc<ConnShared>,
-}
-
-impl ConnRef {
-    pub(crate) fn new(id: ConnId, engine: Arc<Shared>, shared: Arc<ConnShared>) -> Self {
-        ConnRef { id, engine, shared }
-    }
-
-    /// The connection's id.
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    fn local<R>(&self, f: impl FnOnce(&mut crate::core::ThreadCore) -> R) -> Option<R> {
-        with_active(self.engine.id, self.id.thread, f)
-    }
-
-    fn remote(&self, cmd: Cmd) {
-        self.engine.mailboxes[usize::from(self.id.thread)].push(cmd);
-    }
-
-    /// [`ConnRef::local`] for stream commands (write, close, write_eof):
-    /// `None` while earlier ones from other threads are still in the
-    /// mailbox, so that this one queues behind them and order holds.
-    fn local_stream<R>(&self, f: impl FnOnce(&mut crate::core::ThreadCore) -> R) -> Option<R> {
-        if self.shared.has_pending() {
-            return None;
-        }
-        self.local(f)
-    }
-
-    /// Send a stream command through the mailbox, counted as pending.
-    fn remote_stream(&self, cmd: Cmd) {
-        self.shared.pending_add();
-        self.remote(cmd);
-    }
-
-    /// Hand bytes to the owner thread through the mailbox (counted against
-    /// the engine's buffer memory until it takes them).
-    fn remote_write(&self, data: Vec<u8>) {
-        self.shared.mailbox_add(data.len());
-        self.remote_stream(Cmd::Write {
-            conn: self.id,
-            data,
-        });
-    }
-
-    /// Queue bytes. On the owner thread returns false if the connection is
-    /// closing or gone; from other threads the check happens later.
-    pub fn write(&self, data: &[u8]) -> bool {
-        if let Some(ok) = self.local_stream(|c| c.write(self.id, data)) {
-            return ok;
-        }
-        self.remote_write(data.to_vec());
-        true
-    }
-
-    /// Queue the concatenation of `parts` like [`ConnRef::write_inline`].
-    pub fn write_parts_inline(&self, parts: &[&[u8]]) -> Written {
-        let len = parts.iter().map(|p| p.len()).sum();
-        let local = self.local_stream(|c| {
-            c.write_notify(self.id, len, |q, cache| q.push_parts(parts, cache), false)
-        });
-        if let Some(w) = local {
-            return w;
-        }
-        let data = parts.concat();
-        self.remote_write(data);
-        Written::Queued
-    }
-
-    /// Queue `packets`, each framed by `framing` (its length header before
-    /// it, its delimiter after it, or as is: see [`Framing::encode`]), as
-    /// one write, like [`ConnRef::write_parts_inline`]. A packet whose
-    /// length does not fit the header is not queued, nor is any after it;
-    /// its error comes back beside what the write of those before it did.
-    pub fn write_packets_inline<P: AsRef<[u8]>>(
-        &self,
-        framing: &Framing,
-        packets: &[P],
-    ) -> (Written, Option<EncodeError>) {
-        let delimiter: &[u8] = match framing {
-            Framing::Delimited { delimiter, .. } => delimiter,
-            _ => &[],
-        };
-        let mut header = [0u8; 8];
-        let mut len = 0;
-        let mut error = None;
-        let mut fit = packets.len();
-        for (i, p) in packets.iter().enumerate() {
-            let p = p.as_ref();
-            match framing.encode_header_into(p.len(), &mut header) {
-                Ok(h) => len += h + p.len() + delimiter.len(),
-                Err(e) => {
-                    error = Some(e);
-                    fit = i;
-                    break;
-                }
-            }
-        }
-        let packets = &packets[..fit];
-        if packets.is_empty() {
-            return (Written::Queued, error);
-        }
-        let local = self.local_stream(|c| {
-            c.write_notify(
-                self.id,
-                len,
-                |q, cache| {
-                    for p in packets {
-                        let p = p.as_ref();
-                        let h = framing
-                            .encode_header_into(p.len(), &mut header)
-                            .unwrap_or(0);
-                        q.push_parts(&[&header[..h], p, delimiter], cache);
-                    }
-                },
-                false,
-            )
-        });
-        if let Some(w) = local {
-            return (w, error);
-        }
-        let mut data = Vec::with_capacity(len);
-        for p in packets {
-            // Cannot fail: every length was checked above.
-            let _ = framing.encode(p.as_ref(), &mut data);
-        }
-        self.remote_write(data);
-        (Written::Queued, error)
-    }
-
-    /// Queue bytes, asyncio style: on the owner thread inside a dispatch,
-    /// a write that crosses the high-water mark returns
-    /// [`Written::CrossedHigh`] and the caller calls `pause_writing` at
-    /// once (no event follows); from other threads the owner delivers a
-    /// `PauseWriting` event as usual.
-    pub fn write_inline(&self, data: &[u8]) -> Written {
-        self.write_parts_inline(&[data])
-    }
-
-    /// Queue the concatenation of `parts` as one write (e.g. a length
-    /// header and its payload), without joining them first on the owner.
-    pub fn write_parts(&self, parts: &[&[u8]]) -> bool {
-        if let Some(ok) = self.local_stream(|c| c.write_parts(self.id, parts)) {
-            return ok;
-        }
-        let data = parts.concat();
-        self.remote_write(data);
-        true
-    }
-
-    /// Cut the stream by `framing` from the next byte on; bytes already
-    /// received and not yet delivered are re-framed.
-    pub fn set_framing(&self, framing: Framing) {
-        let framing2 = framing.clone();
-        if self
-            .local(move |c| c.set_framing(self.id, framing2))
-            .is_none()
-        {
-            self.remote(Cmd::SetFraming {
-                conn: self.id,
-                framing,
-            });
-        }
-    }
-
-    /// Report the connection idle (`Event::IdleTimeout`) after `timeout`
-    /// with nothing received; `None` turns it off.
-    pub fn set_idle_timeout(&self, timeout: Option<Duration>) {
-        if self
-            .local(|c| c.set_idle_timeout(self.id, timeout))
-            .is_none()
-        {
-            self.remote(Cmd::SetIdleTimeout {
-                conn: self.id,
-                timeout,
-            });
-        }
-    }
-
-    /// Flush, then close.
-    pub fn close(&self) {
-        if self.local_stream(|c| c.close(self.id)).is_none() {
-            self.remote_stream(Cmd::Close { conn: self.id });
-        }
-    }
-
-    /// Drop the write queue and reset the connection.
-    pub fn abort(&self) {
-        if self.local(|c| c.abort(self.id)).is_none() {
-            self.remote(Cmd::Abort { conn: self.id });
-        }
-    }
-
-    /// Drop the write queue and close without a reset (a handler failed).
-    pub fn abort_quietly(&self) {
-        if self.local(|c| c.abort_quietly(self.id)).is_none() {
-            self.remote(Cmd::Abort { conn: self.id });
-        }
-    }
-
-    /// Flush, then shut down the sending side.
-    pub fn write_eof(&self) {
-        if self.local_stream(|c| c.write_eof(self.id)).is_none() {
-            self.remote_stream(Cmd::WriteEof { conn: self.id });
-        }
-    }
-
-    /// Pause (true) or resume (false) delivery of received data. Ordered
-    /// with writes and earlier pauses from other threads, like a write.
-    pub fn set_reading_paused(&self, paused: bool) {
-        if self
-            .local_stream(|c| c.set_reading(self.id, paused))
-            .is_none()
-        {
-            self.remote_stream(Cmd::SetReading {
-                conn: self.id,
-                paused,
-            });
-        }
-    }
-
-    /// Set the write-queue water marks.
-    pub fn set_write_limits(&self, high: usize, low: usize) {
-        if self
-            .local(|c| c.set_write_limits(self.id, high, low))
-            .is_none()
-        {
-            self.remote(Cmd::SetWriteLimits {
-                conn: self.id,
-                high,
-                low,
-            });
-        }
-    }
-
-    /// Bytes written and not yet taken by the kernel.
-    pub fn write_buffer_size(&self) -> usize {
-        self.shared.write_buffer_size()
-    }
-}
-
-/// The user's handle on one UDP endpoint; usable from any thread, with
-/// [`ConnRef`]'s rules (at once on the owner thread during a dispatch,
-/// through the mailbox in order elsewhere, a no-op once the endpoint is
-/// gone).
-#[derive(Clone, Debug)]
-pub struct EndpointRef {
-    id: ConnId,
-    engine: Arc<Shared>,
-    shared: Arc<ConnShared>,
-}
-
-impl EndpointRef {
-    pub(crate) fn new(id: ConnId, engine: Arc<Shared>, shared: Arc<ConnShared>) -> Self {
-        EndpointRef { id, engine, shared }
-    }
-
-    /// The endpoint's id (in the endpoint namespace).
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    fn local<R>(&self, f: impl FnOnce(&mut crate::core::ThreadCore) -> R) -> Option<R> {
-        if self.shared.has_pending() {
-            return None; // queue behind sends still in the mailbox
-        }
-        with_active(self.engine.id, self.id.thread, f)
-    }
-
-    fn remote(&self, cmd: Cmd, counted: bool) {
-        if counted {
-            self.shared.pending_add();
-        }
-        self.engine.mailboxes[usize::from(self.id.thread)].push(cmd);
-    }
-
-    /// Queue one datagram to `addr` (None: the connected peer). On the
-    /// owner thread, [`Written::CrossedHigh`] asks the caller to call
-    /// `pause_writing` now; [`Written::Dropped`]: closing, gone, or the send
-    /// queue is at its cap (counted in stats).
-    pub fn send_to(&self, data: &[u8], addr: Option<SocketAddr>) -> Written {
-        if let Some(w) = self.local(|c| c.udp_send_vec(self.id, data.to_vec(), addr, false)) {
-            return w;
-        }
-        self.shared.mailbox_add(data.len());
-        self.remote(
-            Cmd::UdpSend {
-                ep: self.id,
-                data: data.to_vec(),
-                addr,
-            },
-            true,
-        );
-        Written::Queued
-    }
-
-    /// Send what is queued, then close.
-    pub fn close(&self) {
-        if self.local(|c| c.udp_close(self.id)).is_none() {
-            self.remote(Cmd::UdpClose { ep: self.id }, true);
-        }
-    }
-
-    /// Drop what is queued and close now.
-    pub fn abort(&self) {
-        if with_active(self.engine.id, self.id.thread, |c| c.udp_abort(self.id)).is_none() {
-            self.remote(Cmd::UdpAbort { ep: self.id }, false);
-        }
-    }
-
-    /// Pause (true) or resume (false) receiving.
-    pub fn set_reading_paused(&self, paused: bool) {
-        if with_active(self.engine.id, self.id.thread, |c| {
-            c.udp_set_reading(self.id, paused)
-        })
-        .is_none()
-        {
-            self.remote(
-                Cmd::UdpSetReading {
-                    ep: self.id,
-                    paused,
-                },
-                false,
-            );
-        }
-    }
-
-    /// Set the send queue's water marks.
-    pub fn set_write_limits(&self, high: usize, low: usize) {
-        if with_active(self.engine.id, self.id.thread, |c| {
-            c.udp_set_write_limits(self.id, high, low)
-        })
-        .is_none()
-        {
-            self.remote(
-                Cmd::UdpSetWriteLimits {
-                    ep: self.id,
-                    high,
-                    low,
-                },
-                false,
-            );
-        }
-    }
-
-    /// Bytes queued and not yet taken by the kernel.
-    pub fn write_buffer_size(&self) -> usize {
-        self.shared.write_buffer_size()
     }
 }

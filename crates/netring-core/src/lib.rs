@@ -3,10 +3,22 @@
 //! queues. No Python here: the bindings crate drives it through
 //! [`Engine`] and [`Handler`], and `cargo test` covers it alone.
 //!
-//! Map: `engine.rs` (threads, listeners, [`ConnRef`]) → `io_thread.rs` (the
-//! loop) → `core.rs` (per-thread state machine) → `driver/` (kernel side),
-//! with `event.rs` (what the user sees), `conn/` (one connection, its id and
-//! write queue), `mailbox.rs` (cross-thread commands), `config.rs`, `stats.rs`.
+//! The modules form layers; each uses only those below it (no cycles:
+//! `tests/layers.rs` checks), from the bottom:
+//!
+//! 1. `error`, `config`, `stats`, `memory`, `limits`, `housekeeping`,
+//!    `framing/`, `layer` — plain data and pure code (framers, the
+//!    stream-layer seam's traits);
+//! 2. `driver/` — the kernel side (io_uring, epoll) behind one trait;
+//! 3. `flow` — write flow control;
+//! 4. `conn/`, then `udp` — one connection's or endpoint's state;
+//! 5. `timer`, `mailbox`, `shared` — per-thread deadlines, cross-thread
+//!    commands, what an engine's threads share;
+//! 6. `core/` — one IO thread's state machine (`ThreadCore`);
+//! 7. `handle` — `ConnRef` / `EndpointRef`;
+//! 8. `event` — what the user sees (`Event`, `Batch`, `Handler`);
+//! 9. `io_thread` — the loop, turn by turn;
+//! 10. `engine` — starting threads, listeners, connects.
 
 pub mod config;
 pub mod conn;
@@ -15,21 +27,30 @@ pub mod driver;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod flow;
 pub mod framing;
+pub mod handle;
+mod housekeeping;
 mod io_thread;
+pub mod layer;
 pub mod limits;
+#[cfg(test)]
+mod machine_tests;
 pub mod mailbox;
 mod memory;
+mod shared;
 pub mod stats;
 mod timer;
 pub mod udp;
 
-pub use crate::core::{ThreadCore, Written};
+pub use crate::core::ThreadCore;
 pub use config::{Backend, BackendChoice, ConnOptions, EngineConfig, Keepalive, ListenConfig};
 pub use conn::ConnId;
-pub use engine::{ConnRef, EndpointRef, Engine};
+pub use engine::Engine;
 pub use error::{ConfigError, Error};
 pub use event::{Batch, Event, Handler};
-pub use io_thread::IoLoop;
+pub use flow::Written;
+pub use handle::{ConnRef, EndpointRef};
+pub use io_thread::{Clock, IoLoop, Turns};
 pub use stats::StatsSnapshot;
 pub use udp::UdpConfig;

@@ -10,9 +10,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{ListenLimits, Overflow};
+
+/// A connection admitted under a listener's limits: the counts it is part
+/// of and its peer IP (to release when it closes).
+pub type Counted = Option<(Arc<ListenerCounts>, Option<std::net::IpAddr>)>;
 
 /// The outcome of trying to admit a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

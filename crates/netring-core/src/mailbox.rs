@@ -48,7 +48,7 @@ pub enum Cmd {
         fd: OwnedFd,
         options: Arc<ConnOptions>,
         /// The listener counts it was admitted under.
-        counted: crate::core::Counted,
+        counted: crate::limits::Counted,
     },
     /// Nothing to do but run a loop turn (a listener at its limit has room).
     Wake,
@@ -173,7 +173,7 @@ impl Mailbox {
     /// owner's trim: `take` swaps allocations, so a large one can sit here
     /// while the owner idles). Returns the bytes freed.
     pub fn shrink(&self) -> usize {
-        crate::core::shrink_vec(&mut self.lock().queue)
+        crate::housekeeping::shrink_vec(&mut self.lock().queue)
     }
 
     /// The owner has exited: drop queued commands and close the eventfd.

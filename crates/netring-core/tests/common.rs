@@ -58,6 +58,7 @@ impl Handler for Echo {
                             ConnError::Io(e) => e.kind(),
                             ConnError::Frame(_) => std::io::ErrorKind::InvalidData,
                             ConnError::Limit(_) => std::io::ErrorKind::Other,
+                            ConnError::Layer(_) => std::io::ErrorKind::ConnectionAborted,
                         }),
                     ));
                 }

@@ -51,5 +51,8 @@ pub fn conn_error(py: Python<'_>, e: ConnError) -> PyErr {
         ConnError::Limit(l @ LimitError::FrameTimeout { .. }) => {
             netring_error(py, "FrameTimeoutError", l.to_string())
         }
+        // NOTE: no layer ships yet (the TLS and PROXY issues add theirs,
+        // with their own exception classes); the reason is kept.
+        ConnError::Layer(l) => netring_error(py, "ConnectionClosedError", l.to_string()),
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod id;
 pub mod sendq;
+pub(crate) mod slab;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -18,9 +19,11 @@ use std::sync::Arc;
 pub use id::ConnId;
 use sendq::SendQueue;
 
-use crate::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
 use crate::driver::SendState;
+use crate::flow::Flow;
 use crate::framing::{Decoder, FrameError, Framing};
+use crate::layer::{LayerError, LayerOut, StreamLayer};
+use sendq::BufCache;
 
 /// Why a connection ended, when it did not end normally.
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub enum ConnError {
     Frame(FrameError),
     /// The connection crossed one of its limits.
     Limit(LimitError),
+    /// Its stream layer (TLS, PROXY header...) closed it.
+    Layer(LayerError),
 }
 
 /// A limit a connection crossed.
@@ -64,6 +69,7 @@ impl std::fmt::Display for ConnError {
             ConnError::Io(e) => e.fmt(f),
             ConnError::Frame(e) => e.fmt(f),
             ConnError::Limit(e) => e.fmt(f),
+            ConnError::Layer(e) => e.fmt(f),
         }
     }
 }
@@ -137,6 +143,8 @@ pub(crate) struct Connecting {
     /// The deadline passed: report `TimedOut`.
     pub(crate) timed_out: bool,
     pub(crate) cancel_sent: bool,
+    /// The stream layer to start once connected.
+    pub(crate) layer: Option<crate::layer::Layer>,
 }
 
 /// One connection.
@@ -168,9 +176,8 @@ pub struct Conn {
     pub(crate) rare: Option<Box<Rare>>,
     /// The framing rule and the packet in progress.
     pub(crate) decoder: Decoder,
-    pub(crate) high_water: usize,
-    pub(crate) low_water: usize,
-    pub(crate) writing_paused: bool,
+    /// Water marks, and whether the protocol was told to pause.
+    pub(crate) flow: Flow,
     pub(crate) dirty: bool,
     /// Report idle after this long with nothing received.
     pub(crate) idle_timeout: Option<std::time::Duration>,
@@ -199,6 +206,17 @@ pub struct Conn {
     pub(crate) linger_done: bool,
 }
 
+/// A connection's stream layer and the plaintext waiting for it.
+pub(crate) struct Layered {
+    pub(crate) layer: Box<dyn StreamLayer>,
+    /// The factory's name (for errors and logs).
+    pub(crate) name: &'static str,
+    /// Plaintext the protocol wrote, not yet through the layer.
+    pub(crate) plain: SendQueue,
+    /// `on_close` was called (our last words are queued).
+    pub(crate) closed: bool,
+}
+
 /// What a connection holds only in some lives: held input, a failure, a
 /// place under listener limits. Boxed so that a plain idle connection does
 /// not carry it (about 70 bytes less each).
@@ -209,11 +227,19 @@ pub(crate) struct Rare {
     /// What `connection_lost` will report.
     pub(crate) error: Option<ConnError>,
     /// The listener's counts this connection is part of, and its peer IP.
-    pub(crate) counted: Option<(Arc<crate::limits::ListenerCounts>, Option<std::net::IpAddr>)>,
+    pub(crate) counted: crate::limits::Counted,
+    /// The stream layer between the wire and framing, if any.
+    pub(crate) layer: Option<Box<Layered>>,
+}
+
+impl slab::Identified for Conn {
+    fn id(&self) -> ConnId {
+        self.id
+    }
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, fd: OwnedFd, framing: Framing) -> Self {
+    pub(crate) fn new(id: ConnId, fd: OwnedFd, framing: Framing, now: std::time::Instant) -> Self {
         Conn {
             id,
             fd,
@@ -234,12 +260,10 @@ impl Conn {
             reset_on_close: false,
             rare: None,
             decoder: Decoder::new(framing),
-            high_water: DEFAULT_WRITE_HIGH_WATER_BYTES,
-            low_water: DEFAULT_WRITE_HIGH_WATER_BYTES / 4,
-            writing_paused: false,
+            flow: Flow::default(),
             dirty: false,
             idle_timeout: None,
-            last_activity: std::time::Instant::now(),
+            last_activity: now,
             connecting: None,
             silent: false,
             max_write_buffer: crate::config::DEFAULT_MAX_WRITE_BUFFER_BYTES,
@@ -251,6 +275,67 @@ impl Conn {
             lingering: false,
             linger_done: false,
         }
+    }
+
+    /// The connection's stream layer, if it has one.
+    pub(crate) fn layer(&self) -> Option<&Layered> {
+        self.rare.as_ref()?.layer.as_deref()
+    }
+
+    /// As [`Conn::layer`], mutably.
+    pub(crate) fn layer_mut(&mut self) -> Option<&mut Layered> {
+        self.rare.as_mut()?.layer.as_deref_mut()
+    }
+
+    /// Where the protocol's writes queue: plaintext waiting for the layer,
+    /// or the send queue itself.
+    pub(crate) fn write_queue(&mut self) -> &mut SendQueue {
+        match self.rare.as_mut().and_then(|r| r.layer.as_deref_mut()) {
+            Some(l) => &mut l.plain,
+            None => &mut self.sendq,
+        }
+    }
+
+    /// Bytes written and not yet taken by the kernel (plaintext waiting
+    /// for the layer included): what the water marks compare.
+    pub(crate) fn queued(&self) -> usize {
+        self.sendq.len() + self.layer().map_or(0, |l| l.plain.len())
+    }
+
+    /// Nothing written is left unsent (nor waiting for the layer).
+    pub(crate) fn flushed(&self) -> bool {
+        self.sendq.is_empty() && self.layer().is_none_or(|l| l.plain.is_empty())
+    }
+
+    /// Put the plaintext queued since the last settle through the layer
+    /// (and its last words, once the stream is ending and everything
+    /// before them is through), appending the wire bytes to the send queue.
+    pub(crate) fn flush_layer(&mut self, cache: &mut BufCache) -> Result<(), LayerError> {
+        let aborting = self.state == State::Aborting;
+        let ending = self.eof_requested || self.state == State::Closing;
+        let Some(l) = self.rare.as_mut().and_then(|r| r.layer.as_deref_mut()) else {
+            return Ok(());
+        };
+        if aborting {
+            l.plain.clear(cache);
+            return Ok(());
+        }
+        let mut out = LayerOut::default();
+        let mut result = Ok(());
+        if !l.plain.is_empty() {
+            let layer = &mut l.layer;
+            l.plain.drain_with(cache, |plain| {
+                if result.is_ok() {
+                    result = layer.on_write(plain, &mut out);
+                }
+            });
+        }
+        if ending && !l.closed && result.is_ok() {
+            l.closed = true;
+            l.layer.on_close(&mut out);
+        }
+        self.sendq.push_vec(out.wire, cache);
+        result
     }
 
     /// Start a graceful close (no-op unless open).
@@ -292,7 +377,10 @@ impl Conn {
             .rare
             .as_ref()
             .map_or(0, |r| r.held.iter().map(Vec::len).sum::<usize>());
-        self.sendq.len() + self.decoder.allocated() + held
+        let layer = self
+            .layer()
+            .map_or(0, |l| l.plain.len() + l.layer.buffered());
+        self.sendq.len() + self.decoder.allocated() + held + layer
     }
 
     /// The rare state, boxed on first use.
@@ -306,7 +394,7 @@ impl Conn {
     }
 
     /// The listener place this connection holds, taken.
-    pub(crate) fn take_counted(&mut self) -> crate::core::Counted {
+    pub(crate) fn take_counted(&mut self) -> crate::limits::Counted {
         self.rare.as_mut().and_then(|r| r.counted.take())
     }
 
@@ -315,7 +403,7 @@ impl Conn {
         let drained = match self.state {
             State::Open => false,
             State::Closing => {
-                self.sendq.is_empty() && self.lingering && (self.peer_eof || self.linger_done)
+                self.flushed() && self.lingering && (self.peer_eof || self.linger_done)
             }
             State::Aborting => true,
         };

@@ -260,6 +260,17 @@ impl SendQueue {
         self.release_ring(cache);
     }
 
+    /// Hand every queued byte to `f`, in order, and empty the queue (a
+    /// stream layer's plaintext, which is never pinned by a send).
+    pub fn drain_with(&mut self, cache: &mut BufCache, mut f: impl FnMut(&[u8])) {
+        debug_assert_eq!(self.pinned, 0, "draining a pinned send queue");
+        for (i, buf) in self.bufs.iter().enumerate() {
+            let start = if i == 0 { self.head_offset } else { 0 };
+            f(&buf[start..]);
+        }
+        self.clear(cache);
+    }
+
     /// Release the pin without consuming (the send failed or was cancelled).
     pub fn unpin(&mut self) {
         self.pinned = 0;

@@ -18,6 +18,8 @@
 //!   exits only when the relevant ones have completed.
 
 pub mod epoll;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod uring;
 
 use std::io;
@@ -26,6 +28,17 @@ use std::time::Duration;
 
 use crate::config::{Backend, BackendChoice};
 use crate::error::Error;
+
+/// Bytes of each receive buffer that io_uring's multishot `recvmsg` uses
+/// for its header (`io_uring_recvmsg_out`, 16 bytes) and the source address
+/// (a `sockaddr_in6`, 28 bytes). Both backends cap datagrams the same way.
+pub const DATAGRAM_HEADROOM: usize = 16 + std::mem::size_of::<libc::sockaddr_in6>();
+
+/// The largest datagram received whole with receive buffers of
+/// `buffer_size` bytes; longer ones are reported truncated.
+pub fn datagram_capacity(buffer_size: usize) -> usize {
+    buffer_size.saturating_sub(DATAGRAM_HEADROOM)
+}
 
 /// A received chunk in a driver-owned buffer.
 #[derive(Debug, Clone, Copy)]
@@ -204,7 +217,7 @@ pub trait Driver {
     /// Start receiving datagrams on endpoint `slot` (its own slot space);
     /// `template` (source-address length only) stays valid until the final
     /// completion. Payloads longer than
-    /// [`crate::udp::datagram_capacity`] come back `Truncated`.
+    /// [`datagram_capacity`] come back `Truncated`.
     fn arm_recv_from(&mut self, slot: u32, fd: RawFd, template: &libc::msghdr);
     /// Stop receiving datagrams; the recv's final completion follows.
     fn cancel_recv_from(&mut self, slot: u32, fd: RawFd);
@@ -231,6 +244,16 @@ pub trait Driver {
     /// stays whole.)
     fn trim_buffers(&mut self) -> usize {
         0
+    }
+    /// A descriptor that becomes readable when completions are ready.
+    fn fd(&self) -> RawFd;
+    /// Hand what was queued to the kernel without waiting (`wait` does it
+    /// too; this is for owners that wait elsewhere).
+    fn submit(&mut self) -> io::Result<()>;
+    /// Whether completions are already waiting in user space (the next
+    /// `wait` returns at once, whatever `fd` says).
+    fn has_pending(&self) -> bool {
+        false
     }
     /// Operations that still owe their final completion, wake read excluded.
     fn in_flight(&self) -> usize;

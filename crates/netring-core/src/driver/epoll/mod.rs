@@ -61,7 +61,7 @@ mod tests;
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use rustix::event::epoll::{self, EventData, EventFlags};
@@ -477,7 +477,7 @@ fn read_datagrams(
     pool: &mut BufPool,
     out: &mut Vec<Completion>,
 ) -> Option<DgramResult> {
-    let capacity = crate::udp::datagram_capacity(pool.buf_size());
+    let capacity = super::datagram_capacity(pool.buf_size());
     for i in 0..DGRAMS_PER_READINESS {
         let Some(bid) = pool.take() else {
             return (i == 0).then_some(DgramResult::NoBuffers);
@@ -885,6 +885,18 @@ impl Driver for EpollDriver {
 
     fn trim_buffers(&mut self) -> usize {
         self.pool.trim()
+    }
+
+    fn fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        Ok(()) // every operation reached the kernel when it was made
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     fn in_flight(&self) -> usize {

@@ -14,7 +14,7 @@
 mod bufring;
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -442,6 +442,15 @@ impl Driver for UringDriver {
 
     fn release(&mut self, bid: u16) {
         self.bufs.push(bid);
+    }
+
+    fn fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        self.bufs.publish();
+        self.ring.submit().map(drop)
     }
 
     fn in_flight(&self) -> usize {

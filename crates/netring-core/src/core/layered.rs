@@ -1,0 +1,174 @@
+//! The core's side of the stream-layer seam (`crate::layer`): starting a
+//! connection's layer, putting received bytes through it before framing,
+//! its plaintext writes through it before sending, its own output, its
+//! readiness (the protocol's `connection_made` waits for it) and its
+//! failures.
+
+use std::io;
+
+use super::{Ev, ThreadCore};
+use crate::conn::{ConnError, ConnId, Layered, State};
+use crate::layer::{Layer, LayerError, LayerOut};
+
+/// A connection whose layer is not ready yet: the event that opens it to
+/// the protocol, and the plaintext that arrived meanwhile.
+pub(crate) struct Unready {
+    open: Ev,
+    plain: Vec<u8>,
+}
+
+impl ThreadCore {
+    /// Give connection `id` its layer and start it (a client's first
+    /// handshake message goes out now); `open` (`Opened` / `Connected`)
+    /// is delivered once the layer is ready.
+    pub(super) fn start_layer(&mut self, id: ConnId, layer: &Layer, open: Ev, outbound: bool) {
+        let (peer, local) = match &open {
+            Ev::Opened { peer, local, .. } | Ev::Connected { peer, local, .. } => (*peer, *local),
+            _ => (None, None),
+        };
+        let Some(conn) = self.conn(id) else { return };
+        let mut instance = layer.0.new_layer(peer, local, outbound);
+        let mut out = LayerOut::default();
+        instance.on_start(&mut out);
+        conn.rare().layer = Some(Box::new(Layered {
+            layer: instance,
+            name: layer.0.name(),
+            plain: Default::default(),
+            closed: false,
+        }));
+        self.unready.insert(
+            id.index,
+            Unready {
+                open,
+                plain: Vec::new(),
+            },
+        );
+        self.layer_output(id, out, Ok(()));
+    }
+
+    /// Bytes from the wire on a layered connection.
+    pub(super) fn layer_read(&mut self, id: ConnId, wire: &[u8]) {
+        let Some(l) = self.conn(id).and_then(|c| c.layer_mut()) else {
+            return;
+        };
+        let mut out = LayerOut::default();
+        let result = l.layer.on_read(wire, &mut out);
+        self.layer_output(id, out, result);
+    }
+
+    /// The peer's EOF on a layered connection: delivered as `Eof` if the
+    /// layer accepts it, else the connection closes with the layer's reason.
+    pub(super) fn layer_eof(&mut self, id: ConnId) {
+        let Some(l) = self.conn(id).and_then(|c| c.layer_mut()) else {
+            return;
+        };
+        let mut out = LayerOut::default();
+        let mut result = l.layer.on_eof(&mut out);
+        if result.is_ok() && !l.layer.is_ready() {
+            result = Err(LayerError::new(
+                l.name,
+                "the peer closed the connection before the layer was ready",
+            ));
+        }
+        let ok = result.is_ok();
+        self.layer_output(id, out, result);
+        if ok {
+            self.events.push_back(Ev::Eof { conn: id });
+        }
+    }
+
+    /// Settle's hook: the plaintext written since the last settle through
+    /// the layer of the connection in `index`.
+    pub(super) fn flush_layer(&mut self, index: usize) {
+        let Some(conn) = self.conns.slot_mut(index) else {
+            return;
+        };
+        if conn.layer().is_none() {
+            return;
+        }
+        let result = conn.flush_layer(&mut self.cache);
+        conn.shared.set_queued(conn.queued());
+        if let Err(e) = result {
+            let id = conn.id;
+            self.layer_failed(id, e);
+        }
+    }
+
+    /// What a layer call produced: its wire bytes queued, its plaintext
+    /// delivered (after the opening event once the layer became ready), or
+    /// the connection closed with its error.
+    fn layer_output(&mut self, id: ConnId, out: LayerOut, result: Result<(), LayerError>) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if !out.wire.is_empty() {
+            conn.sendq.push_vec(out.wire, &mut self.cache);
+            conn.shared.set_queued(conn.queued());
+        }
+        Self::mark_dirty(&mut self.dirty, conn);
+        let ready = conn.layer().is_some_and(|l| l.layer.is_ready());
+        let open = conn.state == State::Open;
+        if let Some(u) = self.unready.get_mut(&id.index) {
+            u.plain.extend_from_slice(&out.plain);
+            if ready && open && result.is_ok() {
+                let u = self.unready.remove(&id.index).expect("just found");
+                self.events.push_back(u.open);
+                if !u.plain.is_empty() {
+                    self.events.push_back(Ev::Held {
+                        conn: id,
+                        data: u.plain,
+                    });
+                }
+            }
+        } else if !out.plain.is_empty() && open {
+            self.events.push_back(Ev::Held {
+                conn: id,
+                data: out.plain,
+            });
+        }
+        if let Err(e) = result {
+            self.layer_failed(id, e);
+        }
+    }
+
+    /// The layer closed `id` with `error`: gracefully, so that its last
+    /// bytes (an alert) still go out. A connection the protocol never saw
+    /// closes silently (an outbound one fails its connect).
+    fn layer_failed(&mut self, id: ConnId, error: LayerError) {
+        let unready = self.unready.remove(&id.index);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.state != State::Open {
+            return;
+        }
+        if let Some(l) = conn.layer_mut() {
+            l.closed = true; // a failed layer has no last words to add
+        }
+        match unready {
+            Some(u) => {
+                let peer = socket2::SockRef::from(&conn.fd)
+                    .peer_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket());
+                log::debug!(
+                    "netring: connection {} {} closed before it opened: {error}",
+                    if matches!(u.open, Ev::Connected { .. }) {
+                        "to"
+                    } else {
+                        "from"
+                    },
+                    peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
+                );
+                conn.silent = true;
+                if let Ev::Connected { token, .. } = u.open {
+                    let error = io::Error::new(io::ErrorKind::InvalidData, error);
+                    self.events.push_back(Ev::ConnectFailed { token, error });
+                }
+            }
+            None => conn.rare().error = Some(ConnError::Layer(error)),
+        }
+        conn.begin_close(); // nothing more is delivered
+        Self::mark_dirty(&mut self.dirty, conn);
+    }
+}

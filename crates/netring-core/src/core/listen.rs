@@ -1,0 +1,367 @@
+//! Listeners on one IO thread: accepting (multishot where the backend has
+//! it), backing off while descriptors or memory are exhausted (retrying at
+//! once when one frees), listener limits (admit, hold, refuse), handing
+//! accepted connections out round robin, and closing a listener.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+
+use super::{Ev, ThreadCore};
+use crate::config::ConnOptions;
+use crate::conn::ConnId;
+use crate::driver::Driver;
+use crate::limits::{Admit, Counted, ListenerCounts};
+use crate::mailbox::Cmd;
+use crate::stats::Stats;
+use crate::timer::Due;
+
+/// First pause after accept fails for lack of descriptors or memory.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between accept attempts while descriptors are exhausted.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// An exhaustion episode ends after this long with no failed accept.
+const EPISODE_QUIET: Duration = Duration::from_secs(1);
+
+pub(super) struct Listener {
+    socket: OwnedFd,
+    options: Arc<ConnOptions>,
+    armed: bool,
+    closing: bool,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    /// Failed accepts in the current exhaustion episode (0: none).
+    failures: u64,
+    /// When the last accept failed for want of descriptors or memory.
+    last_failure: Option<Instant>,
+    /// Connection limits, if any.
+    counts: Option<Arc<ListenerCounts>>,
+    /// At `max_connections` (Overflow::Hold): accepting stopped; accepted
+    /// connections that arrived meanwhile wait here, in order, unserved.
+    full: bool,
+    /// The accept's cancel (for `full`) is on its way.
+    cancel_sent: bool,
+    held: VecDeque<(OwnedFd, Option<std::net::IpAddr>)>,
+}
+
+impl Listener {
+    pub(super) fn new(
+        socket: OwnedFd,
+        options: Arc<ConnOptions>,
+        counts: Option<Arc<ListenerCounts>>,
+    ) -> Self {
+        Listener {
+            socket,
+            options,
+            armed: true,
+            closing: false,
+            backoff: ACCEPT_BACKOFF_MIN,
+            retry_at: None,
+            failures: 0,
+            last_failure: None,
+            counts,
+            full: false,
+            cancel_sent: false,
+            held: VecDeque::new(),
+        }
+    }
+}
+
+impl ThreadCore {
+    pub(super) fn unlisten<D: Driver>(&mut self, listener: usize, driver: &mut D) {
+        let Some(l) = self.listeners.get_mut(&listener) else {
+            return;
+        };
+        if l.closing {
+            return;
+        }
+        l.closing = true;
+        if l.armed {
+            driver.cancel_accept(listener, l.socket.as_raw_fd());
+        } else {
+            self.listeners.remove(&listener);
+        }
+    }
+
+    /// Stop accepting on `listener` and close its connections gracefully;
+    /// abort those still open at `deadline`. Other listeners' connections
+    /// (a shared pool) are untouched.
+    pub(super) fn close_listener<D: Driver>(
+        &mut self,
+        listener: usize,
+        deadline: Instant,
+        driver: &mut D,
+    ) {
+        self.unlisten(listener, driver);
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|c| c.listener as usize == listener)
+            .map(|c| c.id)
+            .collect();
+        for id in conns {
+            self.close(id);
+            self.timers.schedule(deadline, Due::Abort(id));
+        }
+    }
+
+    pub(super) fn adopt(
+        &mut self,
+        listener: usize,
+        fd: OwnedFd,
+        options: &ConnOptions,
+        counted: Counted,
+    ) {
+        if self.shutdown_deadline.is_some() {
+            if let Some((counts, ip)) = counted {
+                self.release_count(&counts, ip);
+            }
+            return; // shutting down: the descriptor closes here
+        }
+        let sock = SockRef::from(&fd);
+        // NOTE: asyncio sets TCP_NODELAY on every TCP transport; so do we.
+        let _ = sock.set_tcp_nodelay(true);
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+        let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+        let id = self.insert_conn(fd, options);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        // NOTE: listener ids count up from 0; u32::MAX marks outbound.
+        conn.listener = u32::try_from(listener).unwrap_or(u32::MAX);
+        if counted.is_some() {
+            conn.rare().counted = counted;
+        }
+        let shared = conn.shared.clone();
+        Self::mark_dirty(&mut self.dirty, conn);
+        Stats::add(&self.stats().accepted, 1);
+        let open = Ev::Opened {
+            conn: id,
+            listener,
+            peer,
+            local,
+            shared,
+        };
+        match &options.layer {
+            Some(layer) => self.start_layer(id, layer, open, false),
+            None => self.events.push_back(open),
+        }
+    }
+
+    pub(super) fn accepted(
+        &mut self,
+        listener: usize,
+        result: io::Result<OwnedFd>,
+        more: bool,
+        now: Instant,
+    ) {
+        let Some(l) = self.listeners.get_mut(&listener) else {
+            return;
+        };
+        if !more {
+            l.armed = false;
+            if l.closing {
+                self.listeners.remove(&listener);
+                return;
+            }
+        }
+        match result {
+            Ok(fd) => {
+                // Retry quickly again, but end the episode (and log it) only
+                // once accepts have gone a quiet second without failing:
+                // near the limit, accepts alternate between working and
+                // failing as descriptors come and go, and that is one
+                // episode, not one per flip.
+                l.backoff = ACCEPT_BACKOFF_MIN;
+                if l.failures > 0 && l.last_failure.is_none_or(|t| now - t >= EPISODE_QUIET) {
+                    log::info!(
+                        "netring: accepting again after {} failed attempts (descriptors or memory exhausted)",
+                        l.failures
+                    );
+                    l.failures = 0;
+                }
+                let Some(counts) = l.counts.clone() else {
+                    self.hand_out(listener, fd, None);
+                    return;
+                };
+                let ip = if counts.needs_ip() {
+                    SockRef::from(&fd)
+                        .peer_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .map(|a| a.ip())
+                } else {
+                    None
+                };
+                if !l.held.is_empty() {
+                    l.held.push_back((fd, ip)); // first come, first served
+                    return;
+                }
+                self.admit(listener, fd, ip, counts);
+            }
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(0);
+                if matches!(
+                    errno,
+                    libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+                ) {
+                    if l.failures == 0 {
+                        log::warn!("netring: accept failed ({e}); backing off");
+                    }
+                    l.failures += 1;
+                    l.last_failure = Some(now);
+                    l.retry_at = Some(now + l.backoff);
+                    l.backoff = (l.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                } else if errno != libc::ECANCELED {
+                    log::debug!("netring: accept error ignored: {e}");
+                }
+            }
+        }
+    }
+
+    /// Serve `fd` from `listener` if its limits allow, else hold or refuse it.
+    pub(super) fn admit(
+        &mut self,
+        listener: usize,
+        fd: OwnedFd,
+        ip: Option<std::net::IpAddr>,
+        counts: Arc<ListenerCounts>,
+    ) {
+        match counts.try_admit(ip) {
+            Admit::Yes => self.hand_out(listener, fd, Some((counts, ip))),
+            Admit::OverIp => {
+                Stats::add(&self.engine.stats.refused, 1);
+                drop(fd); // accept-then-close: holding it would stall others
+            }
+            Admit::OverTotal => {
+                if counts.overflow() == crate::config::Overflow::Close {
+                    Stats::add(&self.engine.stats.refused, 1);
+                    drop(fd);
+                    return;
+                }
+                let Some(l) = self.listeners.get_mut(&listener) else {
+                    return;
+                };
+                l.held.push_back((fd, ip));
+                if !l.full {
+                    l.full = true;
+                    counts
+                        .waiting
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Give an accepted connection to the next IO thread (round robin).
+    pub(super) fn hand_out(&mut self, listener: usize, fd: OwnedFd, counted: Counted) {
+        let Some(l) = self.listeners.get(&listener) else {
+            return;
+        };
+        let options = l.options.clone();
+        let n = self.engine.mailboxes.len();
+        let target = self.engine.next_target() % n;
+        if target == usize::from(self.thread) {
+            self.adopt(listener, fd, &options, counted);
+        } else {
+            self.engine.mailboxes[target].push(Cmd::Adopt {
+                listener,
+                fd,
+                options,
+                counted,
+            });
+        }
+    }
+
+    /// Free the places of connections whose `Closed` was just dispatched.
+    pub(crate) fn release_dispatched(&mut self) {
+        for (counts, ip) in std::mem::take(&mut self.releases) {
+            self.release_count(&counts, ip);
+        }
+    }
+
+    /// A counted connection is gone: free its place, and wake the
+    /// listener's owner if it holds connections back.
+    pub(super) fn release_count(&mut self, counts: &ListenerCounts, ip: Option<std::net::IpAddr>) {
+        if counts.release(ip) && counts.owner != self.thread {
+            self.engine.mailboxes[usize::from(counts.owner)].push(Cmd::Wake);
+        }
+    }
+
+    /// Serve held connections while there is room; start accepting again
+    /// once none is held.
+    pub(super) fn drain_held(&mut self, listener: usize) {
+        loop {
+            let Some(l) = self.listeners.get_mut(&listener) else {
+                return;
+            };
+            let Some(counts) = l.counts.clone() else {
+                return;
+            };
+            if !counts.has_room() {
+                return;
+            }
+            match l.held.pop_front() {
+                Some((fd, ip)) => self.admit(listener, fd, ip, counts),
+                None => {
+                    l.full = false;
+                    counts
+                        .waiting
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Re-arm listeners whose accept ended; returns the earliest pending retry.
+    pub(crate) fn rearm_listeners<D: Driver>(
+        &mut self,
+        driver: &mut D,
+        now: Instant,
+    ) -> Option<Instant> {
+        let full: Vec<usize> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.full && !l.closing)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in full {
+            self.drain_held(id);
+        }
+        let fd_freed = std::mem::take(&mut self.fd_freed);
+        let mut next = None;
+        for (&id, l) in self.listeners.iter_mut() {
+            if l.full && l.armed && !l.closing {
+                // At the limit: stop taking connections from the backlog.
+                if !l.cancel_sent {
+                    l.cancel_sent = true;
+                    driver.cancel_accept(id, l.socket.as_raw_fd());
+                }
+                continue;
+            }
+            if l.armed || l.closing || l.full {
+                continue;
+            }
+            if fd_freed {
+                l.retry_at = None; // a descriptor just came free: try now
+            }
+            match l.retry_at {
+                Some(t) if t > now => {
+                    next = Some(next.map_or(t, |n: Instant| n.min(t)));
+                }
+                _ => {
+                    l.retry_at = None;
+                    l.armed = true;
+                    l.cancel_sent = false;
+                    driver.arm_accept(id, l.socket.as_raw_fd());
+                }
+            }
+        }
+        next
+    }
+}

@@ -1,0 +1,412 @@
+//! One IO thread's connection table and the state machine that drives it.
+//!
+//! `ThreadCore` is touched only by its IO thread. It turns driver
+//! completions and mailbox commands into connection state and queued events,
+//! and `settle` turns connection state back into driver operations: arm a
+//! recv, send the queue, cancel, close. Operations requested by Python during
+//! a dispatch (write, close, pause...) change state and mark the connection
+//! dirty; nothing reaches the kernel until the batch is over, so all writes
+//! of one batch go out in one submission with no wake-up.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+
+use crate::config::ConnOptions;
+use crate::conn::sendq::BufCache;
+use crate::conn::slab::GenSlab;
+use crate::conn::{Conn, ConnError, ConnId, ConnShared};
+use crate::driver::{Chunk, Driver};
+use crate::limits::{Counted, ListenerCounts};
+use crate::mailbox::Cmd;
+use crate::shared::Shared;
+use crate::stats::Stats;
+use crate::timer::{Due, Timers};
+
+mod active;
+mod complete;
+mod connect;
+mod layered;
+mod listen;
+mod ops;
+mod settle;
+mod timers;
+mod trim;
+mod udp;
+
+pub(crate) use active::{with_active, ActiveGuard};
+use listen::Listener;
+
+/// Longest a gracefully closed connection reads and discards the peer's
+/// input while waiting for its EOF (lingering close) before closing anyway.
+pub const LINGER_MAX: Duration = Duration::from_secs(2);
+
+/// An event waiting for dispatch (internal form; see `event::Event`).
+pub(crate) enum Ev {
+    Opened {
+        conn: ConnId,
+        listener: usize,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        shared: Arc<ConnShared>,
+    },
+    Data {
+        conn: ConnId,
+        chunk: Chunk,
+    },
+    Held {
+        conn: ConnId,
+        data: Vec<u8>,
+    },
+    Eof {
+        conn: ConnId,
+    },
+    Timer {
+        id: u64,
+    },
+    Connected {
+        conn: ConnId,
+        token: u64,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        shared: Arc<ConnShared>,
+    },
+    ConnectFailed {
+        token: u64,
+        error: io::Error,
+    },
+    IdleTimeout {
+        conn: ConnId,
+    },
+    PauseWriting {
+        conn: ConnId,
+    },
+    ResumeWriting {
+        conn: ConnId,
+    },
+    Closed {
+        conn: ConnId,
+        error: Option<ConnError>,
+        /// Released once `connection_lost` has run (after the dispatch).
+        counted: Counted,
+    },
+    FrameError {
+        conn: ConnId,
+        error: crate::framing::FrameError,
+    },
+    EndpointOpened {
+        ep: ConnId,
+        token: u64,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+        shared: Arc<ConnShared>,
+    },
+    Datagram {
+        ep: ConnId,
+        chunk: Chunk,
+        addr: Option<SocketAddr>,
+    },
+    DatagramTruncated {
+        ep: ConnId,
+        addr: Option<SocketAddr>,
+        size: usize,
+    },
+    DatagramError {
+        ep: ConnId,
+        error: io::Error,
+    },
+    EndpointPauseWriting {
+        ep: ConnId,
+    },
+    EndpointResumeWriting {
+        ep: ConnId,
+    },
+    EndpointClosed {
+        ep: ConnId,
+        error: Option<io::Error>,
+    },
+}
+
+/// A received chunk being cut into packets across `Batch::next` calls.
+#[derive(Clone, Copy)]
+pub(crate) struct Cursor {
+    pub(crate) conn: ConnId,
+    /// Start of the chunk; valid until the end of the dispatch (a ring
+    /// buffer or a retired held buffer).
+    pub(crate) ptr: *const u8,
+    pub(crate) len: usize,
+    pub(crate) offset: usize,
+}
+
+/// The connections, listeners and pending events of one IO thread.
+pub struct ThreadCore {
+    /// The loop's clock, read once per wait (tests inject their own time).
+    pub(crate) now: Instant,
+    pub(crate) engine: Arc<Shared>,
+    pub(crate) thread: u16,
+    conns: GenSlab<Conn>,
+    pub(crate) events: VecDeque<Ev>,
+    /// `pause_writing` notices: delivered before any other pending event,
+    /// so a protocol can stop its producers before they write more (asyncio
+    /// calls `pause_writing` inside `write()`).
+    pub(crate) urgent: VecDeque<Ev>,
+    dirty: Vec<usize>,
+    /// Receive buffers handed out in this batch; released after dispatch.
+    pub(crate) chunks_out: Vec<u16>,
+    /// Held data delivered in this batch; dropped after dispatch.
+    pub(crate) retired: Vec<Vec<u8>>,
+    listeners: HashMap<usize, Listener>,
+    pub(crate) shutdown_deadline: Option<Instant>,
+    cache: BufCache,
+    /// The chunk being framed during a dispatch.
+    pub(crate) cursor: Option<Cursor>,
+    pub(crate) timers: Timers,
+    /// UDP endpoints (`udp.rs`).
+    pub(crate) udp: crate::udp::UdpTable,
+    /// A descriptor was closed this turn: accepts backing off after
+    /// EMFILE may retry at once.
+    fd_freed: bool,
+    /// Places under listener limits whose `Closed` was delivered in this
+    /// dispatch: freed after it, so that a new connection's
+    /// `connection_made` never runs before the old one's `connection_lost`.
+    pub(crate) releases: Vec<(Arc<ListenerCounts>, Option<std::net::IpAddr>)>,
+    /// Connections paused because the engine is over `max_buffer_memory`.
+    mem_paused: Vec<ConnId>,
+    /// Connections whose `FrameError` was just delivered: closed (flushing
+    /// what the handler wrote in answer) before the next event.
+    pub(crate) close_after: Vec<ConnId>,
+    /// Layered connections the protocol does not see yet, by slot.
+    unready: HashMap<u32, layered::Unready>,
+    /// A `TrimSpares` timer is pending.
+    trim_scheduled: bool,
+    /// It fired: the loop runs `trim` next.
+    trim_due: bool,
+}
+
+impl ThreadCore {
+    pub(crate) fn new(engine: Arc<Shared>, thread: u16, now: Instant) -> Self {
+        ThreadCore {
+            now,
+            engine,
+            thread,
+            conns: GenSlab::new(thread),
+            events: VecDeque::new(),
+            urgent: VecDeque::new(),
+            dirty: Vec::new(),
+            chunks_out: Vec::new(),
+            retired: Vec::new(),
+            listeners: HashMap::new(),
+            shutdown_deadline: None,
+            cache: BufCache::default(),
+            cursor: None,
+            timers: Timers::default(),
+            udp: crate::udp::UdpTable::new(thread),
+            fd_freed: false,
+            releases: Vec::new(),
+            mem_paused: Vec::new(),
+            close_after: Vec::new(),
+            unready: HashMap::new(),
+            trim_scheduled: false,
+            trim_due: false,
+        }
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.engine.stats
+    }
+
+    /// The live connection named by `id`, if it is still the same one.
+    pub(crate) fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id)
+    }
+
+    /// A connection and the dispatch's retired buffers, borrowed together.
+    pub(crate) fn conn_and_retired(
+        &mut self,
+        id: ConnId,
+    ) -> Option<(&mut Conn, &mut Vec<Vec<u8>>)> {
+        let conn = self.conns.get_mut(id)?;
+        Some((conn, &mut self.retired))
+    }
+
+    fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn) {
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(conn.id.index as usize);
+        }
+    }
+
+    pub(crate) fn touch(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let conn = self.conns.get_mut(id)?;
+        Self::mark_dirty(&mut self.dirty, conn);
+        Some(conn)
+    }
+
+    /// Connections in the slab.
+    #[cfg(test)]
+    pub(crate) fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether events wait for dispatch.
+    pub(crate) fn has_events(&self) -> bool {
+        !self.events.is_empty() || !self.urgent.is_empty()
+    }
+
+    /// True when the thread holds nothing: no connection, listener or event.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+            && self.udp.is_empty()
+            && self.listeners.is_empty()
+            && self.events.is_empty()
+            && self.urgent.is_empty()
+    }
+    // ---- mailbox ------------------------------------------------------------
+
+    pub(crate) fn apply<D: Driver>(&mut self, cmd: Cmd, driver: &mut D) {
+        match cmd {
+            Cmd::Listen {
+                listener,
+                socket,
+                options,
+                counts,
+                ..
+            } => {
+                if self.shutdown_deadline.is_some() {
+                    return; // dropped: the socket closes
+                }
+                driver.arm_accept(listener, socket.as_raw_fd());
+                self.listeners
+                    .insert(listener, Listener::new(socket, options, counts));
+            }
+            Cmd::Unlisten { listener } => self.unlisten(listener, driver),
+            Cmd::CloseListener { listener, deadline } => {
+                self.close_listener(listener, deadline, driver)
+            }
+            Cmd::Connect {
+                token,
+                socket,
+                addr,
+                options,
+                deadline,
+            } => self.connect(token, socket, addr, &options, deadline, driver),
+            Cmd::Adopt {
+                listener,
+                fd,
+                options,
+                counted,
+            } => self.adopt(listener, fd, &options, counted),
+            Cmd::Wake => {}
+            Cmd::Write { conn, data } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.mailbox_sub(data.len());
+                    c.shared.pending_sub();
+                }
+                self.write_vec(conn, data);
+            }
+            Cmd::Close { conn } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.pending_sub();
+                }
+                self.close(conn)
+            }
+            Cmd::Abort { conn } => self.abort(conn),
+            Cmd::WriteEof { conn } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.pending_sub();
+                }
+                self.write_eof(conn)
+            }
+            Cmd::SetReading { conn, paused } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.pending_sub();
+                }
+                self.set_reading(conn, paused)
+            }
+            Cmd::SetWriteLimits { conn, high, low } => self.set_write_limits(conn, high, low),
+            Cmd::SetFraming { conn, framing } => self.set_framing(conn, framing),
+            Cmd::SetIdleTimeout { conn, timeout } => self.set_idle_timeout(conn, timeout),
+            Cmd::AddTimer { id, at, interval } => self.timers.add_user(id, at, interval),
+            Cmd::CancelTimer { id } => self.timers.cancel_user(id),
+            Cmd::Shutdown { deadline } => self.begin_shutdown(deadline, driver),
+            Cmd::UdpOpen {
+                token,
+                socket,
+                max_send_queue,
+            } => self.udp_open(token, socket, max_send_queue),
+            Cmd::UdpSend { ep, data, addr } => {
+                if let Some(shared) = self.udp_shared(ep) {
+                    shared.mailbox_sub(data.len());
+                    shared.pending_sub();
+                }
+                self.udp_send_vec(ep, data, addr, true);
+            }
+            Cmd::UdpClose { ep } => {
+                if let Some(shared) = self.udp_shared(ep) {
+                    shared.pending_sub();
+                }
+                self.udp_close(ep)
+            }
+            Cmd::UdpAbort { ep } => self.udp_abort(ep),
+            Cmd::UdpSetReading { ep, paused } => self.udp_set_reading(ep, paused),
+            Cmd::UdpSetWriteLimits { ep, high, low } => self.udp_set_write_limits(ep, high, low),
+        }
+    }
+
+    fn begin_shutdown<D: Driver>(&mut self, deadline: Instant, driver: &mut D) {
+        self.shutdown_deadline = Some(deadline);
+        let ids: Vec<usize> = self.listeners.keys().copied().collect();
+        for l in ids {
+            self.unlisten(l, driver);
+        }
+        let conns: Vec<ConnId> = self.conns.ids();
+        for id in conns {
+            self.close(id);
+        }
+        self.udp_close_all();
+    }
+
+    /// Abort whatever is still closing once the shutdown deadline passed.
+    pub(crate) fn enforce_deadline(&mut self, now: Instant) {
+        if self.shutdown_deadline.is_some_and(|d| now >= d) {
+            let conns: Vec<ConnId> = self.conns.ids();
+            for id in conns {
+                self.abort(id);
+            }
+            self.udp_abort_all();
+        }
+    }
+
+    /// Insert a connection into the slab; returns its id.
+    fn insert_conn(&mut self, fd: OwnedFd, options: &ConnOptions) -> ConnId {
+        if let Some(ka) = &options.keepalive {
+            if let Err(e) = ka.apply(&SockRef::from(&fd)) {
+                log::warn!("netring: could not set TCP keepalive: {e}");
+            }
+        }
+        let now = self.now;
+        let id = self
+            .conns
+            .insert_with(|id| Conn::new(id, fd, options.framing.clone(), now));
+        let conn = self.conns.get_mut(id).expect("just inserted");
+        conn.max_write_buffer = options.max_write_buffer;
+        conn.frame_timeout = options.frame_timeout;
+        if let Some(t) = options.idle_timeout {
+            conn.idle_timeout = Some(t);
+            self.timers.schedule(conn.last_activity + t, Due::Idle(id));
+        }
+        id
+    }
+
+    /// Close the connections whose `FrameError` was just delivered.
+    pub(crate) fn close_after_frame_errors(&mut self) {
+        for id in std::mem::take(&mut self.close_after) {
+            self.close(id);
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The per-thread trim: once a second while anything spare is held, free
+//! the spare write buffers, the driver's unused receive buffers and the
+//! queues a burst grew.
+
+use std::time::{Duration, Instant};
+
+use super::ThreadCore;
+use crate::driver::Driver;
+use crate::housekeeping::{shrink_deque, shrink_vec, SCRATCH_KEEP};
+use crate::timer::Due;
+
+/// How often a thread frees the spare write buffers, receive buffers and
+/// queue space it did not use.
+const SPARES_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ThreadCore {
+    /// Whether the `TrimSpares` timer fired since the last call.
+    pub(crate) fn take_trim_due(&mut self) -> bool {
+        std::mem::take(&mut self.trim_due)
+    }
+
+    /// Free what went unused for a trim interval: spare write buffers, the
+    /// driver's spare receive buffers, and the event queues a burst
+    /// (thousands of accepts in one wait) grew, once empty again. Returns
+    /// the bytes freed.
+    pub(crate) fn trim<D: Driver>(&mut self, driver: &mut D) -> usize {
+        self.cache.trim()
+            + driver.trim_buffers()
+            + shrink_deque(&mut self.events)
+            + shrink_deque(&mut self.urgent)
+            + shrink_vec(&mut self.chunks_out)
+    }
+
+    /// While spare write buffers are kept (or `others`: receive buffers, or
+    /// queues a burst grew), check every `SPARES_TRIM_INTERVAL` for ones
+    /// that went unused: an idle thread wakes to give them back.
+    pub(crate) fn schedule_trim(&mut self, now: Instant, others: bool) {
+        let grown = self.events.capacity() > SCRATCH_KEEP
+            || self.urgent.capacity() > SCRATCH_KEEP
+            || self.chunks_out.capacity() > SCRATCH_KEEP;
+        if !self.trim_scheduled && (others || grown || self.cache.has_spares()) {
+            self.trim_scheduled = true;
+            self.timers
+                .schedule(now + SPARES_TRIM_INTERVAL, Due::TrimSpares);
+        }
+    }
+}

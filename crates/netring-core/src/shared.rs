@@ -1,0 +1,64 @@
+//! What an engine's IO threads and handles share: the mailboxes, counters,
+//! the buffer-memory count and the id sources. Below the per-thread core,
+//! so that the core can reach other threads' mailboxes without knowing the
+//! engine that owns them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::config::Backend;
+use crate::mailbox::Mailbox;
+use crate::memory::Memory;
+use crate::stats::Stats;
+
+/// State shared by an engine's threads and its handles.
+pub struct Shared {
+    pub(crate) id: u64,
+    pub(crate) backend: Backend,
+    pub(crate) fallback_reason: Option<String>,
+    pub(crate) mailboxes: Vec<Mailbox>,
+    pub(crate) stats: Stats,
+    pub(crate) round_robin: AtomicUsize,
+    pub(crate) next_listener: AtomicUsize,
+    /// Timer ids and connect tokens.
+    pub(crate) next_token: AtomicU64,
+    /// Bytes buffered for connections (see `EngineConfig::max_buffer_memory`).
+    pub(crate) memory: Memory,
+}
+
+static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Shared {
+    /// The shared state of a new engine with one mailbox per IO thread.
+    pub(crate) fn new(
+        backend: Backend,
+        fallback_reason: Option<String>,
+        io_threads: usize,
+        max_buffer_memory: Option<usize>,
+    ) -> std::io::Result<Self> {
+        Ok(Shared {
+            id: NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed),
+            backend,
+            fallback_reason,
+            mailboxes: (0..io_threads)
+                .map(|_| Mailbox::new())
+                .collect::<Result<Vec<_>, _>>()?,
+            stats: Stats::default(),
+            round_robin: AtomicUsize::new(0),
+            next_listener: AtomicUsize::new(0),
+            next_token: AtomicU64::new(1),
+            memory: Memory::new(max_buffer_memory),
+        })
+    }
+
+    pub(crate) fn next_target(&self) -> usize {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
