@@ -11,6 +11,7 @@ mod framing;
 mod logging;
 mod transport;
 mod udp;
+mod util;
 
 use pyo3::prelude::*;
 
