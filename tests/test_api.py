@@ -27,6 +27,9 @@ from netring.servers.echo import Echo
         ({"buffer_size": 10}, ValueError, "buffer_size"),
         ({"reuse_port": "yes"}, TypeError, "reuse_port"),
         ({"host": "no such host.invalid"}, ValueError, "host"),
+        ({"idle_timeout": 1e300}, ValueError, "idle_timeout"),
+        ({"frame_timeout": float("nan")}, ValueError, "frame_timeout"),
+        ({"keepalive": (1e300, 1, 1)}, ValueError, "keepalive idle"),
     ],
 )
 def test_wrong_arguments_fail_at_construction_naming_the_argument(

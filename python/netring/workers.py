@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._args import MAX_WORKER_THREADS, check_int
 from ._handoff import (
     CALL,
     KIND,
@@ -92,14 +93,6 @@ LOST_GRACE_SECONDS = 0.5
 FIFO_ITEMS_PER_TURN = 8
 
 _live: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name}: must be between {low} and {high}, not {value}")
-    return value
 
 
 def format_peer(peer: Any) -> str:
@@ -200,13 +193,13 @@ class WorkerPool:
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         name: str = "netring-worker",
     ) -> None:
-        self._threads_n = _check_int("threads", threads, 1, 1024)
+        self._threads_n = check_int("threads", threads, 1, MAX_WORKER_THREADS)
         if not isinstance(queue, str):
             raise TypeError(f"queue: must be a str, not {type(queue).__name__}")
         if queue not in QUEUES:
             raise ConfigurationError(f"queue: must be one of {QUEUES}, not {queue!r}")
-        self._max_packets = _check_int("max_queued", max_queued, 1, 1 << 40)
-        self._max_bytes = _check_int("max_queued_bytes", max_queued_bytes, 1, 1 << 50)
+        self._max_packets = check_int("max_queued", max_queued, 1, 1 << 40)
+        self._max_bytes = check_int("max_queued_bytes", max_queued_bytes, 1, 1 << 50)
         if not isinstance(name, str):
             raise TypeError(f"name: must be a str, not {type(name).__name__}")
         if not name:
