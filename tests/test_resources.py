@@ -36,7 +36,15 @@ from typing import Any
 
 import netring
 import pytest
-from conftest import connect, fd_count, recv_exactly, serving, thread_count, wait_until
+from conftest import (
+    cli_server,
+    connect,
+    fd_count,
+    recv_exactly,
+    serving,
+    thread_count,
+    wait_until,
+)
 from netring.servers.echo import Echo
 
 HOST = "127.0.0.1"
@@ -526,32 +534,19 @@ def test_close_while_the_peer_still_sends_loses_nothing(backend: str) -> None:
 def test_sigterm_under_load_drains_and_exits_within_grace(backend: str) -> None:
     n = _busy_count()
     grace = 5.0
-    cmd = [sys.executable, "-m", "netring", "serve", "echo", "--port", "0",
-           "--backend", backend, "--grace", str(grace)]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        ready = server.stdout.readline()
-        port = int(ready.rsplit(":", 1)[1].split()[0])
+    with cli_server("echo", backend=backend, args=["--grace", str(grace)]) as server:
+        port = server.port
         with client_process("busy", port, n, limit=60) as proc:
             assert read_line(proc) == f"OPEN {n}"
             time.sleep(1.0)
             t0 = time.monotonic()
-            server.send_signal(signal.SIGTERM)
+            server.proc.send_signal(signal.SIGTERM)
             assert wait_until(lambda: _refused(port), 1.0), "still accepting after SIGTERM"
-            code = server.wait(grace + 5)
+            code = server.proc.wait(grace + 5)
             took = time.monotonic() - t0
             report = json.loads(read_line(proc))
             assert proc.wait(10) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(5)
-        assert server.stdout is not None and server.stderr is not None
-        server.stdout.close()
-        err = server.stderr.read()
-        server.stderr.close()
-    assert code == 0, err
+    assert code == 0, server.stderr
     assert took < grace + 1.0, f"exit {took:.2f} s after SIGTERM with grace {grace} s"
     # A clean FIN after the right bytes on every connection: nothing lost.
     _check_busy_report(report, n)
