@@ -2,18 +2,26 @@
 
 Servers bind 127.0.0.1 port 0 and report their port after ``start()``;
 nothing sleeps before connecting. The ``backend`` fixture skips a backend
-that cannot run on this machine, saying why.
+that cannot run on this machine, saying why. ``cli_server`` runs
+``python -m netring serve`` the same way: port 0, ready once it printed its
+ready lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import re
 import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any
 
 import netring
 import pytest
@@ -152,3 +160,121 @@ def fd_count() -> int:
 
 def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
+
+
+# -- the command line as a child process --------------------------------------------
+
+#: The line ``python -m netring serve`` prints per server once it accepts.
+READY_LINE = re.compile(r"netring: serving (?P<name>\S+) on (?P<host>\S+):(?P<port>\d+) "
+                        r"\(backend=(?P<backend>\w+), io_threads=(?P<io_threads>\d+)\)")
+
+
+class CliServer:
+    """A running ``python -m netring serve NAME...`` whose every server has
+    printed its ready line.
+
+    ``proc`` is the process, ``port`` the first server's port, ``ports`` each
+    server's by name, ``ready`` the ready lines in order. ``stdout`` (what it
+    printed after its ready lines) and ``stderr`` are complete once it has
+    stopped (``stop()``, or leaving ``cli_server``).
+    """
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.ready: list[str] = []
+        self.ports: dict[str, int] = {}
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._out: list[str] = []
+        self._err: list[str] = []
+        assert proc.stdout is not None and proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(proc.stdout, self._out, self._lines),
+                             daemon=True),
+            threading.Thread(target=self._read, args=(proc.stderr, self._err, None),
+                             daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(pipe: IO[str], sink: list[str], lines: queue.Queue[str | None] | None) -> None:
+        for line in pipe:
+            sink.append(line)
+            if lines is not None:
+                lines.put(line)
+        if lines is not None:
+            lines.put(None)
+
+    def _wait_ready(self, names: Sequence[str], timeout: float) -> None:
+        """Read one ready line per name, in order, within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for name in names:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no ready line for {name} within {timeout} s; "
+                                     f"stderr: {self._stderr_so_far()}") from None
+            if line is None:
+                self.proc.wait(5)
+                raise AssertionError(f"exited with {self.proc.returncode} before serving "
+                                     f"{name}; stderr: {self._stderr_so_far()}")
+            m = READY_LINE.fullmatch(line.strip())
+            assert m and m["name"] == name, f"not {name}'s ready line: {line!r}"
+            self.ready.append(line.strip())
+            self.ports[name] = int(m["port"])
+
+    def _stderr_so_far(self) -> str:
+        return "".join(self._err)
+
+    @property
+    def port(self) -> int:
+        """The first server's port."""
+        return next(iter(self.ports.values()))
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out[len(self.ready):])
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    def stop(self, sig: int | None = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send ``sig`` (None: none) unless it has exited, wait up to
+        ``timeout`` seconds (then kill it), collect its output; returns its
+        exit status."""
+        proc = self.proc
+        if proc.poll() is None and sig is not None:
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        for t in self._readers:
+            t.join(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return proc.returncode
+
+
+@contextlib.contextmanager
+def cli_server(*names: str, backend: str, args: Sequence[str] = (),
+               ready_timeout: float = 30.0) -> Iterator[CliServer]:
+    """Run ``python -m netring serve NAMES... --port 0 (once per name)
+    --backend BACKEND ARGS...``; yield once every server printed its ready
+    line (the CLI installs its signal handlers before that, so a signal sent
+    then drains). On exit: SIGTERM if still running, killed after 10 s, its
+    output collected."""
+    ports = [arg for _ in names for arg in ("--port", "0")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netring", "serve", *names, *ports, "--backend", backend,
+         *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = CliServer(proc)
+    try:
+        cli._wait_ready(names, ready_timeout)
+        yield cli
+    finally:
+        cli.stop()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 from typing import Any
 
 import netring
 import pytest
-from conftest import Recorder, connect, factory_of, recv_exactly, serving, wait_until
+from conftest import (
+    Recorder,
+    cli_server,
+    connect,
+    factory_of,
+    recv_exactly,
+    serving,
+    wait_until,
+)
 from netring.servers.echo import Echo
 
 
@@ -27,6 +32,9 @@ from netring.servers.echo import Echo
         ({"buffer_size": 10}, ValueError, "buffer_size"),
         ({"reuse_port": "yes"}, TypeError, "reuse_port"),
         ({"host": "no such host.invalid"}, ValueError, "host"),
+        ({"idle_timeout": 1e300}, ValueError, "idle_timeout"),
+        ({"frame_timeout": float("nan")}, ValueError, "frame_timeout"),
+        ({"keepalive": (1e300, 1, 1)}, ValueError, "keepalive idle"),
     ],
 )
 def test_wrong_arguments_fail_at_construction_naming_the_argument(
@@ -102,32 +110,14 @@ def test_backend_info_names_a_backend() -> None:
 
 
 def test_cli_prints_one_ready_line_and_exits_zero_on_sigterm(backend: str) -> None:
-    env = dict(os.environ)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netring", "serve", "echo", "--port", "0",
-         "--io-threads", "1", "--backend", backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        prefix = "netring: serving echo on 127.0.0.1:"
-        assert line.startswith(prefix), line
-        port = int(line[len(prefix):].split()[0])
-        assert line.endswith(f"(backend={backend}, io_threads=1)")
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with cli_server("echo", backend=backend, args=["--io-threads", "1"]) as cli:
+        assert cli.ready == [
+            f"netring: serving echo on 127.0.0.1:{cli.port} (backend={backend}, io_threads=1)"]
+        with socket.create_connection(("127.0.0.1", cli.port), timeout=5) as s:
             s.sendall(b"cli")
             assert recv_exactly(s, 3) == b"cli"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert proc.stdout.read() == ""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
+        assert cli.stop(signal.SIGTERM) == 0
+        assert cli.stdout == ""
 
 
 def test_context_manager_starts_and_stops(backend: str) -> None:

@@ -120,6 +120,8 @@ def test_connect_arguments_are_checked(pool: netring.IOPool) -> None:
         pool.connect(Client, "127.0.0.1", 80, timeout=-1)
     with pytest.raises(TypeError, match="framing"):
         pool.connect(Client, "127.0.0.1", 80, framing="lines")
+    with pytest.raises(ValueError, match="local_addr"):
+        pool.connect(Client, "127.0.0.1", 80, local_addr=("localhost", 0))
 
 
 def test_pending_connect_fails_when_the_pool_closes(backend: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import netring
 import pytest
-from conftest import connect, recv_exactly, recv_until_eof, serving, wait_until
+from conftest import cli_server, connect, recv_exactly, recv_until_eof, serving, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netring.servers import SERVERS
@@ -483,32 +483,14 @@ def handles(pid: int, signum: int) -> bool:
 
 
 def test_cli_serves_kv(backend: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netring", "serve", "kv", "--port", "0",
-         "--io-threads", "1", "--backend", backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        prefix = "netring: serving kv on 127.0.0.1:"
-        assert line.startswith(prefix), line
-        assert line.endswith(f"(backend={backend}, io_threads=1)")
-        port = int(line[len(prefix):].split()[0])
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with cli_server("kv", backend=backend, args=["--io-threads", "1"]) as cli:
+        assert cli.ready == [
+            f"netring: serving kv on 127.0.0.1:{cli.port} (backend={backend}, io_threads=1)"]
+        with socket.create_connection(("127.0.0.1", cli.port), timeout=5) as s:
             s.sendall(b"SET k v\r\n" + resp("GET", "k"))
             assert recv_exactly(s, 12) == b"+OK\r\n$1\r\nv\r\n"
-        # NOTE: the ready line is printed before the signal handlers are
-        # installed; a signal sent in between kills the process (-15).
-        assert wait_until(lambda: handles(proc.pid, signal.SIGTERM))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
+        # The CLI installs its handlers before its ready line: SIGTERM drains.
+        assert cli.stop(signal.SIGTERM) == 0
 
 
 def test_example_file_serves_kv(backend: str) -> None:
@@ -532,7 +514,9 @@ def test_example_file_serves_kv(backend: str) -> None:
                       b"-ERR unknown command 'NOPE'\r\n+PONG\r\n"
                       b"-ERR Protocol error: invalid multibulk length\r\n")
             assert recv_until_eof(s) == expect
-        assert wait_until(lambda: handles(proc.pid, signal.SIGTERM))  # see test_cli_serves_kv
+        # NOTE: a signal before its handlers are in place would kill it (-15);
+        # serve_forever installs them before on_ready prints, checked here.
+        assert wait_until(lambda: handles(proc.pid, signal.SIGTERM))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

@@ -143,6 +143,8 @@ def test_thousands_of_timers_cost_no_threads(pool: netring.IOPool) -> None:
 def test_timer_arguments_are_checked(pool: netring.IOPool) -> None:
     with pytest.raises(ValueError, match="delay"):
         pool.call_later(-1, print)
+    with pytest.raises(ValueError, match="delay"):
+        pool.call_later(1e300, print)  # beyond the engine's clock
     with pytest.raises(ValueError, match="interval"):
         pool.call_every(0, print)
     with pytest.raises(TypeError, match="callback"):

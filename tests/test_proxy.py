@@ -7,13 +7,11 @@ import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 from typing import Any, ClassVar
 
 import netring
-from conftest import connect, recv_exactly, recv_until_eof, wait_until
+from conftest import cli_server, connect, recv_exactly, recv_until_eof, wait_until
 from netring.servers.echo import Echo
 from netring.servers.proxy import proxy_factory
 
@@ -102,44 +100,17 @@ def test_slow_reader_pauses_the_other_side(backend: str) -> None:
 
 
 def test_cli_runs_several_servers_on_one_pool_and_a_proxy(backend: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netring", "serve", "echo", "packet-echo", "--port", "0",
-         "--port", "0", "--io-threads", "1", "--backend", backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proxy_proc = None
-    try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline().strip() for _ in range(2)]
-        ports = {}
-        for line in lines:
-            name = line.split()[2]
-            ports[name] = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
-            assert line.endswith(f"(backend={backend}, io_threads=1)")
-        assert set(ports) == {"echo", "packet-echo"}
-        with socket.create_connection(("127.0.0.1", ports["packet-echo"]), timeout=5) as s:
+    with cli_server("echo", "packet-echo", backend=backend, args=["--io-threads", "1"]) as cli:
+        assert all(line.endswith(f"(backend={backend}, io_threads=1)") for line in cli.ready)
+        assert set(cli.ports) == {"echo", "packet-echo"}
+        with socket.create_connection(("127.0.0.1", cli.ports["packet-echo"]), timeout=5) as s:
             s.sendall(struct.pack(">I", 2) + b"hi")
             assert recv_exactly(s, 6) == struct.pack(">I", 2) + b"hi"
-        proxy_proc = subprocess.Popen(
-            [sys.executable, "-m", "netring", "serve", "proxy", "--port", "0",
-             "--upstream", f"127.0.0.1:{ports['echo']}", "--backend", backend],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proxy_proc.stdout is not None
-        line = proxy_proc.stdout.readline().strip()
-        assert line.startswith("netring: serving proxy on 127.0.0.1:"), line
-        port = int(line.split(" on ")[1].split()[0].rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"via proxy")
-            assert recv_exactly(s, 9) == b"via proxy"
-        for p in (proc, proxy_proc):
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(timeout=10) == 0
-    finally:
-        for p in (proc, proxy_proc):
-            if p is None:
-                continue
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            for f in (p.stdout, p.stderr):
-                if f:
-                    f.close()
+        upstream = ["--upstream", f"127.0.0.1:{cli.ports['echo']}"]
+        with cli_server("proxy", backend=backend, args=upstream) as proxy:
+            assert proxy.ready[0].startswith("netring: serving proxy on 127.0.0.1:")
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+                s.sendall(b"via proxy")
+                assert recv_exactly(s, 9) == b"via proxy"
+            for p in (cli, proxy):
+                assert p.stop(signal.SIGTERM) == 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import netring
 import pytest
-from conftest import fd_count, recv_exactly, wait_until
+from conftest import cli_server, fd_count, recv_exactly, wait_until
 from netring.servers.echo import Echo
 
 pytestmark = pytest.mark.timeout(60)
@@ -313,24 +313,13 @@ def test_tcp_servers_clients_and_udp_share_one_pool_and_close_together(backend: 
 
 
 def test_cli_serves_echo_packet_echo_and_udp_echo_in_one_process(backend: str) -> None:
-    import re
     import signal
-    import subprocess
-    import sys
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netring", "serve", "echo", "packet-echo", "udp-echo",
-         "--port", "0", "--port", "0", "--port", "0", "--backend", backend],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        ports = {}
-        for name in ("echo", "packet-echo", "udp-echo"):
-            line = proc.stdout.readline().strip()
-            m = re.fullmatch(rf"netring: serving {name} on 127\.0\.0\.1:(\d+) "
-                             rf"\(backend={backend}, io_threads=1\)", line)
-            assert m, line
-            ports[name] = int(m.group(1))
+    names = ("echo", "packet-echo", "udp-echo")
+    with cli_server(*names, backend=backend) as cli:
+        ports = cli.ports
+        assert cli.ready == [f"netring: serving {name} on 127.0.0.1:{ports[name]} "
+                             f"(backend={backend}, io_threads=1)" for name in names]
         with socket.create_connection(("127.0.0.1", ports["echo"]), timeout=5) as s:
             s.sendall(b"tcp")
             assert recv_exactly(s, 3) == b"tcp"
@@ -341,15 +330,7 @@ def test_cli_serves_echo_packet_echo_and_udp_echo_in_one_process(backend: str) -
         c.sendto(b"datagram", ("127.0.0.1", ports["udp-echo"]))
         assert c.recvfrom(64)[0] == b"datagram"
         c.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
+        assert cli.stop(signal.SIGTERM) == 0
 
 
 def test_many_senders_past_the_address_cache(pool: netring.IOPool) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import select
 import signal
@@ -21,7 +20,7 @@ from typing import Any
 
 import netring
 import pytest
-from conftest import connect, factory_of, recv_exactly, recv_until_eof, wait_until
+from conftest import cli_server, connect, factory_of, recv_exactly, recv_until_eof, wait_until
 from netring.servers.echo import Echo
 
 LINES = netring.Delimited(b"\r\n")
@@ -763,28 +762,13 @@ def test_set_framing_with_workers_only_in_connection_made(iopool: netring.IOPool
 
 
 def test_cli_serves_line_workers(backend: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netring", "serve", "line-workers", "--port", "0",
-         "--io-threads", "1", "--backend", backend, "--workers", "2", "--work-ms", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        prefix = "netring: serving line-workers on 127.0.0.1:"
-        assert line.startswith(prefix), line
-        assert line.endswith(f"(backend={backend}, io_threads=1)")
-        port = int(line[len(prefix):].split()[0])
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    args = ["--io-threads", "1", "--workers", "2", "--work-ms", "1"]
+    with cli_server("line-workers", backend=backend, args=args) as cli:
+        assert cli.ready == [f"netring: serving line-workers on 127.0.0.1:{cli.port} "
+                             f"(backend={backend}, io_threads=1)"]
+        with socket.create_connection(("127.0.0.1", cli.port), timeout=5) as s:
             s.sendall(b"GET 42\r\nCOUNT alpha-0001\r\nPING\r\nan echo\r\nGET x\r\nQUIT\r\n")
             assert recv_until_eof(s).split(b"\r\n") == [
                 b"OK 42 charlie-00042 598", b"OK 1", b"PONG", b"an echo",
                 b"GET x", b"BYE", b""]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
+        assert cli.stop(signal.SIGTERM) == 0

@@ -16,18 +16,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._handoff import (
+    ARG,
+    CALLBACK_NAMES,
+    DATA,
+    EOF,
+    KIND,
+    LOST,
+    PACKET,
+    PACKETS,
+    PAUSE_WRITING,
+    PAUSED_BY_SHUTDOWN,
+    PAUSED_BY_USER,
+    RESUME_WRITING,
+    TIMEOUT,
+)
 from .workers import (
-    _DATA,
-    _EOF,
-    _LOST,
-    _NAMES,
-    _PACKET,
-    _PACKETS,
-    _PAUSE_W,
-    _RESUME_W,
-    _SHUTDOWN,
-    _TIMEOUT,
-    _USER,
     LOST_GRACE_SECONDS,
     WorkerPool,
     _log,
@@ -68,16 +72,16 @@ class _WorkerTransport:
     def pause_reading(self) -> None:
         """Stop reading from the peer. Items already queued for the pool
         still arrive (they were read before)."""
-        self._owner.pool._set_paused(self._owner, _USER, True)
+        self._owner.pool._set_paused(self._owner, PAUSED_BY_USER, True)
 
     def resume_reading(self) -> None:
         """Resume reading (unless the pool holds it paused for backpressure:
         then when the queue drains)."""
-        self._owner.pool._set_paused(self._owner, _USER, False)
+        self._owner.pool._set_paused(self._owner, PAUSED_BY_USER, False)
 
     def is_reading(self) -> bool:
         """False after ``pause_reading()`` or once closing."""
-        return not self._owner.mask & _USER and not self._transport.is_closing()
+        return not self._owner.mask & PAUSED_BY_USER and not self._transport.is_closing()
 
     def get_protocol(self) -> Any:
         """The protocol this transport feeds."""
@@ -149,7 +153,7 @@ class _WorkerProtocol(_Unit):
     def _pool_closed(self, kind: int, arg: Any) -> None:
         """The pool was closed under a live connection: abort it; its
         ``connection_lost`` runs here if nothing of it can still be running."""
-        if kind == _LOST:
+        if kind == LOST:
             self.group.discard(self)
             if not self.scheduled:
                 try:
@@ -165,43 +169,43 @@ class _WorkerProtocol(_Unit):
         prio = 0
         if self.priority is not None:
             prio = self.last_prio = self.priority(data)
-        self._queue(_DATA, data, len(data), 1, prio)
+        self._queue(DATA, data, len(data), 1, prio)
 
     def packets_received(self, packets: list[bytes]) -> None:
         fn = self.priority
         if fn is None:
-            self._queue(_PACKETS, packets, sum(map(len, packets)), len(packets), 0)
+            self._queue(PACKETS, packets, sum(map(len, packets)), len(packets), 0)
             return
         for packet in packets:
             prio = self.last_prio = fn(packet)
-            self._queue(_PACKET, packet, len(packet), 1, prio)
+            self._queue(PACKET, packet, len(packet), 1, prio)
 
     def eof_received(self) -> bool:
-        self._queue(_EOF)
+        self._queue(EOF)
         return True  # half-open until the user's eof_received has run
 
     def timeout_received(self) -> None:
-        self._queue(_TIMEOUT)
+        self._queue(TIMEOUT)
 
     def pause_writing(self) -> None:
-        self._queue(_PAUSE_W)
+        self._queue(PAUSE_WRITING)
 
     def resume_writing(self) -> None:
-        self._queue(_RESUME_W)
+        self._queue(RESUME_WRITING)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._queue(_LOST, exc)
+        self._queue(LOST, exc)
 
     # -- on a worker -------------------------------------------------------------
 
     def run(self, items: list[tuple[Any, ...]]) -> None:
         user = self.user
         for item in items:
-            kind, arg = item[0], item[1]
-            if (self.failed is not None or self.dropped) and kind != _LOST:
+            kind, arg = item[KIND], item[ARG]
+            if (self.failed is not None or self.dropped) and kind != LOST:
                 continue  # aborted, or shut down past the grace: drop what it sent
             try:
-                if kind == _PACKETS:
+                if kind == PACKETS:
                     if self._packets is not None:
                         self._packets(arg)
                     else:
@@ -211,42 +215,42 @@ class _WorkerProtocol(_Unit):
                             if self.failed is not None or self.dropped:
                                 break
                             packet_received(packet)
-                elif kind == _DATA:
+                elif kind == DATA:
                     self._data(arg)  # type: ignore[misc]
-                elif kind == _PACKET:
+                elif kind == PACKET:
                     if self._packets is not None:
                         self._packets([arg])
                     else:
                         self._packet(arg)  # type: ignore[misc]
-                elif kind == _EOF:
+                elif kind == EOF:
                     if not user.eof_received():
                         self.transport.close()
-                elif kind == _LOST:
+                elif kind == LOST:
                     self.group.discard(self)
                     user.connection_lost(self.failed if self.failed is not None else arg)
-                elif kind == _TIMEOUT:
+                elif kind == TIMEOUT:
                     handler = getattr(user, "timeout_received", None)
                     if handler is None:
                         self.transport.close()  # asyncio protocols know no idle timeouts
                     else:
                         handler()
-                elif kind == _PAUSE_W:
+                elif kind == PAUSE_WRITING:
                     user.pause_writing()
-                elif kind == _RESUME_W:
+                elif kind == RESUME_WRITING:
                     user.resume_writing()
             except BaseException as e:
                 self._fail(kind, e)
 
     def _fail(self, kind: int, exc: BaseException) -> None:
         peer = format_peer(self.peer)
-        if kind == _LOST:
+        if kind == LOST:
             _log.error("netring: exception in connection_lost for %s", peer, exc_info=exc)
             return
         if self.failed is not None:
             return
         self.failed = exc
         _log.error("netring: exception in %s for %s; closing the connection",
-                   _NAMES.get(kind, "a callback"), peer, exc_info=exc)
+                   CALLBACK_NAMES.get(kind, "a callback"), peer, exc_info=exc)
         self.transport.abort()
 
     def describe(self) -> str:
@@ -285,7 +289,7 @@ class _ServerWork:
     def stop_reading(self) -> None:
         """Shutdown: no connection of this server reads any more."""
         for conn in self.snapshot():
-            self.pool._set_paused(conn, _SHUTDOWN, True)
+            self.pool._set_paused(conn, PAUSED_BY_SHUTDOWN, True)
 
     def wait_idle(self, deadline: float, *, until_gone: bool = False) -> bool:
         """Wait until no connection of this server has queued or running

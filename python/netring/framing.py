@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import _native
+from ._args import check_int
+from .errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_MAX_LINE",
@@ -34,20 +36,6 @@ __all__ = [
 DEFAULT_MAX_PACKET: int = _native.DEFAULT_MAX_PACKET_BYTES
 #: Longest line by default, delimiter included: 16 KiB (Twisted's LineReceiver).
 DEFAULT_MAX_LINE: int = _native.DEFAULT_MAX_LINE_BYTES
-
-
-def _int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise _native_error(f"{name}: must be >= 0, not {value}")
-    return value
-
-
-def _native_error(message: str) -> Exception:
-    from .errors import ConfigurationError
-
-    return ConfigurationError(message)
 
 
 @dataclass(frozen=True)
@@ -76,10 +64,11 @@ class LengthPrefixed:
     max_packet: int = DEFAULT_MAX_PACKET
 
     def __post_init__(self) -> None:
-        _int("header_size", self.header_size)
-        _int("max_packet", self.max_packet)
+        check_int("header_size", self.header_size, 0)
+        check_int("max_packet", self.max_packet, 0)
         if self.byteorder not in ("big", "little"):
-            raise _native_error(f"byteorder: must be 'big' or 'little', not {self.byteorder!r}")
+            raise ConfigurationError(
+                f"byteorder: must be 'big' or 'little', not {self.byteorder!r}")
         if not isinstance(self.includes_header, bool):
             raise TypeError("includes_header: must be a bool")
         _native.check_framing(self._spec())
@@ -107,7 +96,7 @@ class Delimited:
     def __post_init__(self) -> None:
         if not isinstance(self.delimiter, bytes):
             raise TypeError(f"delimiter: must be bytes, not {type(self.delimiter).__name__}")
-        _int("max_line", self.max_line)
+        check_int("max_line", self.max_line, 0)
         if not isinstance(self.strip, bool):
             raise TypeError("strip: must be a bool")
         _native.check_framing(self._spec())
@@ -123,7 +112,7 @@ class Exactly:
     n: int = field(default=1)
 
     def __post_init__(self) -> None:
-        _int("n", self.n)
+        check_int("n", self.n, 0)
         _native.check_framing(self._spec())
 
     def _spec(self) -> tuple[object, ...]:
@@ -157,9 +146,9 @@ class Resp:
     max_inline: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        _int("max_bulk", self.max_bulk)
-        _int("max_command", self.max_command)
-        _int("max_inline", self.max_inline)
+        check_int("max_bulk", self.max_bulk, 0)
+        check_int("max_command", self.max_command, 0)
+        check_int("max_inline", self.max_inline, 0)
         _native.check_framing(self._spec())
 
     def _spec(self) -> tuple[object, ...]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
-import math
 import os
 import socket
 import threading
@@ -28,6 +27,17 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import _native
+from ._args import (
+    BACKENDS,
+    check_addr,
+    check_framing,
+    check_groups,
+    check_int,
+    check_keepalive,
+    check_pool_options,
+    check_seconds,
+    is_ip,
+)
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -35,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKENDS", "IOPool", "TimerHandle", "default_io_threads"]
 
-BACKENDS = ("auto", "io_uring", "epoll")
 #: Seconds ``close()`` waits for queued writes to drain before aborting.
 DEFAULT_GRACE_SECONDS = 5.0
 
@@ -56,53 +65,6 @@ def default_io_threads() -> int:
 
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     return 1 if gil else (os.cpu_count() or 1)
-
-
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """``value`` as an int in [low, high], or a TypeError/ConfigurationError
-    naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: must be an int, not {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigurationError(f"{name}: must be {bound}, not {value}")
-    return value
-
-
-def check_seconds(name: str, value: object, *, positive: bool = False) -> float:
-    """A finite, non-negative (or positive) number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name}: must be a number of seconds, not {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
-        need = "positive" if positive else "non-negative"
-        raise ConfigurationError(f"{name}: must be a finite {need} number, not {value!r}")
-    return v
-
-
-def check_keepalive(value: object) -> tuple[float, float, int] | None:
-    """``(idle_seconds, interval_seconds, count)`` or None."""
-    if value is None:
-        return None
-    if not isinstance(value, tuple) or len(value) != 3:
-        raise TypeError("keepalive: must be a tuple (idle, interval, count)")
-    idle = check_seconds("keepalive idle", value[0], positive=True)
-    interval = check_seconds("keepalive interval", value[1], positive=True)
-    count = check_int("keepalive count", value[2], 1, 127)
-    if idle < 1 or interval < 1:
-        raise ConfigurationError("keepalive: idle and interval are whole seconds, at least 1")
-    return (idle, interval, count)
-
-
-def choose_backend(backend: object) -> str:
-    """The backend argument, or ``$NETRING_BACKEND``, or "auto"."""
-    if backend is None:
-        backend = os.environ.get("NETRING_BACKEND", "auto") or "auto"
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: must be a str, not {type(backend).__name__}")
-    if backend not in BACKENDS:
-        raise ConfigurationError(f"backend: must be one of {BACKENDS}, not {backend!r}")
-    return backend
 
 
 class TimerHandle:
@@ -164,17 +126,9 @@ class IOPool:
         buffers_per_thread: int | None = None,
         max_buffer_memory: int | None = None,
     ) -> None:
-        threads = (default_io_threads() if io_threads is None
-                   else check_int("io_threads", io_threads, 1, 256))
-        backend = choose_backend(backend)
-        if buffer_size is not None:
-            check_int("buffer_size", buffer_size, 512, 1 << 20)
-        if buffers_per_thread is not None:
-            n = check_int("buffers_per_thread", buffers_per_thread, 2, 32768)
-            if n & (n - 1):
-                raise ConfigurationError(f"buffers_per_thread: must be a power of two, not {n}")
-        if max_buffer_memory is not None:
-            check_int("max_buffer_memory", max_buffer_memory, 1)
+        backend = check_pool_options(io_threads, backend, buffer_size, buffers_per_thread,
+                                     max_buffer_memory)["backend"]
+        threads = default_io_threads() if io_threads is None else io_threads
         self._engine = _native.Engine(threads, backend, buffer_size, buffers_per_thread,
                                       max_buffer_memory)
         self._lock = threading.Lock()
@@ -254,8 +208,6 @@ class IOPool:
         an IO thread on ``future.result()``. ``max_write_buffer`` and
         ``frame_timeout`` are ``Server``'s per-connection limits.
         """
-        from .framing import Delimited, Exactly, LengthPrefixed, Raw, Resp
-
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable")
         if not isinstance(host, str):
@@ -264,11 +216,7 @@ class IOPool:
         timeout = None if timeout is None else check_seconds("timeout", timeout, positive=True)
         idle = (None if idle_timeout is None
                 else check_seconds("idle_timeout", idle_timeout, positive=True))
-        if framing is None:
-            framing = Raw()
-        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly | Resp):
-            raise TypeError("framing: must be netring.Raw(), LengthPrefixed(), Delimited(), "
-                            f"Exactly() or Resp(), not {type(framing).__name__}")
+        framing = check_framing(framing)
         ka = check_keepalive(keepalive)
         cap = (None if max_write_buffer is None
                else check_int("max_write_buffer", max_write_buffer, 1))
@@ -277,6 +225,9 @@ class IOPool:
         local = None
         if local_addr is not None:
             local = (str(local_addr[0]), check_int("local_addr port", local_addr[1], 0, 65535))
+            if not is_ip(local[0]):
+                raise ConfigurationError(
+                    f"local_addr: must be an IP address (no name), not {local[0]!r}")
         future: concurrent.futures.Future[tuple[Any, Any]] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         spec = framing._spec()
@@ -380,8 +331,6 @@ class IOPool:
         and bind errors raise here; host names are resolved on a helper
         thread and errors fail the future.
         """
-        from .udp import check_addr, check_groups, is_ip
-
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable")
         if local_addr is None and remote_addr is None:

@@ -19,20 +19,19 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from . import _native
-from ._served import _ServerWork
-from .errors import ConfigurationError
-from .framing import Delimited, Exactly, Framing, LengthPrefixed, Raw, Resp
-from .pool import (
+from ._args import (
     BACKENDS,
-    DEFAULT_GRACE_SECONDS,
-    IOPool,
+    MAX_WORKER_THREADS,
+    check_framing,
     check_int,
     check_keepalive,
+    check_pool_options,
     check_seconds,
-    choose_backend,
-    default_io_threads,
-    shutdown_all,
 )
+from ._served import _ServerWork
+from .errors import ConfigurationError
+from .framing import Framing
+from .pool import DEFAULT_GRACE_SECONDS, IOPool, default_io_threads, shutdown_all
 from .workers import WorkerPool
 
 __all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
@@ -157,13 +156,7 @@ class Server:
         if not isinstance(reuse_port, bool):
             raise TypeError(f"reuse_port: must be a bool, not {type(reuse_port).__name__}")
         self._reuse_port = reuse_port
-        if framing is None:
-            framing = Raw()
-        if not isinstance(framing, Raw | LengthPrefixed | Delimited | Exactly | Resp):
-            raise TypeError(
-                "framing: must be netring.Raw(), LengthPrefixed(), Delimited(), Exactly() "
-                f"or Resp(), not {type(framing).__name__}")
-        self._framing = framing
+        self._framing: Framing = check_framing(framing)
         self._idle_timeout = (None if idle_timeout is None
                               else check_seconds("idle_timeout", idle_timeout, positive=True))
         self._keepalive = check_keepalive(keepalive)
@@ -187,7 +180,7 @@ class Server:
                 raise ConfigurationError(
                     'priority: needs a WorkerPool(queue="priority"), not a FIFO one')
         elif workers is not None:
-            check_int("workers", workers, 1, 1024)
+            check_int("workers", workers, 1, MAX_WORKER_THREADS)
         elif priority is not None:
             raise ConfigurationError("priority: needs workers= (a priority WorkerPool)")
         self._workers_arg = workers
@@ -205,20 +198,8 @@ class Server:
                         f"{name}: set it on the IOPool, not on a Server given pool=")
             self._pool_args: dict[str, Any] | None = None
         else:
-            # Validate now (errors at construction); the pool is built at start().
-            if io_threads is not None:
-                check_int("io_threads", io_threads, 1, 256)
-            if buffer_size is not None:
-                check_int("buffer_size", buffer_size, 512, 1 << 20)
-            if buffers_per_thread is not None:
-                n = check_int("buffers_per_thread", buffers_per_thread, 2, 32768)
-                if n & (n - 1):
-                    raise ConfigurationError(
-                        f"buffers_per_thread: must be a power of two, not {n}")
-            if max_buffer_memory is not None:
-                check_int("max_buffer_memory", max_buffer_memory, 1)
-            pool_args["backend"] = choose_backend(backend)
-            self._pool_args = pool_args
+            # Checked now (errors at construction); the pool is built at start().
+            self._pool_args = check_pool_options(**pool_args)
         self._pool = pool
         self._own_pool = pool is None
         self._listener: int | None = None
@@ -245,7 +226,7 @@ class Server:
                     self._host, self._port, self._backlog, self._reuse_port, factory,
                     self._framing._spec(), self._idle_timeout, self._keepalive,
                     self._max_write_buffer, self._frame_timeout, self._max_connections,
-                    self._max_per_ip, self._overflow)
+                    self._max_per_ip, self._overflow == "close")
             except BaseException:
                 if work is not None and work.owned:
                     work.pool.close(0.0)

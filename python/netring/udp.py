@@ -1,7 +1,7 @@
 """UDP endpoints on an IOPool: asyncio's ``DatagramProtocol`` vocabulary.
 
 ``IOPool.create_datagram_endpoint`` opens one; this module holds the
-protocol base class and the argument checks. Receiving is one multishot
+protocol base class (its arguments are checked in ``netring._args``). Receiving is one multishot
 ``recvmsg`` into the pool's shared receive buffers on io_uring (a readable
 loop on epoll), so an idle endpoint owns no buffer.
 
@@ -23,10 +23,8 @@ when its own buffers are full.
 
 from __future__ import annotations
 
-import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .errors import ConfigurationError
 from .protocol import BaseProtocol
 
 if TYPE_CHECKING:
@@ -56,48 +54,3 @@ class DatagramProtocol(BaseProtocol):
         ``ConnectionRefusedError`` on an endpoint with ``remote_addr``), or a
         datagram was too large (``DatagramTruncatedError``). The endpoint
         stays open."""
-
-
-def check_addr(name: str, addr: object, *, port_min: int = 0) -> tuple[str, int]:
-    """A ``(host, port)`` pair, type-checked (host may be a name)."""
-    if not isinstance(addr, tuple) or len(addr) < 2:
-        raise TypeError(f"{name}: must be a (host, port) tuple, not {addr!r}")
-    host, port = addr[0], addr[1]
-    if not isinstance(host, str):
-        raise TypeError(f"{name}: host must be a str, not {type(host).__name__}")
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"{name}: port must be an int, not {type(port).__name__}")
-    if not port_min <= port <= 65535:
-        raise ConfigurationError(f"{name}: port must be in {port_min}..65535, not {port}")
-    return host, port
-
-
-def is_ip(host: str) -> bool:
-    """Whether ``host`` is an IP literal (no resolution needed)."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def check_groups(groups: Any) -> list[tuple[str, str | None]]:
-    """``multicast_groups``: group addresses, or ``(group, interface)`` pairs."""
-    if isinstance(groups, str | bytes):
-        raise TypeError("multicast_groups: must be a list of addresses, not a single string")
-    out: list[tuple[str, str | None]] = []
-    for item in groups:
-        group, iface = (item, None) if isinstance(item, str) else tuple(item)
-        for what, value in (("group", group), ("interface", iface)):
-            if value is None:
-                continue
-            try:
-                ip = ipaddress.ip_address(value)
-            except (TypeError, ValueError):
-                raise ConfigurationError(
-                    f"multicast_groups: {what} {value!r} is not an IP address") from None
-            if what == "group" and not ip.is_multicast:
-                raise ConfigurationError(
-                    f"multicast_groups: {value} is not a multicast address")
-        out.append((str(group), None if iface is None else str(iface)))
-    return out

@@ -57,6 +57,18 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._args import MAX_WORKER_THREADS, check_int
+from ._handoff import (
+    CALL,
+    KIND,
+    LOST,
+    NBYTES,
+    NPACKETS,
+    PAUSED_BY_POOL,
+    PRIORITY,
+    QUEUED_AT,
+    SEQ,
+)
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -80,25 +92,7 @@ LOST_GRACE_SECONDS = 0.5
 #: per turn in a FIFO pool before the connection goes to the back of the queue.
 FIFO_ITEMS_PER_TURN = 8
 
-# Item kinds. An item is a tuple (kind, arg, nbytes, npackets, enqueued_at,
-# priority, seq); only data items (npackets > 0) count against the limits.
-_DATA, _PACKETS, _PACKET, _EOF, _TIMEOUT, _PAUSE_W, _RESUME_W, _LOST, _CALL = range(9)
-_NAMES = {_DATA: "data_received", _PACKETS: "packet_received", _PACKET: "packet_received",
-          _EOF: "eof_received", _TIMEOUT: "timeout_received", _PAUSE_W: "pause_writing",
-          _RESUME_W: "resume_writing", _LOST: "connection_lost", _CALL: "a task"}
-
-# Who paused a connection's reading (a bit mask: reading resumes when none is left).
-_USER, _POOL, _SHUTDOWN = 1, 2, 4
-
 _live: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: must be an int, not {type(value).__name__}")
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name}: must be between {low} and {high}, not {value}")
-    return value
 
 
 def format_peer(peer: Any) -> str:
@@ -199,13 +193,13 @@ class WorkerPool:
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         name: str = "netring-worker",
     ) -> None:
-        self._threads_n = _check_int("threads", threads, 1, 1024)
+        self._threads_n = check_int("threads", threads, 1, MAX_WORKER_THREADS)
         if not isinstance(queue, str):
             raise TypeError(f"queue: must be a str, not {type(queue).__name__}")
         if queue not in QUEUES:
             raise ConfigurationError(f"queue: must be one of {QUEUES}, not {queue!r}")
-        self._max_packets = _check_int("max_queued", max_queued, 1, 1 << 40)
-        self._max_bytes = _check_int("max_queued_bytes", max_queued_bytes, 1, 1 << 50)
+        self._max_packets = check_int("max_queued", max_queued, 1, 1 << 40)
+        self._max_bytes = check_int("max_queued_bytes", max_queued_bytes, 1, 1 << 50)
         if not isinstance(name, str):
             raise TypeError(f"name: must be a str, not {type(name).__name__}")
         if not name:
@@ -249,6 +243,7 @@ class WorkerPool:
                 return False
             seq = self._seq
             self._seq = seq + 1
+            # The one place an item is built; its layout: netring._handoff.
             unit.items.append((kind, arg, nbytes, npackets, _monotonic(), prio, seq))
             if npackets:
                 self._queued_packets += npackets
@@ -256,9 +251,9 @@ class WorkerPool:
                 if self._pausing or (self._queued_packets >= self._max_packets
                                      or self._queued_bytes >= self._max_bytes):
                     self._pausing = True
-                    if unit.is_conn and not unit.mask & _POOL:  # type: ignore[attr-defined]
-                        self._flip(unit, _POOL, True)  # type: ignore[arg-type]
-            elif kind == _LOST and unit in self._paused:
+                    if unit.is_conn and not unit.mask & PAUSED_BY_POOL:  # type: ignore[attr-defined]
+                        self._flip(unit, PAUSED_BY_POOL, True)  # type: ignore[arg-type]
+            elif kind == LOST and unit in self._paused:
                 self._paused.discard(unit)  # type: ignore[arg-type]
             if not unit.scheduled:
                 unit.scheduled = True
@@ -277,7 +272,7 @@ class WorkerPool:
             return
         if self._priority:
             head = unit.items[0]
-            heapq.heappush(self._ready, (head[5], head[6], unit))
+            heapq.heappush(self._ready, (head[PRIORITY], head[SEQ], unit))
         else:
             self._ready.append(unit)
         if self._idle:
@@ -296,7 +291,7 @@ class WorkerPool:
         if new == old:
             return
         unit.mask = new
-        if bit == _POOL:
+        if bit == PAUSED_BY_POOL:
             if on:
                 self._paused.add(unit)
             else:
@@ -324,7 +319,7 @@ class WorkerPool:
             with cond:
                 if unit is not None:
                     self._busy -= 1
-                    self._completed += sum(max(1, it[3]) for it in taken)
+                    self._completed += sum(max(1, it[NPACKETS]) for it in taken)
                     unit.runner = None
                     del self._running[me]
                     self._requeue(unit)
@@ -343,9 +338,9 @@ class WorkerPool:
                 taken = [items.popleft() for _ in range(min(per_turn, len(items)))]
                 now = _monotonic()
                 for it in taken:
-                    self._queued_packets -= it[3]
-                    self._queued_bytes -= it[2]
-                    self._wait_total += now - it[4]
+                    self._queued_packets -= it[NPACKETS]
+                    self._queued_bytes -= it[NBYTES]
+                    self._wait_total += now - it[QUEUED_AT]
                 self._started_items += len(taken)
                 self._busy += 1
                 unit.runner = me
@@ -354,14 +349,14 @@ class WorkerPool:
                         and self._queued_bytes <= self._low_bytes):
                     self._pausing = False
                     for u in list(self._paused):
-                        self._flip(u, _POOL, False)
+                        self._flip(u, PAUSED_BY_POOL, False)
             if taken:
                 try:
                     unit.run(taken)
                 except BaseException:  # run() isolates callbacks; this is a bug
                     _log.exception("netring: worker %s: unexpected error", me)
 
-    def _drop(self, units: Iterable[_Unit], keep: int | None = _LOST) -> int:
+    def _drop(self, units: Iterable[_Unit], keep: int | None = LOST) -> int:
         """Drop the queued items of ``units`` except those of kind ``keep``;
         returns how many were dropped."""
         dropped = 0
@@ -372,11 +367,11 @@ class WorkerPool:
                 items = unit.items
                 if not items:
                     continue
-                kept = [it for it in items if it[0] == keep]
+                kept = [it for it in items if it[KIND] == keep]
                 for it in items:
-                    if it[0] != keep:
-                        self._queued_packets -= it[3]
-                        self._queued_bytes -= it[2]
+                    if it[KIND] != keep:
+                        self._queued_packets -= it[NPACKETS]
+                        self._queued_bytes -= it[NBYTES]
                         dropped += 1
                 items.clear()
                 items.extend(kept)
@@ -398,7 +393,7 @@ class WorkerPool:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         call = (lambda: fn(*args)) if args else fn
         task = _Task(call, f"task {getattr(fn, '__qualname__', fn)!r}", future)
-        if not self._push(task, _CALL, None, 0, 0, priority):
+        if not self._push(task, CALL, None, 0, 0, priority):
             raise RuntimeError("the WorkerPool is closed")
         return future
 
@@ -412,7 +407,7 @@ class WorkerPool:
             task = shared if shared is not None else _Task(callback, "a timer callback")
             if shared is not None and shared.scheduled:
                 return
-            self._push(task, _CALL, None, 0, 0, 0)
+            self._push(task, CALL, None, 0, 0, 0)
 
         return fire
 

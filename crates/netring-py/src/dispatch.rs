@@ -23,6 +23,7 @@ use netring_core::framing::Framing;
 use netring_core::{Batch, ConnId, ConnRef, Event, Handler};
 
 use crate::transport::Transport;
+use crate::util::lock;
 
 /// A listener's protocol factory, initial framing and open connections.
 pub struct ListenerEntry {
@@ -56,19 +57,19 @@ pub struct Registry {
 
 impl Registry {
     pub fn listeners(&self) -> MutexGuard<'_, HashMap<usize, ListenerEntry>> {
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.listeners)
     }
 
     pub fn timers(&self) -> MutexGuard<'_, HashMap<u64, TimerEntry>> {
-        self.timers.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.timers)
     }
 
     pub fn connects(&self) -> MutexGuard<'_, HashMap<u64, PendingConnect>> {
-        self.connects.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.connects)
     }
 
     pub fn endpoints(&self) -> MutexGuard<'_, HashMap<u64, crate::udp::PendingEndpoint>> {
-        self.endpoints.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.endpoints)
     }
 }
 

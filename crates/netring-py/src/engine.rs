@@ -1,6 +1,13 @@
 //! `netring._native.Engine`: a pool of IO threads (Python's `IOPool`, or
 //! the private pool of a `Server`), its listeners and timers. Events are
 //! delivered by `dispatch.rs`.
+//!
+//! Arguments arrive checked: the Python layer (`netring/_args.py`) owns the
+//! argument checks and their messages, so the methods here only convert
+//! (host strings to addresses, seconds to `Duration`s) and do not check the
+//! same things again. What stays is the engine's own validation
+//! (`EngineConfig::validate`, `Framing::validate`), which Rust users rely
+//! on too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -66,7 +73,7 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
-    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, overflow="hold"))]
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -83,19 +90,13 @@ impl Engine {
         frame_timeout: Option<f64>,
         max_connections: Option<usize>,
         max_connections_per_ip: Option<usize>,
-        overflow: &str,
+        close_on_overflow: bool,
     ) -> PyResult<(usize, String, u16)> {
         let framing = framing_or_raw(framing)?;
-        let overflow = match overflow {
-            "hold" => netring_core::config::Overflow::Hold,
-            "close" => netring_core::config::Overflow::Close,
-            other => {
-                return Err(crate::errors::netring_error(
-                    py,
-                    "ConfigurationError",
-                    format!("overflow: must be 'hold' or 'close', not {other:?}"),
-                ))
-            }
+        let overflow = if close_on_overflow {
+            netring_core::config::Overflow::Close
+        } else {
+            netring_core::config::Overflow::Hold
         };
         let cfg = ListenConfig {
             addr: ip_addr(py, host, port)?,
@@ -133,7 +134,7 @@ impl Engine {
     /// released) until they are all gone or `grace` + 1 s passed; returns
     /// whether they all went. Other listeners on this engine are untouched.
     fn close_listener(&self, py: Python<'_>, listener: usize, grace: f64) -> bool {
-        let grace = Duration::from_secs_f64(grace.max(0.0));
+        let grace = seconds(grace);
         let open = self
             .registry
             .listeners()
@@ -169,8 +170,10 @@ impl Engine {
                 repeating: interval.is_some(),
             },
         );
-        let at = Instant::now() + Duration::from_secs_f64(delay.max(0.0));
-        let interval = interval.map(|s| Duration::from_secs_f64(s.max(1e-6)));
+        let at = Instant::now() + seconds(delay);
+        // NOTE: not a check (any positive interval is valid): the engine's
+        // shortest period, so that a repeating timer never has a zero one.
+        let interval = interval.map(|s| seconds(s).max(MIN_TIMER_INTERVAL));
         self.engine.start_timer(id, at, interval);
         id
     }
@@ -215,7 +218,7 @@ impl Engine {
             max_write_buffer,
             frame_timeout,
         );
-        let timeout = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        let timeout = timeout.map(seconds);
         if let Err(e) = self.engine.connect(token, addr, local, options, timeout) {
             self.registry.connects().remove(&token);
             return Err(to_py(py, e));
@@ -238,7 +241,7 @@ impl Engine {
         remote: Option<(String, u16)>,
         reuse_port: bool,
         broadcast: bool,
-        groups: Vec<(String, Option<String>)>,
+        groups: Vec<(IpAddr, Option<IpAddr>)>,
         multicast_loop: Option<bool>,
         multicast_ttl: Option<u32>,
         max_send_queue: Option<usize>,
@@ -247,27 +250,7 @@ impl Engine {
         cfg.remote = remote.map(|(h, p)| ip_addr(py, &h, p)).transpose()?;
         cfg.reuse_port = reuse_port;
         cfg.broadcast = broadcast;
-        for (group, iface) in groups {
-            let parse = |s: &str, what: &str| {
-                s.parse::<IpAddr>().map_err(|_| {
-                    crate::errors::netring_error(
-                        py,
-                        "ConfigurationError",
-                        format!("multicast_groups: {what} {s:?} is not an IP address"),
-                    )
-                })
-            };
-            let g = parse(&group, "group")?;
-            if !g.is_multicast() {
-                return Err(crate::errors::netring_error(
-                    py,
-                    "ConfigurationError",
-                    format!("multicast_groups: {g} is not a multicast address"),
-                ));
-            }
-            let i = iface.map(|i| parse(&i, "interface")).transpose()?;
-            cfg.multicast_groups.push((g, i));
-        }
+        cfg.multicast_groups = groups;
         cfg.multicast_loop = multicast_loop;
         cfg.multicast_ttl = multicast_ttl;
         if let Some(n) = max_send_queue {
@@ -313,7 +296,10 @@ impl Engine {
 
     /// Graceful shutdown within `grace` seconds; blocks (GIL released).
     fn shutdown(&self, py: Python<'_>, grace: f64) {
-        let grace = Duration::from_secs_f64(grace.max(0.0));
+        // NOTE: `IOPool.close(grace)` has always taken any number, a
+        // negative one meaning "at once"; this clamp is that rule, not a
+        // second check.
+        let grace = seconds(grace.max(0.0));
         py.detach(|| self.engine.shutdown(grace));
         self.registry.listeners().clear();
         self.registry.timers().clear();
@@ -373,7 +359,17 @@ impl Engine {
     }
 }
 
-/// A connection's options from the (validated) Python arguments.
+/// The shortest period of a repeating timer.
+const MIN_TIMER_INTERVAL: Duration = Duration::from_micros(1);
+
+/// Seconds from Python as a `Duration`. Python checked them
+/// (`_args.check_seconds`: finite, non-negative, at most `MAX_SECONDS`), so
+/// the conversion cannot fail.
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// A connection's options from the (checked) Python arguments.
 fn conn_options(
     framing: Framing,
     idle_timeout: Option<f64>,
@@ -381,7 +377,6 @@ fn conn_options(
     max_write_buffer: Option<usize>,
     frame_timeout: Option<f64>,
 ) -> ConnOptions {
-    let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
     let mut options = ConnOptions {
         framing,
         idle_timeout: idle_timeout.map(seconds),
@@ -416,12 +411,13 @@ fn ip_addr(py: Python<'_>, host: &str, port: u16) -> PyResult<SocketAddr> {
     Ok(SocketAddr::new(ip, port))
 }
 
-/// `(idle_s, interval_s, count)` from Python (validated there).
+/// `(idle_s, interval_s, count)` from Python (`_args.check_keepalive`:
+/// whole seconds from 1, a count from 1 to 127).
 fn keepalive_from((idle, interval, count): (f64, f64, u32)) -> Keepalive {
     Keepalive {
-        idle: Duration::from_secs_f64(idle.max(1.0)),
-        interval: Duration::from_secs_f64(interval.max(1.0)),
-        count: count.max(1),
+        idle: seconds(idle),
+        interval: seconds(interval),
+        count,
     }
 }
 

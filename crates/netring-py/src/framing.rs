@@ -52,6 +52,12 @@ pub fn from_py(spec: &Bound<'_, PyAny>) -> PyResult<Framing> {
             ))
         }
     };
+    // NOTE: the spec's constructor already ran this (`check_framing`), and
+    // it runs again whenever a spec reaches the engine (listen, connect,
+    // `set_framing`): one rule, the engine's, run twice, not a second
+    // check. The decoder relies on it (a 3-byte header would index out of
+    // range on an IO thread), and a spec can be altered after construction
+    // or handed over as a bare tuple.
     framing
         .validate()
         .map_err(|e| netring_error(py, "ConfigurationError", e.to_string()))?;

@@ -11,6 +11,7 @@ mod framing;
 mod logging;
 mod transport;
 mod udp;
+mod util;
 
 use pyo3::prelude::*;
 
@@ -25,7 +26,7 @@ fn probe_backend(py: Python<'_>) -> (String, Option<String>) {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    logging::install();
+    logging::install(m.py())?;
     m.add_class::<engine::Engine>()?;
     m.add_class::<transport::Transport>()?;
     m.add_class::<udp::DatagramTransport>()?;

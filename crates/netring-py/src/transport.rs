@@ -19,6 +19,8 @@ use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
 use netring_core::framing::Framing;
 use netring_core::{ConnRef, Written};
 
+use crate::util::lock;
+
 /// A connection's transport (asyncio `Transport` interface).
 #[pyclass(frozen, module = "netring._native")]
 pub struct Transport {
@@ -143,7 +145,7 @@ impl Transport {
     /// The rare state. Lock order: the GIL (if needed) first, then this;
     /// never run Python code while holding it.
     fn slow(&self) -> MutexGuard<'_, Slow> {
-        self.slow.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.slow)
     }
 
     /// The rule `send_packet` frames by (shared: no lock held while framing).

@@ -21,6 +21,7 @@ use netring_core::{ConnId, EndpointRef, Written};
 
 use crate::dispatch::PyHandler;
 use crate::transport::address;
+use crate::util::lock;
 
 /// A UDP endpoint's transport (asyncio `DatagramTransport` interface).
 ///
@@ -71,7 +72,7 @@ impl DatagramTransport {
 
     /// `addr` as a Python `(host, port)` tuple, cached.
     fn addr_object(&self, py: Python<'_>, addr: SocketAddr) -> Py<PyAny> {
-        let mut cache = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.addrs);
         if let Some(obj) = cache.objects.get(&addr) {
             return obj.clone_ref(py);
         }
@@ -91,26 +92,14 @@ impl DatagramTransport {
     /// `addr` parsed, from the cache when it is a tuple we handed out.
     fn parse_cached(&self, addr: &Bound<'_, PyAny>) -> PyResult<SocketAddr> {
         let key = addr.as_ptr() as usize;
-        if let Some(a) = self
-            .addrs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .parsed
-            .get(&key)
-        {
+        if let Some(a) = lock(&self.addrs).parsed.get(&key) {
             return Ok(*a);
         }
         parse_addr(addr)
     }
 
     fn protocol(&self) -> Option<Py<PyAny>> {
-        Python::attach(|py| {
-            self.protocol
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map(|p| p.clone_ref(py))
-        })
+        Python::attach(|py| lock(&self.protocol).as_ref().map(|p| p.clone_ref(py)))
     }
 }
 
@@ -339,11 +328,7 @@ impl PyHandler<'_> {
         let id = ep.id();
         let made = pending.factory.call0(py).and_then(|protocol| {
             let transport = Py::new(py, DatagramTransport::new(ep.clone(), local, peer))?;
-            *transport
-                .get()
-                .protocol
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(protocol.clone_ref(py));
+            *lock(&transport.get().protocol) = Some(protocol.clone_ref(py));
             let datagram_received = protocol.getattr(py, intern!(py, "datagram_received")).ok();
             self.endpoints.insert(
                 id,
@@ -482,7 +467,7 @@ impl PyHandler<'_> {
         };
         let transport = entry.transport.get();
         transport.closing.store(true, Ordering::Release);
-        *transport.protocol.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&transport.protocol) = None;
         let arg = error.map(|e| PyErr::from(e).into_value(py).into_any());
         if let Err(e) = entry
             .protocol
