@@ -29,7 +29,7 @@ from ._args import (
     check_seconds,
 )
 from ._served import _ServerWork
-from .errors import ConfigurationError
+from .errors import ConfigurationError, NetringError
 from .framing import Framing
 from .pool import DEFAULT_GRACE_SECONDS, IOPool, default_io_threads, shutdown_all
 from .workers import WorkerPool
@@ -265,7 +265,9 @@ class Server:
             if on_ready is not None:
                 on_ready()
             while not self._stop.wait(0.1):
-                pass
+                failure = self._pool._engine.failure() if self._pool is not None else None
+                if failure is not None:
+                    raise NetringError(f"the server stopped: {failure}")
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)

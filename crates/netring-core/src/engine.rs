@@ -66,7 +66,24 @@ impl Engine {
                 .name(format!("netring-io-{index}"))
                 .spawn(move || {
                     IO_THREAD_OF.with(|c| c.set(engine_id));
-                    run_thread(index, io_loop)
+                    let shared = io_loop.shared().clone();
+                    // NOTE: a panic here is a bug in the engine or the
+                    // handler's Rust side; the thread's connections are gone
+                    // with it. Say so (with the thread's index) and shut the
+                    // rest down, instead of leaving a pool with a dead thread
+                    // that other threads still hand connections to.
+                    let run = std::panic::AssertUnwindSafe(|| run_thread(index, io_loop));
+                    if let Err(panic) = std::panic::catch_unwind(run) {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".into());
+                        log::error!(
+                            "netring: IO thread {index} panicked: {why}; shutting the engine down"
+                        );
+                        shared.fail(index, format!("IO thread {index} panicked: {why}"));
+                    }
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -145,12 +162,7 @@ impl Engine {
     /// Bind and listen; connections start arriving as `Opened` events with
     /// the returned listener id. Returns (listener id, bound address).
     pub fn listen(&self, cfg: &ListenConfig) -> Result<(usize, SocketAddr), Error> {
-        if self
-            .threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
+        if self.is_closed() {
             return Err(Error::Closed);
         }
         let socket = Socket::new(
@@ -354,19 +366,22 @@ impl Engine {
     /// and join the threads. Idempotent. Called from a callback on one of
     /// this engine's IO threads, it starts the shutdown and returns at once.
     pub fn shutdown(&self, grace: Duration) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *crate::sync::lock(&self.threads));
         if threads.is_empty() {
             return;
         }
         Self::stop_threads(&self.shared, threads, Instant::now() + grace);
     }
 
+    /// Why the engine stopped on its own (an IO thread panicked), if it
+    /// did: the other threads are shutting down; `shutdown` still joins them.
+    pub fn failure(&self) -> Option<String> {
+        crate::sync::lock(&self.shared.failure).clone()
+    }
+
     /// Whether `shutdown` has run.
     pub fn is_closed(&self) -> bool {
-        self.threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        crate::sync::lock(&self.threads).is_empty()
     }
 }
 

@@ -143,189 +143,145 @@ impl<'b> Batch<'b> {
             core.close_after_frame_errors();
         }
         loop {
-            match core.urgent.pop_front() {
-                Some(Ev::PauseWriting { conn }) => {
-                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
-                        return Some(Event::PauseWriting { conn });
+            // `pause_writing` notices go first, so that a protocol stops
+            // its producers before anything else it hears.
+            let ev = match core.urgent.pop_front() {
+                Some(ev) => ev,
+                None if core.cursor.is_some() => {
+                    if let Some(ev) = frame_next(&mut core) {
+                        return Some(ev);
                     }
                     continue;
                 }
-                Some(Ev::EndpointPauseWriting { ep }) => {
-                    if core.udp_is_open(ep) {
-                        return Some(Event::EndpointPauseWriting { endpoint: ep });
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            if core.cursor.is_some() {
-                if let Some(ev) = frame_next(&mut core) {
-                    return Some(ev);
-                }
+                None => core.events.pop_front()?,
+            };
+            // NOTE: the one liveness check: an event about a connection or
+            // endpoint that has since closed (or is closing) is stale and
+            // dropped here, whatever its kind (tokio's driver does the same
+            // with one generation check).
+            if !core.is_current(&ev) {
                 continue;
             }
-            let ev = core.events.pop_front()?;
-            match ev {
-                Ev::Opened {
-                    conn,
-                    listener,
-                    peer,
-                    local,
-                    shared,
-                } => {
-                    let conn = ConnRef::new(conn, core.engine.clone(), shared);
-                    return Some(Event::Opened {
-                        conn,
-                        listener,
-                        peer,
-                        local,
-                    });
-                }
-                Ev::Data { conn, chunk } => {
-                    core.cursor = Some(Cursor {
-                        conn,
-                        ptr: chunk.ptr,
-                        len: chunk.len,
-                        offset: 0,
-                    });
-                }
-                Ev::Held { conn, data } => {
-                    let (ptr, len) = (data.as_ptr(), data.len());
-                    // The Vec's heap buffer does not move when the Vec is
-                    // moved into `retired`, which lives until the dispatch ends.
-                    core.retired.push(data);
-                    core.cursor = Some(Cursor {
-                        conn,
-                        ptr,
-                        len,
-                        offset: 0,
-                    });
-                }
-                Ev::Eof { conn } => {
-                    let Some(c) = core.conn(conn) else { continue };
-                    if c.state != State::Open {
-                        continue;
-                    }
-                    if c.read_paused {
-                        c.eof_held = true;
-                        continue;
-                    }
-                    return Some(Event::Eof { conn });
-                }
-                Ev::Timer { id } => return Some(Event::Timer { id }),
-                Ev::Connected {
-                    conn,
-                    token,
-                    peer,
-                    local,
-                    shared,
-                } => {
-                    let conn = ConnRef::new(conn, core.engine.clone(), shared);
-                    return Some(Event::Connected {
-                        conn,
-                        token,
-                        peer,
-                        local,
-                    });
-                }
-                Ev::ConnectFailed { token, error } => {
-                    return Some(Event::ConnectFailed { token, error })
-                }
-                Ev::IdleTimeout { conn } => {
-                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
-                        return Some(Event::IdleTimeout { conn });
-                    }
-                }
-                Ev::PauseWriting { conn } => {
-                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
-                        return Some(Event::PauseWriting { conn });
-                    }
-                }
-                Ev::ResumeWriting { conn } => {
-                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
-                        return Some(Event::ResumeWriting { conn });
-                    }
-                }
-                Ev::FrameError { conn, error } => {
-                    if core.conn(conn).is_some_and(|c| c.state == State::Open) {
-                        core.close_after.push(conn);
-                        return Some(Event::FrameError { conn, error });
-                    }
-                }
-                Ev::Closed {
-                    conn,
-                    error,
-                    counted,
-                } => {
-                    if let Some(c) = counted {
-                        core.releases.push(c);
-                    }
-                    return Some(Event::Closed { conn, error });
-                }
-                Ev::EndpointOpened {
-                    ep,
-                    token,
-                    local,
-                    peer,
-                    shared,
-                } => {
-                    let endpoint = EndpointRef::new(ep, core.engine.clone(), shared);
-                    return Some(Event::EndpointOpened {
-                        endpoint,
-                        token,
-                        local,
-                        peer,
-                    });
-                }
-                Ev::Datagram { ep, chunk, addr } => {
-                    if !core.udp_is_open(ep) {
-                        continue;
-                    }
-                    // SAFETY: the chunk's buffer is released only after
-                    // this dispatch ends (it is in `chunks_out`), which
-                    // outlives 'b's use by the handler.
-                    let data = unsafe { std::slice::from_raw_parts(chunk.ptr, chunk.len) };
-                    return Some(Event::Datagram {
-                        endpoint: ep,
-                        data,
-                        addr,
-                    });
-                }
-                Ev::DatagramTruncated { ep, addr, size } => {
-                    if core.udp_is_open(ep) {
-                        return Some(Event::DatagramTruncated {
-                            endpoint: ep,
-                            addr,
-                            size,
-                        });
-                    }
-                }
-                Ev::DatagramError { ep, error } => {
-                    if core.udp_is_open(ep) {
-                        return Some(Event::DatagramError {
-                            endpoint: ep,
-                            error,
-                        });
-                    }
-                }
-                Ev::EndpointPauseWriting { ep } => {
-                    if core.udp_is_open(ep) {
-                        return Some(Event::EndpointPauseWriting { endpoint: ep });
-                    }
-                }
-                Ev::EndpointResumeWriting { ep } => {
-                    if core.udp_is_open(ep) {
-                        return Some(Event::EndpointResumeWriting { endpoint: ep });
-                    }
-                }
-                Ev::EndpointClosed { ep, error } => {
-                    return Some(Event::EndpointClosed {
-                        endpoint: ep,
-                        error,
-                    })
-                }
+            if let Some(event) = Self::deliver(&mut core, ev) {
+                return Some(event);
             }
         }
+    }
+
+    /// The public form of a current event; `None` when it is taken in
+    /// here (received bytes start being cut; an EOF waits while reading is
+    /// paused).
+    fn deliver(core: &mut ThreadCore, ev: Ev) -> Option<Event<'b>> {
+        Some(match ev {
+            Ev::Opened {
+                conn,
+                listener,
+                peer,
+                local,
+                shared,
+            } => Event::Opened {
+                conn: ConnRef::new(conn, core.engine.clone(), shared),
+                listener,
+                peer,
+                local,
+            },
+            Ev::Data { conn, chunk } => {
+                core.cursor = Some(Cursor {
+                    conn,
+                    ptr: chunk.ptr,
+                    len: chunk.len,
+                    offset: 0,
+                });
+                return None;
+            }
+            Ev::Held { conn, data } => {
+                let (ptr, len) = (data.as_ptr(), data.len());
+                // The Vec's heap buffer does not move when the Vec is
+                // moved into `retired`, which lives until the dispatch ends.
+                core.retired.push(data);
+                core.cursor = Some(Cursor {
+                    conn,
+                    ptr,
+                    len,
+                    offset: 0,
+                });
+                return None;
+            }
+            Ev::Eof { conn } => {
+                let c = core.conn(conn)?;
+                if c.read_paused {
+                    c.eof_held = true;
+                    return None;
+                }
+                Event::Eof { conn }
+            }
+            Ev::Timer { id } => Event::Timer { id },
+            Ev::Connected {
+                conn,
+                token,
+                peer,
+                local,
+                shared,
+            } => Event::Connected {
+                conn: ConnRef::new(conn, core.engine.clone(), shared),
+                token,
+                peer,
+                local,
+            },
+            Ev::ConnectFailed { token, error } => Event::ConnectFailed { token, error },
+            Ev::IdleTimeout { conn } => Event::IdleTimeout { conn },
+            Ev::PauseWriting { conn } => Event::PauseWriting { conn },
+            Ev::ResumeWriting { conn } => Event::ResumeWriting { conn },
+            Ev::FrameError { conn, error } => {
+                core.close_after.push(conn);
+                Event::FrameError { conn, error }
+            }
+            Ev::Closed {
+                conn,
+                error,
+                counted,
+            } => {
+                if let Some(c) = counted {
+                    core.releases.push(c);
+                }
+                Event::Closed { conn, error }
+            }
+            Ev::EndpointOpened {
+                ep,
+                token,
+                local,
+                peer,
+                shared,
+            } => Event::EndpointOpened {
+                endpoint: EndpointRef::new(ep, core.engine.clone(), shared),
+                token,
+                local,
+                peer,
+            },
+            Ev::Datagram { ep, chunk, addr } => Event::Datagram {
+                endpoint: ep,
+                // SAFETY: the chunk's buffer is released only after this
+                // dispatch ends (it is in `chunks_out`), which outlives
+                // 'b's use by the handler.
+                data: unsafe { std::slice::from_raw_parts(chunk.ptr, chunk.len) },
+                addr,
+            },
+            Ev::DatagramTruncated { ep, addr, size } => Event::DatagramTruncated {
+                endpoint: ep,
+                addr,
+                size,
+            },
+            Ev::DatagramError { ep, error } => Event::DatagramError {
+                endpoint: ep,
+                error,
+            },
+            Ev::EndpointPauseWriting { ep } => Event::EndpointPauseWriting { endpoint: ep },
+            Ev::EndpointResumeWriting { ep } => Event::EndpointResumeWriting { endpoint: ep },
+            Ev::EndpointClosed { ep, error } => Event::EndpointClosed {
+                endpoint: ep,
+                error,
+            },
+        })
     }
 
     /// Every further whole packet for `conn` in the read being delivered,

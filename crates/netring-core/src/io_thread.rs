@@ -54,6 +54,11 @@ impl IoLoop {
         }
     }
 
+    /// The engine's shared state.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// This thread's index in the pool.
     pub fn index(&self) -> u16 {
         self.index

@@ -6,7 +6,7 @@
 //! The modules form layers; each uses only those below it (no cycles:
 //! `tests/layers.rs` checks), from the bottom:
 //!
-//! 1. `error`, `config`, `stats`, `memory`, `limits`, `housekeeping`,
+//! 1. `error`, `config`, `stats`, `sync`, `memory`, `limits`, `housekeeping`,
 //!    `framing/`, `layer` — plain data and pure code (framers, the
 //!    stream-layer seam's traits);
 //! 2. `driver/` — the kernel side (io_uring, epoll) behind one trait;
@@ -40,6 +40,7 @@ pub mod mailbox;
 mod memory;
 mod shared;
 pub mod stats;
+pub mod sync;
 mod timer;
 pub mod udp;
 

@@ -74,7 +74,7 @@ impl ListenerCounts {
             return Admit::OverTotal;
         }
         if let (Some(max), Some(ip)) = (self.limits.max_connections_per_ip, ip) {
-            let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = crate::sync::lock(&self.per_ip);
             let n = map.entry(ip).or_insert(0);
             if *n >= max {
                 return Admit::OverIp;
@@ -89,7 +89,7 @@ impl ListenerCounts {
     /// is waiting for room and must be woken.
     pub(crate) fn release(&self, ip: Option<IpAddr>) -> bool {
         if let (Some(_), Some(ip)) = (self.limits.max_connections_per_ip, ip) {
-            let mut map = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = crate::sync::lock(&self.per_ip);
             if let Some(n) = map.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {

@@ -4,9 +4,10 @@
 //! engine that owns them.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::config::Backend;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Cmd, Mailbox};
 use crate::memory::Memory;
 use crate::stats::Stats;
 
@@ -23,6 +24,8 @@ pub struct Shared {
     pub(crate) next_token: AtomicU64,
     /// Bytes buffered for connections (see `EngineConfig::max_buffer_memory`).
     pub(crate) memory: Memory,
+    /// Why the engine stopped on its own (an IO thread died).
+    pub(crate) failure: Mutex<Option<String>>,
 }
 
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
@@ -47,7 +50,19 @@ impl Shared {
             next_listener: AtomicUsize::new(0),
             next_token: AtomicU64::new(1),
             memory: Memory::new(max_buffer_memory),
+            failure: Mutex::new(None),
         })
+    }
+
+    /// IO thread `thread` died: record why (the first failure wins), drop
+    /// what is sent to it from now on, and shut the other threads down.
+    pub(crate) fn fail(&self, thread: u16, why: String) {
+        crate::sync::lock(&self.failure).get_or_insert(why);
+        self.mailboxes[usize::from(thread)].close();
+        let now = std::time::Instant::now();
+        for mb in &self.mailboxes {
+            mb.push(Cmd::Shutdown { deadline: now });
+        }
     }
 
     pub(crate) fn next_target(&self) -> usize {

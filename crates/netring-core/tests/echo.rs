@@ -213,3 +213,54 @@ fn owner_writes_queue_behind_writes_still_in_the_mailbox() {
         engine.shutdown(Duration::from_secs(1));
     });
 }
+
+/// Panics on the first connection it is given.
+struct Panicky;
+
+impl netring_core::Handler for Panicky {
+    fn dispatch(&mut self, batch: &mut netring_core::Batch<'_>) {
+        if let Some(netring_core::Event::Opened { .. }) = batch.next() {
+            panic!("boom");
+        }
+    }
+}
+
+#[test]
+fn an_io_thread_that_panics_is_reported_and_the_engine_shuts_down() {
+    let _serial = serial();
+    for_each_backend(|backend| {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Log::default()));
+        let config = EngineConfig {
+            io_threads: 2,
+            backend: netring_core::BackendChoice::Exactly(backend),
+            ..Default::default()
+        };
+        let engine = netring_core::Engine::start(config, move |index, io_loop| {
+            if index == 1 {
+                io_loop.run(&mut Panicky);
+            } else {
+                let mut h = Echo {
+                    conns: Default::default(),
+                    log: log.clone(),
+                };
+                io_loop.run(&mut h);
+            }
+        })
+        .expect("engine starts");
+        let addr = listen_local(&engine, netring_core::framing::Framing::Raw);
+        // Connections go round robin: the second lands on thread 1.
+        let _clients: Vec<_> = (0..4).map(|_| connect(addr)).collect();
+        assert!(wait_for(5, || engine.failure().is_some()));
+        let why = engine.failure().unwrap();
+        assert!(why.starts_with("IO thread 1 panicked: boom"), "{why}");
+        // The other thread shut down by itself; shutdown joins promptly.
+        let t0 = std::time::Instant::now();
+        engine.shutdown(Duration::from_secs(5));
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        assert!(connect_fails(addr), "nothing listens any more");
+    });
+}
+
+fn connect_fails(addr: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err()
+}

@@ -230,6 +230,7 @@ fn modules_use_only_lower_layers() {
             "error",
             "config",
             "stats",
+            "sync",
             "memory",
             "limits",
             "housekeeping",

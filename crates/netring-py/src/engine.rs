@@ -313,6 +313,11 @@ impl Engine {
         }
     }
 
+    /// Why the engine stopped on its own (an IO thread panicked), or None.
+    fn failure(&self) -> Option<String> {
+        self.engine.failure()
+    }
+
     /// Whether `shutdown` has completed.
     fn is_closed(&self) -> bool {
         self.engine.is_closed()

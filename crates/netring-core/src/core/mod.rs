@@ -20,7 +20,7 @@ use socket2::SockRef;
 use crate::config::ConnOptions;
 use crate::conn::sendq::BufCache;
 use crate::conn::slab::GenSlab;
-use crate::conn::{Conn, ConnError, ConnId, ConnShared};
+use crate::conn::{Conn, ConnError, ConnId, ConnShared, State};
 use crate::driver::{Chunk, Driver};
 use crate::limits::{Counted, ListenerCounts};
 use crate::mailbox::Cmd;
@@ -251,6 +251,35 @@ impl ThreadCore {
     #[cfg(test)]
     pub(crate) fn conn_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Whether `ev` is still about a live, open connection or endpoint
+    /// (events that open or close one, timers and received bytes always
+    /// are: the cursor checks the connection as it cuts).
+    pub(crate) fn is_current(&mut self, ev: &Ev) -> bool {
+        match *ev {
+            Ev::Eof { conn }
+            | Ev::IdleTimeout { conn }
+            | Ev::PauseWriting { conn }
+            | Ev::ResumeWriting { conn }
+            | Ev::FrameError { conn, .. } => {
+                self.conn(conn).is_some_and(|c| c.state == State::Open)
+            }
+            Ev::Datagram { ep, .. }
+            | Ev::DatagramTruncated { ep, .. }
+            | Ev::DatagramError { ep, .. }
+            | Ev::EndpointPauseWriting { ep }
+            | Ev::EndpointResumeWriting { ep } => self.udp_is_open(ep),
+            Ev::Opened { .. }
+            | Ev::Data { .. }
+            | Ev::Held { .. }
+            | Ev::Timer { .. }
+            | Ev::Connected { .. }
+            | Ev::ConnectFailed { .. }
+            | Ev::Closed { .. }
+            | Ev::EndpointOpened { .. }
+            | Ev::EndpointClosed { .. } => true,
+        }
     }
 
     /// Whether events wait for dispatch.

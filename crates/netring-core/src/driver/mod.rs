@@ -40,6 +40,50 @@ pub fn datagram_capacity(buffer_size: usize) -> usize {
     buffer_size.saturating_sub(DATAGRAM_HEADROOM)
 }
 
+/// The tag both drivers give a kernel operation (io_uring's `user_data`,
+/// epoll's event data): the operation kind in the top byte, a 16-bit
+/// sequence below it (which datagram of an endpoint's send window), and
+/// the slot or listener in the low 32 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Token {
+    pub(crate) kind: u8,
+    pub(crate) seq: u16,
+    pub(crate) id: u32,
+}
+
+impl Token {
+    /// A token for operation `kind` on slot (or listener) `id`.
+    pub(crate) fn new(kind: u8, id: u32) -> Self {
+        Token { kind, seq: 0, id }
+    }
+
+    pub(crate) fn pack(self) -> u64 {
+        (u64::from(self.kind) << 56) | (u64::from(self.seq) << 32) | u64::from(self.id)
+    }
+
+    pub(crate) fn unpack(data: u64) -> Self {
+        Token {
+            kind: (data >> 56) as u8,
+            seq: ((data >> 32) & 0xFFFF) as u16,
+            id: (data & 0xFFFF_FFFF) as u32,
+        }
+    }
+}
+
+/// A kernel result (a count, or `-errno`) as an `io::Result`.
+pub(crate) fn result_of(res: i32) -> io::Result<u32> {
+    if res >= 0 {
+        Ok(res as u32)
+    } else {
+        Err(error_of(res))
+    }
+}
+
+/// The error of a negative kernel result (`-errno`).
+pub(crate) fn error_of(res: i32) -> io::Error {
+    io::Error::from_raw_os_error(-res)
+}
+
 /// A received chunk in a driver-owned buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk {
@@ -58,6 +102,27 @@ impl Chunk {
         // SAFETY: the caller guarantees the buffer is still ours; ptr/len
         // came from the driver and describe initialised bytes.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_results_convert() {
+        let t = Token {
+            kind: 8,
+            seq: 0xBEEF,
+            id: u32::MAX,
+        };
+        assert_eq!(Token::unpack(t.pack()), t);
+        assert_eq!(Token::new(2, 7).pack(), (2 << 56) | 7);
+        assert_eq!(result_of(5).unwrap(), 5);
+        assert_eq!(
+            result_of(-libc::ECONNRESET).unwrap_err().raw_os_error(),
+            Some(libc::ECONNRESET)
+        );
     }
 }
 

@@ -5,9 +5,8 @@
 //! most one registration, level-triggered, carrying the union of what its
 //! armed operations wait for (a connection's recv: `EPOLLIN | EPOLLRDHUP`;
 //! its send: `EPOLLOUT`; a listener's accept and the mailbox eventfd:
-//! `EPOLLIN`). The event data is the operation kind in the top byte and the
-//! slot (or listener index) in the low 32 bits, as the io_uring driver's
-//! `user_data`; all of a connection's interests share `KIND_CONN`.
+//! `EPOLLIN`). The event data is a [`super::Token`] (operation kind and slot
+//! or listener index), the layout the io_uring driver's `user_data` uses; all of a connection's interests share `KIND_CONN`.
 //!
 //! How each operation maps onto readiness:
 //!
@@ -69,14 +68,14 @@ use rustix::event::Timespec;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags, SocketFlags};
 
-use super::{Chunk, Completion, DgramResult, Driver, RecvResult, SendState};
+use super::{Chunk, Completion, DgramResult, Driver, RecvResult, SendState, Token};
 use crate::config::Backend;
 use bufpool::BufPool;
 
-const KIND_ACCEPT: u64 = 1;
-const KIND_CONN: u64 = 2;
-const KIND_DGRAM: u64 = 3;
-const KIND_WAKE: u64 = 4;
+const KIND_ACCEPT: u8 = 1;
+const KIND_CONN: u8 = 2;
+const KIND_DGRAM: u8 = 3;
+const KIND_WAKE: u8 = 4;
 
 /// Readiness events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 256;
@@ -89,8 +88,8 @@ const ACCEPTS_PER_READINESS: usize = 64;
 /// Longest single wait; the loop computes a new timeout every turn anyway.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
-fn event_data(kind: u64, id: u64) -> EventData {
-    EventData::new_u64((kind << 56) | (id & 0xFFFF_FFFF))
+fn event_data(kind: u8, id: u32) -> EventData {
+    EventData::new_u64(Token::new(kind, id).pack())
 }
 
 /// Borrow a descriptor the loop owns, for one syscall.
@@ -244,7 +243,7 @@ impl EpollDriver {
             conn.registered = EventFlags::empty();
             return Ok(epoll::delete(epoll, fd)?);
         }
-        let data = event_data(KIND_CONN, u64::from(slot));
+        let data = event_data(KIND_CONN, slot);
         if conn.registered.is_empty() {
             epoll::add(epoll, fd, data, want)?;
         } else {
@@ -367,7 +366,7 @@ impl EpollDriver {
             ep.registered = EventFlags::empty();
             return Ok(epoll::delete(epoll, fd)?);
         }
-        let data = event_data(KIND_DGRAM, u64::from(slot));
+        let data = event_data(KIND_DGRAM, slot);
         if ep.registered.is_empty() {
             epoll::add(epoll, fd, data, want)?;
         } else {
@@ -594,7 +593,7 @@ impl Driver for EpollDriver {
 
     fn arm_accept(&mut self, listener: usize, fd: RawFd) {
         self.in_flight += 1;
-        let data = event_data(KIND_ACCEPT, listener as u64);
+        let data = event_data(KIND_ACCEPT, listener as u32);
         match epoll::add(&self.epoll, borrow(fd), data, EventFlags::IN) {
             Ok(()) => {
                 self.listeners.insert(listener, fd);
@@ -851,11 +850,11 @@ impl Driver for EpollDriver {
         let result = match waited {
             Ok((ready, _)) => {
                 for &event in ready.iter() {
-                    let (data, flags) = (event.data.u64(), event.flags);
-                    let id = data & 0xFFFF_FFFF;
-                    match data >> 56 {
-                        KIND_CONN => self.conn_ready(id as u32, flags, out),
-                        KIND_DGRAM => self.dgram_ready(id as u32, flags, out),
+                    let flags = event.flags;
+                    let Token { kind, id, .. } = Token::unpack(event.data.u64());
+                    match kind {
+                        KIND_CONN => self.conn_ready(id, flags, out),
+                        KIND_DGRAM => self.dgram_ready(id, flags, out),
                         KIND_ACCEPT => self.accept_ready(id as usize, out),
                         KIND_WAKE => self.wake_ready(out),
                         _ => {}

@@ -7,9 +7,9 @@
 //! `sendmsg(MSG_NOSIGNAL)` in flight per socket; the mailbox eventfd has a
 //! `read` kept in the ring so other threads can wake this one.
 //!
-//! `user_data` carries the operation kind in the top byte and the slot (or
-//! listener index) in the low 32 bits; cancel requests carry [`KIND_CANCEL`]
-//! and their completions are ignored.
+//! `user_data` is a [`super::Token`] (the layout both drivers share): the
+//! operation kind, the slot or listener index; cancel requests carry
+//! [`KIND_CANCEL`] and their completions are ignored.
 
 mod bufring;
 
@@ -19,24 +19,26 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::{Chunk, Completion, DgramResult, Driver, RecvResult, SendState};
+use super::{
+    error_of, result_of, Chunk, Completion, DgramResult, Driver, RecvResult, SendState, Token,
+};
 use crate::config::Backend;
 use bufring::BufRing;
 
-const KIND_ACCEPT: u64 = 1;
-const KIND_RECV: u64 = 2;
-const KIND_SEND: u64 = 3;
-const KIND_WAKE: u64 = 4;
-const KIND_CANCEL: u64 = 5;
-const KIND_CONNECT: u64 = 6;
-const KIND_RECVFROM: u64 = 7;
-const KIND_SENDTO: u64 = 8;
+const KIND_ACCEPT: u8 = 1;
+const KIND_RECV: u8 = 2;
+const KIND_SEND: u8 = 3;
+const KIND_WAKE: u8 = 4;
+const KIND_CANCEL: u8 = 5;
+const KIND_CONNECT: u8 = 6;
+const KIND_RECVFROM: u8 = 7;
+const KIND_SENDTO: u8 = 8;
 const BUF_GROUP: u16 = 0;
 /// Submission queue entries per ring; the completion queue is 4× larger.
 const RING_ENTRIES: u32 = 1024;
 
-fn user_data(kind: u64, id: u64) -> u64 {
-    (kind << 56) | (id & 0xFFFF_FFFF)
+fn user_data(kind: u8, id: u32) -> u64 {
+    Token::new(kind, id).pack()
 }
 
 /// An io_uring instance with its buffer ring.
@@ -153,9 +155,7 @@ impl UringDriver {
     }
 
     fn convert(&mut self, cqe: &cqueue::Entry) -> Option<Completion> {
-        let ud = cqe.user_data();
-        let kind = ud >> 56;
-        let id = (ud & 0xFFFF_FFFF) as u32;
+        let Token { kind, seq, id } = Token::unpack(cqe.user_data());
         let res = cqe.result();
         let more = cqueue::more(cqe.flags());
         if !more && kind != KIND_WAKE {
@@ -163,13 +163,9 @@ impl UringDriver {
         }
         match kind {
             KIND_ACCEPT => {
-                let result = if res >= 0 {
-                    // SAFETY: a non-negative accept result is a new
-                    // descriptor that nothing else owns.
-                    Ok(unsafe { OwnedFd::from_raw_fd(res) })
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
-                };
+                // SAFETY: a non-negative accept result is a new descriptor
+                // that nothing else owns.
+                let result = result_of(res).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
                 Some(Completion::Accepted {
                     listener: id as usize,
                     result,
@@ -192,7 +188,7 @@ impl UringDriver {
                 } else if res == -libc::ECANCELED {
                     RecvResult::Cancelled
                 } else {
-                    RecvResult::Err(io::Error::from_raw_os_error(-res))
+                    RecvResult::Err(error_of(res))
                 };
                 Some(Completion::Recv {
                     slot: id,
@@ -201,20 +197,12 @@ impl UringDriver {
                 })
             }
             KIND_SEND => {
-                let result = if res >= 0 {
-                    Ok(res as usize)
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
-                };
+                let result = result_of(res).map(|n| n as usize);
                 Some(Completion::Sent { slot: id, result })
             }
             KIND_CONNECT => Some(Completion::Connected {
                 slot: id,
-                result: if res >= 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
-                },
+                result: result_of(res).map(drop),
             }),
             KIND_RECVFROM => {
                 let result = if res >= 0 {
@@ -226,7 +214,7 @@ impl UringDriver {
                 } else if res == -libc::ECANCELED {
                     DgramResult::Cancelled
                 } else {
-                    DgramResult::Err(io::Error::from_raw_os_error(-res))
+                    DgramResult::Err(error_of(res))
                 };
                 Some(Completion::RecvFrom {
                     slot: id,
@@ -236,12 +224,8 @@ impl UringDriver {
             }
             KIND_SENDTO => Some(Completion::SentTo {
                 slot: id,
-                seq: ((ud >> 32) & 0xFFFF) as u16,
-                result: if res >= 0 {
-                    Ok(res as usize)
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
-                },
+                seq,
+                result: result_of(res).map(|n| n as usize),
             }),
             KIND_WAKE => {
                 self.wake_armed = false;
@@ -313,25 +297,25 @@ impl Driver for UringDriver {
         let entry = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
-            .user_data(user_data(KIND_ACCEPT, listener as u64));
+            .user_data(user_data(KIND_ACCEPT, listener as u32));
         self.in_flight += 1;
         self.push(entry);
     }
 
     fn cancel_accept(&mut self, listener: usize, _fd: RawFd) {
-        self.cancel(user_data(KIND_ACCEPT, listener as u64));
+        self.cancel(user_data(KIND_ACCEPT, listener as u32));
     }
 
     fn arm_recv(&mut self, slot: u32, fd: RawFd) {
         let entry = opcode::RecvMulti::new(types::Fd(fd), BUF_GROUP)
             .build()
-            .user_data(user_data(KIND_RECV, u64::from(slot)));
+            .user_data(user_data(KIND_RECV, slot));
         self.in_flight += 1;
         self.push(entry);
     }
 
     fn cancel_recv(&mut self, slot: u32, _fd: RawFd) {
-        self.cancel(user_data(KIND_RECV, u64::from(slot)));
+        self.cancel(user_data(KIND_RECV, slot));
     }
 
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
@@ -352,23 +336,23 @@ impl Driver for UringDriver {
                 .build()
         };
         self.in_flight += 1;
-        self.push(entry.user_data(user_data(KIND_SEND, u64::from(slot))));
+        self.push(entry.user_data(user_data(KIND_SEND, slot)));
     }
 
     fn cancel_send(&mut self, slot: u32, _fd: RawFd) {
-        self.cancel(user_data(KIND_SEND, u64::from(slot)));
+        self.cancel(user_data(KIND_SEND, slot));
     }
 
     fn connect(&mut self, slot: u32, fd: RawFd, addr: &socket2::SockAddr) {
         let entry = opcode::Connect::new(types::Fd(fd), addr.as_ptr() as *const _, addr.len())
             .build()
-            .user_data(user_data(KIND_CONNECT, u64::from(slot)));
+            .user_data(user_data(KIND_CONNECT, slot));
         self.in_flight += 1;
         self.push(entry);
     }
 
     fn cancel_connect(&mut self, slot: u32, _fd: RawFd) {
-        self.cancel(user_data(KIND_CONNECT, u64::from(slot)));
+        self.cancel(user_data(KIND_CONNECT, slot));
     }
 
     fn forget(&mut self, _slot: u32, _fd: RawFd) {}
@@ -378,20 +362,27 @@ impl Driver for UringDriver {
         let entry = opcode::RecvMsgMulti::new(types::Fd(fd), template as *const _, BUF_GROUP)
             .flags(libc::MSG_TRUNC as u32)
             .build()
-            .user_data(user_data(KIND_RECVFROM, u64::from(slot)));
+            .user_data(user_data(KIND_RECVFROM, slot));
         self.in_flight += 1;
         self.push(entry);
     }
 
     fn cancel_recv_from(&mut self, slot: u32, _fd: RawFd) {
-        self.cancel(user_data(KIND_RECVFROM, u64::from(slot)));
+        self.cancel(user_data(KIND_RECVFROM, slot));
     }
 
     fn send_to(&mut self, slot: u32, seq: u16, fd: RawFd, msg: &libc::msghdr) {
         let entry = opcode::SendMsg::new(types::Fd(fd), msg as *const libc::msghdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
-            .user_data((KIND_SENDTO << 56) | (u64::from(seq) << 32) | u64::from(slot));
+            .user_data(
+                Token {
+                    kind: KIND_SENDTO,
+                    seq,
+                    id: slot,
+                }
+                .pack(),
+            );
         self.in_flight += 1;
         self.push(entry);
     }
