@@ -2,6 +2,9 @@
 //! ([`Turns`]) and the per-thread core driven deterministically, no sockets
 //! on the network and no sleeps. Descriptors are Unix socket pairs, so
 //! `shutdown` and `close` have something real to act on.
+//!
+//! Size: over 600 lines because it is one scenario per test around one
+//! rig (`Rig`); each test reads top to bottom on its own.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
