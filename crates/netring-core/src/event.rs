@@ -139,21 +139,21 @@ impl<'b> Batch<'b> {
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<Event<'b>> {
         let mut core = self.core.borrow_mut();
-        if !core.close_after.is_empty() {
+        if !core.q.close_after.is_empty() {
             core.close_after_frame_errors();
         }
         loop {
             // `pause_writing` notices go first, so that a protocol stops
             // its producers before anything else it hears.
-            let ev = match core.urgent.pop_front() {
+            let ev = match core.q.urgent.pop_front() {
                 Some(ev) => ev,
-                None if core.cursor.is_some() => {
+                None if core.q.cursor.is_some() => {
                     if let Some(ev) = frame_next(&mut core) {
                         return Some(ev);
                     }
                     continue;
                 }
-                None => core.events.pop_front()?,
+                None => core.q.events.pop_front()?,
             };
             // NOTE: the one liveness check: an event about a connection or
             // endpoint that has since closed (or is closing) is stale and
@@ -186,7 +186,7 @@ impl<'b> Batch<'b> {
                 local,
             },
             Ev::Data { conn, chunk } => {
-                core.cursor = Some(Cursor {
+                core.q.cursor = Some(Cursor {
                     conn,
                     ptr: chunk.ptr,
                     len: chunk.len,
@@ -198,8 +198,8 @@ impl<'b> Batch<'b> {
                 let (ptr, len) = (data.as_ptr(), data.len());
                 // The Vec's heap buffer does not move when the Vec is
                 // moved into `retired`, which lives until the dispatch ends.
-                core.retired.push(data);
-                core.cursor = Some(Cursor {
+                core.q.retired.push(data);
+                core.q.cursor = Some(Cursor {
                     conn,
                     ptr,
                     len,
@@ -233,7 +233,7 @@ impl<'b> Batch<'b> {
             Ev::PauseWriting { conn } => Event::PauseWriting { conn },
             Ev::ResumeWriting { conn } => Event::ResumeWriting { conn },
             Ev::FrameError { conn, error } => {
-                core.close_after.push(conn);
+                core.q.close_after.push(conn);
                 Event::FrameError { conn, error }
             }
             Ev::Closed {
@@ -242,7 +242,7 @@ impl<'b> Batch<'b> {
                 counted,
             } => {
                 if let Some(c) = counted {
-                    core.releases.push(c);
+                    core.q.releases.push(c);
                 }
                 Event::Closed { conn, error }
             }
@@ -290,7 +290,7 @@ impl<'b> Batch<'b> {
     /// connection lookup; nothing for a raw connection.
     pub fn packets_of(&mut self, conn: ConnId, out: &mut Vec<&'b [u8]>) {
         let mut core = self.core.borrow_mut();
-        if core.cursor.map(|c| c.conn) != Some(conn) {
+        if core.q.cursor.map(|c| c.conn) != Some(conn) {
             return;
         }
         cut(&mut core, true, |data| {
@@ -325,7 +325,7 @@ enum End {
 /// a raw connection), or `None` when the chunk is used up, its connection is
 /// closing, or reading was paused (the rest of the chunk is then held).
 fn frame_next<'b>(core: &mut ThreadCore) -> Option<Event<'b>> {
-    let conn = core.cursor?.conn;
+    let conn = core.q.cursor?.conn;
     let mut one = None;
     let raw = cut(core, false, |data| {
         one = Some(data);
@@ -352,7 +352,7 @@ fn cut<'b>(
     packets_only: bool,
     mut emit: impl FnMut(&'b [u8]) -> bool,
 ) -> bool {
-    let Some(cur) = core.cursor else {
+    let Some(cur) = core.q.cursor else {
         return false;
     };
     let mut raw = false;
@@ -410,23 +410,23 @@ fn cut<'b>(
     };
     match end {
         End::More(offset) => {
-            if let Some(c) = core.cursor.as_mut() {
+            if let Some(c) = core.q.cursor.as_mut() {
                 c.offset = offset;
             }
         }
         End::Leave => {}
-        End::Stop => core.cursor = None,
+        End::Stop => core.q.cursor = None,
         End::Done => {
-            core.cursor = None;
+            core.q.cursor = None;
             core.track_packet(cur.conn);
         }
         End::Failed(error) => {
             core.touch(cur.conn);
-            core.events.push_front(Ev::FrameError {
+            core.q.events.push_front(Ev::FrameError {
                 conn: cur.conn,
                 error,
             });
-            core.cursor = None;
+            core.q.cursor = None;
         }
     }
     raw

@@ -214,10 +214,10 @@ impl<D: Driver + Send> Turns<D> {
         }
         let driver = &mut self.driver;
         let mut c = self.core.borrow_mut();
-        for bid in c.chunks_out.drain(..) {
+        for bid in c.q.chunks_out.drain(..) {
             driver.release(bid);
         }
-        c.retired.clear();
+        c.q.retired.clear();
         // 3. State into operations.
         c.enforce_deadline(now);
         c.settle(driver);

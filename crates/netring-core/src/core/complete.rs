@@ -37,7 +37,7 @@ impl ThreadCore {
                     RecvResult::Data(chunk) => {
                         conn.last_activity = now;
                         Stats::add(&self.engine.stats.bytes_in, chunk.len as u64);
-                        self.chunks_out.push(chunk.bid);
+                        self.q.chunks_out.push(chunk.bid);
                         if conn.state != State::Open || conn.frame_failed {
                             // closing: input after close() is discarded
                         } else if conn.layer().is_some() {
@@ -47,7 +47,7 @@ impl ThreadCore {
                             let wire = unsafe { std::slice::from_raw_parts(chunk.ptr, chunk.len) };
                             self.layer_read(id, wire);
                         } else {
-                            self.events.push_back(Ev::Data {
+                            self.q.events.push_back(Ev::Data {
                                 conn: conn.id,
                                 chunk,
                             });
@@ -60,7 +60,7 @@ impl ThreadCore {
                                 let id = conn.id;
                                 self.layer_eof(id);
                             } else {
-                                self.events.push_back(Ev::Eof { conn: conn.id });
+                                self.q.events.push_back(Ev::Eof { conn: conn.id });
                             }
                         }
                     }
@@ -86,7 +86,7 @@ impl ThreadCore {
                         let queued = conn.queued();
                         conn.shared.set_queued(queued);
                         if conn.state == State::Open && conn.flow.drained(queued) {
-                            self.events.push_back(Ev::ResumeWriting { conn: conn.id });
+                            self.q.events.push_back(Ev::ResumeWriting { conn: conn.id });
                         }
                     }
                     Err(e) => {

@@ -27,7 +27,7 @@ impl ThreadCore {
     ) {
         if self.shutdown_deadline.is_some() {
             let error = io::Error::new(io::ErrorKind::ConnectionAborted, "the pool is closing");
-            self.events.push_back(Ev::ConnectFailed { token, error });
+            self.q.events.push_back(Ev::ConnectFailed { token, error });
             return;
         }
         let fd = socket.as_raw_fd();
@@ -92,13 +92,13 @@ impl ThreadCore {
                 };
                 match &attempt.layer {
                     Some(layer) => self.start_layer(id, layer, open, true),
-                    None => self.events.push_back(open),
+                    None => self.q.events.push_back(open),
                 }
             }
             Err(error) => {
                 conn.silent = true;
                 conn.begin_abort(None, false);
-                self.events.push_back(Ev::ConnectFailed {
+                self.q.events.push_back(Ev::ConnectFailed {
                     token: attempt.token,
                     error,
                 });

@@ -73,7 +73,7 @@ impl ThreadCore {
         let ok = result.is_ok();
         self.layer_output(id, out, result);
         if ok {
-            self.events.push_back(Ev::Eof { conn: id });
+            self.q.events.push_back(Ev::Eof { conn: id });
         }
     }
 
@@ -112,16 +112,16 @@ impl ThreadCore {
             u.plain.extend_from_slice(&out.plain);
             if ready && open && result.is_ok() {
                 let u = self.unready.remove(&id.index).expect("just found");
-                self.events.push_back(u.open);
+                self.q.events.push_back(u.open);
                 if !u.plain.is_empty() {
-                    self.events.push_back(Ev::Held {
+                    self.q.events.push_back(Ev::Held {
                         conn: id,
                         data: u.plain,
                     });
                 }
             }
         } else if !out.plain.is_empty() && open {
-            self.events.push_back(Ev::Held {
+            self.q.events.push_back(Ev::Held {
                 conn: id,
                 data: out.plain,
             });
@@ -163,7 +163,7 @@ impl ThreadCore {
                 conn.silent = true;
                 if let Ev::Connected { token, .. } = u.open {
                     let error = io::Error::new(io::ErrorKind::InvalidData, error);
-                    self.events.push_back(Ev::ConnectFailed { token, error });
+                    self.q.events.push_back(Ev::ConnectFailed { token, error });
                 }
             }
             None => conn.rare().error = Some(ConnError::Layer(error)),

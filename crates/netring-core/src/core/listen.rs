@@ -148,7 +148,7 @@ impl ThreadCore {
         };
         match &options.layer {
             Some(layer) => self.start_layer(id, layer, open, false),
-            None => self.events.push_back(open),
+            None => self.q.events.push_back(open),
         }
     }
 
@@ -279,7 +279,7 @@ impl ThreadCore {
 
     /// Free the places of connections whose `Closed` was just dispatched.
     pub(crate) fn release_dispatched(&mut self) {
-        for (counts, ip) in std::mem::take(&mut self.releases) {
+        for (counts, ip) in std::mem::take(&mut self.q.releases) {
             self.release_count(&counts, ip);
         }
     }

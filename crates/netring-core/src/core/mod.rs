@@ -8,9 +8,7 @@
 //! dirty; nothing reaches the kernel until the batch is over, so all writes
 //! of one batch go out in one submission with no wake-up.
 
-use std::collections::{HashMap, VecDeque};
-use std::io;
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,9 +18,8 @@ use socket2::SockRef;
 use crate::config::ConnOptions;
 use crate::conn::sendq::BufCache;
 use crate::conn::slab::GenSlab;
-use crate::conn::{Conn, ConnError, ConnId, ConnShared, State};
-use crate::driver::{Chunk, Driver};
-use crate::limits::{Counted, ListenerCounts};
+use crate::conn::{Conn, ConnId, State};
+use crate::driver::Driver;
 use crate::mailbox::Cmd;
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -34,6 +31,7 @@ mod connect;
 mod layered;
 mod listen;
 mod ops;
+mod queues;
 mod settle;
 mod timers;
 mod trim;
@@ -41,107 +39,11 @@ mod udp;
 
 pub(crate) use active::{with_active, ActiveGuard};
 use listen::Listener;
+pub(crate) use queues::{Cursor, Ev, Queues};
 
 /// Longest a gracefully closed connection reads and discards the peer's
 /// input while waiting for its EOF (lingering close) before closing anyway.
 pub const LINGER_MAX: Duration = Duration::from_secs(2);
-
-/// An event waiting for dispatch (internal form; see `event::Event`).
-pub(crate) enum Ev {
-    Opened {
-        conn: ConnId,
-        listener: usize,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-        shared: Arc<ConnShared>,
-    },
-    Data {
-        conn: ConnId,
-        chunk: Chunk,
-    },
-    Held {
-        conn: ConnId,
-        data: Vec<u8>,
-    },
-    Eof {
-        conn: ConnId,
-    },
-    Timer {
-        id: u64,
-    },
-    Connected {
-        conn: ConnId,
-        token: u64,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-        shared: Arc<ConnShared>,
-    },
-    ConnectFailed {
-        token: u64,
-        error: io::Error,
-    },
-    IdleTimeout {
-        conn: ConnId,
-    },
-    PauseWriting {
-        conn: ConnId,
-    },
-    ResumeWriting {
-        conn: ConnId,
-    },
-    Closed {
-        conn: ConnId,
-        error: Option<ConnError>,
-        /// Released once `connection_lost` has run (after the dispatch).
-        counted: Counted,
-    },
-    FrameError {
-        conn: ConnId,
-        error: crate::framing::FrameError,
-    },
-    EndpointOpened {
-        ep: ConnId,
-        token: u64,
-        local: Option<SocketAddr>,
-        peer: Option<SocketAddr>,
-        shared: Arc<ConnShared>,
-    },
-    Datagram {
-        ep: ConnId,
-        chunk: Chunk,
-        addr: Option<SocketAddr>,
-    },
-    DatagramTruncated {
-        ep: ConnId,
-        addr: Option<SocketAddr>,
-        size: usize,
-    },
-    DatagramError {
-        ep: ConnId,
-        error: io::Error,
-    },
-    EndpointPauseWriting {
-        ep: ConnId,
-    },
-    EndpointResumeWriting {
-        ep: ConnId,
-    },
-    EndpointClosed {
-        ep: ConnId,
-        error: Option<io::Error>,
-    },
-}
-
-/// A received chunk being cut into packets across `Batch::next` calls.
-#[derive(Clone, Copy)]
-pub(crate) struct Cursor {
-    pub(crate) conn: ConnId,
-    /// Start of the chunk; valid until the end of the dispatch (a ring
-    /// buffer or a retired held buffer).
-    pub(crate) ptr: *const u8,
-    pub(crate) len: usize,
-    pub(crate) offset: usize,
-}
 
 /// The connections, listeners and pending events of one IO thread.
 pub struct ThreadCore {
@@ -150,36 +52,20 @@ pub struct ThreadCore {
     pub(crate) engine: Arc<Shared>,
     pub(crate) thread: u16,
     conns: GenSlab<Conn>,
-    pub(crate) events: VecDeque<Ev>,
-    /// `pause_writing` notices: delivered before any other pending event,
-    /// so a protocol can stop its producers before they write more (asyncio
-    /// calls `pause_writing` inside `write()`).
-    pub(crate) urgent: VecDeque<Ev>,
+    /// What the next dispatch delivers and what it leaves to clean up.
+    pub(crate) q: Queues,
     dirty: Vec<usize>,
-    /// Receive buffers handed out in this batch; released after dispatch.
-    pub(crate) chunks_out: Vec<u16>,
-    /// Held data delivered in this batch; dropped after dispatch.
-    pub(crate) retired: Vec<Vec<u8>>,
     listeners: HashMap<usize, Listener>,
     pub(crate) shutdown_deadline: Option<Instant>,
     cache: BufCache,
-    /// The chunk being framed during a dispatch.
-    pub(crate) cursor: Option<Cursor>,
     pub(crate) timers: Timers,
     /// UDP endpoints (`udp.rs`).
     pub(crate) udp: crate::udp::UdpTable,
     /// A descriptor was closed this turn: accepts backing off after
     /// EMFILE may retry at once.
     fd_freed: bool,
-    /// Places under listener limits whose `Closed` was delivered in this
-    /// dispatch: freed after it, so that a new connection's
-    /// `connection_made` never runs before the old one's `connection_lost`.
-    pub(crate) releases: Vec<(Arc<ListenerCounts>, Option<std::net::IpAddr>)>,
     /// Connections paused because the engine is over `max_buffer_memory`.
     mem_paused: Vec<ConnId>,
-    /// Connections whose `FrameError` was just delivered: closed (flushing
-    /// what the handler wrote in answer) before the next event.
-    pub(crate) close_after: Vec<ConnId>,
     /// Layered connections the protocol does not see yet, by slot.
     unready: HashMap<u32, layered::Unready>,
     /// A `TrimSpares` timer is pending.
@@ -195,21 +81,15 @@ impl ThreadCore {
             engine,
             thread,
             conns: GenSlab::new(thread),
-            events: VecDeque::new(),
-            urgent: VecDeque::new(),
+            q: Queues::default(),
             dirty: Vec::new(),
-            chunks_out: Vec::new(),
-            retired: Vec::new(),
             listeners: HashMap::new(),
             shutdown_deadline: None,
             cache: BufCache::default(),
-            cursor: None,
             timers: Timers::default(),
             udp: crate::udp::UdpTable::new(thread),
             fd_freed: false,
-            releases: Vec::new(),
             mem_paused: Vec::new(),
-            close_after: Vec::new(),
             unready: HashMap::new(),
             trim_scheduled: false,
             trim_due: false,
@@ -231,7 +111,7 @@ impl ThreadCore {
         id: ConnId,
     ) -> Option<(&mut Conn, &mut Vec<Vec<u8>>)> {
         let conn = self.conns.get_mut(id)?;
-        Some((conn, &mut self.retired))
+        Some((conn, &mut self.q.retired))
     }
 
     fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn) {
@@ -284,7 +164,7 @@ impl ThreadCore {
 
     /// Whether events wait for dispatch.
     pub(crate) fn has_events(&self) -> bool {
-        !self.events.is_empty() || !self.urgent.is_empty()
+        self.q.has_events()
     }
 
     /// True when the thread holds nothing: no connection, listener or event.
@@ -292,8 +172,7 @@ impl ThreadCore {
         self.conns.is_empty()
             && self.udp.is_empty()
             && self.listeners.is_empty()
-            && self.events.is_empty()
-            && self.urgent.is_empty()
+            && !self.q.has_events()
     }
     // ---- mailbox ------------------------------------------------------------
 
@@ -434,7 +313,7 @@ impl ThreadCore {
 
     /// Close the connections whose `FrameError` was just delivered.
     pub(crate) fn close_after_frame_errors(&mut self) {
-        for id in std::mem::take(&mut self.close_after) {
+        for id in std::mem::take(&mut self.q.close_after) {
             self.close(id);
         }
     }

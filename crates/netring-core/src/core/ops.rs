@@ -35,8 +35,8 @@ impl ThreadCore {
         // Bytes buffered under the old rule may already hold packets under
         // the new one: unless this connection's chunk is being cut right
         // now, queue an empty read so they are re-framed at once.
-        if self.cursor.map(|c| c.conn) != Some(id) {
-            self.events.push_front(Ev::Held {
+        if self.q.cursor.map(|c| c.conn) != Some(id) {
+            self.q.events.push_front(Ev::Held {
                 conn: id,
                 data: Vec::new(),
             });
@@ -133,7 +133,7 @@ impl ThreadCore {
         if !pause {
             Written::Queued
         } else if event {
-            self.urgent.push_back(Ev::PauseWriting { conn: id });
+            self.q.urgent.push_back(Ev::PauseWriting { conn: id });
             Written::Queued
         } else {
             Written::CrossedHigh
@@ -191,10 +191,10 @@ impl ThreadCore {
                 held.push(Vec::new());
             }
             if eof {
-                self.events.push_front(Ev::Eof { conn: id });
+                self.q.events.push_front(Ev::Eof { conn: id });
             }
             for data in held.into_iter().rev() {
-                self.events.push_front(Ev::Held { conn: id, data });
+                self.q.events.push_front(Ev::Held { conn: id, data });
             }
         }
     }
@@ -210,8 +210,8 @@ impl ThreadCore {
         let Some(conn) = self.touch(id) else { return };
         let queued = conn.queued();
         match conn.flow.set_limits(high, low, queued) {
-            Some(Crossing::Pause) => self.urgent.push_back(Ev::PauseWriting { conn: id }),
-            Some(Crossing::Resume) => self.events.push_back(Ev::ResumeWriting { conn: id }),
+            Some(Crossing::Pause) => self.q.urgent.push_back(Ev::PauseWriting { conn: id }),
+            Some(Crossing::Resume) => self.q.events.push_back(Ev::ResumeWriting { conn: id }),
             None => {}
         }
     }

@@ -125,7 +125,7 @@ impl ThreadCore {
                 if !conn.silent {
                     conn.silent = true;
                     Stats::add(&self.engine.stats.closed, 1);
-                    self.events.push_back(Ev::Closed {
+                    self.q.events.push_back(Ev::Closed {
                         conn: conn.id,
                         error: conn.take_error(),
                         counted: conn.take_counted(),
@@ -172,7 +172,7 @@ impl ThreadCore {
             }
         } else {
             Stats::add(&self.engine.stats.closed, 1);
-            self.events.push_back(Ev::Closed {
+            self.q.events.push_back(Ev::Closed {
                 conn: conn.id,
                 error,
                 counted,

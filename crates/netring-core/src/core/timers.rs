@@ -12,7 +12,7 @@ impl ThreadCore {
     pub(crate) fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.timers.pop_due(now) {
             match due {
-                Due::User(id) => self.events.push_back(Ev::Timer { id }),
+                Due::User(id) => self.q.events.push_back(Ev::Timer { id }),
                 Due::TrimSpares => {
                     self.trim_scheduled = false;
                     self.trim_due = true;
@@ -30,7 +30,7 @@ impl ThreadCore {
                         // Report, and again one period later if still idle.
                         conn.last_activity = now;
                         self.timers.schedule(now + t, Due::Idle(id));
-                        self.events.push_back(Ev::IdleTimeout { conn: id });
+                        self.q.events.push_back(Ev::IdleTimeout { conn: id });
                     } else {
                         self.timers.schedule(idle_at, Due::Idle(id));
                     }

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::ThreadCore;
 use crate::driver::Driver;
-use crate::housekeeping::{shrink_deque, shrink_vec, SCRATCH_KEEP};
 use crate::timer::Due;
 
 /// How often a thread frees the spare write buffers, receive buffers and
@@ -24,20 +23,14 @@ impl ThreadCore {
     /// (thousands of accepts in one wait) grew, once empty again. Returns
     /// the bytes freed.
     pub(crate) fn trim<D: Driver>(&mut self, driver: &mut D) -> usize {
-        self.cache.trim()
-            + driver.trim_buffers()
-            + shrink_deque(&mut self.events)
-            + shrink_deque(&mut self.urgent)
-            + shrink_vec(&mut self.chunks_out)
+        self.cache.trim() + driver.trim_buffers() + self.q.shrink()
     }
 
     /// While spare write buffers are kept (or `others`: receive buffers, or
     /// queues a burst grew), check every `SPARES_TRIM_INTERVAL` for ones
     /// that went unused: an idle thread wakes to give them back.
     pub(crate) fn schedule_trim(&mut self, now: Instant, others: bool) {
-        let grown = self.events.capacity() > SCRATCH_KEEP
-            || self.urgent.capacity() > SCRATCH_KEEP
-            || self.chunks_out.capacity() > SCRATCH_KEEP;
+        let grown = self.q.grown();
         if !self.trim_scheduled && (others || grown || self.cache.has_spares()) {
             self.trim_scheduled = true;
             self.timers

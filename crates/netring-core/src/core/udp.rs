@@ -21,7 +21,7 @@ impl ThreadCore {
     pub(crate) fn udp_open(&mut self, token: u64, socket: OwnedFd, max_send_queue: usize) {
         if self.shutdown_deadline.is_some() {
             let error = io::Error::new(io::ErrorKind::ConnectionAborted, "the pool is closing");
-            self.events.push_back(Ev::ConnectFailed { token, error });
+            self.q.events.push_back(Ev::ConnectFailed { token, error });
             return;
         }
         let sock = socket2::SockRef::from(&socket);
@@ -33,7 +33,7 @@ impl ThreadCore {
             .insert_with(|id| Endpoint::new(id, socket, max_send_queue));
         let Some(ep) = t.touch(id) else { return };
         let shared = ep.shared.clone();
-        self.events.push_back(Ev::EndpointOpened {
+        self.q.events.push_back(Ev::EndpointOpened {
             ep: id,
             token,
             local,
@@ -71,7 +71,7 @@ impl ThreadCore {
             return Written::Queued;
         }
         if event {
-            self.urgent.push_back(Ev::EndpointPauseWriting { ep: id });
+            self.q.urgent.push_back(Ev::EndpointPauseWriting { ep: id });
             Written::Queued
         } else {
             Written::CrossedHigh
@@ -106,8 +106,11 @@ impl ThreadCore {
     pub fn udp_set_write_limits(&mut self, id: ConnId, high: usize, low: usize) {
         let Some(ep) = self.udp.touch(id) else { return };
         match ep.flow.set_limits(high, low, ep.queued) {
-            Some(Crossing::Pause) => self.urgent.push_back(Ev::EndpointPauseWriting { ep: id }),
-            Some(Crossing::Resume) => self.events.push_back(Ev::EndpointResumeWriting { ep: id }),
+            Some(Crossing::Pause) => self.q.urgent.push_back(Ev::EndpointPauseWriting { ep: id }),
+            Some(Crossing::Resume) => self
+                .q
+                .events
+                .push_back(Ev::EndpointResumeWriting { ep: id }),
             None => {}
         }
     }
@@ -151,11 +154,11 @@ impl ThreadCore {
                 let open = ep.state == UdpState::Open;
                 match result {
                     DgramResult::Data { chunk, addr } => {
-                        self.chunks_out.push(chunk.bid);
+                        self.q.chunks_out.push(chunk.bid);
                         Stats::add(&self.engine.stats.datagrams_in, 1);
                         Stats::add(&self.engine.stats.bytes_in, chunk.len as u64);
                         if open {
-                            self.events.push_back(Ev::Datagram {
+                            self.q.events.push_back(Ev::Datagram {
                                 ep: id,
                                 chunk,
                                 addr,
@@ -166,7 +169,8 @@ impl ThreadCore {
                         driver.release(chunk.bid);
                         Stats::add(&self.engine.stats.datagrams_truncated, 1);
                         if open {
-                            self.events
+                            self.q
+                                .events
                                 .push_back(Ev::DatagramTruncated { ep: id, addr, size });
                         }
                     }
@@ -176,7 +180,7 @@ impl ThreadCore {
                         // socket...): asyncio's error_received; the recv is
                         // re-armed by settle.
                         if open {
-                            self.events.push_back(Ev::DatagramError { ep: id, error });
+                            self.q.events.push_back(Ev::DatagramError { ep: id, error });
                         }
                     }
                     DgramResult::Err(error) => {
@@ -212,12 +216,14 @@ impl ThreadCore {
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
                     Err(error) => {
                         if open {
-                            self.events.push_back(Ev::DatagramError { ep: id, error });
+                            self.q.events.push_back(Ev::DatagramError { ep: id, error });
                         }
                     }
                 }
                 if resume && open {
-                    self.events.push_back(Ev::EndpointResumeWriting { ep: id });
+                    self.q
+                        .events
+                        .push_back(Ev::EndpointResumeWriting { ep: id });
                 }
             }
             _ => unreachable!("not a datagram completion"),
@@ -291,7 +297,9 @@ impl ThreadCore {
                 driver.forget_dgram(slot, ep.fd.as_raw_fd());
                 let (id, error) = (ep.id, ep.error);
                 drop(ep.fd); // closes the socket
-                self.events.push_back(Ev::EndpointClosed { ep: id, error });
+                self.q
+                    .events
+                    .push_back(Ev::EndpointClosed { ep: id, error });
             }
         }
     }
