@@ -368,17 +368,11 @@ def test_descriptor_exhaustion_idles_and_recovers(backend: str, tmp_path: Any) -
     assert proc.returncode == 0, open(log).read()
 
 
-@pytest.mark.timeout(60)
-def test_descriptor_exhaustion_recovers_within_one_second(backend: str, tmp_path: Any) -> None:
-    with exhausted_server(backend, str(tmp_path / "server.log")) as (_proc, port, clients):
-        # NOTE: a wait for time to pass, not for a condition: the backoff
-        # (5 ms doubling to 1 s) is at its cap 1.3 s after the first failed
-        # accept, which is logged when it happens (exhausted_server waits for
-        # it); nothing shows the cap itself. Its exact schedule is for the
-        # engine's tests with injected time.
-        time.sleep(2.5)
-        elapsed = _serve_new_client_after_close(port, clients)
-        assert elapsed < 1.0, f"new client served {elapsed:.2f} s after the others closed"
+# NOTE: the backoff's schedule (5 ms doubling to a 1 s cap) and the retry at
+# once when a descriptor frees, even at the cap, are tested with injected time
+# on a fake driver (netring-core's machine_tests.rs: accept_backoff_doubles_
+# up_to_its_cap_and_retries_when_a_descriptor_frees); a test here slept 2.5 s
+# to reach the cap. The real kernel's EMFILE path is the test above.
 
 
 # --- shutdown under load ----------------------------------------------------
