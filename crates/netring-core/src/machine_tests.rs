@@ -161,6 +161,21 @@ impl Rig {
         self.run();
     }
 
+    /// Ask for an outbound connection (a socket pair's end stands in for
+    /// the socket).
+    fn connect(&mut self, token: u64, options: ConnOptions, deadline: Option<Instant>) {
+        let (socket, peer) = UnixStream::pair().unwrap();
+        self.peers.push(peer);
+        self.push(Cmd::Connect {
+            token,
+            socket: socket.into(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            options: Arc::new(options),
+            deadline,
+        });
+        self.run();
+    }
+
     fn conn(&self, slot: u32) -> ConnRef {
         self.h
             .conns
@@ -431,15 +446,11 @@ fn spare_buffers_are_trimmed_a_second_after_they_appear() {
 #[test]
 fn an_outbound_connect_times_out_and_leaves_nothing() {
     let mut r = Rig::new();
-    let (socket, _peer) = UnixStream::pair().unwrap();
-    r.push(Cmd::Connect {
-        token: 7,
-        socket: socket.into(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        options: Arc::new(ConnOptions::default()),
-        deadline: Some(r.now() + Duration::from_secs(3)),
-    });
-    r.run();
+    r.connect(
+        7,
+        ConnOptions::default(),
+        Some(r.now() + Duration::from_secs(3)),
+    );
     assert_eq!(r.ops(), [Op::Connect(0)]);
     r.advance(Duration::from_secs(3));
     assert_eq!(r.ops(), [Op::CancelConnect(0)]);
@@ -451,15 +462,7 @@ fn an_outbound_connect_times_out_and_leaves_nothing() {
     assert!(log[0].contains("timed out"), "{log:?}");
     assert_eq!(r.ops(), [Op::Forget(0)]);
     // The next one connects: from here it is an ordinary connection.
-    let (socket, _peer) = UnixStream::pair().unwrap();
-    r.push(Cmd::Connect {
-        token: 8,
-        socket: socket.into(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        options: Arc::new(ConnOptions::default()),
-        deadline: None,
-    });
-    r.run();
+    r.connect(8, ConnOptions::default(), None);
     assert_eq!(r.ops(), [Op::Connect(0)]);
     r.fake().connected(0, Ok(()));
     r.run();
@@ -621,15 +624,7 @@ fn a_layer_error_after_the_handshake_reaches_connection_lost_with_its_reason() {
 #[test]
 fn an_outbound_connection_starts_its_layer_and_opens_once_it_is_ready() {
     let mut r = Rig::new();
-    let (socket, _peer) = UnixStream::pair().unwrap();
-    r.push(Cmd::Connect {
-        token: 3,
-        socket: socket.into(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        options: Arc::new(toy()),
-        deadline: None,
-    });
-    r.run();
+    r.connect(3, toy(), None);
     r.fake().connected(0, Ok(()));
     r.run();
     assert_eq!(
@@ -642,15 +637,7 @@ fn an_outbound_connection_starts_its_layer_and_opens_once_it_is_ready() {
     r.run();
     assert_eq!(r.log(), ["connected 3"]);
     // A server that answers wrong fails the connect instead.
-    let (socket, _peer) = UnixStream::pair().unwrap();
-    r.push(Cmd::Connect {
-        token: 4,
-        socket: socket.into(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        options: Arc::new(toy()),
-        deadline: None,
-    });
-    r.run();
+    r.connect(4, toy(), None);
     r.fake().connected(1, Ok(()));
     r.run();
     r.fake().sent(1, HELLO.len());

@@ -110,6 +110,14 @@ pub fn framed_echo_engine(
     config: EngineConfig,
     framing: Framing,
 ) -> (Engine, SocketAddr, Arc<Mutex<Log>>) {
+    let (engine, log) = start_echo(backend, config);
+    let addr = listen_local(&engine, framing);
+    (engine, addr, log)
+}
+
+/// An engine on exactly `backend` whose threads run the echo handler,
+/// listening nowhere yet.
+pub fn start_echo(backend: Backend, config: EngineConfig) -> (Engine, Arc<Mutex<Log>>) {
     let config = EngineConfig {
         backend: BackendChoice::Exactly(backend),
         ..config
@@ -125,21 +133,28 @@ pub fn framed_echo_engine(
     })
     .expect("engine starts");
     assert_eq!(engine.backend(), backend);
-    let addr = listen_local(&engine, framing);
-    (engine, addr, log)
+    (engine, log)
 }
 
 /// Listen on 127.0.0.1:0 with `framing`; the bound address.
 pub fn listen_local(engine: &Engine, framing: Framing) -> SocketAddr {
+    listen_local_with(
+        engine,
+        ConnOptions {
+            framing,
+            ..Default::default()
+        },
+    )
+}
+
+/// Listen on 127.0.0.1:0 giving connections `conn`; the bound address.
+pub fn listen_local_with(engine: &Engine, conn: ConnOptions) -> SocketAddr {
     let (_, addr) = engine
         .listen(&ListenConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             backlog: 1024,
             reuse_port: false,
-            conn: ConnOptions {
-                framing,
-                ..Default::default()
-            },
+            conn,
             limits: Default::default(),
         })
         .expect("listen");

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -14,36 +13,16 @@ use common::*;
 use netring_core::framing::Framing;
 use netring_core::layer::testing::{encode, ToyFactory, END, HELLO, WELCOME};
 use netring_core::layer::Layer;
-use netring_core::{Backend, BackendChoice, ConnOptions, Engine, EngineConfig, ListenConfig};
+use netring_core::{Backend, ConnOptions, Engine, EngineConfig};
 
 fn toy_echo(backend: Backend, framing: Framing) -> (Engine, SocketAddr, Arc<Mutex<Log>>) {
-    let log = Arc::new(Mutex::new(Log::default()));
-    let l2 = log.clone();
-    let config = EngineConfig {
-        backend: BackendChoice::Exactly(backend),
+    let (engine, log) = start_echo(backend, EngineConfig::default());
+    let conn = ConnOptions {
+        framing,
+        layer: Some(Layer(Arc::new(ToyFactory))),
         ..Default::default()
     };
-    let engine = Engine::start(config, move |_, io_loop| {
-        let mut h = Echo {
-            conns: HashMap::new(),
-            log: l2.clone(),
-        };
-        io_loop.run(&mut h);
-    })
-    .expect("engine starts");
-    let (_, addr) = engine
-        .listen(&ListenConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            backlog: 128,
-            reuse_port: false,
-            conn: ConnOptions {
-                framing,
-                layer: Some(Layer(Arc::new(ToyFactory))),
-                ..Default::default()
-            },
-            limits: Default::default(),
-        })
-        .expect("listen");
+    let addr = listen_local_with(&engine, conn);
     (engine, addr, log)
 }
 
