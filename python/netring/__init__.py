@@ -33,6 +33,7 @@ from .framing import Delimited, Exactly, LengthPrefixed, Raw, Resp
 from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
+from .tls import TLSConfig
 from .udp import DatagramProtocol
 from .workers import WorkerPool
 
@@ -58,6 +59,7 @@ __all__ = [
     "Raw",
     "Resp",
     "Server",
+    "TLSConfig",
     "TimerHandle",
     "Transport",
     "WorkerPool",

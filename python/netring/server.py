@@ -32,6 +32,7 @@ from ._served import _ServerWork
 from .errors import ConfigurationError, NetringError
 from .framing import Framing
 from .pool import DEFAULT_GRACE_SECONDS, IOPool, default_io_threads, shutdown_all
+from .tls import TLSConfig
 from .workers import WorkerPool
 
 __all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
@@ -146,6 +147,7 @@ class Server:
         overflow: str = "hold",
         max_write_buffer: int | None = None,
         frame_timeout: float | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -171,6 +173,9 @@ class Server:
                                   else check_int("max_write_buffer", max_write_buffer, 1))
         self._frame_timeout = (None if frame_timeout is None
                                else check_seconds("frame_timeout", frame_timeout, positive=True))
+        if tls is not None and not isinstance(tls, TLSConfig):
+            raise TypeError(f"tls: must be a netring.TLSConfig, not {type(tls).__name__}")
+        self._tls = tls
         if priority is not None and not callable(priority):
             raise TypeError(f"priority: must be callable, not {type(priority).__name__}")
         if isinstance(workers, WorkerPool):
@@ -226,7 +231,8 @@ class Server:
                     self._host, self._port, self._backlog, self._reuse_port, factory,
                     self._framing._spec(), self._idle_timeout, self._keepalive,
                     self._max_write_buffer, self._frame_timeout, self._max_connections,
-                    self._max_per_ip, self._overflow == "close")
+                    self._max_per_ip, self._overflow == "close",
+                    None if self._tls is None else self._tls._native)
             except BaseException:
                 if work is not None and work.owned:
                     work.pool.close(0.0)

@@ -496,7 +496,7 @@ fn an_outside_owner_drives_the_loop_with_run_ready_and_next_deadline() {
 
 fn toy() -> ConnOptions {
     ConnOptions {
-        layer: Some(Layer(Arc::new(ToyFactory))),
+        layer: Some(Layer(Arc::new(ToyFactory::default()))),
         ..Default::default()
     }
 }
@@ -660,4 +660,36 @@ fn what_a_layer_buffers_counts_in_buffer_memory() {
     r.fake().recv(0, b"HELL");
     r.run();
     assert!(shared.memory.used() >= 4, "{}", shared.memory.used());
+}
+
+#[test]
+fn a_layer_that_is_not_ready_in_time_is_closed_without_the_protocol_hearing_of_it() {
+    let mut r = Rig::new();
+    let factory = ToyFactory {
+        ready_timeout: Some(Duration::from_secs(5)),
+    };
+    let options = ConnOptions {
+        layer: Some(Layer(Arc::new(factory))),
+        ..Default::default()
+    };
+    let l = r.listen(options, None);
+    r.accept(l);
+    r.fake().recv(0, b"HEL"); // and then nothing
+    r.run();
+    r.ops();
+    r.advance(Duration::from_secs(5) - MS);
+    assert_eq!(r.ops(), []);
+    r.advance(MS);
+    // Closed gracefully (lingering for the peer's EOF), never reported.
+    r.fake().recv_eof(0);
+    r.run();
+    assert_eq!(r.ops(), [Op::Forget(0)]);
+    assert_eq!(r.log(), [] as [String; 0]);
+    // One that completes in time is not touched by its old deadline.
+    r.accept(l);
+    r.fake().recv(0, HELLO);
+    r.run();
+    r.advance(Duration::from_secs(6));
+    assert_eq!(r.log(), ["opened 0"]);
+    assert!(r.fake().recv_armed(0));
 }

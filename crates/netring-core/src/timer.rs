@@ -33,6 +33,8 @@ pub(crate) enum Due {
     FrameTimeout(ConnId, std::time::Instant),
     /// Free the spare write buffers that went unused since the last trim.
     TrimSpares,
+    /// Close a connection whose stream layer is still not ready.
+    LayerDeadline(ConnId),
 }
 
 /// The timers of one IO thread.

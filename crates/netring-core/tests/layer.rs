@@ -19,7 +19,7 @@ fn toy_echo(backend: Backend, framing: Framing) -> (Engine, SocketAddr, Arc<Mute
     let (engine, log) = start_echo(backend, EngineConfig::default());
     let conn = ConnOptions {
         framing,
-        layer: Some(Layer(Arc::new(ToyFactory))),
+        layer: Some(Layer(Arc::new(ToyFactory::default()))),
         ..Default::default()
     };
     let addr = listen_local_with(&engine, conn);

@@ -73,7 +73,7 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
-    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false))]
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false, tls=None))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -91,6 +91,7 @@ impl Engine {
         max_connections: Option<usize>,
         max_connections_per_ip: Option<usize>,
         close_on_overflow: bool,
+        tls: Option<Bound<'_, crate::tls::TlsServerConfig>>,
     ) -> PyResult<(usize, String, u16)> {
         let framing = framing_or_raw(framing)?;
         let overflow = if close_on_overflow {
@@ -98,17 +99,19 @@ impl Engine {
         } else {
             netring_core::config::Overflow::Hold
         };
+        let mut conn = conn_options(
+            framing.clone(),
+            idle_timeout,
+            keepalive,
+            max_write_buffer,
+            frame_timeout,
+        );
+        conn.layer = tls.map(|t| t.get().layer());
         let cfg = ListenConfig {
             addr: ip_addr(py, host, port)?,
             backlog,
             reuse_port,
-            conn: conn_options(
-                framing.clone(),
-                idle_timeout,
-                keepalive,
-                max_write_buffer,
-                frame_timeout,
-            ),
+            conn,
             limits: netring_core::config::ListenLimits {
                 max_connections,
                 max_connections_per_ip,

@@ -9,6 +9,7 @@ mod engine;
 mod errors;
 mod framing;
 mod logging;
+mod tls;
 mod transport;
 mod udp;
 mod util;
@@ -29,6 +30,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install(m.py())?;
     m.add_class::<engine::Engine>()?;
     m.add_class::<transport::Transport>()?;
+    m.add_class::<tls::TlsServerConfig>()?;
     m.add_class::<udp::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(probe_backend, m)?)?;
     m.add_function(wrap_pyfunction!(framing::check_framing, m)?)?;

@@ -215,6 +215,8 @@ pub(crate) struct Layered {
     pub(crate) plain: SendQueue,
     /// `on_close` was called (our last words are queued).
     pub(crate) closed: bool,
+    /// The layer ended the peer's stream (`LayerOut::eof`): its `Eof` went.
+    pub(crate) eof: bool,
 }
 
 /// What a connection holds only in some lives: held input, a failure, a

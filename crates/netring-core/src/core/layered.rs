@@ -9,6 +9,7 @@ use std::io;
 use super::{Ev, ThreadCore};
 use crate::conn::{ConnError, ConnId, Layered, State};
 use crate::layer::{Layer, LayerError, LayerOut};
+use crate::timer::Due;
 
 /// A connection whose layer is not ready yet: the event that opens it to
 /// the protocol, and the plaintext that arrived meanwhile.
@@ -35,6 +36,7 @@ impl ThreadCore {
             name: layer.0.name(),
             plain: Default::default(),
             closed: false,
+            eof: false,
         }));
         self.unready.insert(
             id.index,
@@ -43,6 +45,9 @@ impl ThreadCore {
                 plain: Vec::new(),
             },
         );
+        if let Some(t) = layer.0.ready_timeout() {
+            self.timers.schedule(self.now + t, Due::LayerDeadline(id));
+        }
         self.layer_output(id, out, Ok(()));
     }
 
@@ -62,6 +67,9 @@ impl ThreadCore {
         let Some(l) = self.conn(id).and_then(|c| c.layer_mut()) else {
             return;
         };
+        if l.eof {
+            return; // the layer ended the stream already; its Eof went
+        }
         let mut out = LayerOut::default();
         let mut result = l.layer.on_eof(&mut out);
         if result.is_ok() && !l.layer.is_ready() {
@@ -75,6 +83,23 @@ impl ThreadCore {
         if ok {
             self.q.events.push_back(Ev::Eof { conn: id });
         }
+    }
+
+    /// The layer of `id` had until now to become ready.
+    pub(super) fn layer_deadline(&mut self, id: ConnId) {
+        // NOTE: `unready` is keyed by slot: the generation check (`get_mut`)
+        // makes sure a new connection in the same slot is not the one timed.
+        let Some(l) = self.conns.get_mut(id).and_then(|c| c.layer()) else {
+            return;
+        };
+        if !self.unready.contains_key(&id.index) {
+            return; // ready in time
+        }
+        let error = LayerError::new(
+            l.name,
+            "not ready within its time limit (stalled handshake)",
+        );
+        self.layer_failed(id, error);
     }
 
     /// Settle's hook: the plaintext written since the last settle through
@@ -126,6 +151,13 @@ impl ThreadCore {
                 data: out.plain,
             });
         }
+        if out.eof && open && result.is_ok() && !self.unready.contains_key(&id.index) {
+            if let Some(l) = self.conns.get_mut(id).and_then(|c| c.layer_mut()) {
+                if !std::mem::replace(&mut l.eof, true) {
+                    self.q.events.push_back(Ev::Eof { conn: id });
+                }
+            }
+        }
         if let Err(e) = result {
             self.layer_failed(id, e);
         }
@@ -134,7 +166,7 @@ impl ThreadCore {
     /// The layer closed `id` with `error`: gracefully, so that its last
     /// bytes (an alert) still go out. A connection the protocol never saw
     /// closes silently (an outbound one fails its connect).
-    fn layer_failed(&mut self, id: ConnId, error: LayerError) {
+    pub(super) fn layer_failed(&mut self, id: ConnId, error: LayerError) {
         let unready = self.unready.remove(&id.index);
         let Some(conn) = self.conns.get_mut(id) else {
             return;

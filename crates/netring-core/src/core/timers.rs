@@ -66,6 +66,7 @@ impl ThreadCore {
                     );
                     Self::mark_dirty(&mut self.dirty, conn);
                 }
+                Due::LayerDeadline(id) => self.layer_deadline(id),
                 Due::ConnectTimeout(id) => {
                     if let Some(conn) = self.touch(id) {
                         if let Some(attempt) = conn.connecting.as_mut() {

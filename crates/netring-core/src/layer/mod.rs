@@ -29,12 +29,14 @@
 //!   once [`StreamLayer::is_ready`] (a handshake completed, a header
 //!   parsed). A layer that fails before then closes the connection without
 //!   the protocol ever hearing of it; an outbound connect then fails with
-//!   the layer's reason.
+//!   the layer's reason. A layer that is not ready within its factory's
+//!   `ready_timeout` is closed the same way (a stalled handshake).
 //! - **Closing with a reason.** An `Err(LayerError)` closes the connection
 //!   gracefully (the wire bytes appended so far, e.g. an alert, are still
 //!   sent) and `connection_lost` reports the reason.
 //! - **End of stream.** The peer's EOF goes through [`StreamLayer::on_eof`]
-//!   (a TLS layer tells a clean close from a truncation); our own
+//!   (a TLS layer tells a clean close from a truncation), unless the layer
+//!   already ended the stream itself ([`LayerOut::eof`]); our own
 //!   `write_eof`/`close` calls [`StreamLayer::on_close`] once, after the
 //!   last plaintext (a TLS close_notify).
 //! - **Memory.** What the layer buffers ([`StreamLayer::buffered`]) counts in
@@ -52,6 +54,10 @@ pub struct LayerOut {
     pub plain: Vec<u8>,
     /// Bytes for the peer, sent in order with everything else.
     pub wire: Vec<u8>,
+    /// The peer ended its stream inside the layer (a TLS `close_notify`):
+    /// the protocol gets `eof_received` now, after `plain`, and the TCP EOF
+    /// that follows adds nothing.
+    pub eof: bool,
 }
 
 /// Why a layer closed its connection.
@@ -129,6 +135,12 @@ pub trait LayerFactory: Send + Sync {
 
     /// A name for logs and `Debug` (e.g. `"tls"`).
     fn name(&self) -> &'static str;
+
+    /// How long a connection may take to become ready (a handshake, a
+    /// header) before it is closed; `None`: no limit.
+    fn ready_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A layer factory as a connection option: compared by identity.
@@ -150,3 +162,4 @@ impl PartialEq for Layer {
 impl Eq for Layer {}
 
 pub mod testing;
+pub mod tls;

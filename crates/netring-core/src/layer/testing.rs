@@ -30,7 +30,10 @@ pub const HELLO_MAX: usize = 64;
 
 /// Makes [`Toy`] layers.
 #[derive(Debug, Default)]
-pub struct ToyFactory;
+pub struct ToyFactory {
+    /// How long the handshake may take (`None`: forever).
+    pub ready_timeout: Option<std::time::Duration>,
+}
 
 impl LayerFactory for ToyFactory {
     fn new_layer(
@@ -47,6 +50,10 @@ impl LayerFactory for ToyFactory {
 
     fn name(&self) -> &'static str {
         "toy"
+    }
+
+    fn ready_timeout(&self) -> Option<std::time::Duration> {
+        self.ready_timeout
     }
 }
 
