@@ -4,8 +4,10 @@ certificates come from trustme (a throwaway CA per test session)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -197,3 +199,30 @@ def test_a_stalled_handshake_is_closed_after_handshake_timeout(
         assert s.recv(1) == b"", "the server closes the connection"
         assert 0.25 <= time.monotonic() - t0 < 5
     assert recorder.events == [], "the protocol never saw it"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not on PATH (Debian: openssl)")
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_openssl_s_client_handshakes_with_alpn_and_echoes(
+        backend: str, tls: netring.TLSConfig, ca: Any, tmp_path: Path, version: str) -> None:
+    class EchoOnce(netring.Protocol):
+        def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+            self.transport.close()  # close_notify, after the echo
+
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with serving(EchoOnce, backend, tls=tls) as server:
+        proc = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", version,
+             "-servername", "localhost", "-CAfile", str(ca_file), "-verify_return_error",
+             "-alpn", "echo/1", "-ign_eof"],
+            input=b"hello over openssl\n", capture_output=True, timeout=20)
+    out = proc.stdout.decode(errors="replace")
+    assert "Verify return code: 0 (ok)" in out, out[-2000:]
+    assert "ALPN protocol: echo/1" in out, out[-2000:]
+    assert ("TLSv1.2" if version == "-tls1_2" else "TLSv1.3") in out
+    assert "hello over openssl" in out, out[-1000:]  # s_client prints what it reads
