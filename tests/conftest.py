@@ -166,7 +166,8 @@ def thread_count() -> int:
 
 #: The line ``python -m netring serve`` prints per server once it accepts.
 READY_LINE = re.compile(r"netring: serving (?P<name>\S+) on (?P<host>\S+):(?P<port>\d+) "
-                        r"\(backend=(?P<backend>\w+), io_threads=(?P<io_threads>\d+)\)")
+                        r"\(backend=(?P<backend>\w+), io_threads=(?P<io_threads>\d+)"
+                        r"(?P<tls>, tls)?\)")
 
 
 class CliServer:

@@ -8,6 +8,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import netring
 import pytest
-from conftest import recv_exactly, serving
+from conftest import cli_server, recv_exactly, serving
 from netring.servers.echo import Echo
 
 trustme = pytest.importorskip("trustme")
@@ -226,3 +227,40 @@ def test_openssl_s_client_handshakes_with_alpn_and_echoes(
     assert "ALPN protocol: echo/1" in out, out[-2000:]
     assert ("TLSv1.2" if version == "-tls1_2" else "TLSv1.3") in out
     assert "hello over openssl" in out, out[-1000:]  # s_client prints what it reads
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None,
+                    reason="redis-cli not on PATH (Debian package redis-tools)")
+def test_the_cli_serves_kv_over_tls_to_redis_cli(backend: str, ca: Any, tmp_path: Path) -> None:
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    files = {name: tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem")}
+    ca.cert_pem.write_to_path(str(files["ca.pem"]))
+    files["cert.pem"].write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(files["key.pem"]))
+    args = ["--tls-cert", str(files["cert.pem"]), "--tls-key", str(files["key.pem"])]
+    with cli_server("kv", backend=backend, args=args) as cli:
+        assert cli.ready[0].endswith(", tls)"), cli.ready
+
+        def redis(*command: str) -> str:
+            out = subprocess.run(
+                ["redis-cli", "--tls", "--cacert", str(files["ca.pem"]), "--sni", "localhost",
+                 "-h", "127.0.0.1", "-p", str(cli.port), *command],
+                capture_output=True, timeout=20, text=True)
+            assert out.returncode == 0, out.stderr
+            return out.stdout.strip()
+
+        assert redis("SET", "greeting", "hello over tls") == "OK"
+        assert redis("GET", "greeting") == "hello over tls"
+        assert redis("PING") == "PONG"
+
+
+def test_the_cli_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "netring", "serve", "echo", "--port", "0",
+                          "--tls-cert", str(tmp_path / "missing.pem")],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "--tls-cert and --tls-key go together" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "netring", "serve", "echo", "--port", "0",
+                          "--tls-cert", str(tmp_path / "missing.pem"),
+                          "--tls-key", str(tmp_path / "missing.key")],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "cannot read" in run.stderr, run.stderr

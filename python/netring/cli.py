@@ -7,6 +7,9 @@ prints exactly one line, ``netring: serving NAME on H:P (backend=B,
 io_threads=N)``, once it accepts connections; the process exits 0 after a
 graceful drain on SIGINT or SIGTERM.
 
+``--tls-cert FILE --tls-key FILE`` serves every TCP server over TLS
+(the ready line then ends ``, tls)``).
+
 ``--workers N`` runs the TCP servers' callbacks on one shared
 ``WorkerPool`` of N threads (0: none, on the IO thread); without it, an
 example that needs workers (``line-workers``: 8) gets its default.
@@ -21,9 +24,11 @@ import sys
 import threading
 from typing import Any
 
+from .errors import ConfigurationError
 from .pool import BACKENDS, IOPool
 from .server import Server
 from .servers import POOL_OPTIONS, SERVERS
+from .tls import TLSConfig
 from .workers import WorkerPool
 
 DEFAULT_PORT = 5050
@@ -49,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="worker threads for the servers' callbacks, shared (0: none; "
                             "default: the example's own, line-workers 8)")
+    serve.add_argument("--tls-cert", default=None, metavar="FILE",
+                       help="serve TLS with this PEM certificate chain "
+                            "(TCP servers; needs --tls-key)")
+    serve.add_argument("--tls-key", default=None, metavar="FILE",
+                       help="the PEM private key of --tls-cert")
     serve.add_argument("--work-ms", type=float, default=0.0, metavar="MS",
                        help="line-workers: milliseconds each command sleeps after its "
                             "query, standing in for a remote call (default 0)")
@@ -79,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers: must be >= 0")
     if args.work_ms < 0:
         parser.error("--work-ms: must be >= 0")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert is not None:
+        try:
+            tls = TLSConfig(args.tls_cert, args.tls_key)
+        except (ConfigurationError, TypeError) as e:
+            print(f"netring: cannot use the TLS certificate: {e}", file=sys.stderr)
+            return 2
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
                for name in names if not SERVERS[name].udp}
     servers: list[Server] = []
@@ -109,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 host, bound = transport.get_extra_info("sockname")[:2]
             else:
                 server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
-                                workers=workers if threads[name] else None, **options)
+                                workers=workers if threads[name] else None, tls=tls,
+                                **options)
                 server.start()
                 servers.append(server)
                 host, bound = server.host, server.port
@@ -119,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             if workers is not None:
                 workers.close(0)
             return 2
+        over = ", tls" if tls is not None and not example.udp else ""
         print(f"netring: serving {name} on {host}:{bound} "
-              f"(backend={pool.backend}, io_threads={pool.io_threads})", flush=True)
+              f"(backend={pool.backend}, io_threads={pool.io_threads}{over})", flush=True)
     while not stop.wait(0.1):
         pass
     for server in servers:
