@@ -264,3 +264,26 @@ def test_the_cli_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
                           "--tls-key", str(tmp_path / "missing.key")],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and "cannot read" in run.stderr, run.stderr
+
+
+class BigTLSWriter(netring.Protocol):
+    """Writes 8 MiB in one call, then closes (close_notify after it)."""
+
+    size = 8 * 1024 * 1024
+
+    def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+        transport.write(bytes(range(256)) * (self.size // 256))
+        transport.close()
+
+
+def test_one_write_larger_than_rustls_buffers_arrives_whole(
+        backend: str, tls: netring.TLSConfig, client_ctx: ssl.SSLContext) -> None:
+    with serving(BigTLSWriter, backend, tls=tls) as server, \
+            tls_connect(server, client_ctx, suppress_ragged_eofs=False) as s:
+        got = bytearray()
+        while len(got) < BigTLSWriter.size:
+            chunk = s.recv(1 << 20)
+            assert chunk, f"closed after {len(got)} bytes"
+            got += chunk
+        assert got == bytes(range(256)) * (BigTLSWriter.size // 256)
+        assert s.recv(1) == b"", "then close_notify"

@@ -154,8 +154,18 @@ impl StreamLayer for Tls {
 
     fn on_write(&mut self, plain: &[u8], out: &mut LayerOut) -> Result<(), LayerError> {
         let conn = self.conn.as_mut().map_err(|e| error(e.clone()))?;
-        conn.writer().write_all(plain).map_err(error)?;
-        Self::flush(conn, out);
+        // NOTE: rustls takes at most its buffer limit (64 KiB of records
+        // not yet written out) per call: encrypt a piece, take the records,
+        // and go on, so a write of any size goes through.
+        let mut rest = plain;
+        while !rest.is_empty() {
+            let n = conn.writer().write(rest).map_err(error)?;
+            Self::flush(conn, out);
+            if n == 0 {
+                return Err(error("rustls took no plaintext with its buffer empty"));
+            }
+            rest = &rest[n..];
+        }
         Ok(())
     }
 
