@@ -176,6 +176,15 @@ impl Rig {
         self.run();
     }
 
+    /// Accept a connection on a toy-layered `listener` and complete its
+    /// handshake (the answer taken by the kernel).
+    fn accept_handshaken(&mut self, listener: usize) {
+        self.accept(listener);
+        self.fake().recv(0, HELLO);
+        self.run();
+        self.fake().sent(0, WELCOME.len());
+    }
+
     fn conn(&self, slot: u32) -> ConnRef {
         self.h
             .conns
@@ -539,10 +548,7 @@ fn writes_of_one_dispatch_go_through_the_layer_together_and_close_sends_its_last
     let mut r = Rig::new();
     r.h.echo = false;
     let l = r.listen(toy(), None);
-    r.accept(l);
-    r.fake().recv(0, HELLO);
-    r.run();
-    r.fake().sent(0, WELCOME.len());
+    r.accept_handshaken(l);
     r.run();
     r.ops();
     let c = r.conn(0);
@@ -589,11 +595,8 @@ fn a_layer_error_after_the_handshake_reaches_connection_lost_with_its_reason() {
     let mut r = Rig::new();
     r.h.echo = false;
     let l = r.listen(toy(), None);
-    r.accept(l);
-    r.fake().recv(0, HELLO);
-    r.run();
+    r.accept_handshaken(l);
     // EOF without the end mark: a truncation, not an `eof_received`.
-    r.fake().sent(0, WELCOME.len());
     r.fake().recv_eof(0);
     r.run();
     assert_eq!(
@@ -604,10 +607,7 @@ fn a_layer_error_after_the_handshake_reaches_connection_lost_with_its_reason() {
         ]
     );
     // With the end mark, EOF is an ordinary EOF.
-    r.accept(l);
-    r.fake().recv(0, HELLO);
-    r.run();
-    r.fake().sent(0, WELCOME.len());
+    r.accept_handshaken(l);
     let mut last = wire(b"last");
     last.extend_from_slice(&END);
     r.fake().recv(0, &last);
