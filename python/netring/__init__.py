@@ -27,13 +27,16 @@ from .errors import (
     FrameTooLargeError,
     FramingError,
     NetringError,
+    TLSCertVerificationError,
+    TLSEOFError,
+    TLSError,
     WriteBufferLimitError,
 )
 from .framing import Delimited, Exactly, LengthPrefixed, Raw, Resp
 from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
-from .tls import TLSConfig
+from .tls import TLSClientConfig, TLSConfig
 from .udp import DatagramProtocol
 from .workers import WorkerPool
 
@@ -59,7 +62,11 @@ __all__ = [
     "Raw",
     "Resp",
     "Server",
+    "TLSCertVerificationError",
+    "TLSClientConfig",
     "TLSConfig",
+    "TLSEOFError",
+    "TLSError",
     "TimerHandle",
     "Transport",
     "WorkerPool",

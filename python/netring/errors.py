@@ -7,6 +7,8 @@ argument); ``ConnectionClosedError`` is also a ``ConnectionError``.
 
 from __future__ import annotations
 
+import ssl
+
 __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
@@ -16,6 +18,9 @@ __all__ = [
     "FrameTooLargeError",
     "FramingError",
     "NetringError",
+    "TLSCertVerificationError",
+    "TLSEOFError",
+    "TLSError",
     "WriteBufferLimitError",
 ]
 
@@ -56,6 +61,38 @@ class WriteBufferLimitError(NetringError):
 
 class ConnectionClosedError(NetringError, ConnectionError):
     """An operation needed a connection that is already closed."""
+
+
+class TLSError(NetringError, ssl.SSLError):
+    """A TLS handshake failed, or a TLS stream broke; the message is the
+    reason (rustls's). Also an ``ssl.SSLError``, as asyncio's SSL transports
+    raise: an outbound connect's future fails with it, ``connection_lost``
+    gets it. ``reason`` is the message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.reason = message
+        self.library = "rustls"
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class TLSCertVerificationError(TLSError, ssl.SSLCertVerificationError):
+    """The peer's certificate was rejected (unknown issuer, expired, not
+    valid for the server name...): the message starts with ``certificate
+    verify failed:`` and names the reason (also ``verify_message``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.verify_message = message.partition(": ")[2] or message
+        self.verify_code = 0
+
+
+class TLSEOFError(TLSError, ssl.SSLEOFError):
+    """The peer ended the TCP stream without TLS's ``close_notify``: the
+    data may have been cut short (a truncation). Passed to
+    ``connection_lost``."""
 
 
 class DatagramTruncatedError(NetringError):

@@ -39,6 +39,7 @@ from ._args import (
     is_ip,
 )
 from .errors import ConfigurationError
+from .tls import TLSClientConfig
 
 if TYPE_CHECKING:
     from .workers import WorkerPool
@@ -194,6 +195,7 @@ class IOPool:
         keepalive: tuple[float, float, int] | None = None,
         max_write_buffer: int | None = None,
         frame_timeout: float | None = None,
+        tls: TLSClientConfig | None = None,
     ) -> concurrent.futures.Future[tuple[Any, Any]]:
         """Open a TCP connection from this pool's IO threads.
 
@@ -207,6 +209,14 @@ class IOPool:
         protocol callback (e.g. a proxy opening its upstream); do not block
         an IO thread on ``future.result()``. ``max_write_buffer`` and
         ``frame_timeout`` are ``Server``'s per-connection limits.
+
+        ``tls=netring.TLSClientConfig(...)``: the connection speaks TLS
+        (verified against the system's roots unless the config says
+        otherwise; the server name is the config's ``server_hostname`` or
+        ``host``). The future resolves after the handshake; a rejected
+        certificate fails it with ``TLSCertVerificationError`` (an
+        ``ssl.SSLCertVerificationError``), another failed handshake with
+        ``TLSError``.
         """
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable")
@@ -228,13 +238,16 @@ class IOPool:
             if not is_ip(local[0]):
                 raise ConfigurationError(
                     f"local_addr: must be an IP address (no name), not {local[0]!r}")
+        if tls is not None and not isinstance(tls, TLSClientConfig):
+            raise TypeError(f"tls: must be a netring.TLSClientConfig, not {type(tls).__name__}")
+        layer = None if tls is None else tls._layer(host)
         future: concurrent.futures.Future[tuple[Any, Any]] = concurrent.futures.Future()
         future.set_running_or_notify_cancel()
         spec = framing._spec()
 
         def start(ip: str) -> None:
             self._engine.connect(ip, port, protocol_factory, future, spec, idle, timeout, local,
-                                 ka, cap, frame_to)
+                                 ka, cap, frame_to, layer)
 
         try:
             ipaddress.ip_address(host)

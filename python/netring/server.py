@@ -176,6 +176,7 @@ class Server:
         if tls is not None and not isinstance(tls, TLSConfig):
             raise TypeError(f"tls: must be a netring.TLSConfig, not {type(tls).__name__}")
         self._tls = tls
+        self._tls_native: Any = None  # this server's own copy, while it listens
         if priority is not None and not callable(priority):
             raise TypeError(f"priority: must be callable, not {type(priority).__name__}")
         if isinstance(workers, WorkerPool):
@@ -226,13 +227,13 @@ class Server:
             if self._workers_arg is not None:
                 work = self._make_work()
                 factory = work.factory(self._factory)
+            tls = None if self._tls is None else self._tls._native.for_listener()
             try:
                 listener, host, port = self._pool._engine.listen(
                     self._host, self._port, self._backlog, self._reuse_port, factory,
                     self._framing._spec(), self._idle_timeout, self._keepalive,
                     self._max_write_buffer, self._frame_timeout, self._max_connections,
-                    self._max_per_ip, self._overflow == "close",
-                    None if self._tls is None else self._tls._native)
+                    self._max_per_ip, self._overflow == "close", tls)
             except BaseException:
                 if work is not None and work.owned:
                     work.pool.close(0.0)
@@ -240,8 +241,27 @@ class Server:
                     self._pool.close(0.0)
                 raise
             self._work = work
+            self._tls_native = tls
             self._listener, self._host, self._port = listener, host, port
             self._stop.clear()
+
+    def reload_tls(self, tls: TLSConfig) -> None:
+        """Use ``tls`` (certificates, SNI names, client auth, ALPN...) for
+        the handshakes that start from now on, without a restart: open
+        connections keep the session they negotiated, and nothing is
+        refused meanwhile. To pick up renewed files, make a new
+        ``TLSConfig`` from the same paths (a bad file raises here, and the
+        server keeps its old certificates). Only this server changes, even
+        if others were started with the same config."""
+        if not isinstance(tls, TLSConfig):
+            raise TypeError(f"tls: must be a netring.TLSConfig, not {type(tls).__name__}")
+        with self._lock:
+            if self._tls is None:
+                raise ConfigurationError(
+                    "reload_tls: this server was made without tls=; TLS cannot be added later")
+            self._tls = tls
+            if self._tls_native is not None:
+                self._tls_native.reload(tls._native)
 
     def _make_work(self) -> _ServerWork:
         workers = self._workers_arg

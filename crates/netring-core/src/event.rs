@@ -15,6 +15,7 @@ use crate::conn::{ConnError, ConnId, State};
 use crate::core::{Cursor, Ev, ThreadCore};
 use crate::framing::{FrameError, Packet};
 use crate::handle::{ConnRef, EndpointRef};
+use crate::layer::LayerInfo;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 
@@ -31,6 +32,8 @@ pub enum Event<'b> {
         peer: Option<SocketAddr>,
         /// Local address.
         local: Option<SocketAddr>,
+        /// What its stream layer (TLS) negotiated, if it has one.
+        info: Option<Box<LayerInfo>>,
     },
     /// Bytes arrived on a connection without framing (data_received).
     Data { conn: ConnId, data: &'b [u8] },
@@ -49,6 +52,8 @@ pub enum Event<'b> {
         peer: Option<SocketAddr>,
         /// Local address.
         local: Option<SocketAddr>,
+        /// What its stream layer (TLS) negotiated, if it has one.
+        info: Option<Box<LayerInfo>>,
     },
     /// An outbound connect failed (refused, unreachable, timed out...);
     /// nothing is left behind.
@@ -179,11 +184,13 @@ impl<'b> Batch<'b> {
                 peer,
                 local,
                 shared,
+                info,
             } => Event::Opened {
                 conn: ConnRef::new(conn, core.engine.clone(), shared),
                 listener,
                 peer,
                 local,
+                info,
             },
             Ev::Data { conn, chunk } => {
                 core.q.cursor = Some(Cursor {
@@ -222,11 +229,13 @@ impl<'b> Batch<'b> {
                 peer,
                 local,
                 shared,
+                info,
             } => Event::Connected {
                 conn: ConnRef::new(conn, core.engine.clone(), shared),
                 token,
                 peer,
                 local,
+                info,
             },
             Ev::ConnectFailed { token, error } => Event::ConnectFailed { token, error },
             Ev::IdleTimeout { conn } => Event::IdleTimeout { conn },

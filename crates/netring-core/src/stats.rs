@@ -16,6 +16,7 @@ pub struct Stats {
     pub(crate) datagrams_truncated: AtomicU64,
     pub(crate) datagrams_dropped: AtomicU64,
     pub(crate) refused: AtomicU64,
+    pub(crate) handshakes_failed: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -44,6 +45,10 @@ pub struct StatsSnapshot {
     /// Connections accepted and closed at once by a listener's limits
     /// (`max_connections_per_ip`, or `max_connections` with `Overflow::Close`).
     pub refused: u64,
+    /// Connections their stream layer closed before the protocol saw them:
+    /// failed or timed-out TLS handshakes (each logged at DEBUG on
+    /// `netring.core` with the peer and the reason).
+    pub handshakes_failed: u64,
     /// Bytes buffered for connections now (queued writes, partial packets,
     /// held input), the quantity `max_buffer_memory` caps; counted only
     /// when that cap is set (0 otherwise).
@@ -72,6 +77,7 @@ impl Stats {
             datagrams_truncated: self.datagrams_truncated.load(Ordering::Relaxed),
             datagrams_dropped: self.datagrams_dropped.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
             buffer_memory: 0,
         }
     }

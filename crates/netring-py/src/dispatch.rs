@@ -22,7 +22,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use netring_core::framing::Framing;
 use netring_core::{Batch, ConnId, ConnRef, Event, Handler};
 
-use crate::transport::Transport;
+use crate::transport::{Addresses, Transport};
 use crate::util::lock;
 
 /// A listener's protocol factory, initial framing and open connections.
@@ -344,13 +344,7 @@ impl<'py> PyHandler<'py> {
     }
 
     /// An accepted connection: make its protocol from the listener's factory.
-    fn opened(
-        &mut self,
-        conn: ConnRef,
-        listener: usize,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-    ) {
+    fn opened(&mut self, conn: ConnRef, listener: usize, addrs: Addresses) {
         let py = self.py;
         let entry = self
             .registry
@@ -362,32 +356,20 @@ impl<'py> PyHandler<'py> {
             return;
         };
         // NOTE: a factory error was logged and the connection aborted inside.
-        let _ = self.start_protocol(conn, peer, local, &factory, framing, Some(open));
+        let _ = self.start_protocol(conn, addrs, &factory, framing, Some(open));
     }
 
     /// An outbound connection is up: make its protocol and resolve the
     /// caller's future with `(transport, protocol)`.
-    fn connected(
-        &mut self,
-        conn: ConnRef,
-        token: u64,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-    ) {
+    fn connected(&mut self, conn: ConnRef, token: u64, addrs: Addresses) {
         let py = self.py;
         let Some(pending) = self.registry.connects().remove(&token) else {
             conn.abort();
             return;
         };
         let id = conn.id();
-        let started = self.start_protocol(
-            conn.clone(),
-            peer,
-            local,
-            &pending.factory,
-            pending.framing,
-            None,
-        );
+        let started =
+            self.start_protocol(conn.clone(), addrs, &pending.factory, pending.framing, None);
         let future = pending.future.bind(py);
         match started {
             Ok(pair) => {
@@ -418,7 +400,7 @@ impl<'py> PyHandler<'py> {
         let future = self.registry.connects().remove(&token).map(|p| p.future);
         let future = future.or_else(|| self.registry.endpoints().remove(&token).map(|p| p.future));
         if let Some(future) = future {
-            let exc = PyErr::from(error).into_value(py);
+            let exc = crate::errors::io_error(py, error).into_value(py);
             let _ = future.call_method1(py, intern!(py, "set_exception"), (exc,));
         }
     }
@@ -430,16 +412,16 @@ impl<'py> PyHandler<'py> {
     fn start_protocol(
         &mut self,
         conn: ConnRef,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
+        addrs: Addresses,
         factory: &Py<PyAny>,
         framing: Framing,
         open: Option<Arc<AtomicUsize>>,
     ) -> PyResult<(Py<Transport>, Py<PyAny>)> {
         let py = self.py;
         let id = conn.id();
+        let peer = addrs.peer;
         let protocol = factory.call0(py).and_then(|p| {
-            Py::new(py, Transport::new(conn.clone(), peer, local, framing)).map(|t| (t, p))
+            Py::new(py, Transport::new(conn.clone(), addrs, framing)).map(|t| (t, p))
         });
         let (transport, protocol) = match protocol {
             Ok(pair) => pair,
@@ -589,7 +571,8 @@ impl Handler for PyHandler<'_> {
                     listener,
                     peer,
                     local,
-                } => self.opened(conn, listener, peer, local),
+                    info,
+                } => self.opened(conn, listener, Addresses { peer, local, info }),
                 Event::Data { conn, data } => {
                     let bytes = PyBytes::new(py, data);
                     self.call(conn, "data_received", |e| match &e.methods.data_received {
@@ -622,7 +605,8 @@ impl Handler for PyHandler<'_> {
                     token,
                     peer,
                     local,
-                } => self.connected(conn, token, peer, local),
+                    info,
+                } => self.connected(conn, token, Addresses { peer, local, info }),
                 Event::ConnectFailed { token, error } => self.connect_failed(token, error),
                 Event::IdleTimeout { conn } => {
                     let handled = self.call(conn, "timeout_received", |e| {

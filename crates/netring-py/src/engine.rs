@@ -185,7 +185,7 @@ impl Engine {
     /// `future` (a `concurrent.futures.Future`) with `(transport,
     /// protocol)` once connected, or fail it with the `OSError` /
     /// `TimeoutError`. Socket creation or bind errors raise here.
-    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None, keepalive=None, max_write_buffer=None, frame_timeout=None))]
+    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None, keepalive=None, max_write_buffer=None, frame_timeout=None, tls=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect(
         &self,
@@ -201,6 +201,7 @@ impl Engine {
         keepalive: Option<(f64, f64, u32)>,
         max_write_buffer: Option<usize>,
         frame_timeout: Option<f64>,
+        tls: Option<Bound<'_, crate::tls::TlsClientLayer>>,
     ) -> PyResult<()> {
         let framing = framing_or_raw(framing)?;
         let addr = ip_addr(py, host, port)?;
@@ -214,13 +215,14 @@ impl Engine {
                 future,
             },
         );
-        let options = conn_options(
+        let mut options = conn_options(
             framing,
             idle_timeout,
             keepalive,
             max_write_buffer,
             frame_timeout,
         );
+        options.layer = tls.map(|t| t.get().layer());
         let timeout = timeout.map(seconds);
         if let Err(e) = self.engine.connect(token, addr, local, options, timeout) {
             self.registry.connects().remove(&token);
@@ -358,6 +360,7 @@ impl Engine {
         d.set_item("datagrams_out", s.datagrams_out)?;
         d.set_item("datagrams_truncated", s.datagrams_truncated)?;
         d.set_item("datagrams_dropped", s.datagrams_dropped)?;
+        d.set_item("handshakes_failed", s.handshakes_failed)?;
         d.set_item("connections_refused", s.refused)?;
         d.set_item("buffer_memory", s.buffer_memory)?;
         d.set_item("backend", self.engine.backend().name())?;

@@ -10,6 +10,7 @@ use pyo3::types::PyType;
 
 use netring_core::conn::{ConnError, LimitError};
 use netring_core::framing::FrameError;
+use netring_core::layer::{tls, LayerError};
 use netring_core::Error;
 
 static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -51,8 +52,32 @@ pub fn conn_error(py: Python<'_>, e: ConnError) -> PyErr {
         ConnError::Limit(l @ LimitError::FrameTimeout { .. }) => {
             netring_error(py, "FrameTimeoutError", l.to_string())
         }
-        // NOTE: no layer ships yet (the TLS and PROXY issues add theirs,
-        // with their own exception classes); the reason is kept.
-        ConnError::Layer(l) => netring_error(py, "ConnectionClosedError", l.to_string()),
+        ConnError::Layer(l) => layer_error(py, &l),
+    }
+}
+
+/// A stream layer's reason as an exception: TLS failures as `ssl`'s
+/// (`netring.TLSError` is an `ssl.SSLError`; a rejected certificate an
+/// `ssl.SSLCertVerificationError`, a truncated stream an `ssl.SSLEOFError`).
+pub fn layer_error(py: Python<'_>, l: &LayerError) -> PyErr {
+    if l.layer != "tls" {
+        return netring_error(py, "ConnectionClosedError", l.to_string());
+    }
+    let class = if l.reason.starts_with(tls::VERIFY_FAILED) {
+        "TLSCertVerificationError"
+    } else if l.reason == tls::TRUNCATED {
+        "TLSEOFError"
+    } else {
+        "TLSError"
+    };
+    netring_error(py, class, l.reason.clone())
+}
+
+/// An IO error as an exception; one that carries a layer's reason (an
+/// outbound connect whose handshake failed) as [`layer_error`] does.
+pub fn io_error(py: Python<'_>, e: std::io::Error) -> PyErr {
+    match e.get_ref().and_then(|r| r.downcast_ref::<LayerError>()) {
+        Some(l) => layer_error(py, l),
+        None => e.into(),
     }
 }

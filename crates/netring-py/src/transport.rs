@@ -17,6 +17,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyTuple};
 
 use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
 use netring_core::framing::Framing;
+use netring_core::layer::{tls::TlsInfo, LayerInfo};
 use netring_core::{ConnRef, Written};
 
 use crate::util::lock;
@@ -25,6 +26,7 @@ use crate::util::lock;
 #[pyclass(frozen, module = "netring._native")]
 pub struct Transport {
     conn: ConnRef,
+    /// Addresses, and what TLS negotiated on a TLS connection.
     addrs: Addrs,
     /// `CLOSING`, `EOF_WRITTEN`, `READING_PAUSED`, `IN_BATCH`, `RESP`,
     /// `FAILED`.
@@ -63,6 +65,14 @@ struct Slow {
     failure: Option<Box<PyErr>>,
 }
 
+/// What the engine tells a new connection's transport about it.
+pub struct Addresses {
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    /// Its stream layer's info (TLS), if it has one.
+    pub info: Option<Box<LayerInfo>>,
+}
+
 /// A connection's peer and local addresses: an IPv4 pair inline (the
 /// common case, 16 bytes), anything else boxed.
 enum Addrs {
@@ -70,31 +80,46 @@ enum Addrs {
         peer: ([u8; 4], u16),
         local: ([u8; 4], u16),
     },
-    Other(Box<(Option<SocketAddr>, Option<SocketAddr>)>),
+    Other(Box<OtherAddrs>),
+}
+
+/// IPv6 or missing addresses, or a TLS connection's (rare enough to box).
+struct OtherAddrs {
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    tls: Option<TlsInfo>,
 }
 
 impl Addrs {
-    fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Self {
-        match (peer, local) {
-            (Some(SocketAddr::V4(p)), Some(SocketAddr::V4(l))) => Addrs::V4 {
+    fn new(a: Addresses) -> Self {
+        let tls = a.info.and_then(|i| i.tls);
+        match (a.peer, a.local, tls) {
+            (Some(SocketAddr::V4(p)), Some(SocketAddr::V4(l)), None) => Addrs::V4 {
                 peer: (p.ip().octets(), p.port()),
                 local: (l.ip().octets(), l.port()),
             },
-            _ => Addrs::Other(Box::new((peer, local))),
+            (peer, local, tls) => Addrs::Other(Box::new(OtherAddrs { peer, local, tls })),
         }
     }
 
     fn peer(&self) -> Option<SocketAddr> {
         match self {
             Addrs::V4 { peer, .. } => Some(v4(*peer)),
-            Addrs::Other(b) => b.0,
+            Addrs::Other(b) => b.peer,
         }
     }
 
     fn local(&self) -> Option<SocketAddr> {
         match self {
             Addrs::V4 { local, .. } => Some(v4(*local)),
-            Addrs::Other(b) => b.1,
+            Addrs::Other(b) => b.local,
+        }
+    }
+
+    fn tls(&self) -> Option<&TlsInfo> {
+        match self {
+            Addrs::V4 { .. } => None,
+            Addrs::Other(b) => b.tls.as_ref(),
         }
     }
 }
@@ -104,12 +129,7 @@ fn v4((ip, port): ([u8; 4], u16)) -> SocketAddr {
 }
 
 impl Transport {
-    pub fn new(
-        conn: ConnRef,
-        peer: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-        framing: Framing,
-    ) -> Self {
+    pub fn new(conn: ConnRef, addrs: Addresses, framing: Framing) -> Self {
         let resp = if matches!(framing, Framing::Resp(_)) {
             RESP
         } else {
@@ -117,7 +137,7 @@ impl Transport {
         };
         Transport {
             conn,
-            addrs: Addrs::new(peer, local),
+            addrs: Addrs::new(addrs),
             flags: AtomicU8::new(resp),
             high_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES),
             low_water: AtomicUsize::new(DEFAULT_WRITE_HIGH_WATER_BYTES / 4),
@@ -505,7 +525,9 @@ impl Transport {
         self.flag(CLOSING)
     }
 
-    /// `peername`, `sockname`, or `default`.
+    /// `peername`, `sockname`; on a TLS connection also `cipher`,
+    /// `ssl_version`, `alpn_protocol`, `server_hostname`, `peercert`,
+    /// `peercert_der`, `session_reused`; else `default`.
     #[pyo3(signature = (name, default=None))]
     fn get_extra_info<'py>(
         &self,
@@ -516,7 +538,12 @@ impl Transport {
         let addr = match name {
             "peername" => self.addrs.peer(),
             "sockname" => self.addrs.local(),
-            _ => return Ok(default),
+            _ => {
+                return match self.addrs.tls() {
+                    Some(tls) => crate::tls::extra_info(py, tls, name, default),
+                    None => Ok(default),
+                }
+            }
         };
         Ok(address(py, addr)?.map(Bound::into_any).or(default))
     }

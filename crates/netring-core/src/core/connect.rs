@@ -89,6 +89,7 @@ impl ThreadCore {
                     peer,
                     local,
                     shared,
+                    info: None,
                 };
                 match &attempt.layer {
                     Some(layer) => self.start_layer(id, layer, open, true),

@@ -9,6 +9,7 @@ use std::io;
 use super::{Ev, ThreadCore};
 use crate::conn::{ConnError, ConnId, Layered, State};
 use crate::layer::{Layer, LayerError, LayerOut};
+use crate::stats::Stats;
 use crate::timer::Due;
 
 /// A connection whose layer is not ready yet: the event that opens it to
@@ -131,12 +132,16 @@ impl ThreadCore {
             conn.shared.set_queued(conn.queued());
         }
         Self::mark_dirty(&mut self.dirty, conn);
-        let ready = conn.layer().is_some_and(|l| l.layer.is_ready());
+        let layer = conn.layer().map(|l| &l.layer);
+        let ready = layer.is_some_and(|l| l.is_ready());
         let open = conn.state == State::Open;
         if let Some(u) = self.unready.get_mut(&id.index) {
             u.plain.extend_from_slice(&out.plain);
             if ready && open && result.is_ok() {
-                let u = self.unready.remove(&id.index).expect("just found");
+                let mut u = self.unready.remove(&id.index).expect("just found");
+                if let Ev::Opened { info, .. } | Ev::Connected { info, .. } = &mut u.open {
+                    *info = layer.map(|l| Box::new(l.info()));
+                }
                 self.q.events.push_back(u.open);
                 if !u.plain.is_empty() {
                     self.q.events.push_back(Ev::Held {
@@ -193,6 +198,7 @@ impl ThreadCore {
                     peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
                 );
                 conn.silent = true;
+                Stats::add(&self.engine.stats.handshakes_failed, 1);
                 if let Ev::Connected { token, .. } = u.open {
                     let error = io::Error::new(io::ErrorKind::InvalidData, error);
                     self.q.events.push_back(Ev::ConnectFailed { token, error });

@@ -145,6 +145,7 @@ impl ThreadCore {
             peer,
             local,
             shared,
+            info: None,
         };
         match &options.layer {
             Some(layer) => self.start_layer(id, layer, open, false),

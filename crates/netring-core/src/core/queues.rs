@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::conn::{ConnError, ConnId, ConnShared};
 use crate::driver::Chunk;
 use crate::housekeeping::{shrink_deque, shrink_vec, SCRATCH_KEEP};
+use crate::layer::LayerInfo;
 use crate::limits::{Counted, ListenerCounts};
 
 /// An event waiting for dispatch (internal form; see `event::Event`).
@@ -22,6 +23,8 @@ pub(crate) enum Ev {
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
         shared: Arc<ConnShared>,
+        /// A layered connection's info, filled in when the layer is ready.
+        info: Option<Box<LayerInfo>>,
     },
     Data {
         conn: ConnId,
@@ -43,6 +46,8 @@ pub(crate) enum Ev {
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
         shared: Arc<ConnShared>,
+        /// A layered connection's info, filled in when the layer is ready.
+        info: Option<Box<LayerInfo>>,
     },
     ConnectFailed {
         token: u64,

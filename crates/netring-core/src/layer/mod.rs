@@ -121,6 +121,20 @@ pub trait StreamLayer: Send {
     fn buffered(&self) -> usize {
         0
     }
+
+    /// What the protocol may ask about the layer (`get_extra_info`): taken
+    /// once, when the layer becomes ready, and delivered with the event
+    /// that opens the connection.
+    fn info(&self) -> LayerInfo {
+        LayerInfo::default()
+    }
+}
+
+/// What a ready layer tells the protocol about the connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// The negotiated TLS session (a TLS layer).
+    pub tls: Option<tls::TlsInfo>,
 }
 
 /// Makes each connection's layer (one per listener or connect).
