@@ -36,6 +36,7 @@ from .framing import Delimited, Exactly, LengthPrefixed, Raw, Resp
 from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
+from .supervisor import Supervisor, WorkerStartError, run_workers, usable_cpus
 from .tls import TLSClientConfig, TLSConfig
 from .udp import DatagramProtocol
 from .workers import WorkerPool
@@ -62,6 +63,7 @@ __all__ = [
     "Raw",
     "Resp",
     "Server",
+    "Supervisor",
     "TLSCertVerificationError",
     "TLSClientConfig",
     "TLSConfig",
@@ -70,7 +72,10 @@ __all__ = [
     "TimerHandle",
     "Transport",
     "WorkerPool",
+    "WorkerStartError",
     "WriteBufferLimitError",
     "__version__",
     "backend_info",
+    "run_workers",
+    "usable_cpus",
 ]

@@ -13,6 +13,16 @@ graceful drain on SIGINT or SIGTERM.
 ``--workers N`` runs the TCP servers' callbacks on one shared
 ``WorkerPool`` of N threads (0: none, on the IO thread); without it, an
 example that needs workers (``line-workers``: 8) gets its default.
+
+``--processes N|auto`` runs N worker processes (``auto``: the usable CPUs,
+cgroup-aware), each serving every NAME on the same ports with
+``SO_REUSEPORT`` (``netring.run_workers``); the ready lines are printed once
+per server when every worker is ready. SIGTERM/SIGINT drains them all;
+SIGHUP replaces them one at a time. ``--port 0`` picks one free port per
+server in the supervisor, which keeps a bound (not listening)
+``SO_REUSEPORT`` socket on it for the whole run so that no other program
+takes the port while workers restart (UDP: the port is only picked, as a
+bound UDP socket would receive datagrams).
 """
 
 from __future__ import annotations
@@ -20,14 +30,16 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
 from typing import Any
 
 from .errors import ConfigurationError
 from .pool import BACKENDS, IOPool
-from .server import Server
+from .server import Server, _resolve
 from .servers import POOL_OPTIONS, SERVERS
+from .supervisor import Listening, WorkerStartError, run_workers, usable_cpus
 from .tls import TLSConfig
 from .workers import WorkerPool
 
@@ -62,7 +74,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--work-ms", type=float, default=0.0, metavar="MS",
                        help="line-workers: milliseconds each command sleeps after its "
                             "query, standing in for a remote call (default 0)")
+    serve.add_argument("--processes", type=_processes, default=None, metavar="N|auto",
+                       help="worker processes, each serving every NAME on the same ports "
+                            "(SO_REUSEPORT); auto: the usable CPUs (default: one process, "
+                            "no supervisor)")
     return p
+
+
+def _processes(value: str) -> int:
+    if value == "auto":
+        return usable_cpus()
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or 'auto'), not {n}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigurationError, TypeError) as e:
             print(f"netring: cannot use the TLS certificate: {e}", file=sys.stderr)
             return 2
+    if args.processes is not None:
+        return _serve_processes(args, names, ports, pool_options, tls)
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
                for name in names if not SERVERS[name].udp}
     servers: list[Server] = []
@@ -151,4 +181,111 @@ def main(argv: list[str] | None = None) -> int:
     pool.close(args.grace)
     if workers is not None:
         workers.close(args.grace)
+    return 0
+
+
+# -- --processes: worker processes under a supervisor --------------------------------
+
+
+class _Endpoint:
+    """A UDP endpoint as ``run_workers`` sees a server."""
+
+    def __init__(self, transport: Any, pool: IOPool) -> None:
+        self._transport = transport
+        self.host, self.port = transport.get_extra_info("sockname")[:2]
+        self.backend = pool.backend
+        self.io_threads = pool.io_threads
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self, grace: float = 0.0) -> None:
+        self._transport.close()
+
+
+def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
+                  pool_options: dict[str, Any], tls: TLSConfig | None) -> list[Any]:
+    """In a worker process: the IO pool, the worker pool and every server,
+    bound with SO_REUSEPORT. What is left open when a worker drains (the
+    pools) is closed by the worker after its servers."""
+    pool = IOPool(args.io_threads, backend=args.backend, **pool_options)
+    threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
+               for name in names if not SERVERS[name].udp}
+    workers = WorkerPool(max(threads.values())) if max(threads.values(), default=0) else None
+    served: list[Any] = []
+    for name, port in zip(names, ports, strict=True):
+        example = SERVERS[name]
+        options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
+        options["reuse_port"] = True
+        if example.udp:
+            transport, _ = pool.create_datagram_endpoint(
+                example.make_factory(pool, args), (args.host, port), **options).result(10)
+            served.append(_Endpoint(transport, pool))
+        else:
+            server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
+                            workers=workers if threads[name] else None, tls=tls, **options)
+            server.start()
+            served.append(server)
+    return served
+
+
+def _pick_port(host: str, udp: bool) -> socket.socket:
+    """A socket bound to a free port of ``host`` with SO_REUSEPORT (workers
+    bind beside it), not listening (it never takes a connection)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int],
+                     pool_options: dict[str, Any], tls: TLSConfig | None) -> int:
+    """``--processes N``: a supervisor running N workers that each serve
+    every NAME; one ready line per server once all N are ready."""
+    reserved: list[socket.socket] = []
+    try:
+        host = _resolve(args.host)
+        for i, (name, port) in enumerate(zip(names, ports, strict=True)):
+            if port == 0:
+                sock = _pick_port(host, SERVERS[name].udp)
+                ports[i] = sock.getsockname()[1]
+                if SERVERS[name].udp:
+                    sock.close()
+                else:
+                    reserved.append(sock)
+    except (OSError, ValueError) as e:
+        print(f"netring: cannot pick a port on {args.host}: {e}", file=sys.stderr)
+        for sock in reserved:
+            sock.close()
+        return 2
+
+    def ready(listening: list[Listening]) -> None:
+        for name, where in zip(names, listening, strict=True):
+            over = ", tls" if tls is not None and not SERVERS[name].udp else ""
+            print(f"netring: serving {name} on {where.host}:{where.port} "
+                  f"(backend={where.backend}, io_threads={where.io_threads}{over})", flush=True)
+
+    def build() -> list[Any]:
+        for sock in reserved:  # the supervisor's; not the worker's to keep
+            sock.close()
+        return _build_worker(args, names, ports, pool_options, tls)
+
+    logging.getLogger("netring").info("%d worker processes", args.processes)
+    try:
+        run_workers(build, args.processes, grace=args.grace, on_ready=ready)
+    except WorkerStartError as e:
+        print(f"netring: {e}", file=sys.stderr)
+        return 1
+    except (ConfigurationError, TypeError) as e:
+        print(f"netring: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for sock in reserved:
+            sock.close()
     return 0
