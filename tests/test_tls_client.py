@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -209,3 +210,29 @@ def test_client_configuration_errors(ca: Any) -> None:
     with netring.IOPool(1) as pool, \
             pytest.raises(TypeError, match=r"tls: must be a netring\.TLSClientConfig"):
         pool.connect(Client, "127.0.0.1", 1, tls=ssl.create_default_context())  # type: ignore[arg-type]
+
+
+def test_a_server_that_resets_mid_handshake_fails_the_connect(backend: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def reset_after_hello() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)  # the ClientHello
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST
+
+    t = threading.Thread(target=reset_after_hello)
+    t.start()
+    try:
+        with netring.IOPool(1, backend=backend) as pool:
+            tls = netring.TLSClientConfig(server_hostname="localhost",
+                                          ca=trustme.CA().cert_pem.bytes())
+            future = pool.connect(Client, "127.0.0.1", listener.getsockname()[1], tls=tls,
+                                  timeout=10)
+            with pytest.raises(ConnectionResetError):
+                future.result(15)
+            assert pool.stats()["handshakes_failed"] == 1
+            assert pool.stats()["connections_open"] == 0
+    finally:
+        t.join(5)
+        listener.close()

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import netring
 import pytest
-from conftest import recv_exactly, serving
+from conftest import recv_exactly, serving, wait_until
 from netring.servers.echo import Echo
 
 trustme = pytest.importorskip("trustme")
@@ -176,9 +176,11 @@ def test_failed_handshakes_are_counted_and_logged(backend: str, ca: Any,
                     pass
         with tls_connect(server.port, client_ctx(ca)) as s:
             echo(s)
+        assert wait_until(lambda: server.stats()["connections_open"] == 0, 5), server.stats()
         stats = server.stats()
     assert stats["handshakes_failed"] == 2
     assert stats["connections_accepted"] == 3
+    assert stats["connections_closed"] == 3
     reasons = [r.getMessage() for r in caplog.records if "closed before it opened" in
                r.getMessage()]
     assert len(reasons) == 2 and all("127.0.0.1" in r and "tls:" in r for r in reasons), reasons
@@ -257,3 +259,139 @@ def test_openssl_s_client_with_sni_and_a_client_certificate(
     assert "hello through sni" in out, out[-1000:]
     assert info.seen[0]["server_hostname"] == "api.test"
     assert ("DNS", "sensor.example") in info.seen[0]["peercert"]["subjectAltName"]
+
+
+def test_handshakes_beyond_max_handshakes_wait_in_the_backlog(backend: str, ca: Any) -> None:
+    tls = netring.TLSConfig(*identity(ca, "localhost"), max_handshakes=2,
+                            handshake_timeout=None)
+    with serving(Echo, backend, tls=tls, io_threads=1) as server:
+        established = tls_connect(server.port, client_ctx(ca))
+        echo(established)
+        stalled = [socket.create_connection(server.address, timeout=10) for _ in range(2)]
+        for s in stalled:
+            s.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then silence
+        assert wait_until(lambda: server.stats()["connections_accepted"] == 3, 5)
+        done: dict[str, Any] = {}
+
+        def late() -> None:
+            try:
+                with tls_connect(server.port, client_ctx(ca)) as s:
+                    echo(s)
+                    done["ok"] = True
+            except BaseException as e:  # reported below
+                done["error"] = e
+
+        t = threading.Thread(target=late)
+        t.start()
+        threading.Event().wait(0.5)
+        assert done == {}, "the third handshake waits in the backlog"
+        assert server.stats()["connections_accepted"] == 3
+        echo(established, b"still served")
+        stalled[0].close()  # one handshake ends: the waiting one is taken
+        t.join(10)
+        assert done == {"ok": True}, done
+        assert server.stats()["handshakes_failed"] == 1
+        established.close()
+        stalled[1].close()
+    with pytest.raises(netring.ConfigurationError, match="max_handshakes"):
+        netring.TLSConfig(*identity(ca, "localhost"), max_handshakes=0)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_a_flood_of_stalled_handshakes_costs_bounded_memory(backend: str, ca: Any) -> None:
+    # 3,000 clients each send the start of a ClientHello and stall. At most
+    # max_handshakes are taken from the backlog; an established connection
+    # is served throughout, and a new client gets in once they are gone.
+    tls = netring.TLSConfig(*identity(ca, "localhost"), max_handshakes=500,
+                            handshake_timeout=None)
+    with serving(Echo, backend, tls=tls, io_threads=1, backlog=4096) as server:
+        established = tls_connect(server.port, client_ctx(ca))
+        echo(established)
+        base = rss_mib()
+        stalled = []
+        try:
+            for i in range(3000):
+                s = socket.create_connection(server.address, timeout=10)
+                s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100))
+                stalled.append(s)
+                if i % 500 == 0:
+                    echo(established, b"served during the flood")
+            assert wait_until(lambda: server.stats()["connections_accepted"] == 501, 10)
+            threading.Event().wait(0.3)
+            assert server.stats()["connections_accepted"] == 501, "the rest wait in the backlog"
+            grown = rss_mib() - base
+            # ~7 KiB per stalled handshake here (rustls state, a receive
+            # buffer's worth at most, the client sockets of this process).
+            assert grown < 24, f"{grown:.1f} MiB for 500 stalled handshakes"
+            echo(established, b"still served")
+        finally:
+            for s in stalled:
+                s.close()
+        with tls_connect(server.port, client_ctx(ca)) as s:
+            echo(s, b"after the flood")
+        established.close()
+
+
+def test_oversize_or_garbage_handshakes_are_refused(backend: str, ca: Any) -> None:
+    tls = netring.TLSConfig(*identity(ca, "localhost"))
+    with serving(Echo, backend, tls=tls) as server:
+        # A ClientHello that declares 16 MiB: refused before it is buffered.
+        with socket.create_connection(server.address, timeout=10) as s:
+            record = b"\x01\xff\xff\xff" + bytes(16000)
+            s.sendall(b"\x16\x03\x01" + len(record).to_bytes(2, "big") + record)
+            reply = b""
+            try:
+                while chunk := s.recv(4096):
+                    reply += chunk
+            except ConnectionResetError:
+                pass
+            assert reply[:1] in (b"", b"\x15"), reply[:16]
+        # Random bytes, in several shapes.
+        for garbage in (bytes(range(256)) * 64, b"\x16\x03\x03\x00\x00", b"\x17" * 5000):
+            with socket.create_connection(server.address, timeout=10) as s:
+                try:
+                    s.sendall(garbage)
+                    while s.recv(4096):
+                        pass
+                except ConnectionResetError:
+                    pass
+        with tls_connect(server.port, client_ctx(ca)) as s:
+            echo(s)
+        assert server.stats()["handshakes_failed"] == 4
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not on PATH (Debian: openssl)")
+def test_a_renegotiation_attempt_is_refused_and_harms_nothing(
+        backend: str, ca: Any, tmp_path: Path) -> None:
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    tls = netring.TLSConfig(*identity(ca, "localhost"))
+    with serving(Echo, backend, tls=tls) as server:
+        other = tls_connect(server.port, client_ctx(ca))
+        echo(other)
+        proc = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_2",
+             "-CAfile", str(tmp_path / "ca.pem")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(b"before renegotiation\n")
+            proc.stdin.flush()
+            threading.Event().wait(0.5)
+            proc.stdin.write(b"R\n")  # s_client: renegotiate
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=20)
+        except BrokenPipeError:
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert b"before renegotiation" in out, out[-500:]
+        assert b"RENEGOTIATING" in out + err
+        echo(other, b"other connections are untouched")
+        with tls_connect(server.port, client_ctx(ca)) as s:
+            echo(s, b"and new ones are served")
+        other.close()

@@ -233,7 +233,9 @@ class Server:
                     self._host, self._port, self._backlog, self._reuse_port, factory,
                     self._framing._spec(), self._idle_timeout, self._keepalive,
                     self._max_write_buffer, self._frame_timeout, self._max_connections,
-                    self._max_per_ip, self._overflow == "close", tls)
+                    self._max_per_ip, self._overflow == "close", tls,
+                    None if self._tls is None
+                    else self._tls.max_handshakes * self._pool.io_threads)
             except BaseException:
                 if work is not None and work.owned:
                     work.pool.close(0.0)

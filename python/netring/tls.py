@@ -26,6 +26,9 @@ DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 #: Sessions a server remembers for resumption by session id, by default.
 DEFAULT_SESSION_CACHE = 256
 
+#: TLS handshakes in progress per IO thread at most, by default.
+DEFAULT_MAX_HANDSHAKES = 1024
+
 PemSource = str | os.PathLike[str] | bytes
 ClientAuth = Literal["none", "optional", "required"]
 TLSVersion = Literal["TLSv1.2", "TLSv1.3"]
@@ -102,6 +105,12 @@ class TLSConfig:
             0: none; default 256).
         session_tickets: issue session tickets (resumption without server
             state; default on). Keys rotate every 6 hours.
+        max_handshakes: handshakes in progress per IO thread at most
+            (default 1024). Beyond it the server stops accepting: new
+            connections wait in the kernel's backlog until a handshake ends
+            (completes, fails or times out), so a flood of stalled
+            handshakes costs bounded memory and open connections are served
+            as usual.
 
     Handshakes run in the engine; ``connection_made`` comes once one has
     completed, and a failed one never reaches the protocol (it is counted
@@ -122,7 +131,8 @@ class TLSConfig:
                  client_auth: ClientAuth = "none",
                  min_version: TLSVersion = "TLSv1.2",
                  session_cache: int = DEFAULT_SESSION_CACHE,
-                 session_tickets: bool = True) -> None:
+                 session_tickets: bool = True,
+                 max_handshakes: int = DEFAULT_MAX_HANDSHAKES) -> None:
         protocols = _alpn(alpn)
         self.alpn: tuple[str, ...] = tuple(alpn or ())
         self.handshake_timeout = _timeout(handshake_timeout)
@@ -136,6 +146,7 @@ class TLSConfig:
         self.client_auth: str = client_auth
         self.min_version: str = _version(min_version)
         self.session_cache = check_int("session_cache", session_cache, 0, 1 << 24)
+        self.max_handshakes = check_int("max_handshakes", max_handshakes, 1, 1 << 24)
         if not isinstance(session_tickets, bool):
             raise TypeError(
                 f"session_tickets: must be a bool, not {type(session_tickets).__name__}")

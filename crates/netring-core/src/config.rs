@@ -172,6 +172,11 @@ pub struct ListenLimits {
     pub max_connections_per_ip: Option<usize>,
     /// What happens at `max_connections`.
     pub overflow: Overflow,
+    /// Connections whose stream layer is not ready yet (TLS handshakes in
+    /// progress) at most. Beyond it the listener stops accepting: new
+    /// connections wait in the kernel's backlog until a handshake ends, so
+    /// stalled handshakes cost a bounded amount of memory.
+    pub max_unready: Option<usize>,
 }
 
 /// Per-connection settings a listener gives each connection it accepts.

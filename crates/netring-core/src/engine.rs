@@ -188,13 +188,15 @@ impl Engine {
         let listener = self.shared.next_listener.fetch_add(1, Ordering::Relaxed);
         let owner = listener % self.shared.mailboxes.len();
         let limits = &cfg.limits;
-        let counts = (limits.max_connections.is_some() || limits.max_connections_per_ip.is_some())
-            .then(|| {
-                Arc::new(crate::limits::ListenerCounts::new(
-                    limits.clone(),
-                    owner as u16,
-                ))
-            });
+        let counts = (limits.max_connections.is_some()
+            || limits.max_connections_per_ip.is_some()
+            || limits.max_unready.is_some())
+        .then(|| {
+            Arc::new(crate::limits::ListenerCounts::new(
+                limits.clone(),
+                owner as u16,
+            ))
+        });
         self.shared.mailboxes[owner].push(Cmd::Listen {
             listener,
             socket: socket.into(),

@@ -27,6 +27,8 @@ pub(crate) enum Admit {
     OverTotal,
     /// `max_connections_per_ip` reached for its address.
     OverIp,
+    /// `max_unready` reached: wait (always held, whatever the overflow).
+    Wait,
 }
 
 /// Live counts of one listener's connections.
@@ -36,6 +38,8 @@ pub struct ListenerCounts {
     /// The IO thread that owns the listener.
     pub(crate) owner: u16,
     open: AtomicUsize,
+    /// Admitted connections whose layer is not ready yet.
+    unready: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// The owner holds connections back: wake it on every release.
     pub(crate) waiting: AtomicBool,
@@ -47,6 +51,7 @@ impl ListenerCounts {
             limits,
             owner,
             open: AtomicUsize::new(0),
+            unready: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             waiting: AtomicBool::new(false),
         }
@@ -61,16 +66,38 @@ impl ListenerCounts {
         self.limits.overflow
     }
 
-    /// Whether one more connection fits under `max_connections`.
-    pub(crate) fn has_room(&self) -> bool {
-        self.limits
-            .max_connections
-            .is_none_or(|max| self.open.load(Ordering::Acquire) < max)
+    /// Whether one more connection fits under `max_connections` (and, for
+    /// a `layered` listener, `max_unready`).
+    pub(crate) fn has_room(&self, layered: bool) -> bool {
+        self.has_unready_room(layered)
+            && self
+                .limits
+                .max_connections
+                .is_none_or(|max| self.open.load(Ordering::Acquire) < max)
     }
 
-    /// Count a connection from `ip` if both limits allow it (owner only).
-    pub(crate) fn try_admit(&self, ip: Option<IpAddr>) -> Admit {
-        if !self.has_room() {
+    fn has_unready_room(&self, layered: bool) -> bool {
+        !layered
+            || self
+                .limits
+                .max_unready
+                .is_none_or(|max| self.unready.load(Ordering::Acquire) < max)
+    }
+
+    /// Whether connections of a `layered` listener are counted until their
+    /// layer is ready.
+    pub(crate) fn counts_unready(&self, layered: bool) -> bool {
+        layered && self.limits.max_unready.is_some()
+    }
+
+    /// Count a connection from `ip` if the limits allow it (owner only); a
+    /// `layered` one is also counted as unready until
+    /// [`ListenerCounts::ready`].
+    pub(crate) fn try_admit(&self, ip: Option<IpAddr>, layered: bool) -> Admit {
+        if !self.has_unready_room(layered) {
+            return Admit::Wait;
+        }
+        if !self.has_room(false) {
             return Admit::OverTotal;
         }
         if let (Some(max), Some(ip)) = (self.limits.max_connections_per_ip, ip) {
@@ -82,7 +109,17 @@ impl ListenerCounts {
             *n += 1;
         }
         self.open.fetch_add(1, Ordering::AcqRel);
+        if self.counts_unready(layered) {
+            self.unready.fetch_add(1, Ordering::AcqRel);
+        }
         Admit::Yes
+    }
+
+    /// An admitted connection's layer became ready, or it closed before
+    /// (any thread). Returns whether the owner must be woken.
+    pub(crate) fn ready(&self) -> bool {
+        self.unready.fetch_sub(1, Ordering::AcqRel);
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// A counted connection closed (any thread). Returns whether the owner
@@ -118,19 +155,27 @@ mod tests {
                 max_connections: Some(3),
                 max_connections_per_ip: Some(2),
                 overflow: Overflow::Hold,
+                max_unready: Some(1),
             },
             0,
         );
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(c.try_admit(Some(a)), Admit::Yes);
-        assert_eq!(c.try_admit(Some(a)), Admit::Yes);
-        assert_eq!(c.try_admit(Some(a)), Admit::OverIp);
-        assert_eq!(c.try_admit(Some(b)), Admit::Yes);
-        assert_eq!(c.try_admit(Some(b)), Admit::OverTotal);
+        assert_eq!(c.try_admit(Some(a), false), Admit::Yes);
+        assert_eq!(c.try_admit(Some(a), false), Admit::Yes);
+        assert_eq!(c.try_admit(Some(a), false), Admit::OverIp);
+        assert_eq!(c.try_admit(Some(b), false), Admit::Yes);
+        assert_eq!(c.try_admit(Some(b), false), Admit::OverTotal);
         assert_eq!(c.open(), 3);
         assert!(!c.release(Some(a)));
-        assert_eq!(c.try_admit(Some(b)), Admit::Yes);
-        assert_eq!(c.try_admit(Some(a)), Admit::OverTotal);
+        assert_eq!(c.try_admit(Some(b), false), Admit::Yes);
+        assert_eq!(c.try_admit(Some(a), false), Admit::OverTotal);
+        // A layered connection also needs room among the unready ones.
+        assert!(!c.release(Some(a)));
+        assert_eq!(c.try_admit(None, true), Admit::Yes);
+        assert!(!c.has_room(true), "one unready at most");
+        assert_eq!(c.try_admit(None, true), Admit::Wait);
+        assert!(!c.ready());
+        assert!(c.has_room(true) == c.has_room(false));
     }
 }

@@ -290,6 +290,7 @@ fn a_listener_at_max_connections_holds_the_next_and_serves_it_in_order() {
     let limits = ListenLimits {
         max_connections: Some(1),
         max_connections_per_ip: None,
+        max_unready: None,
         overflow: Overflow::Hold,
     };
     let l = r.listen(ConnOptions::default(), Some(limits));

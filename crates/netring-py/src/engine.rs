@@ -73,7 +73,7 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
-    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false, tls=None))]
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false, tls=None, max_unready=None))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -92,6 +92,7 @@ impl Engine {
         max_connections_per_ip: Option<usize>,
         close_on_overflow: bool,
         tls: Option<Bound<'_, crate::tls::TlsServerConfig>>,
+        max_unready: Option<usize>,
     ) -> PyResult<(usize, String, u16)> {
         let framing = framing_or_raw(framing)?;
         let overflow = if close_on_overflow {
@@ -116,6 +117,7 @@ impl Engine {
                 max_connections,
                 max_connections_per_ip,
                 overflow,
+                max_unready,
             },
         };
         // NOTE: the GIL is held from here until the factory is registered, so

@@ -92,7 +92,7 @@ impl ThreadCore {
                     info: None,
                 };
                 match &attempt.layer {
-                    Some(layer) => self.start_layer(id, layer, open, true),
+                    Some(layer) => self.start_layer(id, layer, open, None),
                     None => self.q.events.push_back(open),
                 }
             }

@@ -5,10 +5,13 @@
 //! failures.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::{Ev, ThreadCore};
 use crate::conn::{ConnError, ConnId, Layered, State};
 use crate::layer::{Layer, LayerError, LayerOut};
+use crate::limits::ListenerCounts;
 use crate::stats::Stats;
 use crate::timer::Due;
 
@@ -17,18 +20,33 @@ use crate::timer::Due;
 pub(crate) struct Unready {
     open: Ev,
     plain: Vec<u8>,
+    /// The listener's counts it takes an unready place in (`max_unready`).
+    pending: Option<Arc<ListenerCounts>>,
 }
 
 impl ThreadCore {
     /// Give connection `id` its layer and start it (a client's first
     /// handshake message goes out now); `open` (`Opened` / `Connected`)
-    /// is delivered once the layer is ready.
-    pub(super) fn start_layer(&mut self, id: ConnId, layer: &Layer, open: Ev, outbound: bool) {
+    /// is delivered once the layer is ready. `pending`: the listener counts
+    /// it as unready until then.
+    pub(super) fn start_layer(
+        &mut self,
+        id: ConnId,
+        layer: &Layer,
+        open: Ev,
+        pending: Option<Arc<ListenerCounts>>,
+    ) {
+        let outbound = matches!(open, Ev::Connected { .. });
         let (peer, local) = match &open {
             Ev::Opened { peer, local, .. } | Ev::Connected { peer, local, .. } => (*peer, *local),
             _ => (None, None),
         };
-        let Some(conn) = self.conn(id) else { return };
+        let Some(conn) = self.conn(id) else {
+            if let Some(counts) = pending {
+                self.unready_done(&counts);
+            }
+            return;
+        };
         let mut instance = layer.0.new_layer(peer, local, outbound);
         let mut out = LayerOut::default();
         instance.on_start(&mut out);
@@ -44,6 +62,7 @@ impl ThreadCore {
             Unready {
                 open,
                 plain: Vec::new(),
+                pending,
             },
         );
         if let Some(t) = layer.0.ready_timeout() {
@@ -84,6 +103,17 @@ impl ThreadCore {
         if ok {
             self.q.events.push_back(Ev::Eof { conn: id });
         }
+    }
+
+    /// The connection in slot `index` is no longer unready (ready, failed
+    /// or gone): its entry, with its place among the listener's unready
+    /// ones freed.
+    pub(super) fn take_unready(&mut self, index: u32) -> Option<Unready> {
+        let u = self.unready.remove(&index)?;
+        if let Some(counts) = &u.pending {
+            self.unready_done(counts);
+        }
+        Some(u)
     }
 
     /// The layer of `id` had until now to become ready.
@@ -138,9 +168,10 @@ impl ThreadCore {
         if let Some(u) = self.unready.get_mut(&id.index) {
             u.plain.extend_from_slice(&out.plain);
             if ready && open && result.is_ok() {
-                let mut u = self.unready.remove(&id.index).expect("just found");
+                let layer_info = layer.map(|l| Box::new(l.info()));
+                let mut u = self.take_unready(id.index).expect("just found");
                 if let Ev::Opened { info, .. } | Ev::Connected { info, .. } = &mut u.open {
-                    *info = layer.map(|l| Box::new(l.info()));
+                    *info = layer_info;
                 }
                 self.q.events.push_back(u.open);
                 if !u.plain.is_empty() {
@@ -172,7 +203,6 @@ impl ThreadCore {
     /// bytes (an alert) still go out. A connection the protocol never saw
     /// closes silently (an outbound one fails its connect).
     pub(super) fn layer_failed(&mut self, id: ConnId, error: LayerError) {
-        let unready = self.unready.remove(&id.index);
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -182,31 +212,41 @@ impl ThreadCore {
         if let Some(l) = conn.layer_mut() {
             l.closed = true; // a failed layer has no last words to add
         }
-        match unready {
-            Some(u) => {
-                let peer = socket2::SockRef::from(&conn.fd)
-                    .peer_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket());
-                log::debug!(
-                    "netring: connection {} {} closed before it opened: {error}",
-                    if matches!(u.open, Ev::Connected { .. }) {
-                        "to"
-                    } else {
-                        "from"
-                    },
-                    peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
-                );
-                conn.silent = true;
-                Stats::add(&self.engine.stats.handshakes_failed, 1);
-                if let Ev::Connected { token, .. } = u.open {
-                    let error = io::Error::new(io::ErrorKind::InvalidData, error);
-                    self.q.events.push_back(Ev::ConnectFailed { token, error });
-                }
-            }
-            None => conn.rare().error = Some(ConnError::Layer(error)),
-        }
         conn.begin_close(); // nothing more is delivered
         Self::mark_dirty(&mut self.dirty, conn);
+        if !self.unready.contains_key(&id.index) {
+            conn.rare().error = Some(ConnError::Layer(error));
+            return;
+        }
+        conn.silent = true;
+        let peer = socket2::SockRef::from(&conn.fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket());
+        let u = self.take_unready(id.index).expect("just found");
+        self.closed_unready(u, peer, io::Error::new(io::ErrorKind::InvalidData, error));
+    }
+
+    /// A connection closed before its layer was ready (a failed or reset
+    /// handshake): the protocol never hears of it, an outbound connect
+    /// fails with `error`; counted as closed and as a failed handshake, and
+    /// logged at DEBUG with the peer and the reason.
+    pub(super) fn closed_unready(
+        &mut self,
+        u: Unready,
+        peer: Option<SocketAddr>,
+        error: io::Error,
+    ) {
+        let outbound = matches!(u.open, Ev::Connected { .. });
+        log::debug!(
+            "netring: connection {} {} closed before it opened: {error}",
+            if outbound { "to" } else { "from" },
+            peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
+        );
+        Stats::add(&self.engine.stats.handshakes_failed, 1);
+        Stats::add(&self.engine.stats.closed, 1);
+        if let Ev::Connected { token, .. } = u.open {
+            self.q.events.push_back(Ev::ConnectFailed { token, error });
+        }
     }
 }

@@ -116,8 +116,12 @@ impl ThreadCore {
         options: &ConnOptions,
         counted: Counted,
     ) {
+        let layered = options.layer.is_some();
         if self.shutdown_deadline.is_some() {
             if let Some((counts, ip)) = counted {
+                if counts.counts_unready(layered) {
+                    self.unready_done(&counts);
+                }
                 self.release_count(&counts, ip);
             }
             return; // shutting down: the descriptor closes here
@@ -133,6 +137,11 @@ impl ThreadCore {
         };
         // NOTE: listener ids count up from 0; u32::MAX marks outbound.
         conn.listener = u32::try_from(listener).unwrap_or(u32::MAX);
+        // Counted as unready until its layer is ready or it closes.
+        let pending = counted
+            .as_ref()
+            .filter(|(c, _)| c.counts_unready(layered))
+            .map(|(c, _)| c.clone());
         if counted.is_some() {
             conn.rare().counted = counted;
         }
@@ -148,7 +157,7 @@ impl ThreadCore {
             info: None,
         };
         match &options.layer {
-            Some(layer) => self.start_layer(id, layer, open, false),
+            Some(layer) => self.start_layer(id, layer, open, pending),
             None => self.q.events.push_back(open),
         }
     }
@@ -232,14 +241,20 @@ impl ThreadCore {
         ip: Option<std::net::IpAddr>,
         counts: Arc<ListenerCounts>,
     ) {
-        match counts.try_admit(ip) {
+        let layered = self
+            .listeners
+            .get(&listener)
+            .is_some_and(|l| l.options.layer.is_some());
+        let admit = counts.try_admit(ip, layered);
+        match admit {
             Admit::Yes => self.hand_out(listener, fd, Some((counts, ip))),
             Admit::OverIp => {
                 Stats::add(&self.engine.stats.refused, 1);
                 drop(fd); // accept-then-close: holding it would stall others
             }
-            Admit::OverTotal => {
-                if counts.overflow() == crate::config::Overflow::Close {
+            Admit::OverTotal | Admit::Wait => {
+                if admit == Admit::OverTotal && counts.overflow() == crate::config::Overflow::Close
+                {
                     Stats::add(&self.engine.stats.refused, 1);
                     drop(fd);
                     return;
@@ -293,6 +308,14 @@ impl ThreadCore {
         }
     }
 
+    /// A counted connection is no longer unready (its layer became ready,
+    /// or it closed before): wake the listener's owner if it waits for room.
+    pub(super) fn unready_done(&mut self, counts: &ListenerCounts) {
+        if counts.ready() && counts.owner != self.thread {
+            self.engine.mailboxes[usize::from(counts.owner)].push(Cmd::Wake);
+        }
+    }
+
     /// Serve held connections while there is room; start accepting again
     /// once none is held.
     pub(super) fn drain_held(&mut self, listener: usize) {
@@ -303,7 +326,7 @@ impl ThreadCore {
             let Some(counts) = l.counts.clone() else {
                 return;
             };
-            if !counts.has_room() {
+            if !counts.has_room(l.options.layer.is_some()) {
                 return;
             }
             match l.held.pop_front() {

@@ -3,13 +3,14 @@
 //! free the slot once the kernel holds nothing of it), with the engine-wide
 //! buffer-memory accounting.
 
+use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use socket2::SockRef;
 
 use super::{Ev, ThreadCore, LINGER_MAX};
-use crate::conn::State;
+use crate::conn::{ConnError, State};
 use crate::driver::Driver;
 use crate::mailbox::Cmd;
 use crate::stats::Stats;
@@ -122,7 +123,9 @@ impl ThreadCore {
                     conn.eof_sent = true;
                     let _ = rustix::net::shutdown(conn.fd.as_fd(), rustix::net::Shutdown::Write);
                 }
-                if !conn.silent {
+                // NOTE: one whose layer is not ready yet was never seen by
+                // the protocol: `finalize` reports it (`closed_unready`).
+                if !conn.silent && !self.unready.contains_key(&slot) {
                     conn.silent = true;
                     Stats::add(&self.engine.stats.closed, 1);
                     self.q.events.push_back(Ev::Closed {
@@ -154,7 +157,13 @@ impl ThreadCore {
 
     pub(super) fn finalize<D: Driver>(&mut self, index: usize, driver: &mut D) {
         let conn = self.conns.remove(index);
-        self.unready.remove(&(index as u32));
+        let unready = self.take_unready(index as u32);
+        let peer = unready.as_ref().and_then(|_| {
+            SockRef::from(&conn.fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+        });
         if self.engine.memory.update(conn.accounted, 0) {
             self.wake_all();
         }
@@ -166,7 +175,21 @@ impl ThreadCore {
         drop(conn.fd);
         self.fd_freed = true;
         let (error, counted) = conn.rare.map_or((None, None), |r| (r.error, r.counted));
-        if conn.silent {
+        if let Some(u) = unready {
+            // Gone before its layer was ready (e.g. reset mid-handshake).
+            let error = match error {
+                Some(ConnError::Io(e)) => e,
+                Some(other) => io::Error::other(other.to_string()),
+                None => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed before its layer was ready",
+                ),
+            };
+            self.closed_unready(u, peer, error);
+            if let Some((counts, ip)) = &counted {
+                self.release_count(counts, *ip);
+            }
+        } else if conn.silent {
             if let Some((counts, ip)) = &counted {
                 self.release_count(counts, *ip);
             }
