@@ -9,13 +9,14 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
 import netring
 import pytest
-from conftest import recv_exactly, serving, wait_until
+from conftest import cli_server, recv_exactly, serving, wait_until
 from netring.servers.echo import Echo
 
 trustme = pytest.importorskip("trustme")
@@ -395,3 +396,28 @@ def test_a_renegotiation_attempt_is_refused_and_harms_nothing(
         with tls_connect(server.port, client_ctx(ca)) as s:
             echo(s, b"and new ones are served")
         other.close()
+
+
+def test_the_cli_asks_for_client_certificates(backend: str, ca: Any, tmp_path: Path) -> None:
+    client_ca = trustme.CA()
+    chain, key = identity(ca, "localhost")
+    (tmp_path / "cert.pem").write_bytes(chain)
+    (tmp_path / "key.pem").write_bytes(key)
+    client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    client_ca.issue_cert("device").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "client.pem"))
+    args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+            "--tls-ca", str(tmp_path / "client-ca.pem"), "--tls-client-auth", "required"]
+    with cli_server("echo", backend=backend, args=args) as cli:
+        with_cert = client_ctx(ca)
+        with_cert.load_cert_chain(tmp_path / "client.pem")
+        with tls_connect(cli.port, with_cert) as s:
+            echo(s, b"with a certificate")
+        s = tls_connect(cli.port, client_ctx(ca))
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            echo(s, b"without one")
+        s.close()
+    run = subprocess.run([sys.executable, "-m", "netring", "serve", "echo", "--port", "0",
+                          *args[:4], "--tls-client-auth", "required"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "go together" in run.stderr, run.stderr

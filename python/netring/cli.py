@@ -8,7 +8,8 @@ io_threads=N)``, once it accepts connections; the process exits 0 after a
 graceful drain on SIGINT or SIGTERM.
 
 ``--tls-cert FILE --tls-key FILE`` serves every TCP server over TLS
-(the ready line then ends ``, tls)``).
+(the ready line then ends ``, tls)``); ``--tls-ca FILE --tls-client-auth
+required|optional`` asks clients for certificates signed by that CA.
 
 ``--workers N`` runs the TCP servers' callbacks on one shared
 ``WorkerPool`` of N threads (0: none, on the IO thread); without it, an
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
                             "(TCP servers; needs --tls-key)")
     serve.add_argument("--tls-key", default=None, metavar="FILE",
                        help="the PEM private key of --tls-cert")
+    serve.add_argument("--tls-ca", default=None, metavar="FILE",
+                       help="PEM CA bundle client certificates must chain to "
+                            "(with --tls-client-auth)")
+    serve.add_argument("--tls-client-auth", default="none",
+                       choices=("none", "optional", "required"),
+                       help="ask clients for a certificate (default none; needs --tls-ca)")
     serve.add_argument("--work-ms", type=float, default=0.0, metavar="MS",
                        help="line-workers: milliseconds each command sleeps after its "
                             "query, standing in for a remote call (default 0)")
@@ -119,10 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--work-ms: must be >= 0")
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
+    if args.tls_cert is None and (args.tls_ca is not None or args.tls_client_auth != "none"):
+        parser.error("--tls-ca and --tls-client-auth need --tls-cert and --tls-key")
+    if (args.tls_client_auth != "none") != (args.tls_ca is not None):
+        parser.error("--tls-client-auth and --tls-ca go together")
     tls = None
     if args.tls_cert is not None:
         try:
-            tls = TLSConfig(args.tls_cert, args.tls_key)
+            tls = TLSConfig(args.tls_cert, args.tls_key, ca=args.tls_ca,
+                            client_auth=args.tls_client_auth)
         except (ConfigurationError, TypeError) as e:
             print(f"netring: cannot use the TLS certificate: {e}", file=sys.stderr)
             return 2
