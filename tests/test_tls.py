@@ -17,6 +17,7 @@ from typing import Any
 
 import netring
 import pytest
+import redis as redis_py
 from conftest import cli_server, recv_exactly, serving
 from netring.servers.echo import Echo
 
@@ -252,6 +253,27 @@ def test_the_cli_serves_kv_over_tls_to_redis_cli(backend: str, ca: Any, tmp_path
         assert redis("SET", "greeting", "hello over tls") == "OK"
         assert redis("GET", "greeting") == "hello over tls"
         assert redis("PING") == "PONG"
+
+        # redis-py with ssl=True, pipelined.
+        client = redis_py.Redis(host="127.0.0.1", port=cli.port, ssl=True,
+                                ssl_ca_certs=str(files["ca.pem"]), socket_timeout=10)
+        pipe = client.pipeline(transaction=False)
+        for i in range(500):
+            pipe.set(f"key:{i}", f"value {i}")
+        assert all(pipe.execute())
+        assert client.get("key:499") == b"value 499"
+        assert client.get("greeting") == b"hello over tls"
+        client.close()
+
+        if shutil.which("redis-benchmark") is not None:
+            # 20 TLS clients, pipelined: every request answered.
+            run = subprocess.run(
+                ["redis-benchmark", "--tls", "--cacert", str(files["ca.pem"]),
+                 "--sni", "localhost", "-h", "127.0.0.1", "-p", str(cli.port),
+                 "-c", "20", "-n", "20000", "-P", "16", "-t", "set,get", "-q"],
+                capture_output=True, timeout=60, text=True)
+            assert run.returncode == 0, run.stderr
+            assert "SET:" in run.stdout and "GET:" in run.stdout, run.stdout
 
 
 def test_the_cli_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
