@@ -421,3 +421,17 @@ def test_the_cli_asks_for_client_certificates(backend: str, ca: Any, tmp_path: P
                           *args[:4], "--tls-client-auth", "required"],
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and "go together" in run.stderr, run.stderr
+
+
+def test_tls_buffers_count_in_buffer_memory(backend: str, ca: Any) -> None:
+    tls = netring.TLSConfig(*identity(ca, "localhost"))
+    with serving(Echo, backend, tls=tls, max_buffer_memory=1 << 20) as server, \
+            socket.create_connection(server.address, timeout=10) as s:
+        # A 16,000-byte handshake record, 10,000 bytes of it sent: rustls
+        # holds them until the record is complete.
+        s.sendall(b"\x16\x03\x01" + (16000).to_bytes(2, "big") + b"\x01" + bytes(9999))
+        assert wait_until(lambda: server.stats()["buffer_memory"] >= 10_005, 5), server.stats()
+        s.sendall(bytes(6000))  # complete (and not a ClientHello): refused
+        while s.recv(4096):
+            pass
+        assert wait_until(lambda: server.stats()["buffer_memory"] == 0, 5), server.stats()

@@ -466,10 +466,55 @@ fn cipher_name(suite: rustls::CipherSuite) -> (String, u32) {
     (name.to_string(), bits)
 }
 
+/// Where the peer's record stream stands: the bytes of the record not yet
+/// complete are what rustls holds between reads (`buffered`, counted in
+/// `max_buffer_memory`). Complete records are processed and dropped.
+#[derive(Default)]
+struct RecordScan {
+    header: [u8; 5],
+    header_have: usize,
+    body_left: usize,
+    body_have: usize,
+}
+
+impl RecordScan {
+    fn feed(&mut self, mut wire: &[u8]) {
+        while !wire.is_empty() {
+            if self.header_have < 5 {
+                let n = (5 - self.header_have).min(wire.len());
+                self.header[self.header_have..self.header_have + n].copy_from_slice(&wire[..n]);
+                self.header_have += n;
+                wire = &wire[n..];
+                if self.header_have == 5 {
+                    self.body_left =
+                        usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                    self.body_have = 0;
+                } else {
+                    break;
+                }
+            }
+            let n = self.body_left.min(wire.len());
+            self.body_left -= n;
+            self.body_have += n;
+            wire = &wire[n..];
+            if self.body_left == 0 {
+                self.header_have = 0; // complete: rustls processes it
+                self.body_have = 0;
+            }
+        }
+    }
+
+    fn partial(&self) -> usize {
+        self.header_have + self.body_have
+    }
+}
+
 /// One connection's TLS state.
 struct Tls {
     /// `Err`: rustls refused to start a session (a bad configuration).
     conn: Result<Connection, String>,
+    /// The incomplete record rustls holds.
+    scan: RecordScan,
     /// The peer's `close_notify` arrived.
     peer_closed: bool,
     /// A client's server name (for `get_extra_info`).
@@ -493,6 +538,7 @@ impl Tls {
     fn new(conn: Result<Connection, String>, hostname: Option<String>) -> Self {
         Tls {
             conn,
+            scan: RecordScan::default(),
             peer_closed: false,
             hostname,
         }
@@ -518,6 +564,7 @@ impl StreamLayer for Tls {
 
     fn on_read(&mut self, mut wire: &[u8], out: &mut LayerOut) -> Result<(), LayerError> {
         let conn = self.conn.as_mut().map_err(|e| error(e.clone()))?;
+        self.scan.feed(wire);
         while !wire.is_empty() {
             let taken = conn.read_tls(&mut wire).map_err(error)?;
             let state = match conn.process_new_packets() {
@@ -582,6 +629,10 @@ impl StreamLayer for Tls {
         self.conn.as_ref().is_ok_and(|c| !c.is_handshaking())
     }
 
+    fn buffered(&self) -> usize {
+        self.scan.partial()
+    }
+
     fn info(&self) -> LayerInfo {
         let Ok(conn) = self.conn.as_ref() else {
             return LayerInfo::default();
@@ -611,5 +662,36 @@ impl StreamLayer for Tls {
                 resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordScan;
+
+    #[test]
+    fn the_incomplete_record_is_what_is_buffered() {
+        let mut scan = RecordScan::default();
+        let record = |len: u16| {
+            let mut r = vec![0x17, 3, 3];
+            r.extend_from_slice(&len.to_be_bytes());
+            r.extend(std::iter::repeat_n(0u8, usize::from(len)));
+            r
+        };
+        let mut stream = record(100);
+        stream.extend(record(16384));
+        scan.feed(&stream[..3]);
+        assert_eq!(scan.partial(), 3, "part of a header");
+        scan.feed(&stream[3..105]);
+        assert_eq!(scan.partial(), 0, "one whole record");
+        scan.feed(&stream[105..105 + 5000]);
+        assert_eq!(scan.partial(), 5000);
+        scan.feed(&stream[105 + 5000..]);
+        assert_eq!(scan.partial(), 0);
+        // One byte at a time, across records.
+        for b in record(7).iter().chain(record(0).iter()) {
+            scan.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(scan.partial(), 0);
     }
 }
