@@ -435,3 +435,33 @@ def test_tls_buffers_count_in_buffer_memory(backend: str, ca: Any) -> None:
         while s.recv(4096):
             pass
         assert wait_until(lambda: server.stats()["buffer_memory"] == 0, 5), server.stats()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not on PATH (Debian: openssl)")
+def test_encrypted_private_keys_with_a_password(backend: str, ca: Any, tmp_path: Path) -> None:
+    chain, key = identity(ca, "localhost")
+    (tmp_path / "key.pem").write_bytes(key)
+    subprocess.run(["openssl", "pkcs8", "-topk8", "-in", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "enc.pem"), "-passout", "pass:s3cret"],
+                   check=True, capture_output=True, timeout=20)
+    enc = (tmp_path / "enc.pem").read_bytes()
+    assert b"ENCRYPTED PRIVATE KEY" in enc
+    for password in ("s3cret", b"s3cret", lambda: "s3cret"):
+        tls = netring.TLSConfig(chain, enc, password=password)
+        with serving(Echo, backend, tls=tls) as server, \
+                tls_connect(server.port, client_ctx(ca)) as s:
+            echo(s)
+    with pytest.raises(netring.ConfigurationError, match="encrypted; give its password"):
+        netring.TLSConfig(chain, enc)
+    with pytest.raises(netring.ConfigurationError, match="cannot decrypt"):
+        netring.TLSConfig(chain, enc, password="wrong")
+    with pytest.raises(TypeError, match="password"):
+        netring.TLSConfig(chain, enc, password=42)  # type: ignore[arg-type]
+    # The client side takes the same.
+    netring.TLSClientConfig(ca=ca.cert_pem.bytes(), cert=chain, key=enc, password="s3cret")
+    # A legacy encrypted PEM (Proc-Type) gets a hint to convert it.
+    legacy = subprocess.run(["openssl", "ec", "-aes256", "-in", str(tmp_path / "key.pem"),
+                             "-passout", "pass:s3cret"], capture_output=True, timeout=20)
+    if legacy.returncode == 0 and b"Proc-Type" in legacy.stdout:
+        with pytest.raises(netring.ConfigurationError, match="openssl pkcs8 -topk8"):
+            netring.TLSConfig(chain, legacy.stdout, password="s3cret")

@@ -13,7 +13,7 @@ import functools
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from . import _native
@@ -66,6 +66,24 @@ def _alpn(alpn: Sequence[str] | None) -> list[bytes]:
     return protocols
 
 
+Password = str | bytes | Callable[[], str | bytes]
+
+
+def _password(password: object) -> bytes | None:
+    """A key's password as bytes: given, or returned by a callable (as
+    ``ssl.SSLContext.load_cert_chain`` takes it)."""
+    if password is None:
+        return None
+    if callable(password):
+        password = password()
+    if isinstance(password, str):
+        return password.encode()
+    if isinstance(password, bytes | bytearray):
+        return bytes(password)
+    raise TypeError(f"password: must be str, bytes or a callable returning one, "
+                    f"not {type(password).__name__}")
+
+
 def _version(min_version: str) -> str:
     if min_version not in _VERSIONS:
         raise ConfigurationError(
@@ -83,9 +101,11 @@ class TLSConfig:
 
     Args:
         cert: the certificate chain, leaf first: a PEM file's path or PEM bytes.
-        key: its private key (PKCS#8, PKCS#1 or SEC1; unencrypted — decrypt
-            an encrypted one first, e.g. ``openssl pkey -in KEY -out PLAIN``):
-            a path or PEM bytes.
+        key: its private key (PKCS#8, PKCS#1 or SEC1; or an encrypted PKCS#8
+            ``ENCRYPTED PRIVATE KEY`` with ``password``): a path or PEM bytes.
+        password: the encrypted key's password: str, bytes, or a callable
+            returning one (as ``ssl.SSLContext.load_cert_chain``); used for
+            the ``sni`` keys too.
         alpn: protocols offered by ALPN, in order of preference (e.g.
             ``["h2", "http/1.1"]``).
         handshake_timeout: seconds a client may take to complete its
@@ -132,7 +152,8 @@ class TLSConfig:
                  min_version: TLSVersion = "TLSv1.2",
                  session_cache: int = DEFAULT_SESSION_CACHE,
                  session_tickets: bool = True,
-                 max_handshakes: int = DEFAULT_MAX_HANDSHAKES) -> None:
+                 max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+                 password: Password | None = None) -> None:
         protocols = _alpn(alpn)
         self.alpn: tuple[str, ...] = tuple(alpn or ())
         self.handshake_timeout = _timeout(handshake_timeout)
@@ -162,7 +183,7 @@ class TLSConfig:
         self._native = _native.TLSServerConfig(
             _pem("cert", cert), _pem("key", key), protocols, self.handshake_timeout, names,
             None if ca is None else _pem("ca", ca), client_auth, self.min_version,
-            self.session_cache, session_tickets)
+            self.session_cache, session_tickets, _password(password))
 
     def __repr__(self) -> str:
         return (f"<netring.TLSConfig alpn={list(self.alpn)} sni={list(self.sni_names)} "
@@ -178,8 +199,8 @@ class TLSClientConfig:
         ca: CA certificates (path or PEM bytes) the server's certificate must
             chain to; default: the system's trusted roots (read with
             ``rustls-native-certs``: ``/etc/ssl/certs`` or ``SSL_CERT_FILE``).
-        cert, key: a client certificate (and its unencrypted key) for servers
-            that ask for one.
+        cert, key: a client certificate and its key for servers that ask for
+            one (``password`` for an encrypted key, as in ``TLSConfig``).
         alpn: protocols offered by ALPN, in order of preference.
         min_version: ``"TLSv1.2"`` (default) or ``"TLSv1.3"``.
         handshake_timeout: seconds the handshake may take (default 10;
@@ -197,7 +218,8 @@ class TLSClientConfig:
                  cert: PemSource | None = None, key: PemSource | None = None,
                  alpn: Sequence[str] | None = None,
                  min_version: TLSVersion = "TLSv1.2",
-                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS) -> None:
+                 handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+                 password: Password | None = None) -> None:
         if server_hostname is not None and not isinstance(server_hostname, str):
             raise TypeError(
                 f"server_hostname: must be a str, not {type(server_hostname).__name__}")
@@ -211,7 +233,7 @@ class TLSClientConfig:
             None if ca is None else _pem("ca", ca),
             None if cert is None else _pem("cert", cert),
             None if key is None else _pem("key", key),
-            _alpn(alpn), self.min_version, self.handshake_timeout)
+            _alpn(alpn), self.min_version, self.handshake_timeout, _password(password))
         if server_hostname is not None:
             self._native.for_server(server_hostname)  # a bad name raises here
 

@@ -45,7 +45,7 @@ pub struct TlsServerConfig {
 impl TlsServerConfig {
     #[new]
     #[pyo3(signature = (cert_chain, key, alpn, handshake_timeout, sni, client_ca, client_auth,
-                        min_version, session_cache, session_tickets))]
+                        min_version, session_cache, session_tickets, password=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -59,6 +59,7 @@ impl TlsServerConfig {
         min_version: &str,
         session_cache: usize,
         session_tickets: bool,
+        password: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let client_auth = match client_auth {
             "none" => ClientAuth::None,
@@ -74,10 +75,21 @@ impl TlsServerConfig {
         let mut settings = TlsServerSettings::new(PemIdentity {
             chain: cert_chain,
             key,
+            password: password.clone(),
         });
         settings.sni = sni
             .into_iter()
-            .map(|(name, chain, key)| (name, PemIdentity { chain, key }))
+            .map(|(name, chain, key)| {
+                let password = password.clone();
+                (
+                    name,
+                    PemIdentity {
+                        chain,
+                        key,
+                        password,
+                    },
+                )
+            })
             .collect();
         settings.alpn = alpn;
         settings.client_ca = client_ca;
@@ -125,7 +137,7 @@ pub struct TlsClientConfig {
 #[pymethods]
 impl TlsClientConfig {
     #[new]
-    #[pyo3(signature = (ca, cert_chain, key, alpn, min_version, handshake_timeout))]
+    #[pyo3(signature = (ca, cert_chain, key, alpn, min_version, handshake_timeout, password=None))]
     fn new(
         py: Python<'_>,
         ca: Option<Vec<u8>>,
@@ -134,9 +146,14 @@ impl TlsClientConfig {
         alpn: Vec<Vec<u8>>,
         min_version: &str,
         handshake_timeout: Option<f64>,
+        password: Option<Vec<u8>>,
     ) -> PyResult<Self> {
         let identity = match (cert_chain, key) {
-            (Some(chain), Some(key)) => Some(PemIdentity { chain, key }),
+            (Some(chain), Some(key)) => Some(PemIdentity {
+                chain,
+                key,
+                password,
+            }),
             (None, None) => None,
             _ => return Err(config_error(py, "cert and key go together".into())),
         };

@@ -90,12 +90,24 @@ impl MinVersion {
 }
 
 /// A certificate chain (leaf first) and its private key, in PEM.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct PemIdentity {
     /// `CERTIFICATE` blocks, leaf first.
     pub chain: Vec<u8>,
-    /// One private key (PKCS#8, PKCS#1 or SEC1; unencrypted).
+    /// One private key: PKCS#8, PKCS#1 or SEC1, or an encrypted PKCS#8
+    /// (`ENCRYPTED PRIVATE KEY`, PBES2) with `password`.
     pub key: Vec<u8>,
+    /// The password of an encrypted key.
+    pub password: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PemIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemIdentity")
+            .field("chain", &self.chain.len())
+            .field("password", &self.password.as_ref().map(|_| "..."))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a server's TLS is made from (see [`TlsServer::new`]).
@@ -152,10 +164,36 @@ fn certificates(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-fn private_key(what: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
-    if pem.windows(9).any(|w| w == b"ENCRYPTED") {
+const ENCRYPTED_BEGIN: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+const ENCRYPTED_END: &str = "-----END ENCRYPTED PRIVATE KEY-----";
+
+fn private_key(
+    what: &str,
+    pem: &[u8],
+    password: Option<&[u8]>,
+) -> Result<PrivateKeyDer<'static>, String> {
+    let text = String::from_utf8_lossy(pem);
+    if let Some(start) = text.find(ENCRYPTED_BEGIN) {
+        let Some(password) = password else {
+            return Err(format!("{what}: the key is encrypted; give its password"));
+        };
+        let end = text[start..]
+            .find(ENCRYPTED_END)
+            .map(|e| start + e + ENCRYPTED_END.len())
+            .ok_or_else(|| format!("{what}: no {ENCRYPTED_END} line"))?;
+        let (_, doc) = pkcs8::der::Document::from_pem(&text[start..end])
+            .map_err(|e| format!("{what}: {e}"))?;
+        let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes())
+            .map_err(|e| format!("{what}: {e}"))?;
+        let plain = info
+            .decrypt(password)
+            .map_err(|_| format!("{what}: cannot decrypt it (a wrong password?)"))?;
+        return Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()));
+    }
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
         return Err(format!(
-            "{what}: the key is encrypted; give it decrypted (e.g. `openssl pkey -in KEY -out PLAIN`)"
+            "{what}: a legacy encrypted PEM key (Proc-Type); convert it to PKCS#8 with \
+             `openssl pkcs8 -topk8 -in KEY -out NEW.key` (encrypted) or `openssl pkey -in KEY -out PLAIN.key`"
         ));
     }
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("{what}: {e}"))
@@ -167,7 +205,7 @@ fn certified_key(
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, String> {
     let chain = certificates(&format!("{what}certificate chain"), &id.chain)?;
-    let key = private_key(&format!("{what}private key"), &id.key)?;
+    let key = private_key(&format!("{what}private key"), &id.key, id.password.as_deref())?;
     CertifiedKey::from_der(chain, key, provider)
         .map(Arc::new)
         .map_err(|e| format!("{what}certificate and key: {e}"))
@@ -370,7 +408,7 @@ impl TlsClientConfig {
             None => builder.with_no_client_auth(),
             Some(id) => {
                 let chain = certificates("client certificate chain", &id.chain)?;
-                let key = private_key("client private key", &id.key)?;
+                let key = private_key("client private key", &id.key, id.password.as_deref())?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|e| format!("client certificate and key: {e}"))?
