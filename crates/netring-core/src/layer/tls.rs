@@ -205,7 +205,11 @@ fn certified_key(
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, String> {
     let chain = certificates(&format!("{what}certificate chain"), &id.chain)?;
-    let key = private_key(&format!("{what}private key"), &id.key, id.password.as_deref())?;
+    let key = private_key(
+        &format!("{what}private key"),
+        &id.key,
+        id.password.as_deref(),
+    )?;
     CertifiedKey::from_der(chain, key, provider)
         .map(Arc::new)
         .map_err(|e| format!("{what}certificate and key: {e}"))
