@@ -17,7 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Backend, ConnOptions, EngineConfig, ListenConfig};
 use crate::error::Error;
-use crate::io_thread::IoLoop;
+use crate::io_thread::{Hosted, IoLoop};
 use crate::mailbox::Cmd;
 use crate::shared::Shared;
 use crate::stats::StatsSnapshot;
@@ -32,6 +32,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     config: EngineConfig,
+    /// A hosted engine ([`Engine::start_hosted`]) not shut down yet.
+    hosted: std::sync::atomic::AtomicBool,
 }
 
 /// What the thread factory receives: the loop to run, on the new thread.
@@ -110,7 +112,39 @@ impl Engine {
             shared,
             threads: Mutex::new(threads),
             config,
+            hosted: false.into(),
         })
+    }
+
+    /// An engine whose one IO thread is the caller's: no thread is
+    /// started; the returned [`Hosted`] (made here, on the calling thread,
+    /// which must be the one that drives it) runs its turns when its owner
+    /// says so (an asyncio loop watching [`Hosted::fd`]). `io_threads` must
+    /// be 1. [`Engine::shutdown`] starts the shutdown and returns; the owner
+    /// drives [`Hosted::run_ready`] until it returns false.
+    pub fn start_hosted(config: EngineConfig) -> Result<(Engine, Hosted), Error> {
+        if config.io_threads != 1 {
+            return Err(Error::Config(crate::error::ConfigError::new(
+                "io_threads",
+                format!("a hosted engine has exactly one, not {}", config.io_threads),
+            )));
+        }
+        config.validate()?;
+        let selected = crate::driver::choose(config.backend)?;
+        let shared = Arc::new(Shared::new(
+            selected.backend,
+            selected.fallback_reason,
+            1,
+            config.max_buffer_memory,
+        )?);
+        let hosted = Hosted::new(shared.clone(), &config).map_err(Error::BackendUnavailable)?;
+        let engine = Engine {
+            shared,
+            threads: Mutex::new(Vec::new()),
+            config,
+            hosted: true.into(),
+        };
+        Ok((engine, hosted))
     }
 
     fn stop_threads(shared: &Arc<Shared>, threads: Vec<JoinHandle<()>>, deadline: Instant) {
@@ -368,6 +402,14 @@ impl Engine {
     /// and join the threads. Idempotent. Called from a callback on one of
     /// this engine's IO threads, it starts the shutdown and returns at once.
     pub fn shutdown(&self, grace: Duration) {
+        if self.hosted.swap(false, Ordering::AcqRel) {
+            // NOTE: the owner's turns carry it out (and close nothing here:
+            // the mailbox doorbell must ring once more).
+            self.shared.mailboxes[0].push(Cmd::Shutdown {
+                deadline: Instant::now() + grace,
+            });
+            return;
+        }
         let threads = std::mem::take(&mut *crate::sync::lock(&self.threads));
         if threads.is_empty() {
             return;
@@ -383,7 +425,7 @@ impl Engine {
 
     /// Whether `shutdown` has run.
     pub fn is_closed(&self) -> bool {
-        crate::sync::lock(&self.threads).is_empty()
+        !self.hosted.load(Ordering::Acquire) && crate::sync::lock(&self.threads).is_empty()
     }
 }
 

@@ -90,6 +90,56 @@ impl IoLoop {
     }
 }
 
+/// The one IO thread of a hosted engine ([`crate::Engine::start_hosted`]),
+/// driven by its owner (an asyncio loop's thread) through
+/// [`Hosted::run_ready`], [`Hosted::fd`] and [`Hosted::next_deadline`]:
+/// [`Turns`] over whichever backend the engine chose.
+pub enum Hosted {
+    /// On io_uring.
+    Uring(Turns<UringDriver>),
+    /// On epoll.
+    Epoll(Turns<EpollDriver>),
+}
+
+impl Hosted {
+    pub(crate) fn new(shared: Arc<Shared>, config: &EngineConfig) -> Result<Self, String> {
+        let (buffers, size) = (config.buffers_per_thread, config.buffer_size);
+        Ok(match shared.backend {
+            Backend::IoUring => {
+                Hosted::Uring(Turns::new(shared, 0, UringDriver::new(buffers, size)?))
+            }
+            Backend::Epoll => {
+                Hosted::Epoll(Turns::new(shared, 0, EpollDriver::new(buffers, size)?))
+            }
+        })
+    }
+
+    /// See [`Turns::run_ready`]: false once the engine has shut down and
+    /// nothing is left.
+    pub fn run_ready<H: Handler>(&mut self, handler: &mut H) -> bool {
+        match self {
+            Hosted::Uring(t) => t.run_ready(handler),
+            Hosted::Epoll(t) => t.run_ready(handler),
+        }
+    }
+
+    /// See [`Turns::fd`].
+    pub fn fd(&self) -> RawFd {
+        match self {
+            Hosted::Uring(t) => t.fd(),
+            Hosted::Epoll(t) => t.fd(),
+        }
+    }
+
+    /// See [`Turns::next_deadline`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            Hosted::Uring(t) => t.next_deadline(),
+            Hosted::Epoll(t) => t.next_deadline(),
+        }
+    }
+}
+
 /// The clock a loop reads (`Instant::now`, or a test's own time).
 pub type Clock = Box<dyn FnMut() -> Instant + Send>;
 

@@ -52,6 +52,6 @@ pub use error::{ConfigError, Error};
 pub use event::{Batch, Event, Handler};
 pub use flow::Written;
 pub use handle::{ConnRef, EndpointRef};
-pub use io_thread::{Clock, IoLoop, Turns};
+pub use io_thread::{Clock, Hosted, IoLoop, Turns};
 pub use stats::StatsSnapshot;
 pub use udp::UdpConfig;
