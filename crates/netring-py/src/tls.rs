@@ -138,6 +138,7 @@ pub struct TlsClientConfig {
 impl TlsClientConfig {
     #[new]
     #[pyo3(signature = (ca, cert_chain, key, alpn, min_version, handshake_timeout, password=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         ca: Option<Vec<u8>>,
