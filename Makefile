@@ -2,14 +2,14 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2" "redis>=5" "twisted>=23" "trustme>=1.1"
+PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2" "redis>=5" "twisted>=23" "trustme>=1.1" "aiofastnet>=1.2"
 HOST      ?= 127.0.0.1
 PORT      ?= 5050
 FUZZ_SECONDS ?= 30
 SOAK_SECONDS ?= 60
 SOAK_OUT  ?= benchmarks/results/soak
 
-.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits soak bench-quick fuzz clean
+.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls soak bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -60,6 +60,9 @@ bench-proxy: build  ## serve proxy vs a direct connection to the C echo
 
 bench-kv: build  ## kv (Redis protocol) vs redis-server under redis-benchmark, -P 1 and 16
 	$(PY) benchmarks/kv_bench.py --wait-quiet 120 --retry-noisy 2 --json benchmarks/results/kv.json > benchmarks/results/kv.md
+
+bench-tls: build  ## TLS echo: netring (engine TLS) vs aiofastnet, uvloop/asyncio ssl=, C OpenSSL; handshakes/s
+	$(PY) benchmarks/tls_bench.py --wait-quiet 120 --retry-noisy 2 --json benchmarks/results/tls.json > benchmarks/results/tls.md
 
 bench-limits: build  ## RSS per idle connection, EMFILE recovery, connections/s vs uvloop
 	$(PY) benchmarks/limits_bench.py

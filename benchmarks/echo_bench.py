@@ -54,6 +54,12 @@ class Scenario:
     conns: int
     depth: int
     mode: str = "raw"  # the load generator's framing: raw, lp or line
+    extra: tuple[str, ...] = ()  # more load generator arguments (tls_bench.py: --tls ...)
+    group: str = ""  # which servers run it: those whose mode is this (default: `mode`)
+
+    @property
+    def servers(self) -> str:
+        return self.group or self.mode
 
 
 SCENARIOS = [
@@ -193,7 +199,7 @@ def run_loadgen(srv: Server, sc: Scenario, pin: list[str], warmup: float, durati
         "--mode": sc.mode,
         "--server-pid": srv.proc.pid,
     }
-    cmd = pin + [str(LOADGEN)] + [str(x) for kv in opts.items() for x in kv]
+    cmd = pin + [str(LOADGEN)] + [str(x) for kv in opts.items() for x in kv] + list(sc.extra)
     try:
         p = subprocess.run(
             cmd,
@@ -422,7 +428,7 @@ def run_all(
         # connections: asyncio's 256 KiB recv buffers are mmap'd (mmap, mremap,
         # munmap per read) until glibc's dynamic mmap threshold rises. One short
         # unrecorded run per server reaches the steady state first.
-        first = next((sc for sc in scenarios if sc.mode == srv.mode), None)
+        first = next((sc for sc in scenarios if sc.servers == srv.mode), None)
         if first is None:
             continue
         r = run_loadgen(srv, first, pin, warmup=0.0, duration=PRIME_S)
@@ -431,7 +437,7 @@ def run_all(
     runs: list[dict] = []
     for rep in range(args.repeat):
         for sc in scenarios:
-            mine = [srv for srv in live if srv.mode == sc.mode]
+            mine = [srv for srv in live if srv.mode == sc.servers]
             k = rep % max(1, len(mine))
             for srv in mine[k:] + mine[:k]:
                 if not srv.alive():

@@ -1,8 +1,12 @@
 """Serve EchoProtocol on netring, exactly as asyncio_echo.py serves it.
 
 Usage: netring_echo.py --port P [--backend auto|io_uring|epoll] [--io-threads N]
+                       [--tls-cert FILE --tls-key FILE]
 
 Without --backend, netring's default applies (auto, or $NETRING_BACKEND).
+With --tls-cert/--tls-key it serves TLS 1.3 only from the engine
+(``tls=netring.TLSConfig(...)``), without session tickets or a session
+cache (the load generator never resumes), as asyncio_echo.py does.
 
 Listens on 127.0.0.1 and prints ``READY <port>`` once listening.
 """
@@ -19,13 +23,27 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--backend", default=None)
     parser.add_argument("--io-threads", type=int, default=None)
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve TLS")
+    parser.add_argument("--tls-key", help="its PEM private key")
     args = parser.parse_args()
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = {}
+    if args.tls_cert:
+        tls["tls"] = netring.TLSConfig(
+            args.tls_cert,
+            args.tls_key,
+            min_version="TLSv1.3",
+            session_cache=0,
+            session_tickets=False,
+        )
     server = netring.Server(
         EchoProtocol,
         "127.0.0.1",
         args.port,
         io_threads=args.io_threads,
         backend=args.backend,
+        **tls,
     )
     server.start()
     print(f"READY {server.port}", flush=True)

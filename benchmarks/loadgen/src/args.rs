@@ -2,6 +2,7 @@
 //!
 //! `main` calls [`Opts::parse`] once; every option is validated here so the
 //! rest of the program can trust `size`, `conns` and `depth` to be usable.
+//! `--tls` and `--churn` are flags (no value); every other option takes one.
 
 use std::time::Duration;
 
@@ -19,6 +20,14 @@ usage: netring-loadgen --port P [options]
   --timeout-ms MS   udp: a datagram unanswered this long is lost and replaced (default 200)
   --server-pid PID  sample this process's utime+stime from /proc at the window edges
   --extra-pid PID   sample another process too (e.g. a proxy's upstream), as extra_cpu_us
+  --tls             speak TLS 1.3 (TLS13_AES_128_GCM_SHA256, X25519 only; raw mode):
+                    every connection completes its handshake before the warm-up starts
+  --tls-ca FILE     PEM CA certificate(s) the server's certificate must chain to (with --tls)
+  --tls-server-name NAME  name the certificate must be valid for, sent as SNI
+                    (default: --host)
+  --churn           with --tls: every message on a new connection (connect, full
+                    handshake without resumption, one echo of --size bytes, close_notify,
+                    close); --conns of them in flight, --depth 1; msgs = handshakes
 ";
 
 /// How a message is framed on the wire; the server echoes it unchanged.
@@ -66,6 +75,10 @@ pub struct Opts {
     pub server_pid: Option<u32>,
     pub extra_pid: Option<u32>,
     pub udp_timeout: Duration,
+    pub tls: bool,
+    pub tls_ca: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub churn: bool,
 }
 
 const MAX_SIZE_BYTES: usize = 16 << 20;
@@ -86,10 +99,23 @@ impl Opts {
             server_pid: None,
             extra_pid: None,
             udp_timeout: Duration::from_millis(200),
+            tls: false,
+            tls_ca: None,
+            tls_server_name: None,
+            churn: false,
         };
         while let Some(key) = args.next() {
-            if key == "-h" || key == "--help" {
-                return Err(String::new());
+            match key.as_str() {
+                "-h" | "--help" => return Err(String::new()),
+                "--tls" => {
+                    o.tls = true;
+                    continue;
+                }
+                "--churn" => {
+                    o.churn = true;
+                    continue;
+                }
+                _ => {}
             }
             let val = args.next().ok_or_else(|| format!("{key} needs a value"))?;
             match key.as_str() {
@@ -102,6 +128,8 @@ impl Opts {
                 "--warmup" => o.warmup = secs(&key, &val)?,
                 "--server-pid" => o.server_pid = Some(num(&key, &val)?),
                 "--extra-pid" => o.extra_pid = Some(num(&key, &val)?),
+                "--tls-ca" => o.tls_ca = Some(val),
+                "--tls-server-name" => o.tls_server_name = Some(val),
                 "--timeout-ms" => {
                     o.udp_timeout = Duration::from_millis(num(&key, &val)?);
                 }
@@ -135,6 +163,18 @@ impl Opts {
         }
         if o.udp_timeout.is_zero() {
             return Err("--timeout-ms must be positive".into());
+        }
+        if o.tls && o.mode != Mode::Raw {
+            return Err("--tls needs --mode raw".into());
+        }
+        if o.tls && o.tls_ca.is_none() {
+            return Err("--tls needs --tls-ca FILE".into());
+        }
+        if !o.tls && (o.tls_ca.is_some() || o.tls_server_name.is_some()) {
+            return Err("--tls-ca and --tls-server-name need --tls".into());
+        }
+        if o.churn && (!o.tls || o.depth != 1) {
+            return Err("--churn needs --tls and --depth 1".into());
         }
         Ok(o)
     }

@@ -8,6 +8,10 @@
 //! `window[sent..]` is queued and not yet written. Invariant:
 //! `head <= sent <= window.len()` and `sent_at` holds one send time per
 //! message not yet fully echoed, oldest first.
+//!
+//! The stream is a plain `TcpStream` or, with `--tls`, a `tls::TlsStream`
+//! (whose `write` returns fewer bytes than asked only when the socket is full,
+//! as a socket's does); the bookkeeping is the same.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -17,8 +21,8 @@ use mio::net::TcpStream;
 
 use crate::args::Mode;
 
-pub struct Conn {
-    pub stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
     id: u64,
     mode: Mode,
     size: usize,
@@ -34,8 +38,8 @@ pub struct Conn {
 
 const COMPACT_AFTER_BYTES: usize = 64 << 10;
 
-impl Conn {
-    pub fn new(stream: TcpStream, id: u64, mode: Mode, size: usize, depth: usize) -> Self {
+impl<S: Write> Conn<S> {
+    pub fn new(stream: S, id: u64, mode: Mode, size: usize, depth: usize) -> Self {
         let wire_len = mode.wire_len(size);
         Conn {
             stream,

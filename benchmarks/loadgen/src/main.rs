@@ -15,13 +15,22 @@
 //! counted as lost and replaced; `lost` and `late` (replies that came after
 //! their datagram was declared lost) are reported in the JSON.
 //!
+//! `--tls` speaks TLS 1.3 on the same connections (see `tls`): each one
+//! completes its handshake before the warm-up starts (counted and timed on
+//! their own: `handshakes`, `handshake_ms`, `handshake_p50_us`, ...), and the
+//! plaintext is checked byte for byte as in plain mode. `--churn` measures new
+//! handshakes per second instead (see `churn`). Without `--tls` none of this
+//! is on the path.
+//!
 //! Exit status: 0 ok; 1 no message measured, a connection failed, or setup
 //! failed; 2 echo mismatch; 3 hard deadline hit; 64 bad usage. A watchdog
 //! thread bounds the whole run even if a connect or the server stalls.
 
 mod args;
+mod churn;
 mod conn;
 mod hist;
+mod tls;
 mod udp;
 
 use std::io::{self, Read};
@@ -34,8 +43,10 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
 use args::{Mode, Opts};
+use churn::{Churn, Slot};
 use conn::Conn;
 use hist::Histogram;
+use tls::TlsStream;
 use udp::{Tally, UdpConn};
 
 const CONNECT_BUDGET: Duration = Duration::from_secs(5);
@@ -82,10 +93,18 @@ struct Stats {
     late: u64,
 }
 
+/// The handshakes done before the warm-up (`--tls`, not `--churn`).
+struct Handshakes {
+    each: Vec<Duration>,
+    wall: Duration,
+}
+
 /// One load-generating connection or connected UDP socket.
 enum Peer {
     Tcp(Conn),
     Udp(UdpConn),
+    Tls(Conn<TlsStream>),
+    Churn(Slot),
 }
 
 impl Peer {
@@ -93,6 +112,8 @@ impl Peer {
         match self {
             Peer::Tcp(c) => c.queue(n, now),
             Peer::Udp(u) => u.queue(n, now),
+            Peer::Tls(c) => c.queue(n, now),
+            Peer::Churn(_) => {} // a cycle queues its one message after its handshake
         }
     }
 
@@ -100,6 +121,8 @@ impl Peer {
         match self {
             Peer::Tcp(c) => c.flush(),
             Peer::Udp(u) => u.flush(),
+            Peer::Tls(c) => c.flush(),
+            Peer::Churn(_) => Ok(()),
         }
     }
 
@@ -107,8 +130,17 @@ impl Peer {
         let _ = match self {
             Peer::Tcp(c) => poll.registry().deregister(&mut c.stream),
             Peer::Udp(u) => poll.registry().deregister(&mut u.socket),
+            Peer::Tls(c) => poll.registry().deregister(&mut c.stream.sock),
+            Peer::Churn(s) => poll.registry().deregister(&mut s.conn.stream.sock),
         };
     }
+}
+
+/// Failed reads and writes (the connection is dropped and counted) and
+/// wrong echoes (the run aborts).
+enum Failure {
+    Mismatch(String),
+    Io(String),
 }
 
 fn run(o: &Opts) -> Result<(), (i32, String)> {
@@ -119,15 +151,44 @@ fn run(o: &Opts) -> Result<(), (i32, String)> {
         .next()
         .ok_or_else(|| fail(format!("{} resolves to nothing", o.host)))?;
     let mut poll = Poll::new().map_err(|e| fail(format!("epoll: {e}")))?;
-    let mut conns = connect_all(o, addr, &poll).map_err(fail)?;
+    let connect_deadline = Instant::now() + CONNECT_BUDGET;
+    let client = match (&o.tls_ca, o.tls) {
+        (Some(ca), true) => {
+            let name = o.tls_server_name.as_deref().unwrap_or(&o.host);
+            Some(tls::Client::new(ca, name).map_err(fail)?)
+        }
+        _ => None,
+    };
+    let (mut conns, mut churn, mut handshakes) = (Vec::new(), None, None);
+    match client {
+        Some(client) if o.churn => {
+            let ch = Churn {
+                client,
+                addr,
+                conns: o.conns,
+                size: o.size,
+            };
+            for i in 0..o.conns {
+                conns.push(Some(Peer::Churn(
+                    Slot::open(&ch, &poll, i, 0).map_err(fail)?,
+                )));
+            }
+            churn = Some(ch);
+        }
+        Some(client) => {
+            conns = connect_all(o, addr, &poll, Some(&client)).map_err(fail)?;
+            handshakes = Some(handshake_all(&mut poll, &mut conns, connect_deadline)?);
+        }
+        None => conns = connect_all(o, addr, &poll, None).map_err(fail)?,
+    }
 
     let start = Instant::now();
     for c in conns.iter_mut().flatten() {
         c.queue(o.depth, start);
         c.flush().map_err(|e| fail(format!("first write: {e}")))?;
     }
-    let stats = drive(o, &mut poll, &mut conns, start)?;
-    report(o, &stats);
+    let stats = drive(o, &mut poll, &mut conns, start, churn.as_ref())?;
+    report(o, &stats, handshakes.as_ref());
     if stats.hist.count() == 0 {
         return Err(fail("no message completed in the measured window".into()));
     }
@@ -137,7 +198,12 @@ fn run(o: &Opts) -> Result<(), (i32, String)> {
     Ok(())
 }
 
-fn connect_all(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Peer>>, String> {
+fn connect_all(
+    o: &Opts,
+    addr: SocketAddr,
+    poll: &Poll,
+    client: Option<&tls::Client>,
+) -> Result<Vec<Option<Peer>>, String> {
     if o.mode == Mode::Udp {
         return open_udp(o, addr, poll);
     }
@@ -160,11 +226,73 @@ fn connect_all(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Pee
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("register: {e}"))?;
-        conns.push(Some(Peer::Tcp(Conn::new(
-            stream, i as u64, o.mode, o.size, o.depth,
-        ))));
+        let peer = match client {
+            None => Peer::Tcp(Conn::new(stream, i as u64, o.mode, o.size, o.depth)),
+            Some(client) => Peer::Tls(Conn::new(
+                client.start(stream)?,
+                i as u64,
+                o.mode,
+                o.size,
+                o.depth,
+            )),
+        };
+        conns.push(Some(peer));
     }
     Ok(conns)
+}
+
+/// Complete every connection's TLS handshake, all at once, before the
+/// warm-up; a connection that fails it fails the run.
+fn handshake_all(
+    poll: &mut Poll,
+    conns: &mut [Option<Peer>],
+    deadline: Instant,
+) -> Result<Handshakes, (i32, String)> {
+    let start = Instant::now();
+    let mut buf = vec![0u8; READ_BUF_BYTES];
+    let mut plain = vec![0u8; READ_BUF_BYTES];
+    let mut each = vec![None; conns.len()];
+    let mut advance = |i: usize, c: &mut Conn<TlsStream>, each: &mut [Option<Duration>]| {
+        match tls::handshake(c, &mut buf, &mut plain) {
+            Ok(true) => each[i] = Some(start.elapsed()),
+            Ok(false) => {}
+            Err(Failure::Io(msg) | Failure::Mismatch(msg)) => {
+                return Err((1, format!("TLS handshake (connection {i}): {msg}")));
+            }
+        }
+        Ok(())
+    };
+    for (i, c) in conns.iter_mut().enumerate() {
+        if let Some(Peer::Tls(c)) = c {
+            advance(i, c, &mut each)?;
+        }
+    }
+    let mut events = Events::with_capacity(1024);
+    while each.iter().any(Option::is_none) {
+        let now = Instant::now();
+        if now >= deadline {
+            let left = each.iter().filter(|d| d.is_none()).count();
+            return Err((
+                1,
+                format!("{left} TLS handshake(s) still open after {CONNECT_BUDGET:?}"),
+            ));
+        }
+        match poll.poll(&mut events, Some(deadline - now)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((1, format!("epoll_wait: {e}"))),
+        }
+        for ev in events.iter() {
+            let Token(i) = ev.token();
+            if let (Some(Peer::Tls(c)), None) = (&mut conns[i], each[i]) {
+                advance(i, c, &mut each)?;
+            }
+        }
+    }
+    Ok(Handshakes {
+        each: each.into_iter().flatten().collect(),
+        wall: start.elapsed(),
+    })
 }
 
 fn open_udp(o: &Opts, addr: SocketAddr, poll: &Poll) -> Result<Vec<Option<Peer>>, String> {
@@ -200,6 +328,7 @@ fn drive(
     poll: &mut Poll,
     conns: &mut [Option<Peer>],
     start: Instant,
+    churn: Option<&Churn>,
 ) -> Result<Stats, (i32, String)> {
     let warm_end = start + o.warmup;
     let end = warm_end + o.duration;
@@ -207,6 +336,11 @@ fn drive(
     let extra_pid = o.extra_pid.map(|p| p.to_string());
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; READ_BUF_BYTES];
+    let mut plain = if o.tls {
+        vec![0u8; READ_BUF_BYTES]
+    } else {
+        Vec::new()
+    };
     let mut hist = Histogram::new();
     let (mut errors, mut alive) = (0, conns.len());
     let mut measuring = false;
@@ -294,6 +428,15 @@ fn drive(
                     }
                     r
                 }
+                Peer::Tls(c) => tls::pump(c, &mut buf, &mut plain, &mut record),
+                Peer::Churn(s) => match churn::pump(s, &mut buf, &mut plain, &mut record) {
+                    Ok(true) => {
+                        let ch = churn.expect("churn slots come with their settings");
+                        s.reopen(ch, poll).map_err(Failure::Io)
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                },
             };
             if let Err(Failure::Mismatch(msg)) = outcome {
                 return Err((2, msg));
@@ -308,11 +451,6 @@ fn drive(
             }
         }
     }
-}
-
-enum Failure {
-    Mismatch(String),
-    Io(String),
 }
 
 /// Read and verify everything available, refill the pipeline, write.
@@ -402,7 +540,7 @@ fn machine_busy_ticks() -> Option<u64> {
 
 /// Print the result as one JSON object on one line (numbers, or null when
 /// /proc could not be read).
-fn report(o: &Opts, s: &Stats) {
+fn report(o: &Opts, s: &Stats, hs: Option<&Handshakes>) {
     let msgs = s.hist.count();
     let secs = s.window.as_secs_f64().max(1e-9);
     let q = |x: f64| format!("{:.1}", s.hist.quantile_ns(x) as f64 / 1000.0);
@@ -434,6 +572,23 @@ fn report(o: &Opts, s: &Stats) {
         ("conns", o.conns.to_string()),
         ("depth", o.depth.to_string()),
     ];
+    let mut fields = fields.to_vec();
+    if o.tls {
+        fields.push(("tls", "true".into()));
+        fields.push(("churn", o.churn.to_string()));
+    }
+    if let Some(hs) = hs {
+        let mut each = hs.each.clone();
+        each.sort_unstable();
+        let us = |d: Option<&Duration>| format!("{:.1}", d.map_or(0.0, |d| d.as_secs_f64() * 1e6));
+        fields.push(("handshakes", each.len().to_string()));
+        fields.push((
+            "handshake_ms",
+            format!("{:.3}", hs.wall.as_secs_f64() * 1e3),
+        ));
+        fields.push(("handshake_p50_us", us(each.get(each.len() / 2))));
+        fields.push(("handshake_max_us", us(each.last())));
+    }
     let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
     println!("{{{}}}", body.join(","));
 }
