@@ -136,6 +136,16 @@ class IOPool:
         self._resolver_pool: concurrent.futures.ThreadPoolExecutor | None = None
         _live.add(self)
 
+    @classmethod
+    def _around(cls, engine: Any) -> IOPool:
+        """A pool over an engine made elsewhere (``netring.aio``'s hosted one)."""
+        pool = cls.__new__(cls)
+        pool._engine = engine
+        pool._lock = threading.Lock()
+        pool._resolver_pool = None
+        _live.add(pool)
+        return pool
+
     # -- timers --------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any,

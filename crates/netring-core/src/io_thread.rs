@@ -105,9 +105,11 @@ impl Hosted {
     pub(crate) fn new(shared: Arc<Shared>, config: &EngineConfig) -> Result<Self, String> {
         let (buffers, size) = (config.buffers_per_thread, config.buffer_size);
         Ok(match shared.backend {
-            Backend::IoUring => {
-                Hosted::Uring(Turns::new(shared, 0, UringDriver::new(buffers, size)?))
-            }
+            Backend::IoUring => Hosted::Uring(Turns::new(
+                shared,
+                0,
+                UringDriver::new_polled(buffers, size)?,
+            )),
             Backend::Epoll => {
                 Hosted::Epoll(Turns::new(shared, 0, EpollDriver::new(buffers, size)?))
             }

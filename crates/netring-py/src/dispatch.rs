@@ -274,6 +274,47 @@ pub struct PyHandler<'py> {
     run: Vec<&'static [u8]>,
 }
 
+/// A handler between the turns of a hosted engine: everything but the GIL
+/// token, kept by its owner (`HostedTurns`) and resumed for each turn.
+pub struct ParkedHandler {
+    registry: Arc<Registry>,
+    conns: ConnTable,
+    classes: HashMap<usize, Rc<Methods>>,
+    function_type: Option<Py<PyAny>>,
+    endpoints: HashMap<ConnId, crate::udp::EndpointEntry>,
+    logger: Option<Py<PyAny>>,
+    run: Vec<&'static [u8]>,
+}
+
+impl<'py> PyHandler<'py> {
+    /// Keep this handler's state for a later turn.
+    pub fn park_state(self) -> ParkedHandler {
+        ParkedHandler {
+            registry: self.registry,
+            conns: self.conns,
+            classes: self.classes,
+            function_type: self.function_type,
+            endpoints: self.endpoints,
+            logger: self.logger,
+            run: self.run,
+        }
+    }
+
+    /// The handler `parked` was, with the GIL held again.
+    pub fn resume(py: Python<'py>, parked: ParkedHandler) -> Self {
+        PyHandler {
+            py,
+            registry: parked.registry,
+            conns: parked.conns,
+            classes: parked.classes,
+            function_type: parked.function_type,
+            endpoints: parked.endpoints,
+            logger: parked.logger,
+            run: parked.run,
+        }
+    }
+}
+
 /// An empty vector's allocation, reused for slices of another lifetime (the
 /// standard library collects a `map` over a vector's own iterator in place).
 fn recycle<'a>(mut v: Vec<&[u8]>) -> Vec<&'a [u8]> {

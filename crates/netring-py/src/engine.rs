@@ -23,11 +23,82 @@ use netring_core::{ConnOptions, EngineConfig, Keepalive, ListenConfig};
 use crate::dispatch::{ListenerEntry, PyHandler, Registry, TimerEntry};
 use crate::errors::to_py;
 
-/// A pool of IO threads running the netring engine.
+/// A pool of IO threads running the netring engine, or a hosted engine
+/// (`Engine.hosted(...)`: no thread; its owner drives the turns it comes
+/// with, on the thread that made it).
 #[pyclass(frozen, module = "netring._native")]
 pub struct Engine {
     engine: netring_core::Engine,
     registry: Arc<Registry>,
+}
+
+fn engine_config(
+    py: Python<'_>,
+    io_threads: usize,
+    backend: &str,
+    buffer_size: Option<usize>,
+    buffers_per_thread: Option<usize>,
+    max_buffer_memory: Option<usize>,
+) -> PyResult<EngineConfig> {
+    let mut config = EngineConfig {
+        io_threads,
+        max_buffer_memory,
+        ..Default::default()
+    };
+    config.backend = backend
+        .parse()
+        .map_err(|e| to_py(py, netring_core::Error::Config(e)))?;
+    if let Some(n) = buffer_size {
+        config.buffer_size = n;
+    }
+    if let Some(n) = buffers_per_thread {
+        config.buffers_per_thread = n;
+    }
+    Ok(config)
+}
+
+/// A hosted engine's turns, for the thread that made it (an asyncio loop's):
+/// watch `fd()`, call `run_ready()` when it is readable and after
+/// `next_delay()` seconds.
+#[pyclass(unsendable, module = "netring._native")]
+pub struct HostedTurns {
+    hosted: netring_core::Hosted,
+    handler: Option<crate::dispatch::ParkedHandler>,
+    /// `run_ready` is running (a callback inside it called it again).
+    running: bool,
+}
+
+#[pymethods]
+impl HostedTurns {
+    /// The descriptor that is readable when the engine has work.
+    fn fd(&self) -> i32 {
+        self.hosted.fd()
+    }
+
+    /// Run what is ready: completions, commands, callbacks, then submit.
+    /// False once the engine has shut down and holds nothing.
+    fn run_ready(&mut self, py: Python<'_>) -> bool {
+        if self.running {
+            return true; // NOTE: re-entered from a callback: the outer turn goes on
+        }
+        let Some(parked) = self.handler.take() else {
+            return false;
+        };
+        self.running = true;
+        let mut handler = PyHandler::resume(py, parked);
+        let alive = self.hosted.run_ready(&mut handler);
+        self.handler = Some(handler.park_state());
+        self.running = false;
+        alive
+    }
+
+    /// Seconds until the engine next has work without its fd saying so
+    /// (0: now); None if nothing is scheduled.
+    fn next_delay(&self) -> Option<f64> {
+        self.hosted
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64())
+    }
 }
 
 #[pymethods]
@@ -42,20 +113,14 @@ impl Engine {
         buffers_per_thread: Option<usize>,
         max_buffer_memory: Option<usize>,
     ) -> PyResult<Self> {
-        let mut config = EngineConfig {
+        let config = engine_config(
+            py,
             io_threads,
+            backend,
+            buffer_size,
+            buffers_per_thread,
             max_buffer_memory,
-            ..Default::default()
-        };
-        config.backend = backend
-            .parse()
-            .map_err(|e| to_py(py, netring_core::Error::Config(e)))?;
-        if let Some(n) = buffer_size {
-            config.buffer_size = n;
-        }
-        if let Some(n) = buffers_per_thread {
-            config.buffers_per_thread = n;
-        }
+        )?;
         let registry = Arc::new(Registry::default());
         let r2 = registry.clone();
         let engine = py
@@ -69,6 +134,35 @@ impl Engine {
             })
             .map_err(|e| to_py(py, e))?;
         Ok(Engine { engine, registry })
+    }
+
+    /// A hosted engine (one IO thread: the calling one) and its turns.
+    #[staticmethod]
+    #[pyo3(signature = (backend="auto", buffer_size=None, buffers_per_thread=None, max_buffer_memory=None))]
+    fn hosted(
+        py: Python<'_>,
+        backend: &str,
+        buffer_size: Option<usize>,
+        buffers_per_thread: Option<usize>,
+        max_buffer_memory: Option<usize>,
+    ) -> PyResult<(Engine, HostedTurns)> {
+        let config = engine_config(
+            py,
+            1,
+            backend,
+            buffer_size,
+            buffers_per_thread,
+            max_buffer_memory,
+        )?;
+        let (engine, hosted) =
+            netring_core::Engine::start_hosted(config).map_err(|e| to_py(py, e))?;
+        let registry = Arc::new(Registry::default());
+        let turns = HostedTurns {
+            hosted,
+            handler: Some(PyHandler::new(py, registry.clone()).park_state()),
+            running: false,
+        };
+        Ok((Engine { engine, registry }, turns))
     }
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
@@ -138,7 +232,11 @@ impl Engine {
     /// aborting what is still open after `grace` seconds. Blocks (GIL
     /// released) until they are all gone or `grace` + 1 s passed; returns
     /// whether they all went. Other listeners on this engine are untouched.
-    fn close_listener(&self, py: Python<'_>, listener: usize, grace: f64) -> bool {
+    /// `wait=False` (a hosted engine, whose owner must go on turning): start
+    /// the close and return; `listener_connections` tells when they are
+    /// gone, then `forget_listener`.
+    #[pyo3(signature = (listener, grace, wait=true))]
+    fn close_listener(&self, py: Python<'_>, listener: usize, grace: f64, wait: bool) -> bool {
         let grace = seconds(grace);
         let open = self
             .registry
@@ -146,6 +244,9 @@ impl Engine {
             .get(&listener)
             .map(|l| l.open.clone());
         self.engine.close_listener(listener, grace);
+        if !wait {
+            return false;
+        }
         let Some(open) = open else { return true };
         let give_up = Instant::now() + grace + Duration::from_secs(1);
         let done = py.detach(|| {
@@ -159,6 +260,11 @@ impl Engine {
         });
         self.registry.listeners().remove(&listener);
         done
+    }
+
+    /// Drop a closed listener's entry (after `close_listener(wait=False)`).
+    fn forget_listener(&self, listener: usize) {
+        self.registry.listeners().remove(&listener);
     }
 
     /// Call `callback()` on an IO thread after `delay` seconds, then every

@@ -73,9 +73,24 @@ impl UringDriver {
     /// Create a ring on the calling thread. The error string says which
     /// step failed and why (e.g. `io_uring_setup: EPERM`).
     pub fn new(buffers: usize, buffer_size: usize) -> Result<Self, String> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
+        Self::with_setup(buffers, buffer_size, true)
+    }
+
+    /// A ring whose fd another poller watches (an asyncio loop's epoll):
+    /// without DEFER_TASKRUN, whose completions wait as task work that
+    /// wakes this thread but not an epoll set watching the ring (seen on
+    /// Linux 6.18: the loop slept while completions waited).
+    pub fn new_polled(buffers: usize, buffer_size: usize) -> Result<Self, String> {
+        Self::with_setup(buffers, buffer_size, false)
+    }
+
+    fn with_setup(buffers: usize, buffer_size: usize, defer: bool) -> Result<Self, String> {
+        let mut builder = IoUring::builder();
+        builder.setup_single_issuer();
+        if defer {
+            builder.setup_defer_taskrun();
+        }
+        let ring = builder
             .setup_cqsize(RING_ENTRIES * 4)
             .build(RING_ENTRIES)
             .or_else(|_| {

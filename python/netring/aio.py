@@ -1,0 +1,276 @@
+"""netring inside asyncio: the running loop's own thread drives the engine.
+
+``await netring.aio.create_server(factory, host, port, ...)`` serves
+protocols on the running asyncio loop: each loop gets one hosted engine (no
+IO thread) whose descriptor the loop watches (``loop.add_reader``); when it
+is readable, one turn reaps the kernel's completions, calls the protocols'
+callbacks on the loop thread (so they may ``create_task``, ``await`` in
+tasks they start, use any asyncio library), settles and submits. The
+engine's next deadline (timers, timeouts) is a ``loop.call_later``. Writes
+from tasks outside a callback, or from other threads, reach the engine
+through its mailbox, whose doorbell makes the descriptor readable.
+
+The protocols and transports are netring's own, as on ``netring.Server``:
+every framing, limit, timeout and ``tls=`` option works the same.
+
+Not yet (issue #18): asyncio streams, ``install()`` (asyncio's own
+``create_server`` on netring), ``workers=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import select
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from . import _native
+from ._args import check_seconds
+from .errors import ConfigurationError
+from .pool import IOPool
+from .server import DEFAULT_GRACE_SECONDS, Server
+
+__all__ = ["AioServer", "create_connection", "create_server", "engine_stats"]
+
+log = logging.getLogger("netring.aio")
+
+#: How long closing a loop waits for its engine to finish (seconds).
+CLOSE_TIMEOUT = 2.0
+
+
+class _Host:
+    """One asyncio loop's hosted engine: the loop watches its descriptor and
+    runs its turns."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        backend = os.environ.get("NETRING_BACKEND", "auto") or "auto"
+        engine, turns = _native.Engine.hosted(backend)
+        self.pool = IOPool._around(engine)
+        self.turns: Any = turns
+        self.fd: int = turns.fd()
+        self._loop = weakref.ref(loop)
+        # NOTE: weak, like the loop: the loop's end must not wait for this
+        # host (whose finalizer closes the engine) to let go of it.
+        self._timer: weakref.ref[asyncio.TimerHandle] | None = None
+        self.closed = False
+        loop.add_reader(self.fd, self._run)
+        self._run()  # the first turn submits what the engine armed at start
+
+    def _run(self) -> None:
+        loop = self._loop()
+        if self.closed or loop is None:
+            return
+        if not self.turns.run_ready():
+            self._detach(loop)
+            return
+        self._schedule(loop)
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer() if self._timer is not None else None
+        if timer is not None:
+            timer.cancel()
+        self._timer = None
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._cancel_timer()
+        delay = self.turns.next_delay()
+        if delay is not None:
+            self._timer = weakref.ref(loop.call_later(delay, self._run))
+
+    def _detach(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.fd)
+
+    def close(self, grace: float = 0.0) -> None:
+        """Shut the engine down and drive it to its end here (blocking, at
+        most ``grace`` + ``CLOSE_TIMEOUT`` seconds)."""
+        if self.closed:
+            return
+        self._detach(self._loop())
+        self.pool._engine.shutdown(grace)
+        end = time.monotonic() + grace + CLOSE_TIMEOUT
+        while self.turns.run_ready():
+            left = end - time.monotonic()
+            if left <= 0:
+                log.warning("netring.aio: the engine did not finish closing in time")
+                break
+            delay = self.turns.next_delay()
+            select.select([self.fd], [], [], min(left, 0.05 if delay is None else delay))
+        self.turns = None
+
+
+_hosts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Host] = (
+    weakref.WeakKeyDictionary())
+
+
+def _host(loop: asyncio.AbstractEventLoop | None = None) -> _Host:
+    loop = loop or asyncio.get_running_loop()
+    host = _hosts.get(loop)
+    if host is None or host.closed:
+        host = _Host(loop)
+        _hosts[loop] = host
+        # NOTE: when the loop goes, its engine finishes (connections closed,
+        # descriptors and the ring released) on the thread that drops it.
+        weakref.finalize(loop, host.close)
+    return host
+
+
+def engine_stats(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, Any]:
+    """The running loop's engine's ``stats()`` (as ``IOPool.stats()``)."""
+    return _host(loop).pool.stats()
+
+
+class _SocketName:
+    """What ``AioServer.sockets`` lists: a listening socket's name."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._address
+
+    def __repr__(self) -> str:
+        return f"<netring listening socket {self._address[0]}:{self._address[1]}>"
+
+
+class AioServer:
+    """A server on the running loop's engine; behaves like ``asyncio.Server``
+    (``close``, ``wait_closed``, ``serve_forever``, ``async with``,
+    ``sockets``, ``is_serving``)."""
+
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop,
+                 grace: float) -> None:
+        self._server = server
+        self._loop = loop
+        self._grace = grace
+        self._listener: int | None = server._listener
+        self._closed = loop.create_future()
+        self._serving_forever: asyncio.Future[None] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.address
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def sockets(self) -> tuple[_SocketName, ...]:
+        return () if self._listener is None else (_SocketName(self._server.address),)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._listener is not None
+
+    async def start_serving(self) -> None:
+        """Already serving (servers start at creation)."""
+
+    def stats(self) -> dict[str, Any]:
+        return self._server.stats()
+
+    def close(self) -> None:
+        """Stop accepting and close the connections gracefully (flushing
+        what was written; those still open after the server's grace are
+        aborted). Returns at once; ``await wait_closed()`` for the end."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        self._server._listener = None
+        engine = self._server.pool._engine  # type: ignore[union-attr]
+        engine.close_listener(listener, self._grace, wait=False)
+        self._loop.create_task(self._finish(engine, listener))
+        if self._serving_forever is not None and not self._serving_forever.done():
+            self._serving_forever.cancel()
+
+    async def _finish(self, engine: Any, listener: int) -> None:
+        end = self._loop.time() + self._grace + 1.0
+        while engine.listener_connections(listener) > 0 and self._loop.time() < end:
+            await asyncio.sleep(0.005)
+        engine.forget_listener(listener)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Wait until ``close()`` is done: every connection's
+        ``connection_lost`` has run."""
+        if self._listener is not None:
+            # asyncio's Server waits for close() first, then the connections.
+            while self._listener is not None:
+                await asyncio.sleep(0.01)
+        await asyncio.shield(self._closed)
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (or ``close()``), then close."""
+        if self._serving_forever is not None:
+            raise RuntimeError("serve_forever() is already running")
+        self._serving_forever = self._loop.create_future()
+        try:
+            await self._serving_forever
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever = None
+
+    async def __aenter__(self) -> AioServer:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        state = "serving" if self.is_serving() else "closed"
+        return f"<netring.aio.AioServer {self._server.host}:{self._server.port} {state}>"
+
+
+async def create_server(protocol_factory: Callable[[], Any], host: str = "127.0.0.1",
+                        port: int = 0, *, grace: float = DEFAULT_GRACE_SECONDS,
+                        **options: Any) -> AioServer:
+    """Serve ``protocol_factory()`` protocols on ``host:port`` from the
+    running loop's thread. ``options`` are ``netring.Server``'s (framing,
+    limits, timeouts, ``tls=``, ``backlog``, ``reuse_port``...) except the
+    pool's and ``workers``; ``grace`` is what ``close()`` gives connections
+    to finish. Returns once the server accepts connections."""
+    loop = asyncio.get_running_loop()
+    grace = check_seconds("grace", grace)
+    for name in ("pool", "io_threads", "backend", "buffer_size", "buffers_per_thread",
+                 "max_buffer_memory"):
+        if name in options:
+            raise ConfigurationError(
+                f"{name}: not an option inside asyncio (the loop's engine is one IO thread: "
+                "the loop's own); set $NETRING_BACKEND for the backend")
+    if options.get("workers") is not None:
+        raise ConfigurationError(
+            "workers: not supported inside asyncio yet; run blocking work with "
+            "loop.run_in_executor from a task")
+    server = Server(protocol_factory, host, port, pool=_host(loop).pool, **options)
+    server.start()
+    return AioServer(server, loop, grace)
+
+
+async def create_connection(protocol_factory: Callable[[], Any], host: str, port: int,
+                            **options: Any) -> tuple[Any, Any]:
+    """Connect to ``host:port`` from the running loop's engine; returns
+    ``(transport, protocol)`` once connected (after the handshake with
+    ``tls=``). ``options`` are ``IOPool.connect``'s (``timeout``,
+    ``framing``, ``local_addr``, ``idle_timeout``, ``tls``...)."""
+    loop = asyncio.get_running_loop()
+    future: concurrent.futures.Future[tuple[Any, Any]] = _host(loop).pool.connect(
+        protocol_factory, host, port, **options)
+    return await asyncio.wrap_future(future, loop=loop)

@@ -1,0 +1,232 @@
+"""netring inside asyncio (`netring.aio`): the running loop's thread drives
+a hosted engine. Protocols that await, framed clients and servers, timers,
+writes from tasks and from other threads, TLS, closing, and nothing left
+behind — on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import ssl
+import threading
+from typing import Any
+
+import netring
+import netring.aio as aio
+import pytest
+from conftest import fd_count
+
+trustme = pytest.importorskip("trustme")
+
+
+@pytest.fixture
+def hosted_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NETRING_BACKEND", backend)
+    return backend
+
+
+def run(coro: Any, timeout: float = 20.0) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+class AwaitingEcho(asyncio.Protocol):
+    """Answers each chunk from a task that awaits first (on the loop)."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()  # callbacks run inside the loop
+
+    def data_received(self, data: bytes) -> None:
+        async def answer() -> None:
+            await asyncio.sleep(0.001)
+            self.transport.write(data.upper())
+        self.loop.create_task(answer())
+
+
+def test_a_protocol_that_awaits_serves_asyncio_clients(hosted_backend: str) -> None:
+    async def main() -> dict[str, Any]:
+        server = await aio.create_server(AwaitingEcho, "127.0.0.1", 0)
+        assert server.is_serving() and server.sockets[0].getsockname()[1] == server.port
+
+        async def client(n: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for i in range(50):
+                msg = f"client {n} message {i};".encode()
+                writer.write(msg)
+                assert await reader.readexactly(len(msg)) == msg.upper()
+            writer.close()
+            await writer.wait_closed()
+
+        await asyncio.gather(*(client(n) for n in range(10)))
+        stats = aio.engine_stats()
+        server.close()
+        await server.wait_closed()
+        assert not server.is_serving()
+        return stats
+
+    stats = run(main())
+    assert stats["backend"] == hosted_backend
+    assert stats["io_threads"] == 1
+    assert stats["connections_accepted"] == 10
+
+
+def test_framed_client_and_server_on_the_loop(hosted_backend: str) -> None:
+    framing = netring.LengthPrefixed(4)
+    got: list[bytes] = []
+
+    class Doubler(netring.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def packet_received(self, packet: bytes) -> None:
+            self.transport.send_packet(packet * 2)
+
+    class Client(netring.Protocol):
+        def __init__(self) -> None:
+            self.done = asyncio.get_running_loop().create_future()
+
+        def packet_received(self, packet: bytes) -> None:
+            got.append(packet)
+            if len(got) == 100 and not self.done.done():
+                self.done.set_result(None)
+
+    async def main() -> None:
+        async with await aio.create_server(Doubler, framing=framing) as server:
+            client = Client()
+            transport, protocol = await aio.create_connection(
+                lambda: client, "127.0.0.1", server.port, framing=framing)
+            assert protocol is client
+            for i in range(100):
+                transport.send_packet(b"%d" % i)
+            await client.done
+            transport.close()
+
+    run(main())
+    assert got == [b"%d" % i * 2 for i in range(100)]
+
+
+def test_engine_timers_run_on_the_loop(hosted_backend: str) -> None:
+    events: list[str] = []
+
+    class Quiet(netring.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def timeout_received(self) -> None:
+            asyncio.get_running_loop()  # inside the loop
+            events.append("idle")
+            self.transport.close()
+
+    async def main() -> None:
+        server = await aio.create_server(Quiet, idle_timeout=0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        t0 = asyncio.get_running_loop().time()
+        assert await reader.read() == b""  # closed by the idle timeout
+        assert 0.15 < asyncio.get_running_loop().time() - t0 < 3
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert events == ["idle"]
+
+
+def test_writes_from_other_threads_and_close_flushes(hosted_backend: str) -> None:
+    class Pusher(netring.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            def push() -> None:
+                for i in range(1000):
+                    transport.write(b"%06d" % i)
+                transport.close()
+            threading.Thread(target=push).start()
+
+    async def main() -> bytes:
+        server = await aio.create_server(Pusher)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        data = await reader.read()  # until the close
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return data
+
+    data = run(main())
+    assert data == b"".join(b"%06d" % i for i in range(1000))
+
+
+def test_tls_inside_asyncio(hosted_backend: str) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    tls = netring.TLSConfig(b"".join(p.bytes() for p in cert.cert_chain_pems),
+                            cert.private_key_pem.bytes())
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+
+    async def main() -> None:
+        async with await aio.create_server(AwaitingEcho, tls=tls) as server:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.port, ssl=ctx, server_hostname="localhost")
+            writer.write(b"secret")
+            assert await reader.readexactly(6) == b"SECRET"
+            writer.close()
+            await writer.wait_closed()
+
+    run(main())
+
+
+def test_close_waits_for_connection_lost_and_serve_forever_cancels(hosted_backend: str) -> None:
+    lost: list[Any] = []
+
+    class Tracked(asyncio.Protocol):
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.append(exc)
+
+    async def main() -> None:
+        server = await aio.create_server(Tracked, grace=1.0)
+        clients = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(5)]
+        while aio.engine_stats()["connections_open"] < 5:
+            await asyncio.sleep(0.01)
+        task = asyncio.get_running_loop().create_task(server.serve_forever())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await server.wait_closed()
+        assert len(lost) == 5, "every connection_lost ran before wait_closed returned"
+        for reader, writer in clients:
+            assert await reader.read() == b""
+            writer.close()
+
+    run(main())
+
+
+def test_nothing_is_left_behind_when_the_loop_closes(hosted_backend: str) -> None:
+    async def main() -> None:
+        server = await aio.create_server(AwaitingEcho)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"X"
+        writer.close()
+        # No close(): the loop's end takes the engine, its listener and
+        # connection with it.
+
+    run(main())  # warm-up: imports, the first ring's lazy allocations
+    gc.collect()
+    fds, threads = fd_count(), threading.active_count()
+    for _ in range(3):
+        run(main())
+    gc.collect()
+    assert fd_count() == fds, os.listdir("/proc/self/fd")
+    assert threading.active_count() == threads
+
+
+def test_options_that_do_not_apply_inside_asyncio_are_refused() -> None:
+    async def main() -> None:
+        with pytest.raises(netring.ConfigurationError, match="io_threads"):
+            await aio.create_server(AwaitingEcho, io_threads=2)
+        with pytest.raises(netring.ConfigurationError, match="workers"):
+            await aio.create_server(AwaitingEcho, workers=2)
+
+    run(main())
