@@ -26,10 +26,20 @@ def hosted_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return backend
 
 
-def run(coro: Any, timeout: float = 20.0) -> Any:
+def run(coro: Any, timeout: float = 20.0, loop_factory: Any = None) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(bounded())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(bounded())
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_factory(request: pytest.FixtureRequest) -> Any:
+    """The host loop: the stdlib's, or uvloop's."""
+    if request.param == "asyncio":
+        return None
+    uvloop = pytest.importorskip("uvloop")
+    return uvloop.new_event_loop
 
 
 class AwaitingEcho(asyncio.Protocol):
@@ -46,7 +56,8 @@ class AwaitingEcho(asyncio.Protocol):
         self.loop.create_task(answer())
 
 
-def test_a_protocol_that_awaits_serves_asyncio_clients(hosted_backend: str) -> None:
+def test_a_protocol_that_awaits_serves_asyncio_clients(hosted_backend: str,
+                                                       loop_factory: Any) -> None:
     async def main() -> dict[str, Any]:
         server = await aio.create_server(AwaitingEcho, "127.0.0.1", 0)
         assert server.is_serving() and server.sockets[0].getsockname()[1] == server.port
@@ -67,7 +78,7 @@ def test_a_protocol_that_awaits_serves_asyncio_clients(hosted_backend: str) -> N
         assert not server.is_serving()
         return stats
 
-    stats = run(main())
+    stats = run(main(), loop_factory=loop_factory)
     assert stats["backend"] == hosted_backend
     assert stats["io_threads"] == 1
     assert stats["connections_accepted"] == 10
@@ -202,7 +213,8 @@ def test_close_waits_for_connection_lost_and_serve_forever_cancels(hosted_backen
     run(main())
 
 
-def test_nothing_is_left_behind_when_the_loop_closes(hosted_backend: str) -> None:
+def test_nothing_is_left_behind_when_the_loop_closes(hosted_backend: str,
+                                                     loop_factory: Any) -> None:
     async def main() -> None:
         server = await aio.create_server(AwaitingEcho)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -212,11 +224,11 @@ def test_nothing_is_left_behind_when_the_loop_closes(hosted_backend: str) -> Non
         # No close(): the loop's end takes the engine, its listener and
         # connection with it.
 
-    run(main())  # warm-up: imports, the first ring's lazy allocations
+    run(main(), loop_factory=loop_factory)  # warm-up: imports, lazy allocations
     gc.collect()
     fds, threads = fd_count(), threading.active_count()
     for _ in range(3):
-        run(main())
+        run(main(), loop_factory=loop_factory)
     gc.collect()
     assert fd_count() == fds, os.listdir("/proc/self/fd")
     assert threading.active_count() == threads
@@ -230,3 +242,34 @@ def test_options_that_do_not_apply_inside_asyncio_are_refused() -> None:
             await aio.create_server(AwaitingEcho, workers=2)
 
     run(main())
+
+
+def test_asyncio_streams_on_the_engine(hosted_backend: str, loop_factory: Any) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert writer.get_extra_info("peername")[0] == "127.0.0.1"
+        while line := await reader.readline():
+            if line == b"big\n":
+                writer.write(b"B" * (4 << 20))  # past the water marks: drain waits
+                await writer.drain()
+            else:
+                writer.write(line.upper())
+                await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        async with await aio.start_server(handle) as server:
+            reader, writer = await aio.open_connection("127.0.0.1", server.port)
+            for i in range(100):
+                writer.write(b"line %d\n" % i)
+                await writer.drain()
+                assert await reader.readline() == b"LINE %d\n" % i
+            writer.write(b"big\n")
+            assert await reader.readexactly(4 << 20) == b"B" * (4 << 20)
+            writer.write_eof()
+            assert await reader.read() == b""
+            assert reader.at_eof()
+            writer.close()
+            await writer.wait_closed()
+
+    run(main(), loop_factory=loop_factory)

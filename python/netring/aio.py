@@ -13,8 +13,11 @@ through its mailbox, whose doorbell makes the descriptor readable.
 The protocols and transports are netring's own, as on ``netring.Server``:
 every framing, limit, timeout and ``tls=`` option works the same.
 
-Not yet (issue #18): asyncio streams, ``install()`` (asyncio's own
-``create_server`` on netring), ``workers=``.
+``start_server`` / ``open_connection`` give asyncio's own ``StreamReader``
+and ``StreamWriter`` over netring transports.
+
+Not yet (issue #18): ``install()`` (asyncio's own ``create_server`` on
+netring), a framed stream form, ``workers=``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from .errors import ConfigurationError
 from .pool import IOPool
 from .server import DEFAULT_GRACE_SECONDS, Server
 
-__all__ = ["AioServer", "create_connection", "create_server", "engine_stats"]
+__all__ = ["AioServer", "create_connection", "create_server", "engine_stats", "open_connection",
+           "start_server"]
 
 log = logging.getLogger("netring.aio")
 
@@ -274,3 +278,36 @@ async def create_connection(protocol_factory: Callable[[], Any], host: str, port
     future: concurrent.futures.Future[tuple[Any, Any]] = _host(loop).pool.connect(
         protocol_factory, host, port, **options)
     return await asyncio.wrap_future(future, loop=loop)
+
+
+#: asyncio's default stream buffer limit (64 KiB).
+_STREAM_LIMIT = 2 ** 16
+
+
+async def start_server(client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                     Any],
+                       host: str = "127.0.0.1", port: int = 0, *, limit: int = _STREAM_LIMIT,
+                       **options: Any) -> AioServer:
+    """``asyncio.start_server`` on the loop's engine: ``client_connected_cb(reader,
+    writer)`` (a function or a coroutine, run as a task) gets asyncio's own
+    ``StreamReader`` / ``StreamWriter`` for each connection; ``drain()``
+    honours the transport's water marks. ``options`` as ``create_server``."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+    return await create_server(factory, host, port, **options)
+
+
+async def open_connection(host: str, port: int, *, limit: int = _STREAM_LIMIT,
+                          **options: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` on the loop's engine: ``(reader, writer)``
+    once connected. ``options`` as ``create_connection``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await create_connection(lambda: protocol, host, port, **options)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer
