@@ -16,8 +16,14 @@ every framing, limit, timeout and ``tls=`` option works the same.
 ``start_server`` / ``open_connection`` give asyncio's own ``StreamReader``
 and ``StreamWriter`` over netring transports.
 
-Not yet (issue #18): ``install()`` (asyncio's own ``create_server`` on
-netring), a framed stream form, ``workers=``.
+``install()`` (or ``new_event_loop()`` as a ``loop_factory``) gives
+asyncio's own ``loop.create_server`` / ``create_connection`` (and so
+``asyncio.start_server``, ``open_connection``, uvicorn, aiohttp...) to
+netring for plain TCP by host and port; anything else (``ssl=``,
+``sock=``, Unix sockets...) falls through to the loop's own implementation,
+logged once at DEBUG.
+
+Not yet (issue #18): a framed stream form, ``workers=``.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from .errors import ConfigurationError
 from .pool import IOPool
 from .server import DEFAULT_GRACE_SECONDS, Server
 
-__all__ = ["AioServer", "create_connection", "create_server", "engine_stats", "open_connection",
-           "start_server"]
+__all__ = ["AioServer", "create_connection", "create_server", "engine_stats", "install",
+           "new_event_loop", "open_connection", "start_server"]
 
 log = logging.getLogger("netring.aio")
 
@@ -151,10 +157,14 @@ class AioServer:
     ``sockets``, ``is_serving``)."""
 
     def __init__(self, server: Server, loop: asyncio.AbstractEventLoop,
-                 grace: float) -> None:
+                 grace: float, close_connections: bool = True) -> None:
         self._server = server
         self._loop = loop
         self._grace = grace
+        # False (asyncio's own create_server, after install()): close() only
+        # stops accepting, as asyncio.Server.close does; the application
+        # ends its connections and wait_closed() waits for them.
+        self._close_connections = close_connections
         self._listener: int | None = server._listener
         self._closed = loop.create_future()
         self._serving_forever: asyncio.Future[None] | None = None
@@ -192,14 +202,18 @@ class AioServer:
             return
         self._server._listener = None
         engine = self._server.pool._engine  # type: ignore[union-attr]
-        engine.close_listener(listener, self._grace, wait=False)
+        if self._close_connections:
+            engine.close_listener(listener, self._grace, wait=False)
+        else:
+            engine.unlisten(listener)
         self._loop.create_task(self._finish(engine, listener))
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.cancel()
 
     async def _finish(self, engine: Any, listener: int) -> None:
         end = self._loop.time() + self._grace + 1.0
-        while engine.listener_connections(listener) > 0 and self._loop.time() < end:
+        while engine.listener_connections(listener) > 0 and (
+                not self._close_connections or self._loop.time() < end):
             await asyncio.sleep(0.005)
         engine.forget_listener(listener)
         if not self._closed.done():
@@ -245,7 +259,7 @@ class AioServer:
 
 async def create_server(protocol_factory: Callable[[], Any], host: str = "127.0.0.1",
                         port: int = 0, *, grace: float = DEFAULT_GRACE_SECONDS,
-                        **options: Any) -> AioServer:
+                        _close_connections: bool = True, **options: Any) -> AioServer:
     """Serve ``protocol_factory()`` protocols on ``host:port`` from the
     running loop's thread. ``options`` are ``netring.Server``'s (framing,
     limits, timeouts, ``tls=``, ``backlog``, ``reuse_port``...) except the
@@ -265,7 +279,7 @@ async def create_server(protocol_factory: Callable[[], Any], host: str = "127.0.
             "loop.run_in_executor from a task")
     server = Server(protocol_factory, host, port, pool=_host(loop).pool, **options)
     server.start()
-    return AioServer(server, loop, grace)
+    return AioServer(server, loop, grace, _close_connections)
 
 
 async def create_connection(protocol_factory: Callable[[], Any], host: str, port: int,
@@ -311,3 +325,109 @@ async def open_connection(host: str, port: int, *, limit: int = _STREAM_LIMIT,
     transport, _ = await create_connection(lambda: protocol, host, port, **options)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
+
+
+# -- asyncio's own API on the engine (install) --------------------------------
+
+_fell_through: set[str] = set()
+
+
+def _fall_through(what: str, why: str) -> None:
+    if why not in _fell_through:
+        _fell_through.add(why)
+        log.debug("netring.aio: %s falls through to the loop's own: %s", what, why)
+
+
+def _unsupported(**given: Any) -> str | None:
+    """Why asyncio's arguments cannot go to netring (None: they can)."""
+    for name, value in given.items():
+        if value is not None and value is not False and value != 0:
+            return f"{name}= is not handled by netring yet"
+    return None
+
+
+class _NetringLoop:
+    """What ``install()`` adds to a loop class: ``create_server`` and
+    ``create_connection`` for plain TCP by host and port run on the loop's
+    netring engine; the rest goes to the loop's own."""
+
+    async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None,
+                            port: Any = None, *, family: int = 0, flags: int = 0,
+                            sock: Any = None, backlog: int = 100, ssl: Any = None,
+                            reuse_address: bool | None = None, reuse_port: bool | None = None,
+                            start_serving: bool = True, **more: Any) -> Any:
+        why = _unsupported(sock=sock, ssl=ssl, family=family,
+                           start_serving=not start_serving, **more)
+        if why is None and not (host is None or isinstance(host, str)):
+            why = "several hosts"
+        if why is not None:
+            _fall_through("create_server", why)
+            return await super().create_server(  # type: ignore[misc]
+                protocol_factory, host, port, family=family, flags=flags, sock=sock,
+                backlog=backlog, ssl=ssl, reuse_address=reuse_address, reuse_port=reuse_port,
+                start_serving=start_serving, **more)
+        return await create_server(protocol_factory, host or "0.0.0.0", int(port or 0),
+                                   backlog=backlog, reuse_port=bool(reuse_port),
+                                   _close_connections=False)
+
+    async def create_connection(self, protocol_factory: Callable[[], Any], host: Any = None,
+                                port: Any = None, *, ssl: Any = None, family: int = 0,
+                                proto: int = 0, flags: int = 0, sock: Any = None,
+                                local_addr: Any = None, server_hostname: Any = None,
+                                **more: Any) -> Any:
+        why = _unsupported(ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
+                           server_hostname=server_hostname, **more)
+        if why is None and (host is None or port is None):
+            why = "no host and port"
+        if why is not None:
+            _fall_through("create_connection", why)
+            return await super().create_connection(  # type: ignore[misc]
+                protocol_factory, host, port, ssl=ssl, family=family, proto=proto,
+                flags=flags, sock=sock, local_addr=local_addr,
+                server_hostname=server_hostname, **more)
+        return await create_connection(protocol_factory, host, int(port),
+                                       local_addr=local_addr)
+
+
+class NetringEventLoop(_NetringLoop, asyncio.SelectorEventLoop):  # type: ignore[misc]
+    """The stdlib's loop with TCP servers and connections on netring."""
+
+
+def _loop_class(loop: str) -> type[asyncio.AbstractEventLoop]:
+    if loop not in ("auto", "asyncio", "uvloop"):
+        raise ConfigurationError(f"loop: 'auto', 'asyncio' or 'uvloop', not {loop!r}")
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                raise ConfigurationError("loop='uvloop': uvloop is not installed") from None
+        else:
+            return type("NetringUVLoop", (_NetringLoop, uvloop.Loop), {
+                "__doc__": "uvloop's loop with TCP servers and connections on netring."})
+    return NetringEventLoop
+
+
+def new_event_loop(loop: str = "auto") -> asyncio.AbstractEventLoop:
+    """A new loop whose ``create_server``/``create_connection`` run on
+    netring: uvloop's (``auto`` when it is installed, or ``uvloop``) or the
+    stdlib's (``asyncio``). Usable as ``asyncio.Runner(loop_factory=...)``
+    (with ``functools.partial`` to choose)."""
+    return _loop_class(loop)()
+
+
+class _Policy(asyncio.DefaultEventLoopPolicy):
+    def __init__(self, loop: str) -> None:
+        super().__init__()
+        self._loop_kind = loop
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return new_event_loop(self._loop_kind)
+
+
+def install(loop: str = "auto") -> None:
+    """Make asyncio's new loops netring's (see ``new_event_loop``): after
+    this, ``asyncio.run(main())`` serves ``loop.create_server``,
+    ``asyncio.start_server`` and friends from the engine, unchanged."""
+    _loop_class(loop)  # check now
+    asyncio.set_event_loop_policy(_Policy(loop))
