@@ -145,3 +145,135 @@ def test_install_sets_the_policy() -> None:
             aio.install("trio")
     finally:
         asyncio.set_event_loop_policy(old)
+
+
+def run_app(loop_kind: str, main: Any, timeout: float = 60) -> Any:
+    with asyncio.Runner(loop_factory=functools.partial(aio.new_event_loop, loop_kind)) as r:
+        return r.run(asyncio.wait_for(main(), timeout))
+
+
+async def in_thread(fn: Any, *args: Any) -> Any:
+    """Run a blocking client in a thread while the loop serves."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as e:  # reported below
+            out["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    while t.is_alive():
+        await asyncio.sleep(0.02)
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
+
+
+def test_aiohttp_web_server_on_the_engine(loop_kind: str) -> None:
+    web = pytest.importorskip("aiohttp.web")
+
+    async def handler(request: Any) -> Any:
+        body = await request.read()
+        return web.Response(body=b"%s %d" % (request.path.encode(), len(body)))
+
+    def client(port: int) -> list[bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        replies = []
+        for i in range(20):
+            conn.request("POST", f"/item/{i}", body=b"y" * (i * 4096))
+            resp = conn.getresponse()
+            assert resp.status == 200
+            replies.append(resp.read())
+        conn.close()
+        return replies
+
+    async def main() -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        assert isinstance(site._server, aio.AioServer)
+        port = site._server.sockets[0].getsockname()[1]
+        replies = await in_thread(client, port)
+        assert replies == [b"/item/%d %d" % (i, i * 4096) for i in range(20)]
+        stats = aio.engine_stats()
+        await runner.cleanup()
+        return stats
+
+    stats = run_app(loop_kind, main)
+    assert stats["connections_accepted"] == 1
+
+
+def test_websockets_echo_on_the_engine(loop_kind: str) -> None:
+    websockets = pytest.importorskip("websockets")
+    sync_client = pytest.importorskip("websockets.sync.client")
+
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    def client(port: int) -> int:
+        with sync_client.connect(f"ws://127.0.0.1:{port}", open_timeout=10) as ws:
+            for i in range(1000):
+                ws.send(f"message {i}")
+                assert ws.recv(timeout=10) == f"message {i}"
+            ws.send(b"\x00" * 100_000)
+            assert ws.recv(timeout=10) == b"\x00" * 100_000
+        return 1000  # the close handshake completed on leaving the block
+
+    async def main() -> dict[str, Any]:
+        async with websockets.serve(echo, "127.0.0.1", 0) as server:
+            assert isinstance(server.server, aio.AioServer)
+            port = next(iter(server.sockets)).getsockname()[1]
+            assert await in_thread(client, port) == 1000
+            return aio.engine_stats()
+
+    stats = run_app(loop_kind, main)
+    assert stats["connections_accepted"] == 1
+
+
+def test_an_async_proxy_whose_handler_awaits_another_connection(loop_kind: str) -> None:
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(b"upstream: " + line)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        back = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        back_port = back.sockets[0].getsockname()[1]
+
+        async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", back_port)
+            while line := await reader.readline():
+                up_w.write(line)
+                await up_w.drain()
+                writer.write(await up_r.readline())
+                await writer.drain()
+            up_w.close()
+            writer.close()
+
+        front = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        assert isinstance(front, aio.AioServer) and isinstance(back, aio.AioServer)
+
+        def client(port: int) -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                f = s.makefile("rwb")
+                for i in range(200):
+                    f.write(b"line %d\n" % i)
+                    f.flush()
+                    assert f.readline() == b"upstream: line %d\n" % i
+
+        await in_thread(client, front.sockets[0].getsockname()[1])
+        stats = aio.engine_stats()
+        assert stats["connections_accepted"] == 2  # the client's and the proxy's
+        assert stats["connections_connected"] == 1  # the proxy's upstream
+        for s in (front, back):
+            s.close()
+            await s.wait_closed()
+
+    run_app(loop_kind, main)

@@ -33,6 +33,7 @@ import concurrent.futures
 import logging
 import os
 import select
+import socket
 import time
 import weakref
 from collections.abc import Callable
@@ -139,10 +140,15 @@ def engine_stats(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, Any
 
 
 class _SocketName:
-    """What ``AioServer.sockets`` lists: a listening socket's name."""
+    """What ``AioServer.sockets`` lists: a listening socket's name, family
+    and type (the engine owns the socket itself)."""
+
+    type = socket.SOCK_STREAM
+    proto = socket.IPPROTO_TCP
 
     def __init__(self, address: tuple[str, int]) -> None:
         self._address = address
+        self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
 
     def getsockname(self) -> tuple[str, int]:
         return self._address
