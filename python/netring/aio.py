@@ -71,6 +71,9 @@ class _Host:
         self._timer: weakref.ref[asyncio.TimerHandle] | None = None
         self.closed = False
         loop.add_reader(self.fd, self._run)
+        # Writes from tasks apply at once; the first after a turn asks for
+        # the next one (settle and submit once per loop iteration).
+        turns.attach(self._kick)
         self._run()  # the first turn submits what the engine armed at start
 
     def _run(self) -> None:
@@ -87,6 +90,11 @@ class _Host:
         if timer is not None:
             timer.cancel()
         self._timer = None
+
+    def _kick(self) -> None:
+        loop = self._loop()
+        if loop is not None and not self.closed:
+            loop.call_soon(self._run)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         self._cancel_timer()

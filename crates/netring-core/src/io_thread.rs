@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Backend, EngineConfig};
-use crate::core::{ActiveGuard, ThreadCore};
+use crate::core::{hosted_attach, hosted_detach, hosted_turn, ActiveGuard, ThreadCore};
 use crate::driver::epoll::EpollDriver;
 use crate::driver::uring::UringDriver;
 use crate::driver::{Completion, Driver};
@@ -119,9 +119,30 @@ impl Hosted {
     /// See [`Turns::run_ready`]: false once the engine has shut down and
     /// nothing is left.
     pub fn run_ready<H: Handler>(&mut self, handler: &mut H) -> bool {
+        hosted_turn(self.engine_id());
         match self {
             Hosted::Uring(t) => t.run_ready(handler),
             Hosted::Epoll(t) => t.run_ready(handler),
+        }
+    }
+
+    /// Let handles used on this thread between turns (an asyncio task's
+    /// writes) apply to the core at once instead of through the mailbox;
+    /// the first one after a turn calls `kick`, which must arrange the next
+    /// [`Hosted::run_ready`] soon (an asyncio loop: `call_soon`). Call it
+    /// again if this `Hosted` moves; it detaches itself when dropped.
+    pub fn attach_here(&self, kick: Box<dyn Fn()>) {
+        let (id, core) = match self {
+            Hosted::Uring(t) => (t.shared.id, &t.core),
+            Hosted::Epoll(t) => (t.shared.id, &t.core),
+        };
+        hosted_attach(id, core, kick);
+    }
+
+    fn engine_id(&self) -> u64 {
+        match self {
+            Hosted::Uring(t) => t.shared.id,
+            Hosted::Epoll(t) => t.shared.id,
         }
     }
 
@@ -139,6 +160,12 @@ impl Hosted {
             Hosted::Uring(t) => t.next_deadline(),
             Hosted::Epoll(t) => t.next_deadline(),
         }
+    }
+}
+
+impl Drop for Hosted {
+    fn drop(&mut self) {
+        hosted_detach(self.engine_id());
     }
 }
 

@@ -75,6 +75,19 @@ impl HostedTurns {
         self.hosted.fd()
     }
 
+    /// From now on, operations made on this thread between turns (a task's
+    /// writes) apply at once; the first after a turn calls `kick()`, which
+    /// must schedule the next `run_ready` (e.g. `loop.call_soon`).
+    fn attach(&self, kick: Py<PyAny>) {
+        self.hosted.attach_here(Box::new(move || {
+            Python::attach(|py| {
+                if let Err(e) = kick.call0(py) {
+                    e.write_unraisable(py, None);
+                }
+            })
+        }));
+    }
+
     /// Run what is ready: completions, commands, callbacks, then submit.
     /// False once the engine has shut down and holds nothing.
     fn run_ready(&mut self, py: Python<'_>) -> bool {

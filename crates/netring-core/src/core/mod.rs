@@ -37,7 +37,7 @@ mod timers;
 mod trim;
 mod udp;
 
-pub(crate) use active::{with_active, ActiveGuard};
+pub(crate) use active::{hosted_attach, hosted_detach, hosted_turn, with_active, ActiveGuard};
 use listen::Listener;
 pub(crate) use queues::{Cursor, Ev, Queues};
 
