@@ -174,11 +174,20 @@ def make_servers(args: argparse.Namespace) -> tuple[list[Server], dict[str, str]
                 servers.append(Server(name, argv))
             else:
                 skipped[name] = f"`import netring` fails under {py}: build it first (make build)"
-    for loop in ("uvloop", "asyncio"):
+    if "aio" in wanted:
+        # netring inside asyncio: the loop's own thread drives the engine.
+        for loop in ("asyncio", "uvloop"):
+            name = f"netring-aio[{loop}]"
+            if loop == "uvloop" and not importable("uvloop"):
+                skipped[name] = f"uvloop is not installed: {py} -m pip install uvloop"
+                continue
+            argv = [py, str(PEERS / "aio_echo.py"), "--loop", loop, "--port", "0"]
+            servers.append(Server(name, argv))
+    for loop in ("uvloop", "aiofastnet", "asyncio"):
         if loop not in wanted:
             continue
-        if loop == "uvloop" and not importable("uvloop"):
-            skipped[loop] = f"uvloop is not installed: {py} -m pip install uvloop"
+        if loop in ("uvloop", "aiofastnet") and not importable(loop):
+            skipped[loop] = f"{loop} is not installed: {py} -m pip install {loop}"
             continue
         argv = [py, str(PEERS / "asyncio_echo.py"), "--loop", loop, "--port", "0"]
         servers.append(Server(loop, argv))
@@ -358,8 +367,9 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--servers",
-        default="netring,uvloop,asyncio,c",
-        help="comma list of netring,uvloop,asyncio,c (default: all)",
+        default="netring,aio,uvloop,aiofastnet,asyncio,c",
+        help="comma list of netring,aio (netring inside asyncio and uvloop),uvloop,"
+             "aiofastnet,asyncio,c (default: all)",
     )
     ap.add_argument(
         "--scenarios",

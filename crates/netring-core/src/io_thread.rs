@@ -354,7 +354,14 @@ impl<D: Driver + Send> Turns<D> {
         self.completions.clear();
         let d = &mut self.driver;
         let out = &mut self.completions;
-        if let Err(e) = handler.park(move || d.wait(timeout, out)) {
+        // NOTE: a wait that cannot block keeps the handler's lock (the GIL):
+        // handing it over and back would cost more than the wait.
+        let waited = if timeout == Some(Duration::ZERO) {
+            d.wait(timeout, out)
+        } else {
+            handler.park(move || d.wait(timeout, out))
+        };
+        if let Err(e) = waited {
             log::error!("netring: IO thread {} wait failed: {e}", self.index);
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -53,6 +53,9 @@ pub struct UringDriver {
     wake_cancelled: bool,
     in_flight: usize,
     cqes: Vec<cqueue::Entry>,
+    /// Set up with DEFER_TASKRUN: completions are only posted inside
+    /// `io_uring_enter`, so even a zero wait must enter.
+    deferred: bool,
 }
 
 /// Why io_uring cannot be used here, as `syscall: ERRNO`.
@@ -90,10 +93,12 @@ impl UringDriver {
         if defer {
             builder.setup_defer_taskrun();
         }
+        let mut deferred = defer;
         let ring = builder
             .setup_cqsize(RING_ENTRIES * 4)
             .build(RING_ENTRIES)
             .or_else(|_| {
+                deferred = false;
                 // Kernels before 6.1 lack DEFER_TASKRUN; the rest still works.
                 IoUring::builder()
                     .setup_cqsize(RING_ENTRIES * 4)
@@ -133,6 +138,7 @@ impl UringDriver {
             wake_cancelled: false,
             in_flight: 0,
             cqes: Vec::with_capacity(RING_ENTRIES as usize * 4),
+            deferred,
         })
     }
 
@@ -415,6 +421,11 @@ impl Driver for UringDriver {
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         self.bufs.publish();
         let res = match timeout {
+            // NOTE: without DEFER_TASKRUN the kernel posts completions to
+            // the ring's memory on its own: a zero wait only has to submit
+            // what is queued (a hosted engine's turn: no syscall at all
+            // when there is nothing to submit).
+            Some(d) if d.is_zero() && !self.deferred => self.submit().map(|()| 0),
             None => self.ring.submit_and_wait(1),
             Some(d) => {
                 let ts = types::Timespec::new()
@@ -456,6 +467,9 @@ impl Driver for UringDriver {
 
     fn submit(&mut self) -> io::Result<()> {
         self.bufs.publish();
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
         self.ring.submit().map(drop)
     }
 
