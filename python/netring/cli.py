@@ -11,6 +11,10 @@ graceful drain on SIGINT or SIGTERM.
 (the ready line then ends ``, tls)``); ``--tls-ca FILE --tls-client-auth
 required|optional`` asks clients for certificates signed by that CA.
 
+``--proxy-protocol v1|v2|any --trusted-proxy NET [...]``: TCP servers
+behind a load balancer that sends the PROXY protocol (HAProxy's
+``send-proxy``): ``peername`` is the client's address.
+
 ``--workers N`` runs the TCP servers' callbacks on one shared
 ``WorkerPool`` of N threads (0: none, on the IO thread); without it, an
 example that needs workers (``line-workers``: 8) gets its default.
@@ -75,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-ca", default=None, metavar="FILE",
                        help="PEM CA bundle client certificates must chain to "
                             "(with --tls-client-auth)")
+    serve.add_argument("--proxy-protocol", default=None, choices=("v1", "v2", "any"),
+                       help="TCP servers: every connection starts with a PROXY protocol "
+                            "header from a load balancer (needs --trusted-proxy)")
+    serve.add_argument("--trusted-proxy", action="append", default=None, metavar="NET",
+                       help="a network allowed to send PROXY headers (e.g. 10.0.0.0/8); "
+                            "repeat for several")
     serve.add_argument("--tls-client-auth", default="none",
                        choices=("none", "optional", "required"),
                        help="ask clients for a certificate (default none; needs --tls-ca)")
@@ -171,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
                                 workers=workers if threads[name] else None, tls=tls,
-                                **options)
+                                **options, **_proxy_options(args))
                 server.start()
                 servers.append(server)
                 host, bound = server.host, server.port
@@ -235,10 +245,18 @@ def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
             served.append(_Endpoint(transport, pool))
         else:
             server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
-                            workers=workers if threads[name] else None, tls=tls, **options)
+                            workers=workers if threads[name] else None, tls=tls, **options,
+                            **_proxy_options(args))
             server.start()
             served.append(server)
     return served
+
+
+def _proxy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--proxy-protocol`` / ``--trusted-proxy`` as ``Server`` options."""
+    if args.proxy_protocol is None and args.trusted_proxy is None:
+        return {}
+    return {"proxy_protocol": args.proxy_protocol, "trusted_proxies": args.trusted_proxy}
 
 
 def _pick_port(host: str, udp: bool) -> socket.socket:

@@ -11,10 +11,11 @@ that SIGINT and SIGTERM stop it gracefully.
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -32,7 +33,7 @@ from ._served import _ServerWork
 from .errors import ConfigurationError, NetringError
 from .framing import Framing
 from .pool import DEFAULT_GRACE_SECONDS, IOPool, default_io_threads, shutdown_all
-from .tls import TLSConfig
+from .tls import DEFAULT_MAX_HANDSHAKES, TLSConfig
 from .workers import WorkerPool
 
 __all__ = ["BACKENDS", "Server", "backend_info", "default_io_threads"]
@@ -56,6 +57,40 @@ def _resolve(host: object) -> str:
     except socket.gaierror as e:
         raise ConfigurationError(f"host: cannot resolve {host!r}: {e}") from None
     return str(infos[0][4][0])
+
+
+#: How long a client behind a proxy may take to send its PROXY header.
+DEFAULT_PROXY_TIMEOUT_SECONDS = 5.0
+
+
+def _proxy_option(version: object, trusted: object,
+                  timeout: object) -> tuple[str, list[tuple[str, int]], float | None] | None:
+    """``proxy_protocol`` / ``trusted_proxies`` / ``proxy_timeout``, checked,
+    as the engine takes them."""
+    if version is None:
+        if trusted is not None:
+            raise ConfigurationError("trusted_proxies: needs proxy_protocol=")
+        return None
+    if version not in ("v1", "v2", "any"):
+        raise ConfigurationError(
+            f"proxy_protocol: must be 'v1', 'v2' or 'any', not {version!r}")
+    if trusted is None:
+        raise ConfigurationError(
+            "proxy_protocol: needs trusted_proxies= (the networks of your load balancers; "
+            "a header from anywhere else could claim any address)")
+    if isinstance(trusted, str) or not isinstance(trusted, Iterable):
+        raise TypeError("trusted_proxies: an iterable of networks, e.g. ['10.0.0.0/8']")
+    networks: list[tuple[str, int]] = []
+    for net in trusted:
+        try:
+            parsed = ipaddress.ip_network(str(net), strict=False)
+        except ValueError as e:
+            raise ConfigurationError(f"trusted_proxies: {e}") from None
+        networks.append((str(parsed.network_address), parsed.prefixlen))
+    if not networks:
+        raise ConfigurationError("trusted_proxies: empty (no proxy could connect)")
+    seconds = None if timeout is None else check_seconds("proxy_timeout", timeout, positive=True)
+    return (str(version), networks, seconds)
 
 
 class Server:
@@ -109,6 +144,17 @@ class Server:
             the connection with ``netring.FrameTimeoutError``; with
             ``idle_timeout`` this bounds what a silent or trickling peer can
             hold (slowloris).
+        tls: a ``netring.TLSConfig``: serve TLS from the engine.
+        proxy_protocol: ``"v1"``, ``"v2"`` or ``"any"``: every connection
+            starts with a PROXY protocol header from a load balancer
+            (HAProxy's ``send-proxy`` / ``send-proxy-v2``); ``peername`` is
+            then the client's address (``get_extra_info("proxy_peername")``
+            the proxy's). Parsed in the engine before TLS and framing. Needs
+            ``trusted_proxies``: the networks (``"10.0.0.0/8"``, ``"::1"``)
+            allowed to send one; a connection from elsewhere, or with a
+            malformed, oversize or late header, is closed before it opens
+            (counted in ``stats()["handshakes_failed"]``, logged at DEBUG).
+        proxy_timeout: seconds a header may take (default 5).
         workers: run the protocol's callbacks (all but ``connection_made``,
             which stays on the IO thread) on a ``netring.WorkerPool``, for
             handlers that block: a pool to share, or a thread count for a
@@ -148,6 +194,9 @@ class Server:
         max_write_buffer: int | None = None,
         frame_timeout: float | None = None,
         tls: TLSConfig | None = None,
+        proxy_protocol: str | None = None,
+        trusted_proxies: Iterable[str] | None = None,
+        proxy_timeout: float | None = DEFAULT_PROXY_TIMEOUT_SECONDS,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -176,6 +225,7 @@ class Server:
         if tls is not None and not isinstance(tls, TLSConfig):
             raise TypeError(f"tls: must be a netring.TLSConfig, not {type(tls).__name__}")
         self._tls = tls
+        self._proxy = _proxy_option(proxy_protocol, trusted_proxies, proxy_timeout)
         self._tls_native: Any = None  # this server's own copy, while it listens
         if priority is not None and not callable(priority):
             raise TypeError(f"priority: must be callable, not {type(priority).__name__}")
@@ -234,8 +284,7 @@ class Server:
                     self._framing._spec(), self._idle_timeout, self._keepalive,
                     self._max_write_buffer, self._frame_timeout, self._max_connections,
                     self._max_per_ip, self._overflow == "close", tls,
-                    None if self._tls is None
-                    else self._tls.max_handshakes * self._pool.io_threads)
+                    self._max_unready(), self._proxy)
             except BaseException:
                 if work is not None and work.owned:
                     work.pool.close(0.0)
@@ -246,6 +295,15 @@ class Server:
             self._tls_native = tls
             self._listener, self._host, self._port = listener, host, port
             self._stop.clear()
+
+    def _max_unready(self) -> int | None:
+        """Connections whose handshake or PROXY header is not done yet, at
+        most (``TLSConfig.max_handshakes`` per IO thread)."""
+        if self._tls is None and self._proxy is None:
+            return None
+        per_thread = DEFAULT_MAX_HANDSHAKES if self._tls is None else self._tls.max_handshakes
+        assert self._pool is not None
+        return per_thread * self._pool.io_threads
 
     def reload_tls(self, tls: TLSConfig) -> None:
         """Use ``tls`` (certificates, SNI names, client auth, ALPN...) for

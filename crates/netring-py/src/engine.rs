@@ -180,7 +180,7 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
-    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false, tls=None, max_unready=None))]
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false, tls=None, max_unready=None, proxy=None))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -200,6 +200,7 @@ impl Engine {
         close_on_overflow: bool,
         tls: Option<Bound<'_, crate::tls::TlsServerConfig>>,
         max_unready: Option<usize>,
+        proxy: Option<ProxyOption>,
     ) -> PyResult<(usize, String, u16)> {
         let framing = framing_or_raw(framing)?;
         let overflow = if close_on_overflow {
@@ -215,6 +216,15 @@ impl Engine {
             frame_timeout,
         );
         conn.layer = tls.map(|t| t.get().layer());
+        if let Some((version, trusted, timeout)) = proxy {
+            conn.layer = Some(proxy_layer(
+                py,
+                &version,
+                trusted,
+                timeout,
+                conn.layer.take(),
+            )?);
+        }
         let cfg = ListenConfig {
             addr: ip_addr(py, host, port)?,
             backlog,
@@ -562,4 +572,43 @@ impl Drop for Engine {
             Python::attach(|py| py.detach(|| self.engine.shutdown(Duration::ZERO)));
         }
     }
+}
+
+/// `listen`'s `proxy`: (version, trusted networks as (address, prefix),
+/// header timeout in seconds).
+type ProxyOption = (String, Vec<(String, u8)>, Option<f64>);
+
+/// The PROXY-protocol layer of a listener (with TLS behind it, if any).
+fn proxy_layer(
+    py: Python<'_>,
+    version: &str,
+    trusted: Vec<(String, u8)>,
+    timeout: Option<f64>,
+    inner: Option<netring_core::layer::Layer>,
+) -> PyResult<netring_core::layer::Layer> {
+    use netring_core::layer::proxy::{Network, ProxyProtocol, ProxyVersion};
+    let version = match version {
+        "v1" => ProxyVersion::V1,
+        "v2" => ProxyVersion::V2,
+        _ => ProxyVersion::Any,
+    };
+    let trusted = trusted
+        .into_iter()
+        .map(|(addr, prefix)| {
+            addr.parse::<IpAddr>()
+                .map(|addr| Network { addr, prefix })
+                .map_err(|_| {
+                    crate::errors::netring_error(
+                        py,
+                        "ConfigurationError",
+                        format!("trusted_proxies: {addr:?} is not an IP address"),
+                    )
+                })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut factory = ProxyProtocol::new(version, trusted, timeout.map(Duration::from_secs_f64));
+    if let Some(inner) = inner {
+        factory = factory.with_inner(inner);
+    }
+    Ok(netring_core::layer::Layer(Arc::new(factory)))
 }

@@ -83,22 +83,42 @@ enum Addrs {
     Other(Box<OtherAddrs>),
 }
 
-/// IPv6 or missing addresses, or a TLS connection's (rare enough to box).
+/// IPv6 or missing addresses, or a TLS or PROXY-protocol connection's
+/// (rare enough to box).
 struct OtherAddrs {
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
     tls: Option<TlsInfo>,
+    /// The proxy that spoke for `peer`, and the address the client
+    /// connected to (its PROXY header's).
+    proxy: Option<(Option<SocketAddr>, Option<SocketAddr>)>,
 }
 
 impl Addrs {
     fn new(a: Addresses) -> Self {
-        let tls = a.info.and_then(|i| i.tls);
-        match (a.peer, a.local, tls) {
-            (Some(SocketAddr::V4(p)), Some(SocketAddr::V4(l)), None) => Addrs::V4 {
+        let (tls, proxy) = match a.info {
+            Some(i) => (i.tls, i.proxy_peer.map(|p| (Some(p), i.proxy_destination))),
+            None => (None, None),
+        };
+        match (a.peer, a.local, tls, proxy) {
+            (Some(SocketAddr::V4(p)), Some(SocketAddr::V4(l)), None, None) => Addrs::V4 {
                 peer: (p.ip().octets(), p.port()),
                 local: (l.ip().octets(), l.port()),
             },
-            (peer, local, tls) => Addrs::Other(Box::new(OtherAddrs { peer, local, tls })),
+            (peer, local, tls, proxy) => Addrs::Other(Box::new(OtherAddrs {
+                peer,
+                local,
+                tls,
+                proxy,
+            })),
+        }
+    }
+
+    /// The proxy's address and the client's destination (PROXY protocol).
+    fn proxy(&self) -> Option<(Option<SocketAddr>, Option<SocketAddr>)> {
+        match self {
+            Addrs::V4 { .. } => None,
+            Addrs::Other(b) => b.proxy,
         }
     }
 
@@ -525,7 +545,8 @@ impl Transport {
         self.flag(CLOSING)
     }
 
-    /// `peername`, `sockname`; on a TLS connection also `cipher`,
+    /// `peername`, `sockname`; behind a PROXY header also `proxy_peername`
+    /// (the proxy) and `proxy_destination`; on a TLS connection also `cipher`,
     /// `ssl_version`, `alpn_protocol`, `server_hostname`, `peercert`,
     /// `peercert_der`, `session_reused`; else `default`.
     #[pyo3(signature = (name, default=None))]
@@ -538,6 +559,8 @@ impl Transport {
         let addr = match name {
             "peername" => self.addrs.peer(),
             "sockname" => self.addrs.local(),
+            "proxy_peername" => self.addrs.proxy().and_then(|p| p.0),
+            "proxy_destination" => self.addrs.proxy().and_then(|p| p.1),
             _ => {
                 return match self.addrs.tls() {
                     Some(tls) => crate::tls::extra_info(py, tls, name, default),

@@ -49,7 +49,7 @@ impl ThreadCore {
         };
         let mut instance = layer.0.new_layer(peer, local, outbound);
         let mut out = LayerOut::default();
-        instance.on_start(&mut out);
+        let started = instance.on_start(&mut out);
         conn.rare().layer = Some(Box::new(Layered {
             layer: instance,
             name: layer.0.name(),
@@ -68,7 +68,7 @@ impl ThreadCore {
         if let Some(t) = layer.0.ready_timeout() {
             self.timers.schedule(self.now + t, Due::LayerDeadline(id));
         }
-        self.layer_output(id, out, Ok(()));
+        self.layer_output(id, out, started);
     }
 
     /// Bytes from the wire on a layered connection.
@@ -170,7 +170,14 @@ impl ThreadCore {
             if ready && open && result.is_ok() {
                 let layer_info = layer.map(|l| Box::new(l.info()));
                 let mut u = self.take_unready(id.index).expect("just found");
-                if let Ev::Opened { info, .. } | Ev::Connected { info, .. } = &mut u.open {
+                if let Ev::Opened { info, peer, .. } | Ev::Connected { info, peer, .. } =
+                    &mut u.open
+                {
+                    // A layer that speaks for another peer (a PROXY header)
+                    // gives the protocol that peer's address.
+                    if let Some(real) = layer_info.as_ref().and_then(|i| i.peer) {
+                        *peer = Some(real);
+                    }
                     *info = layer_info;
                 }
                 self.q.events.push_back(u.open);

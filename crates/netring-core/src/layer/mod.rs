@@ -93,7 +93,11 @@ impl std::error::Error for LayerError {}
 pub trait StreamLayer: Send {
     /// The connection is established (accepted, or an outbound connect
     /// succeeded): a client layer appends its first handshake message.
-    fn on_start(&mut self, _out: &mut LayerOut) {}
+    /// `Err`: the connection may not go on (a peer the layer refuses); it
+    /// is closed before it opens.
+    fn on_start(&mut self, _out: &mut LayerOut) -> Result<(), LayerError> {
+        Ok(())
+    }
 
     /// Bytes arrived from the peer: append what the protocol should see to
     /// `out.plain`, and anything to answer on the layer's own to `out.wire`.
@@ -135,6 +139,13 @@ pub trait StreamLayer: Send {
 pub struct LayerInfo {
     /// The negotiated TLS session (a TLS layer).
     pub tls: Option<tls::TlsInfo>,
+    /// The real peer, when the TCP peer speaks for it (a PROXY header's
+    /// client): the connection's `peername` becomes this.
+    pub peer: Option<SocketAddr>,
+    /// The TCP peer that spoke for `peer` (the proxy).
+    pub proxy_peer: Option<SocketAddr>,
+    /// Where the client connected to, as the proxy says.
+    pub proxy_destination: Option<SocketAddr>,
 }
 
 /// Makes each connection's layer (one per listener or connect).
@@ -175,5 +186,6 @@ impl PartialEq for Layer {
 
 impl Eq for Layer {}
 
+pub mod proxy;
 pub mod testing;
 pub mod tls;

@@ -83,10 +83,11 @@ pub fn encode(plain: &[u8], out: &mut Vec<u8>) {
 pub const END: [u8; 2] = [ESC, 1];
 
 impl StreamLayer for Toy {
-    fn on_start(&mut self, out: &mut LayerOut) {
+    fn on_start(&mut self, out: &mut LayerOut) -> Result<(), LayerError> {
         if self.outbound {
             out.wire.extend_from_slice(HELLO);
         }
+        Ok(())
     }
 
     fn on_read(&mut self, mut wire: &[u8], out: &mut LayerOut) -> Result<(), LayerError> {

@@ -598,10 +598,11 @@ impl Tls {
 }
 
 impl StreamLayer for Tls {
-    fn on_start(&mut self, out: &mut LayerOut) {
+    fn on_start(&mut self, out: &mut LayerOut) -> Result<(), LayerError> {
         if let Ok(conn) = self.conn.as_mut() {
             Self::flush(conn, out); // a client's ClientHello
         }
+        Ok(())
     }
 
     fn on_read(&mut self, mut wire: &[u8], out: &mut LayerOut) -> Result<(), LayerError> {
@@ -703,6 +704,7 @@ impl StreamLayer for Tls {
                     .unwrap_or_default(),
                 resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             }),
+            ..LayerInfo::default()
         }
     }
 }
