@@ -11,6 +11,11 @@ graceful drain on SIGINT or SIGTERM.
 (the ready line then ends ``, tls)``); ``--tls-ca FILE --tls-client-auth
 required|optional`` asks clients for certificates signed by that CA.
 
+Under systemd socket activation (``LISTEN_FDS``; or
+``systemd-socket-activate -l PORT python -m netring serve echo``) the TCP
+servers serve the passed sockets: one named like a server
+(``FileDescriptorName=echo``) goes to it, the others in order.
+
 ``--proxy-protocol v1|v2|any --trusted-proxy NET [...]``: TCP servers
 behind a load balancer that sends the PROXY protocol (HAProxy's
 ``send-proxy``): ``peername`` is the client's address.
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -45,6 +51,7 @@ from .pool import BACKENDS, IOPool
 from .server import Server, _resolve
 from .servers import POOL_OPTIONS, SERVERS
 from .supervisor import Listening, WorkerStartError, run_workers, usable_cpus
+from .systemd import listen_fds
 from .tls import TLSConfig
 from .workers import WorkerPool
 
@@ -148,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigurationError, TypeError) as e:
             print(f"netring: cannot use the TLS certificate: {e}", file=sys.stderr)
             return 2
+    activated = _activated_sockets(names)
+    if activated and args.processes is not None:
+        print("netring: systemd socket activation with --processes is not supported yet",
+              file=sys.stderr)
+        return 2
     if args.processes is not None:
         return _serve_processes(args, names, ports, pool_options, tls)
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
@@ -179,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                 endpoints.append(transport)
                 host, bound = transport.get_extra_info("sockname")[:2]
             else:
+                fd = activated.get(name)
                 server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
                                 workers=workers if threads[name] else None, tls=tls,
-                                **options, **_proxy_options(args))
+                                **options, **_proxy_options(args), fd=fd)
                 server.start()
+                if fd is not None:
+                    os.close(fd)  # the server serves its own duplicate
                 servers.append(server)
                 host, bound = server.host, server.port
         except Exception as e:  # configuration and bind errors: one clear line
@@ -250,6 +265,25 @@ def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
             server.start()
             served.append(server)
     return served
+
+
+def _activated_sockets(names: list[str]) -> dict[str, int]:
+    """Listening sockets from systemd socket activation, by server name: a
+    socket named like a server (``FileDescriptorName=``) goes to it, the
+    rest to the other TCP servers in order."""
+    fds = listen_fds()
+    if not fds:
+        return {}
+    tcp = [n for n in names if not SERVERS[n].udp]
+    chosen = {n: fd for n, fd in fds if n in tcp}
+    rest = [fd for n, fd in fds if n not in chosen]
+    for name in tcp:
+        if name not in chosen and rest:
+            chosen[name] = rest.pop(0)
+    for fd in rest:
+        logging.getLogger("netring").warning(
+            "systemd passed descriptor %d and no server takes it", fd)
+    return chosen
 
 
 def _proxy_options(args: argparse.Namespace) -> dict[str, Any]:

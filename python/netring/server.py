@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import ipaddress
+import os
 import signal
 import socket
 import threading
@@ -93,6 +94,37 @@ def _proxy_option(version: object, trusted: object,
     return (str(version), networks, seconds)
 
 
+def _listening_fd(sock: object, fd: object) -> int | None:
+    """``sock=`` / ``fd=``, checked: the descriptor of an already-bound TCP
+    socket (the server serves a duplicate of it each time it starts)."""
+    if sock is not None and fd is not None:
+        raise ConfigurationError("sock and fd: give one, not both")
+    if sock is not None:
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sock: must be a socket.socket, not {type(sock).__name__}")
+        fd = sock.fileno()
+        if fd < 0:
+            raise ConfigurationError("sock: the socket is closed")
+    if fd is None:
+        return None
+    fd = check_int("fd", fd, 0, 1 << 30)
+    try:
+        probe = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        raise ConfigurationError(f"fd {fd}: not an open socket ({e.strerror})") from None
+    with probe:
+        if probe.type != socket.SOCK_STREAM or probe.family not in (socket.AF_INET,
+                                                                     socket.AF_INET6):
+            raise ConfigurationError(
+                f"fd {fd}: must be a TCP socket (IPv4 or IPv6), not {probe.family.name} "
+                f"{probe.type.name}")
+        try:
+            probe.getsockname()
+        except OSError as e:
+            raise ConfigurationError(f"fd {fd}: {e.strerror}") from None
+    return fd
+
+
 class Server:
     """Serve ``protocol_factory()`` protocols on ``host:port``.
 
@@ -155,6 +187,11 @@ class Server:
             malformed, oversize or late header, is closed before it opens
             (counted in ``stats()["handshakes_failed"]``, logged at DEBUG).
         proxy_timeout: seconds a header may take (default 5).
+        sock: serve an already-bound TCP socket (made by a supervisor,
+            inherited...) instead of binding ``host:port``; the server uses
+            a duplicate of its descriptor, so close ``sock`` yourself once
+            started. ``fd``: the same, by descriptor number (e.g. from
+            systemd socket activation; see ``netring.systemd``).
         workers: run the protocol's callbacks (all but ``connection_made``,
             which stays on the IO thread) on a ``netring.WorkerPool``, for
             handlers that block: a pool to share, or a thread count for a
@@ -197,6 +234,8 @@ class Server:
         proxy_protocol: str | None = None,
         trusted_proxies: Iterable[str] | None = None,
         proxy_timeout: float | None = DEFAULT_PROXY_TIMEOUT_SECONDS,
+        sock: socket.socket | None = None,
+        fd: int | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -226,6 +265,7 @@ class Server:
             raise TypeError(f"tls: must be a netring.TLSConfig, not {type(tls).__name__}")
         self._tls = tls
         self._proxy = _proxy_option(proxy_protocol, trusted_proxies, proxy_timeout)
+        self._fd = _listening_fd(sock, fd)
         self._tls_native: Any = None  # this server's own copy, while it listens
         if priority is not None and not callable(priority):
             raise TypeError(f"priority: must be callable, not {type(priority).__name__}")
@@ -278,13 +318,15 @@ class Server:
                 work = self._make_work()
                 factory = work.factory(self._factory)
             tls = None if self._tls is None else self._tls._native.for_listener()
+            # The engine owns what it is given: a duplicate of the caller's.
+            fd = None if self._fd is None else os.dup(self._fd)
             try:
                 listener, host, port = self._pool._engine.listen(
                     self._host, self._port, self._backlog, self._reuse_port, factory,
                     self._framing._spec(), self._idle_timeout, self._keepalive,
                     self._max_write_buffer, self._frame_timeout, self._max_connections,
                     self._max_per_ip, self._overflow == "close", tls,
-                    self._max_unready(), self._proxy)
+                    self._max_unready(), self._proxy, fd)
             except BaseException:
                 if work is not None and work.owned:
                     work.pool.close(0.0)

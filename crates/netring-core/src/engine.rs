@@ -209,15 +209,53 @@ impl Engine {
             socket.set_reuse_port(true)?;
         }
         if cfg.addr.is_ipv6() {
-            socket.set_only_v6(true)?;
+            // NOTE: `::` is dual-stack (IPv4 clients arrive as ::ffff:a.b.c.d,
+            // as asyncio reports them); a specific IPv6 address is IPv6 only.
+            socket.set_only_v6(!cfg.addr.ip().is_unspecified())?;
         }
         socket.bind(&cfg.addr.into())?;
         socket.listen(cfg.backlog)?;
+        self.serve_socket(socket, cfg)
+    }
+
+    /// Serve connections from `socket`, an already-bound TCP socket (made
+    /// elsewhere: systemd socket activation, a supervisor, `Server(sock=)`);
+    /// it is put in listening state with `cfg.backlog` if it is not yet.
+    /// `cfg.addr` and `cfg.reuse_port` are not used. The engine owns the
+    /// descriptor from here (it closes it with the listener).
+    pub fn listen_socket(
+        &self,
+        socket: std::os::fd::OwnedFd,
+        cfg: &ListenConfig,
+    ) -> Result<(usize, SocketAddr), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let socket = Socket::from(socket);
+        if socket.r#type()? != Type::STREAM {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a stream (TCP) socket",
+            )));
+        }
+        if !socket.is_listener()? {
+            socket.listen(cfg.backlog)?;
+        }
+        self.serve_socket(socket, cfg)
+    }
+
+    fn serve_socket(
+        &self,
+        socket: Socket,
+        cfg: &ListenConfig,
+    ) -> Result<(usize, SocketAddr), Error> {
         socket.set_nonblocking(true)?;
-        let local = socket
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| Error::Io(std::io::Error::other("listener has no IP address")))?;
+        let local = socket.local_addr()?.as_socket().ok_or_else(|| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the listening socket has no IP address (a Unix socket?)",
+            ))
+        })?;
         cfg.conn.framing.validate()?;
         let listener = self.shared.next_listener.fetch_add(1, Ordering::Relaxed);
         let owner = listener % self.shared.mailboxes.len();

@@ -10,6 +10,7 @@
 //! on too.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,7 +181,7 @@ impl Engine {
 
     /// Bind `host:port` (an IP literal) and serve `factory`'s protocols.
     /// Returns (listener id, host, port).
-    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false, tls=None, max_unready=None, proxy=None))]
+    #[pyo3(signature = (host, port, backlog, reuse_port, factory, framing=None, idle_timeout=None, keepalive=None, max_write_buffer=None, frame_timeout=None, max_connections=None, max_connections_per_ip=None, close_on_overflow=false, tls=None, max_unready=None, proxy=None, fd=None))]
     #[allow(clippy::too_many_arguments)]
     fn listen(
         &self,
@@ -201,6 +202,7 @@ impl Engine {
         tls: Option<Bound<'_, crate::tls::TlsServerConfig>>,
         max_unready: Option<usize>,
         proxy: Option<ProxyOption>,
+        fd: Option<i32>,
     ) -> PyResult<(usize, String, u16)> {
         let framing = framing_or_raw(framing)?;
         let overflow = if close_on_overflow {
@@ -226,7 +228,10 @@ impl Engine {
             )?);
         }
         let cfg = ListenConfig {
-            addr: ip_addr(py, host, port)?,
+            addr: match fd {
+                Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)), // unused
+                None => ip_addr(py, host, port)?,
+            },
             backlog,
             reuse_port,
             conn,
@@ -239,7 +244,15 @@ impl Engine {
         };
         // NOTE: the GIL is held from here until the factory is registered, so
         // no IO thread can dispatch this listener's first connection before.
-        let (id, addr) = self.engine.listen(&cfg).map_err(|e| to_py(py, e))?;
+        let listened = match fd {
+            // SAFETY: the caller hands this descriptor over (Python passes a
+            // dup of its socket, or systemd's); from here the engine owns it.
+            Some(fd) => self
+                .engine
+                .listen_socket(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, &cfg),
+            None => self.engine.listen(&cfg),
+        };
+        let (id, addr) = listened.map_err(|e| to_py(py, e))?;
         self.registry.listeners().insert(
             id,
             ListenerEntry {

@@ -1,0 +1,159 @@
+"""Sockets from outside and address families, on both backends:
+`Server(sock=)` / `fd=` for an already-bound socket, systemd socket
+activation (with Debian's `systemd-socket-activate`), IPv6 and dual-stack
+`::` (IPv4 clients reported as asyncio reports them)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import netring
+import pytest
+from conftest import recv_exactly, serving, wait_until
+from netring.servers.echo import Echo
+
+
+def echo_once(address: tuple, payload: bytes = b"hello", family: int = socket.AF_INET) -> None:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(address)
+        s.sendall(payload)
+        assert recv_exactly(s, len(payload)) == payload
+
+
+def test_a_bound_socket_from_outside(backend: str) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    with serving(Echo, backend, sock=sock) as server:
+        sock.close()  # the server serves its own duplicate
+        assert server.port == port
+        echo_once(("127.0.0.1", port))
+    # fd= with a socket already listening (as systemd passes them).
+    listening = socket.create_server(("127.0.0.1", 0))
+    with serving(Echo, backend, fd=listening.fileno()) as server:
+        assert server.port == listening.getsockname()[1]
+        echo_once(server.address)
+    listening.close()
+
+
+def test_sockets_that_cannot_be_served_are_refused() -> None:
+    closed = socket.socket()
+    closed.close()
+    with pytest.raises(netring.ConfigurationError, match="closed"):
+        netring.Server(Echo, sock=closed)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            pytest.raises(netring.ConfigurationError, match="TCP socket"):
+        netring.Server(Echo, sock=udp)
+    with socket.socket(socket.AF_UNIX) as unix, \
+            pytest.raises(netring.ConfigurationError, match="TCP socket"):
+        netring.Server(Echo, sock=unix)
+    with socket.socket() as s, pytest.raises(netring.ConfigurationError, match="one, not both"):
+        netring.Server(Echo, sock=s, fd=s.fileno())
+    r, w = os.pipe()
+    try:
+        with pytest.raises(netring.ConfigurationError, match=r"not an open socket|TCP socket"):
+            netring.Server(Echo, fd=r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@contextlib.contextmanager
+def served(factory: Any, backend: str, host: str) -> Iterator[netring.Server]:
+    server = netring.Server(factory, host, 0, backend=backend, io_threads=1)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.shutdown(2.0)
+
+
+def ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6(), reason="no IPv6 loopback here")
+def test_ipv6_and_dual_stack(backend: str) -> None:
+    peers: list[object] = []
+
+    class Recording(Echo):
+        def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+            peers.append(transport.get_extra_info("peername"))
+            super().connection_made(transport)
+
+    with served(Recording, backend, "::1") as server:
+        echo_once(("::1", server.port), family=socket.AF_INET6)
+        # ::1 is IPv6 only.
+        with pytest.raises(OSError):
+            echo_once(("127.0.0.1", server.port))
+    assert peers[0][0] == "::1" and len(peers[0]) == 4  # type: ignore[index]
+    peers.clear()
+    with served(Recording, backend, "::") as server:
+        echo_once(("::1", server.port), family=socket.AF_INET6)
+        echo_once(("127.0.0.1", server.port))  # dual-stack
+    assert peers[1][0] == "::ffff:127.0.0.1", peers  # type: ignore[index]
+    assert len(peers[1]) == 4  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate not on PATH (Debian package systemd)")
+def test_systemd_socket_activation(backend: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, NETRING_BACKEND=backend)
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=echo",
+         sys.executable, "-m", "netring", "serve", "echo", "--port", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        # The first connection starts the service, which takes the socket.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                echo_once(("127.0.0.1", port), b"activated")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith(f"netring: serving echo on 127.0.0.1:{port} "), line
+        echo_once(("127.0.0.1", port), b"again")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert wait_until(lambda: proc.returncode is not None, 1)
+
+
+def test_listen_fds_reads_only_our_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netring.systemd import listen_fds
+
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    assert listen_fds() == []
+    assert "LISTEN_FDS" not in os.environ
+    monkeypatch.setenv("LISTEN_PID", "garbage")
+    assert listen_fds() == []
