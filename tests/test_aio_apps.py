@@ -118,13 +118,22 @@ def test_uvicorn_serves_an_asgi_app_on_the_engine(loop_kind: str, http: str) -> 
 def test_what_netring_does_not_do_falls_through(loop_kind: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            # sock= is not netring's yet: the loop's own server takes it.
+        with socket.socket(socket.AF_UNIX) as sock:
+            # A Unix socket is not netring's yet: the loop's own server takes it.
+            sock.bind(f"\0netring-test-{id(sock)}")
             server = await loop.create_server(asyncio.Protocol, sock=sock)
             assert not isinstance(server, aio.AioServer)
             server.close()
             await server.wait_closed()
+        # A bound TCP socket is served by netring (uvicorn's workers pass one).
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = await loop.create_server(asyncio.Protocol, sock=sock)
+        assert isinstance(server, aio.AioServer)
+        r, w = await asyncio.open_connection("127.0.0.1", server.port)
+        w.close()
+        server.close()
+        await server.wait_closed()
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         assert isinstance(server, aio.AioServer)
         server.close()

@@ -21,7 +21,8 @@ asyncio's own ``loop.create_server`` / ``create_connection`` (and so
 ``asyncio.start_server``, ``open_connection``, uvicorn, aiohttp...) to
 netring for plain TCP by host and port; anything else (``ssl=``,
 ``sock=``, Unix sockets...) falls through to the loop's own implementation,
-logged once at DEBUG.
+logged once at DEBUG. A TCP ``sock=`` is served by netring too (uvicorn's
+workers pass one).
 
 Not yet (issue #18): a framed stream form, ``workers=``.
 """
@@ -370,7 +371,9 @@ class _NetringLoop:
                             sock: Any = None, backlog: int = 100, ssl: Any = None,
                             reuse_address: bool | None = None, reuse_port: bool | None = None,
                             start_serving: bool = True, **more: Any) -> Any:
-        why = _unsupported(sock=sock, ssl=ssl, family=family,
+        tcp_sock = sock is not None and sock.type == socket.SOCK_STREAM and sock.family in (
+            socket.AF_INET, socket.AF_INET6)
+        why = _unsupported(sock=None if tcp_sock else sock, ssl=ssl, family=family,
                            start_serving=not start_serving, **more)
         if why is None and not (host is None or isinstance(host, str)):
             why = "several hosts"
@@ -380,6 +383,13 @@ class _NetringLoop:
                 protocol_factory, host, port, family=family, flags=flags, sock=sock,
                 backlog=backlog, ssl=ssl, reuse_address=reuse_address, reuse_port=reuse_port,
                 start_serving=start_serving, **more)
+        if tcp_sock:
+            # asyncio's server owns the socket it is given: so does this one
+            # (the engine serves a duplicate; the original closes here).
+            server = await create_server(protocol_factory, sock=sock, backlog=backlog,
+                                         _close_connections=False)
+            sock.close()
+            return server
         return await create_server(protocol_factory, host or "0.0.0.0", int(port or 0),
                                    backlog=backlog, reuse_port=bool(reuse_port),
                                    _close_connections=False)
