@@ -130,7 +130,7 @@ def test_what_netring_does_not_do_falls_through(loop_kind: str) -> None:
         sock.bind(("127.0.0.1", 0))
         server = await loop.create_server(asyncio.Protocol, sock=sock)
         assert isinstance(server, aio.AioServer)
-        r, w = await asyncio.open_connection("127.0.0.1", server.port)
+        _r, w = await asyncio.open_connection("127.0.0.1", server.port)
         w.close()
         server.close()
         await server.wait_closed()
