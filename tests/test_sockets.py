@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -52,16 +53,16 @@ def test_sockets_that_cannot_be_served_are_refused() -> None:
     with pytest.raises(netring.ConfigurationError, match="closed"):
         netring.Server(Echo, sock=closed)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
-            pytest.raises(netring.ConfigurationError, match="TCP socket"):
+            pytest.raises(netring.ConfigurationError, match="stream socket"):
         netring.Server(Echo, sock=udp)
     with socket.socket(socket.AF_UNIX) as unix, \
-            pytest.raises(netring.ConfigurationError, match="TCP socket"):
+            pytest.raises(netring.ConfigurationError, match="not bound"):
         netring.Server(Echo, sock=unix)
     with socket.socket() as s, pytest.raises(netring.ConfigurationError, match="one, not both"):
         netring.Server(Echo, sock=s, fd=s.fileno())
     r, w = os.pipe()
     try:
-        with pytest.raises(netring.ConfigurationError, match=r"not an open socket|TCP socket"):
+        with pytest.raises(netring.ConfigurationError, match=r"not an open socket|stream socket"):
             netring.Server(Echo, fd=r)
     finally:
         os.close(r)
@@ -157,3 +158,80 @@ def test_listen_fds_reads_only_our_own(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "LISTEN_FDS" not in os.environ
     monkeypatch.setenv("LISTEN_PID", "garbage")
     assert listen_fds() == []
+
+
+class Client(netring.Protocol):
+    def __init__(self) -> None:
+        self.got = b""
+        self.done = threading.Event()
+
+    def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+        if self.got.endswith(b"!"):
+            self.done.set()
+
+
+def test_unix_domain_sockets(backend: str, tmp_path: Any) -> None:
+    path = str(tmp_path / "echo.sock")
+    peers: list[object] = []
+
+    class Recording(Echo):
+        def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+            peers.append(transport.get_extra_info("peername"))
+            super().connection_made(transport)
+
+    server = netring.Server(Recording, path=path, path_mode=0o660, backend=backend,
+                            io_threads=1)
+    server.start()
+    try:
+        assert server.host == path and os.stat(path).st_mode & 0o777 == 0o660
+        echo_once(path, b"over unix", family=socket.AF_UNIX)
+        client = Client()
+        with netring.IOPool(1, backend=backend) as pool:
+            transport, _ = pool.connect(lambda: client, path=path).result(10)
+            transport.write(b"from netring!")
+            assert client.done.wait(10) and client.got == b"from netring!"
+            transport.close()
+        # A second server on a live server's path is refused; the file stays.
+        with pytest.raises(OSError, match="listening"):
+            netring.Server(Echo, path=path, backend=backend).start()
+        assert os.path.exists(path)
+    finally:
+        server.shutdown(2.0)
+    assert not os.path.exists(path), "removed at shutdown"
+    assert peers[0] is None
+    # A stale socket file (its server died without cleaning up) is replaced.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    with serving(Echo, backend, path=path) as server:
+        echo_once(path, b"after stale", family=socket.AF_UNIX)
+    # Anything that is not a socket is never removed.
+    with open(path, "w") as f:
+        f.write("precious")
+    with pytest.raises(OSError, match="not a socket"):
+        netring.Server(Echo, path=path, backend=backend).start()
+    with open(path) as f:
+        assert f.read() == "precious"
+
+
+def test_abstract_unix_names(backend: str) -> None:
+    name = f"\0netring-test-{os.getpid()}-{backend}"
+    with serving(Echo, backend, path=name):
+        echo_once(name, b"abstract", family=socket.AF_UNIX)
+        with netring.IOPool(1, backend=backend) as pool:
+            client = Client()
+            transport, _ = pool.connect(lambda: client, path=name).result(10)
+            transport.write(b"abstract!")
+            assert client.done.wait(10)
+            transport.close()
+    with pytest.raises(netring.ConfigurationError, match="abstract"):
+        netring.Server(Echo, path=name, path_mode=0o600)
+    with netring.IOPool(1, backend=backend) as pool:
+        with pytest.raises(ConnectionRefusedError):
+            pool.connect(Client, path=name + "-nobody").result(10)
+        with pytest.raises(netring.ConfigurationError, match="not both"):
+            pool.connect(Client, "127.0.0.1", 80, path=name)

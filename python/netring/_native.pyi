@@ -94,6 +94,7 @@ class Engine:
         max_write_buffer: int | None = None,
         frame_timeout: float | None = None,
         tls: TLSClientLayer | None = None,
+        path: str | None = None,
     ) -> None: ...
     def udp_open(
         self,

@@ -195,9 +195,10 @@ class IOPool:
     def connect(
         self,
         protocol_factory: Callable[[], Any],
-        host: str,
-        port: int,
+        host: str | None = None,
+        port: int | None = None,
         *,
+        path: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
         framing: Any = None,
         local_addr: tuple[str, int] | None = None,
@@ -227,9 +228,20 @@ class IOPool:
         certificate fails it with ``TLSCertVerificationError`` (an
         ``ssl.SSLCertVerificationError``), another failed handshake with
         ``TLSError``.
+
+        ``path=``: connect to a Unix domain stream socket instead of
+        ``host:port`` (a leading NUL byte: an abstract name); with ``tls=``
+        the config's ``server_hostname`` names the server.
         """
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable")
+        if path is not None:
+            if host is not None or port is not None:
+                raise ConfigurationError("path: give path, or host and port, not both")
+            return self._connect_unix(protocol_factory, os.fspath(path), timeout=timeout,
+                                      framing=framing, idle_timeout=idle_timeout,
+                                      max_write_buffer=max_write_buffer,
+                                      frame_timeout=frame_timeout, tls=tls)
         if not isinstance(host, str):
             raise TypeError(f"host: must be a str, not {type(host).__name__}")
         port = check_int("port", port, 1, 65535)
@@ -274,6 +286,35 @@ class IOPool:
             self._resolver().submit(resolve)
         else:
             start(host)
+        return future
+
+    def _connect_unix(self, protocol_factory: Callable[[], Any], path: str, *,
+                      timeout: float | None, framing: Any, idle_timeout: float | None,
+                      max_write_buffer: int | None, frame_timeout: float | None,
+                      tls: TLSClientConfig | None) -> concurrent.futures.Future[tuple[Any, Any]]:
+        """``connect(path=...)``: a Unix domain stream socket."""
+        if not path or len(os.fsencode(path)) > 107:
+            raise ConfigurationError(f"path: {path!r} must be 1 to 107 bytes (sun_path)")
+        timeout = None if timeout is None else check_seconds("timeout", timeout, positive=True)
+        idle = (None if idle_timeout is None
+                else check_seconds("idle_timeout", idle_timeout, positive=True))
+        cap = (None if max_write_buffer is None
+               else check_int("max_write_buffer", max_write_buffer, 1))
+        frame_to = (None if frame_timeout is None
+                    else check_seconds("frame_timeout", frame_timeout, positive=True))
+        layer = None
+        if tls is not None:
+            if not isinstance(tls, TLSClientConfig):
+                raise TypeError(
+                    f"tls: must be a netring.TLSClientConfig, not {type(tls).__name__}")
+            if tls.server_hostname is None:
+                raise ConfigurationError(
+                    "tls: a Unix socket has no host name: give server_hostname=")
+            layer = tls._layer("")
+        future: concurrent.futures.Future[tuple[Any, Any]] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        self._engine.connect("", 0, protocol_factory, future, check_framing(framing)._spec(),
+                             idle, timeout, None, None, cap, frame_to, layer, path)
         return future
 
     def _resolver(self) -> concurrent.futures.ThreadPoolExecutor:

@@ -94,6 +94,78 @@ def _proxy_option(version: object, trusted: object,
     return (str(version), networks, seconds)
 
 
+def _unix_path(path: object, mode: object, sock: object, fd: object) -> str | None:
+    """``path=`` / ``path_mode=``, checked: a Unix domain socket's path (a
+    leading NUL byte: an abstract name)."""
+    if path is None:
+        if mode is not None:
+            raise ConfigurationError("path_mode: needs path=")
+        return None
+    if sock is not None or fd is not None:
+        raise ConfigurationError("path: give path, sock or fd, not several")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path: must be a str or os.PathLike, not {type(path).__name__}")
+    path = os.fspath(path)
+    if not path or len(os.fsencode(path)) > 107:
+        raise ConfigurationError(f"path: {path!r} must be 1 to 107 bytes (sun_path)")
+    if mode is not None:
+        check_int("path_mode", mode, 0, 0o777)
+        if path.startswith("\0"):
+            raise ConfigurationError("path_mode: an abstract socket has no file mode")
+    return path
+
+
+def _bind_unix(path: str, mode: int | None, backlog: int) -> tuple[int, int | None]:
+    """A listening Unix socket at ``path`` (its descriptor, and the inode of
+    its file). A stale socket file (nobody accepts on it) is replaced; a live
+    server's, or anything that is not a socket, is never removed."""
+    import errno
+    import stat
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        abstract = path.startswith("\0")
+        if not abstract:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISSOCK(st.st_mode):
+                    raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(1.0)
+                    try:
+                        probe.connect(path)
+                    except ConnectionRefusedError:
+                        os.unlink(path)  # stale: its server is gone
+                    except OSError:
+                        pass  # let bind report it
+                    else:
+                        raise OSError(errno.EADDRINUSE,
+                                      f"a server is listening on {path}")
+        sock.bind(path)
+        inode = None
+        if not abstract:
+            if mode is not None:
+                os.chmod(path, mode)
+            inode = os.stat(path).st_ino
+        sock.listen(backlog)
+        return sock.detach(), inode
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _unlink_if_ours(path: str, inode: int) -> None:
+    """Remove the socket file this server made, unless it was replaced."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def _listening_fd(sock: object, fd: object) -> int | None:
     """``sock=`` / ``fd=``, checked: the descriptor of an already-bound TCP
     socket (the server serves a duplicate of it each time it starts)."""
@@ -113,15 +185,17 @@ def _listening_fd(sock: object, fd: object) -> int | None:
     except OSError as e:
         raise ConfigurationError(f"fd {fd}: not an open socket ({e.strerror})") from None
     with probe:
-        if probe.type != socket.SOCK_STREAM or probe.family not in (socket.AF_INET,
-                                                                     socket.AF_INET6):
+        if probe.type != socket.SOCK_STREAM or probe.family not in (
+                socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             raise ConfigurationError(
-                f"fd {fd}: must be a TCP socket (IPv4 or IPv6), not {probe.family.name} "
+                f"fd {fd}: must be a TCP or Unix stream socket, not {probe.family.name} "
                 f"{probe.type.name}")
         try:
-            probe.getsockname()
+            name = probe.getsockname()
         except OSError as e:
             raise ConfigurationError(f"fd {fd}: {e.strerror}") from None
+        if name in ("", b"") or (isinstance(name, tuple) and name[1] == 0):
+            raise ConfigurationError(f"fd {fd}: the socket is not bound")
     return fd
 
 
@@ -192,6 +266,13 @@ class Server:
             a duplicate of its descriptor, so close ``sock`` yourself once
             started. ``fd``: the same, by descriptor number (e.g. from
             systemd socket activation; see ``netring.systemd``).
+        path: serve a Unix domain stream socket at this path instead of
+            ``host:port`` (a leading NUL byte: an abstract name). A stale
+            socket file left by a dead server is replaced; a live server's,
+            or a file that is not a socket, is never removed (``OSError``
+            EADDRINUSE). The file is removed at shutdown if it is still this
+            server's. ``peername`` is ``None`` for Unix clients.
+        path_mode: the socket file's permissions (e.g. ``0o660``).
         workers: run the protocol's callbacks (all but ``connection_made``,
             which stays on the IO thread) on a ``netring.WorkerPool``, for
             handlers that block: a pool to share, or a thread count for a
@@ -236,6 +317,8 @@ class Server:
         proxy_timeout: float | None = DEFAULT_PROXY_TIMEOUT_SECONDS,
         sock: socket.socket | None = None,
         fd: int | None = None,
+        path: str | os.PathLike[str] | None = None,
+        path_mode: int | None = None,
     ) -> None:
         if not callable(protocol_factory):
             raise TypeError("protocol_factory: must be callable (a Protocol class or a function)")
@@ -266,6 +349,9 @@ class Server:
         self._tls = tls
         self._proxy = _proxy_option(proxy_protocol, trusted_proxies, proxy_timeout)
         self._fd = _listening_fd(sock, fd)
+        self._path = _unix_path(path, path_mode, sock, fd)
+        self._path_mode = path_mode
+        self._path_inode: int | None = None
         self._tls_native: Any = None  # this server's own copy, while it listens
         if priority is not None and not callable(priority):
             raise TypeError(f"priority: must be callable, not {type(priority).__name__}")
@@ -318,8 +404,11 @@ class Server:
                 work = self._make_work()
                 factory = work.factory(self._factory)
             tls = None if self._tls is None else self._tls._native.for_listener()
-            # The engine owns what it is given: a duplicate of the caller's.
+            # The engine owns what it is given: a duplicate of the caller's,
+            # or the Unix socket bound here.
             fd = None if self._fd is None else os.dup(self._fd)
+            if self._path is not None:
+                fd, self._path_inode = _bind_unix(self._path, self._path_mode, self._backlog)
             try:
                 listener, host, port = self._pool._engine.listen(
                     self._host, self._port, self._backlog, self._reuse_port, factory,
@@ -335,6 +424,8 @@ class Server:
                 raise
             self._work = work
             self._tls_native = tls
+            if self._path is not None:
+                host = self._path
             self._listener, self._host, self._port = listener, host, port
             self._stop.clear()
 
@@ -416,9 +507,12 @@ class Server:
         with self._lock:
             listener, self._listener = self._listener, None
             work, self._work = self._work, None
+            inode, self._path_inode = self._path_inode, None
         pool = self._pool
         if listener is None or pool is None:
             return
+        if self._path is not None and inode is not None:
+            _unlink_if_ours(self._path, inode)
         grace = check_seconds("grace", grace)
 
         def close_connections(remaining: float) -> None:

@@ -215,19 +215,23 @@ impl Engine {
         }
         socket.bind(&cfg.addr.into())?;
         socket.listen(cfg.backlog)?;
-        self.serve_socket(socket, cfg)
+        let (listener, local) = self.serve_socket(socket, cfg)?;
+        let local = local.ok_or_else(|| Error::Io(std::io::Error::other("no IP address")))?;
+        Ok((listener, local))
     }
 
-    /// Serve connections from `socket`, an already-bound TCP socket (made
-    /// elsewhere: systemd socket activation, a supervisor, `Server(sock=)`);
-    /// it is put in listening state with `cfg.backlog` if it is not yet.
+    /// Serve connections from `socket`, an already-bound stream socket —
+    /// TCP or a Unix domain socket — made elsewhere (systemd socket
+    /// activation, a supervisor, `Server(sock=)`, `Server(path=)`); it is
+    /// put in listening state with `cfg.backlog` if it is not yet.
     /// `cfg.addr` and `cfg.reuse_port` are not used. The engine owns the
-    /// descriptor from here (it closes it with the listener).
+    /// descriptor from here (it closes it with the listener). Returns the
+    /// listener id and its IP address (`None` for a Unix socket).
     pub fn listen_socket(
         &self,
         socket: std::os::fd::OwnedFd,
         cfg: &ListenConfig,
-    ) -> Result<(usize, SocketAddr), Error> {
+    ) -> Result<(usize, Option<SocketAddr>), Error> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -248,14 +252,9 @@ impl Engine {
         &self,
         socket: Socket,
         cfg: &ListenConfig,
-    ) -> Result<(usize, SocketAddr), Error> {
+    ) -> Result<(usize, Option<SocketAddr>), Error> {
         socket.set_nonblocking(true)?;
-        let local = socket.local_addr()?.as_socket().ok_or_else(|| {
-            Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the listening socket has no IP address (a Unix socket?)",
-            ))
-        })?;
+        let local = socket.local_addr()?.as_socket();
         cfg.conn.framing.validate()?;
         let listener = self.shared.next_listener.fetch_add(1, Ordering::Relaxed);
         let owner = listener % self.shared.mailboxes.len();
@@ -272,7 +271,6 @@ impl Engine {
         self.shared.mailboxes[owner].push(Cmd::Listen {
             listener,
             socket: socket.into(),
-            local,
             options: Arc::new(cfg.conn.clone()),
             counts,
         });
@@ -310,6 +308,39 @@ impl Engine {
             socket.set_reuse_address(true)?;
             socket.bind(&local.into())?;
         }
+        self.start_connect(token, socket, addr.into(), options, timeout);
+        Ok(())
+    }
+
+    /// As [`Engine::connect`], to the Unix domain stream socket at `path`
+    /// (a filesystem path, or an abstract name: a path starting with a NUL
+    /// byte).
+    pub fn connect_unix(
+        &self,
+        token: u64,
+        path: &std::path::Path,
+        options: ConnOptions,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        options.framing.validate()?;
+        let addr = unix_addr(path)?;
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        self.start_connect(token, socket, addr, options, timeout);
+        Ok(())
+    }
+
+    fn start_connect(
+        &self,
+        token: u64,
+        socket: Socket,
+        addr: socket2::SockAddr,
+        options: ConnOptions,
+        timeout: Option<Duration>,
+    ) {
         let target = self.shared.next_target() % self.shared.mailboxes.len();
         self.shared.mailboxes[target].push(Cmd::Connect {
             token,
@@ -318,7 +349,6 @@ impl Engine {
             options: Arc::new(options),
             deadline: timeout.map(|t| Instant::now() + t),
         });
-        Ok(())
     }
 
     /// Open a UDP endpoint: the socket is created, configured and bound
@@ -471,4 +501,10 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
     }
+}
+
+/// The address of the Unix socket at `path`; a path that starts with a NUL
+/// byte is an abstract name (Linux), as socket2 reads it.
+fn unix_addr(path: &std::path::Path) -> Result<socket2::SockAddr, Error> {
+    Ok(socket2::SockAddr::unix(path)?)
 }

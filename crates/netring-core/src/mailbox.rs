@@ -24,7 +24,6 @@ pub enum Cmd {
     Listen {
         listener: usize,
         socket: OwnedFd,
-        local: SocketAddr,
         options: Arc<ConnOptions>,
         /// Connection limits, counted across IO threads.
         counts: Option<Arc<crate::limits::ListenerCounts>>,
@@ -38,7 +37,7 @@ pub enum Cmd {
     Connect {
         token: u64,
         socket: OwnedFd,
-        addr: SocketAddr,
+        addr: socket2::SockAddr,
         options: Arc<ConnOptions>,
         deadline: Option<Instant>,
     },

@@ -250,9 +250,12 @@ impl Engine {
             Some(fd) => self
                 .engine
                 .listen_socket(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, &cfg),
-            None => self.engine.listen(&cfg),
+            None => self.engine.listen(&cfg).map(|(id, a)| (id, Some(a))),
         };
         let (id, addr) = listened.map_err(|e| to_py(py, e))?;
+        // NOTE: a Unix socket has no IP address: ("", 0); the Python side
+        // knows its path.
+        let addr = addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         self.registry.listeners().insert(
             id,
             ListenerEntry {
@@ -261,7 +264,12 @@ impl Engine {
                 open: Default::default(),
             },
         );
-        Ok((id, addr.ip().to_string(), addr.port()))
+        let host = if addr.port() == 0 && fd.is_some() {
+            String::new()
+        } else {
+            addr.ip().to_string()
+        };
+        Ok((id, host, addr.port()))
     }
 
     /// Stop accepting on `listener` and close its connections gracefully,
@@ -329,7 +337,9 @@ impl Engine {
     /// `future` (a `concurrent.futures.Future`) with `(transport,
     /// protocol)` once connected, or fail it with the `OSError` /
     /// `TimeoutError`. Socket creation or bind errors raise here.
-    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None, keepalive=None, max_write_buffer=None, frame_timeout=None, tls=None))]
+    /// With `path`, `host` and `port` are not used: the connection goes to
+    /// that Unix domain socket (a leading NUL: an abstract name).
+    #[pyo3(signature = (host, port, factory, future, framing=None, idle_timeout=None, timeout=None, local=None, keepalive=None, max_write_buffer=None, frame_timeout=None, tls=None, path=None))]
     #[allow(clippy::too_many_arguments)]
     fn connect(
         &self,
@@ -346,9 +356,13 @@ impl Engine {
         max_write_buffer: Option<usize>,
         frame_timeout: Option<f64>,
         tls: Option<Bound<'_, crate::tls::TlsClientLayer>>,
+        path: Option<std::path::PathBuf>,
     ) -> PyResult<()> {
         let framing = framing_or_raw(framing)?;
-        let addr = ip_addr(py, host, port)?;
+        let addr = match path {
+            Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)), // unused
+            None => ip_addr(py, host, port)?,
+        };
         let local = local.map(|(h, p)| ip_addr(py, &h, p)).transpose()?;
         let token = self.engine.connect_token();
         self.registry.connects().insert(
@@ -368,7 +382,11 @@ impl Engine {
         );
         options.layer = tls.map(|t| t.get().layer());
         let timeout = timeout.map(seconds);
-        if let Err(e) = self.engine.connect(token, addr, local, options, timeout) {
+        let started = match &path {
+            Some(path) => self.engine.connect_unix(token, path, options, timeout),
+            None => self.engine.connect(token, addr, local, options, timeout),
+        };
+        if let Err(e) = started {
             self.registry.connects().remove(&token);
             return Err(to_py(py, e));
         }

@@ -2,7 +2,6 @@
 //! outcome (established like an accepted connection, or failed silently).
 
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
@@ -20,7 +19,7 @@ impl ThreadCore {
         &mut self,
         token: u64,
         socket: OwnedFd,
-        addr: SocketAddr,
+        addr: socket2::SockAddr,
         options: &ConnOptions,
         deadline: Option<Instant>,
         driver: &mut D,
@@ -37,7 +36,7 @@ impl ThreadCore {
         };
         let connecting = conn.connecting.insert(Box::new(crate::conn::Connecting {
             token,
-            addr: addr.into(),
+            addr,
             timed_out: false,
             cancel_sent: false,
             layer: options.layer.clone(),
