@@ -2,7 +2,7 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2" "redis>=5" "twisted>=23" "trustme>=1.1" "aiofastnet>=1.2" "uvicorn>=0.30" "httptools>=0.6" "h11>=0.14" "aiohttp>=3.9" "websockets>=12"
+PYDEPS    := "maturin>=1.5,<2" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6" "ruff>=0.6" "uvloop>=0.19" "pyseccomp>=0.1.2" "redis>=5" "twisted>=23" "trustme>=1.1" "aiofastnet>=1.2" "uvicorn>=0.30" "httptools>=0.6" "h11>=0.14" "aiohttp>=3.9" "websockets>=12" "prometheus_client>=0.20"
 HOST      ?= 127.0.0.1
 PORT      ?= 5050
 FUZZ_SECONDS ?= 30

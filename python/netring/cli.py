@@ -33,6 +33,11 @@ server in the supervisor, which keeps a bound (not listening)
 ``SO_REUSEPORT`` socket on it for the whole run so that no other program
 takes the port while workers restart (UDP: the port is only picked, as a
 bound UDP socket would receive datagrams).
+
+``--metrics-port P [--metrics-host H]`` serves Prometheus metrics on
+``http://H:P/metrics`` (``netring.metrics``; H defaults to 127.0.0.1, P 0
+picks a free port, logged); with ``--processes`` the supervisor serves them,
+every worker's figures combined.
 """
 
 from __future__ import annotations
@@ -102,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="worker processes, each serving every NAME on the same ports "
                             "(SO_REUSEPORT); auto: the usable CPUs (default: one process, "
                             "no supervisor)")
+    serve.add_argument("--metrics-port", type=int, default=None, metavar="P",
+                       help="serve Prometheus metrics on this port (needs prometheus_client; "
+                            "with --processes: the supervisor, all workers combined)")
+    serve.add_argument("--metrics-host", default="127.0.0.1", metavar="H",
+                       help="address of the metrics endpoint (default 127.0.0.1)")
     return p
 
 
@@ -160,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print("netring: systemd socket activation with --processes is not supported yet",
               file=sys.stderr)
         return 2
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port: must be 0..65535")
     if args.processes is not None:
         return _serve_processes(args, names, ports, pool_options, tls)
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
@@ -181,6 +193,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logging.getLogger("netring").info("%d worker threads for %s", workers.threads,
                                           ", ".join(n for n, t in threads.items() if t))
+    endpoint = None
+    if args.metrics_port is not None:
+        try:
+            endpoint = _serve_metrics(args, names[0], pool)
+        except Exception as e:
+            print(f"netring: cannot serve metrics: {e}", file=sys.stderr)
+            pool.close(0)
+            if workers is not None:
+                workers.close(0)
+            return 2
     for name, port in zip(names, ports, strict=True):
         example = SERVERS[name]
         options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
@@ -199,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                 if fd is not None:
                     os.close(fd)  # the server serves its own duplicate
                 servers.append(server)
+                if endpoint is not None:
+                    endpoint.collector.add_server(server, name)
                 host, bound = server.host, server.port
         except Exception as e:  # configuration and bind errors: one clear line
             print(f"netring: cannot serve {name}: {e}", file=sys.stderr)
+            if endpoint is not None:
+                endpoint.close()
             pool.close(0)
             if workers is not None:
                 workers.close(0)
@@ -218,7 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     pool.close(args.grace)
     if workers is not None:
         workers.close(args.grace)
+    if endpoint is not None:
+        endpoint.close()
     return 0
+
+
+def _serve_metrics(args: argparse.Namespace, first: str, pool: IOPool) -> Any:
+    """``--metrics-port``: the endpoint, the pool named after the first
+    server (as in a worker process); servers are added as they start."""
+    from . import metrics
+
+    endpoint = metrics.serve(args.metrics_port, args.metrics_host, pools={first: pool})
+    logging.getLogger("netring.metrics").info("metrics on %s", endpoint.url)
+    return endpoint
 
 
 # -- --processes: worker processes under a supervisor --------------------------------
@@ -232,6 +270,7 @@ class _Endpoint:
         self.host, self.port = transport.get_extra_info("sockname")[:2]
         self.backend = pool.backend
         self.io_threads = pool.io_threads
+        self.pool = pool  # its figures, for --metrics-port
 
     def start(self) -> None:
         pass
@@ -342,12 +381,21 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
 
     logging.getLogger("netring").info("%d worker processes", args.processes)
     try:
-        run_workers(build, args.processes, grace=args.grace, on_ready=ready)
+        metrics = None
+        if args.metrics_port is not None:
+            from .metrics import WorkerMetrics
+            metrics = WorkerMetrics(args.metrics_port, args.metrics_host, names=names)
+        run_workers(build, args.processes, grace=args.grace, on_ready=ready, metrics=metrics)
     except WorkerStartError as e:
         print(f"netring: {e}", file=sys.stderr)
         return 1
-    except (ConfigurationError, TypeError) as e:
+    except (ConfigurationError, TypeError, ImportError) as e:
         print(f"netring: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.metrics_port is None:
+            raise
+        print(f"netring: cannot serve metrics: {e}", file=sys.stderr)  # the port is taken
         return 2
     finally:
         for sock in reserved:

@@ -456,6 +456,7 @@ class Supervisor:
         max_backoff: float = 10.0,
         on_ready: Callable[[list[Listening]], object] | None = None,
         start_method: Literal["fork", "spawn", "forkserver"] = "fork",
+        metrics: Any = None,
     ) -> None:
         if not callable(build):
             raise TypeError("build: must be callable")
@@ -474,6 +475,11 @@ class Supervisor:
                 f"start_method: must be 'fork', 'spawn' or 'forkserver', not {start_method!r}")
         self._build = build
         self._on_ready = on_ready
+        # -- metrics (netring.metrics): workers report, this process serves.
+        self._metrics: Any = None
+        if metrics is not None:
+            from .metrics import WorkerMetrics
+            self._metrics = WorkerMetrics.of(metrics)
         self._ctx = multiprocessing.get_context(start_method)
         # Set from signal handlers and other threads; acted on by run().
         self._stop_requests = 0
@@ -539,7 +545,11 @@ class Supervisor:
         if threading.current_thread() is threading.main_thread():
             for sig in _SIGNALS:
                 restore[sig] = signal.signal(sig, self._on_signal)
+        self._worker_build = self._build
         try:
+            if self._metrics is not None:  # metrics: the endpoint before the first worker
+                self._metrics.start()
+                self._worker_build = self._metrics.wrap(self._build)
             for slot in range(self.processes):
                 self._spawn(slot)
             self._loop()
@@ -554,6 +564,8 @@ class Supervisor:
             self._wake_w = None
             os.close(self._wake_r)
             os.close(wake_w)
+            if self._metrics is not None:  # metrics: stop serving, remove the reports
+                self._metrics.close()
             self._running = False
         if self._fatal is not None:
             raise WorkerStartError(self._fatal)
@@ -612,7 +624,7 @@ class Supervisor:
         reader, writer = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_worker_main, name=f"netring-worker-{slot}",
-            args=(self._build, writer, self.grace, slot, os.getpid()))
+            args=(self._worker_build, writer, self.grace, slot, os.getpid()))
         # Blocked across the fork, so that the child never runs this
         # process's handlers; the worker installs its own, then unblocks.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -836,6 +848,7 @@ def run_workers(
     max_backoff: float = 10.0,
     on_ready: Callable[[list[Listening]], object] | None = None,
     start_method: Literal["fork", "spawn", "forkserver"] = "fork",
+    metrics: Any = None,
 ) -> None:
     """Serve on every core: run ``processes`` worker processes, each serving
     what ``build()`` returns, until SIGTERM/SIGINT; SIGHUP replaces them one
@@ -869,6 +882,12 @@ def run_workers(
         start_method: how workers are made (``multiprocessing``'s): ``fork``
             (default: fast, ``build`` may be a closure) or ``spawn`` /
             ``forkserver`` (a fresh interpreter).
+        metrics: serve Prometheus metrics from the supervisor, every
+            worker's figures combined (``netring.metrics``, needs
+            ``prometheus_client``): a port, ``(host, port)``,
+            ``"HOST:PORT"`` (host 127.0.0.1 by default) or a
+            ``netring.metrics.WorkerMetrics``; served from before the first
+            worker starts until the run ends.
 
     Raises:
         WorkerStartError: workers kept dying before they were ready (or
@@ -880,4 +899,5 @@ def run_workers(
     Supervisor(build, processes, grace=grace, ready_timeout=ready_timeout,
                max_start_failures=max_start_failures,
                start_failure_window=start_failure_window, backoff=backoff,
-               max_backoff=max_backoff, on_ready=on_ready, start_method=start_method).run()
+               max_backoff=max_backoff, on_ready=on_ready, start_method=start_method,
+               metrics=metrics).run()
