@@ -144,7 +144,6 @@ impl Rig {
         self.push(Cmd::Listen {
             listener: 0,
             socket: socket.into(),
-            local: "127.0.0.1:1".parse().unwrap(),
             options: Arc::new(options),
             counts: limits.map(|l| Arc::new(ListenerCounts::new(l, 0))),
         });
@@ -169,7 +168,7 @@ impl Rig {
         self.push(Cmd::Connect {
             token,
             socket: socket.into(),
-            addr: "127.0.0.1:9".parse().unwrap(),
+            addr: "127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap().into(),
             options: Arc::new(options),
             deadline,
         });
