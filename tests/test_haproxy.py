@@ -1,14 +1,16 @@
 """netring behind a real HAProxy (Debian `haproxy`) with the PROXY protocol:
 `send-proxy` and `send-proxy-v2` to two netring servers that HAProxy
 health-checks; a client through HAProxy sees its own address echoed back;
-one server drained (graceful shutdown) while traffic goes on moves it to the
+a worker process drained with SIGTERM while traffic goes on moves it to the
 other without a failed request."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -49,7 +51,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def haproxy(tmp_path: Path, backends: list[tuple[int, str]]) -> Iterator[int]:
+def haproxy(tmp_path: Path, backends: list[tuple[int, str]],
+            greeting: bool = True) -> Iterator[int]:
     """HAProxy in TCP mode on a free port, round robin over `backends`
     ((port, "send-proxy" | "send-proxy-v2")), health-checked every 100 ms
     with a PROXY header of their own; yields its port once it answers."""
@@ -83,6 +86,8 @@ backend netring
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", front), timeout=2) as s:
+                    if not greeting:
+                        s.sendall(b"up?\n")
                     if s.recv(100):
                         break
             except OSError:
@@ -127,36 +132,68 @@ def test_clients_through_haproxy_see_their_own_address(backend: str, tmp_path: P
         assert seen == {"a", "b"}, "both servers served (v1 and v2)"
 
 
-def test_a_drained_server_moves_traffic_to_the_other(backend: str, tmp_path: Path) -> None:
-    local = ["127.0.0.0/8"]
-    b_cm = serving(server_class("b"), backend, proxy_protocol="v2", trusted_proxies=local)
-    b = b_cm.__enter__()
+def echo_through(front: int) -> None:
+    """One request through HAProxy to an echo server."""
+    with socket.create_connection(("127.0.0.1", front), timeout=10) as s:
+        s.sendall(b"ping\n")
+        got = b""
+        while len(got) < 5:
+            chunk = s.recv(16)
+            assert chunk, f"closed after {got!r}"
+            got += chunk
+        assert got == b"ping\n"
+
+
+@contextmanager
+def worker_process(port: int, backend: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m netring serve echo`` as one supervised worker process
+    behind the PROXY protocol, ready when this yields."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "netring", "serve", "echo", "--port", str(port),
+         "--processes", "1", "--backend", backend, "--grace", "5",
+         "--proxy-protocol", "v2", "--trusted-proxy", "127.0.0.0/8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        a = netring.Server(server_class("a"), "127.0.0.1", 0, backend=backend, io_threads=1,
-                           proxy_protocol="v2", trusted_proxies=local)
-        a.start()
-        with haproxy(tmp_path, [(a.port, "send-proxy-v2"), (b.port, "send-proxy-v2")]) as front:
-            stop, errors, names = threading.Event(), [], []
-
-            def traffic() -> None:
-                while not stop.is_set():
-                    try:
-                        names.append(whoami(front)[2])
-                    except BaseException as e:  # reported below
-                        errors.append(e)
-                        return
-
-            t = threading.Thread(target=traffic)
-            t.start()
-            while names.count("a") < 5 and t.is_alive():
-                time.sleep(0.01)
-            a.shutdown(2.0)  # drain: stop accepting, finish what is open
-            drained_at = len(names)
-            time.sleep(1.0)
-            stop.set()
-            t.join(20)
-            assert errors == [], errors
-            after = names[drained_at + 5:]  # past the health checks' 100 ms
-            assert after and set(after) == {"b"}, names[drained_at:]
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("netring: serving echo"), line
+        yield proc
     finally:
-        b_cm.__exit__(None, None, None)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_a_worker_drained_with_sigterm_moves_traffic_to_the_other(
+        backend: str, tmp_path: Path) -> None:
+    pa, pb = free_port(), free_port()
+    with worker_process(pa, backend) as a, worker_process(pb, backend), \
+            haproxy(tmp_path, [(pa, "send-proxy-v2"), (pb, "send-proxy-v2")],
+                    greeting=False) as front:
+        stop, errors, done = threading.Event(), [], [0]
+
+        def traffic() -> None:
+            while not stop.is_set():
+                try:
+                    echo_through(front)
+                    done[0] += 1
+                except BaseException as e:  # reported below
+                    errors.append(e)
+                    return
+
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        a.send_signal(signal.SIGTERM)  # drain: the worker finishes what it has
+        assert a.wait(20) == 0
+        before = done[0]
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(20)
+        assert errors == [], errors
+        assert done[0] > before, "traffic went on on the other worker"
