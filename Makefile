@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 30
 SOAK_SECONDS ?= 60
 SOAK_OUT  ?= benchmarks/results/soak
 
-.PHONY: help build serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls soak bench-quick fuzz clean
+.PHONY: help build wheel wheel-check serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls soak bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -22,6 +22,12 @@ $(VENV)/.deps: pyproject.toml Makefile
 
 build: $(VENV)/.deps  ## build netring (release) into the local virtualenv
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
+
+wheel: $(VENV)/.deps  ## build the binary wheel into dist/ (abi3: one wheel for CPython >= 3.11; manylinux tag)
+	$(VENV)/bin/maturin build --release -o dist
+
+wheel-check: wheel  ## install that wheel in a fresh virtualenv without Rust on PATH, and serve from it
+	bash scripts/wheel_check.sh
 
 serve: build  ## build, then run the echo server on $(HOST):$(PORT)
 	$(PY) -m netring serve echo --host $(HOST) --port $(PORT)
