@@ -23,8 +23,9 @@ $(VENV)/.deps: pyproject.toml Makefile
 build: $(VENV)/.deps  ## build netring (release) into the local virtualenv
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
 
-wheel: $(VENV)/.deps  ## build the binary wheel into dist/ (abi3: one wheel for CPython >= 3.11; manylinux tag)
+wheel: $(VENV)/.deps  ## build the binary wheel (abi3: one for CPython >= 3.11; manylinux tag) and the sdist into dist/
 	$(VENV)/bin/maturin build --release -o dist
+	$(VENV)/bin/maturin sdist -o dist
 
 wheel-check: wheel  ## install that wheel in a fresh virtualenv without Rust on PATH, and serve from it
 	bash scripts/wheel_check.sh

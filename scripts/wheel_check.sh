@@ -19,7 +19,10 @@ if "${clean_env[@]}" sh -c 'command -v cargo || command -v rustc'; then
     exit 1
 fi
 "${clean_env[@]}" "$tmp/venv/bin/pip" install -q --no-index "$wheel"
-"${clean_env[@]}" "$tmp/venv/bin/python" -m netring serve echo --port 0 > "$tmp/ready" 2>"$tmp/log" &
+"${clean_env[@]}" "$tmp/venv/bin/netring" --version
+"${clean_env[@]}" "$tmp/venv/bin/python" -c \
+    "import netring; print('netring', netring.__version__, netring.backend_info())"
+"${clean_env[@]}" "$tmp/venv/bin/netring" serve echo --port 0 > "$tmp/ready" 2>"$tmp/log" &
 server_pid=$!
 for _ in $(seq 100); do
     grep -q "netring: serving echo" "$tmp/ready" && break

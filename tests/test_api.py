@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import netring
@@ -127,3 +129,14 @@ def test_context_manager_starts_and_stops(backend: str) -> None:
             s.sendall(b"ctx")
             assert recv_exactly(s, 3) == b"ctx"
     assert not server.is_serving()
+
+
+def test_the_netring_command_reports_its_version() -> None:
+    run = subprocess.run([sys.executable, "-m", "netring", "--version"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and run.stdout.strip() == f"netring {netring.__version__}"
+    from netring.cli import _host_port
+
+    assert _host_port("0.0.0.0:9100") == ("0.0.0.0", 9100)
+    assert _host_port("[::1]:9100") == ("::1", 9100)
+    assert _host_port(":9100") == ("127.0.0.1", 9100)

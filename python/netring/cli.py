@@ -64,7 +64,9 @@ DEFAULT_PORT = 5050
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m netring", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="netring", description=__doc__.splitlines()[0])
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"netring {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run example servers")
     serve.add_argument("names", nargs="+", choices=sorted(SERVERS), metavar="NAME",
@@ -112,7 +114,16 @@ def _parser() -> argparse.ArgumentParser:
                             "with --processes: the supervisor, all workers combined)")
     serve.add_argument("--metrics-host", default="127.0.0.1", metavar="H",
                        help="address of the metrics endpoint (default 127.0.0.1)")
+    serve.add_argument("--metrics", default=None, metavar="HOST:PORT", type=_host_port,
+                       help="the same as --metrics-host HOST --metrics-port PORT")
     return p
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _processes(value: str) -> int:
@@ -170,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         print("netring: systemd socket activation with --processes is not supported yet",
               file=sys.stderr)
         return 2
+    if args.metrics is not None:
+        if args.metrics_port is not None:
+            parser.error("--metrics and --metrics-port: give one")
+        args.metrics_host, args.metrics_port = args.metrics
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         parser.error("--metrics-port: must be 0..65535")
     if args.processes is not None:
@@ -401,3 +416,8 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
         for sock in reserved:
             sock.close()
     return 0
+
+
+def console() -> None:
+    """The ``netring`` command (the same as ``python -m netring``)."""
+    sys.exit(main())
