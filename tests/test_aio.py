@@ -273,3 +273,63 @@ def test_asyncio_streams_on_the_engine(hosted_backend: str, loop_factory: Any) -
             await writer.wait_closed()
 
     run(main(), loop_factory=loop_factory)
+
+
+def test_framed_streams_read_whole_packets(hosted_backend: str) -> None:
+    framing = netring.LengthPrefixed(4, max_packet=1 << 16)
+
+    async def handle(reader: aio.PacketReader, writer: aio.PacketWriter) -> None:
+        async for packet in reader:
+            await asyncio.sleep(0)  # a slow consumer: the reader's limit pauses reading
+            writer.send_packet(packet[::-1])
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        async with await aio.start_packet_server(handle, framing=framing, limit=8) as server:
+            reader, writer = await aio.open_packet_connection(
+                "127.0.0.1", server.port, framing=framing)
+            for i in range(1000):
+                writer.send_packet(b"packet %d" % i)
+            await writer.drain()
+            for i in range(1000):
+                assert await reader.read_packet() == (b"packet %d" % i)[::-1]
+            writer.transport.write_eof()
+            assert await reader.read_packet() is None
+            assert reader.at_eof()
+            writer.close()
+            await writer.wait_closed()
+            # A packet over max_packet breaks the connection: the reader says why.
+            reader, writer = await aio.open_packet_connection(
+                "127.0.0.1", server.port, framing=framing)
+            writer.write(b"\xff\xff\xff\xff")
+            await asyncio.sleep(0.05)
+            writer.close()
+
+    run(main())
+
+
+def test_a_framed_reader_reports_a_broken_stream(hosted_backend: str) -> None:
+    framing = netring.LengthPrefixed(4, max_packet=100)
+    errors: list[BaseException] = []
+
+    async def handle(reader: aio.PacketReader, writer: aio.PacketWriter) -> None:
+        try:
+            await reader.read_packet()
+        except netring.FrameTooLargeError as e:
+            errors.append(e)
+
+    async def main() -> None:
+        async with await aio.start_packet_server(handle, framing=framing) as server:
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            w.write(b"\x00\x00\x10\x00")  # 4096 bytes declared, over 100
+            assert await r.read() == b""
+            w.close()
+            for _ in range(100):
+                if errors:
+                    break
+                await asyncio.sleep(0.01)
+
+    run(main())
+    assert len(errors) == 1

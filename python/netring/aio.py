@@ -24,12 +24,17 @@ netring for plain TCP by host and port; anything else (``ssl=``,
 logged once at DEBUG. A TCP ``sock=`` is served by netring too (uvicorn's
 workers pass one).
 
-Not yet (issue #18): a framed stream form, ``workers=``.
+``start_packet_server`` / ``open_packet_connection`` are the framed form:
+``await reader.read_packet()`` (or ``async for packet in reader``) returns
+whole packets cut by the engine, ``writer.send_packet()`` frames them.
+
+Not yet (issue #18): ``workers=``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -47,8 +52,9 @@ from .errors import ConfigurationError
 from .pool import IOPool
 from .server import DEFAULT_GRACE_SECONDS, Server
 
-__all__ = ["AioServer", "create_connection", "create_server", "engine_stats", "install",
-           "new_event_loop", "open_connection", "start_server"]
+__all__ = ["AioServer", "PacketReader", "PacketWriter", "create_connection", "create_server",
+           "engine_stats", "install", "new_event_loop", "open_connection",
+           "open_packet_connection", "start_packet_server", "start_server"]
 
 log = logging.getLogger("netring.aio")
 
@@ -455,3 +461,182 @@ def install(loop: str = "auto") -> None:
     ``asyncio.start_server`` and friends from the engine, unchanged."""
     _loop_class(loop)  # check now
     asyncio.set_event_loop_policy(_Policy(loop))
+
+
+# -- framed streams -------------------------------------------------------------
+
+#: Packets a PacketReader holds before it pauses reading (then resumes at half).
+PACKET_QUEUE_LIMIT = 256
+
+
+class PacketReader:
+    """Whole packets of a framed connection, awaited one at a time:
+    ``await read_packet()`` (``None`` at the end), or ``async for``. Holds
+    at most ``limit`` packets; past it the connection stops reading until
+    the application catches up (backpressure to the peer)."""
+
+    def __init__(self, limit: int = PACKET_QUEUE_LIMIT) -> None:
+        self._packets: collections.deque[bytes] = collections.deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._exc: BaseException | None = None
+        self._transport: Any = None
+        self._paused = False
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _feed(self, packet: bytes) -> None:
+        self._packets.append(packet)
+        if len(self._packets) >= self._limit and not self._paused and self._transport:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def _end(self, exc: BaseException | None) -> None:
+        self._eof = True
+        self._exc = exc
+        self._wake()
+
+    async def read_packet(self) -> bytes | None:
+        """The next packet; ``None`` once the peer ended the stream. A
+        connection that broke (a framing error, a reset) raises its error."""
+        while not self._packets:
+            if self._eof:
+                if self._exc is not None:
+                    raise self._exc
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        packet = self._packets.popleft()
+        if self._paused and len(self._packets) <= self._limit // 2:
+            self._paused = False
+            self._transport.resume_reading()
+        return packet
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._packets
+
+    def __aiter__(self) -> PacketReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        packet = await self.read_packet()
+        if packet is None:
+            raise StopAsyncIteration
+        return packet
+
+
+class PacketWriter:
+    """The sending side of a framed connection: ``send_packet`` frames one
+    packet, ``await drain()`` waits while the write queue is over its high
+    water mark, ``close()`` / ``await wait_closed()``."""
+
+    def __init__(self, transport: Any, protocol: _PacketProtocol) -> None:
+        self.transport = transport
+        self._protocol = protocol
+
+    def send_packet(self, packet: bytes) -> None:
+        self.transport.send_packet(packet)
+
+    def write(self, data: bytes) -> None:
+        """Raw bytes, unframed (the caller frames them)."""
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._protocol._lost is not None and self._protocol._lost.done():
+            exc = self._protocol._lost.result()
+            if exc is not None:
+                raise exc
+            raise ConnectionResetError("the connection is closed")
+        if self._protocol._can_write is not None:
+            await asyncio.shield(self._protocol._can_write)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return bool(self.transport.is_closing())
+
+    async def wait_closed(self) -> None:
+        if self._protocol._lost is not None:
+            await asyncio.shield(self._protocol._lost)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+
+class _PacketProtocol:
+    """Feeds a PacketReader; gives the writer its flow control."""
+
+    def __init__(self, reader: PacketReader,
+                 on_connected: Callable[[PacketReader, PacketWriter], Any] | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._reader = reader
+        self._on_connected = on_connected
+        self._loop = loop
+        self._can_write: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[BaseException | None] | None = None
+        self.writer: PacketWriter | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self._lost = self._loop.create_future()
+        self._reader._transport = transport
+        self.writer = PacketWriter(transport, self)
+        if self._on_connected is not None:
+            result = self._on_connected(self._reader, self.writer)
+            if asyncio.iscoroutine(result):
+                self._loop.create_task(result)
+
+    def packet_received(self, packet: bytes) -> None:
+        self._reader._feed(packet)
+
+    def eof_received(self) -> bool:
+        self._reader._end(None)
+        return True  # the application closes its side when it is done
+
+    def pause_writing(self) -> None:
+        if self._can_write is None:
+            self._can_write = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._can_write is not None:
+            self._can_write.set_result(None)
+            self._can_write = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._reader._end(exc)
+        if self._can_write is not None:
+            self._can_write.set_result(None)
+            self._can_write = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(exc)
+
+
+async def start_packet_server(client_connected_cb: Callable[[PacketReader, PacketWriter], Any],
+                              host: str = "127.0.0.1", port: int = 0, *, framing: Any,
+                              limit: int = PACKET_QUEUE_LIMIT, **options: Any) -> AioServer:
+    """``start_server`` for packets: ``framing`` (``netring.LengthPrefixed``,
+    ``Delimited``, ``Exactly``...) cuts each connection's stream in the
+    engine; ``client_connected_cb(reader, writer)`` gets a ``PacketReader``
+    and a ``PacketWriter``. ``options`` as ``create_server``."""
+    loop = asyncio.get_running_loop()
+    return await create_server(
+        lambda: _PacketProtocol(PacketReader(limit), client_connected_cb, loop), host, port,
+        framing=framing, **options)
+
+
+async def open_packet_connection(host: str, port: int, *, framing: Any,
+                                 limit: int = PACKET_QUEUE_LIMIT,
+                                 **options: Any) -> tuple[PacketReader, PacketWriter]:
+    """``open_connection`` for packets: ``(reader, writer)`` once connected."""
+    loop = asyncio.get_running_loop()
+    protocol = _PacketProtocol(PacketReader(limit), None, loop)
+    await create_connection(lambda: protocol, host, port, framing=framing, **options)
+    assert protocol.writer is not None
+    return protocol._reader, protocol.writer
