@@ -75,7 +75,8 @@ class _Host:
         self._loop = weakref.ref(loop)
         # NOTE: weak, like the loop: the loop's end must not wait for this
         # host (whose finalizer closes the engine) to let go of it.
-        self._timer: weakref.ref[asyncio.TimerHandle] | None = None
+        self._timer: weakref.ref[asyncio.Handle] | None = None
+        self._timer_when = 0.0
         self.closed = False
         loop.add_reader(self.fd, self._run)
         # Writes from tasks apply at once; the first after a turn asks for
@@ -104,10 +105,26 @@ class _Host:
             loop.call_soon(self._run)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._cancel_timer()
         delay = self.turns.next_delay()
-        if delay is not None:
-            self._timer = weakref.ref(loop.call_later(delay, self._run))
+        timer = self._timer() if self._timer is not None else None
+        if delay is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        now = loop.time()
+        when = now + delay
+        # NOTE: the engine nearly always has a deadline (its once-a-second
+        # housekeeping): keep a timer that fires no later than needed
+        # instead of making a new one every turn. One that fires early
+        # only runs an idle turn.
+        # (A timer whose time has come may be the one running this turn.)
+        if timer is not None and not timer.cancelled() and now < self._timer_when <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = weakref.ref(loop.call_at(when, self._run))
+        self._timer_when = when
 
     def _detach(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.closed = True
