@@ -375,3 +375,32 @@ def test_max_buffer_memory_pauses_readers_and_the_server_stays_responsive(
         finally:
             for c in clients:
                 c.close()
+
+
+def test_frame_errors_timeouts_and_write_aborts_are_counted(backend: str) -> None:
+    class Silent(netring.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def packet_received(self, packet: bytes) -> None:
+            if packet == b"flood":
+                self.transport.write(b"x" * 200_000)  # over max_write_buffer at once
+
+    framing = netring.LengthPrefixed(4, max_packet=100)
+    with serving(Silent, backend, framing=framing, frame_timeout=0.2,
+                 max_write_buffer=100_000) as server:
+        for payload in (b"\x00\x00\x10\x00",                  # 4096 declared: oversize
+                        b"\x00\x00\x00\x05ab",                # then silence: frame timeout
+                        b"\x00\x00\x00\x05flood"):            # a write over the cap
+            with socket.create_connection(server.address, timeout=10) as s:
+                s.sendall(payload)
+                try:
+                    while s.recv(65536):
+                        pass
+                except ConnectionResetError:
+                    pass
+        stats = server.stats()
+    assert stats["frame_errors_oversize"] == 1
+    assert stats["frame_timeouts"] == 1
+    assert stats["write_buffer_aborts"] == 1
+    assert stats["frame_errors_malformed"] == 0

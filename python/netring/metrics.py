@@ -147,10 +147,21 @@ POOL_METRICS: dict[str, tuple[str, str, str]] = {
     "handshakes_failed": ("netring_handshakes_failed", "counter",
                           "Connections closed before they opened: failed TLS handshakes, "
                           "bad, late or untrusted PROXY protocol headers."),
+    "frame_errors_oversize": ("netring_frame_errors_oversize", "counter",
+                              "Connections closed for a packet over max_packet or a line "
+                              "over max_line."),
+    "frame_errors_malformed": ("netring_frame_errors_malformed", "counter",
+                               "Connections closed for input that broke the framing "
+                               "otherwise (a bad length header, a RESP protocol error)."),
+    "frame_timeouts": ("netring_frame_timeouts", "counter",
+                       "Connections closed because a packet took longer than frame_timeout."),
+    "write_buffer_aborts": ("netring_write_buffer_aborts", "counter",
+                            "Connections aborted because their queued writes passed "
+                            "max_write_buffer (a peer that does not read)."),
     "bytes_in": ("netring_received_bytes", "counter",
-                 "Bytes received on TCP connections (after TLS: plaintext)."),
+                 "Bytes received on TCP connections (as on the wire: TLS records included)."),
     "bytes_out": ("netring_sent_bytes", "counter",
-                  "Bytes sent on TCP connections (before TLS: plaintext)."),
+                  "Bytes handed to the kernel on TCP connections (TLS records included)."),
     "datagrams_in": ("netring_datagrams_received", "counter", "UDP datagrams received."),
     "datagrams_out": ("netring_datagrams_sent", "counter", "UDP datagrams sent."),
     "datagrams_truncated": ("netring_datagrams_truncated", "counter",

@@ -308,6 +308,32 @@ impl<'b> Batch<'b> {
         });
     }
 
+    /// Give back `rest`, the end of the raw chunk just delivered to `conn`
+    /// (`Event::Data`), for a handler that took only part of it (asyncio's
+    /// `BufferedProtocol`, whose buffer was smaller): the next
+    /// [`Batch::next`] delivers it again, under the connection's state then
+    /// (held if reading was paused meanwhile, cut by a new framing, dropped
+    /// if it is closing). Returns false, giving nothing back, unless `rest`
+    /// ends where the chunk under the cursor was cut (a chunk re-framed
+    /// from bytes buffered under an earlier rule is not there).
+    pub fn unread(&mut self, conn: ConnId, rest: &[u8]) -> bool {
+        let mut core = self.core.borrow_mut();
+        match core.q.cursor.as_mut() {
+            Some(cur)
+                if cur.conn == conn
+                    && rest.len() <= cur.offset
+                    && std::ptr::eq(
+                        cur.ptr.wrapping_add(cur.offset),
+                        rest.as_ptr().wrapping_add(rest.len()),
+                    ) =>
+            {
+                cur.offset -= rest.len();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Apply operations on this thread's connections directly.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut ThreadCore) -> R) -> R {
         f(&mut self.core.borrow_mut())
@@ -430,6 +456,13 @@ fn cut<'b>(
             core.track_packet(cur.conn);
         }
         End::Failed(error) => {
+            let counter = match error {
+                FrameError::PacketTooLarge { .. } | FrameError::LineTooLong { .. } => {
+                    &core.engine.stats.frame_errors_oversize
+                }
+                _ => &core.engine.stats.frame_errors_malformed,
+            };
+            crate::stats::Stats::add(counter, 1);
             core.touch(cur.conn);
             core.q.events.push_front(Ev::FrameError {
                 conn: cur.conn,

@@ -17,6 +17,10 @@ pub struct Stats {
     pub(crate) datagrams_dropped: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) handshakes_failed: AtomicU64,
+    pub(crate) frame_errors_oversize: AtomicU64,
+    pub(crate) frame_errors_malformed: AtomicU64,
+    pub(crate) frame_timeouts: AtomicU64,
+    pub(crate) write_buffer_aborts: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -49,6 +53,17 @@ pub struct StatsSnapshot {
     /// failed or timed-out TLS handshakes (each logged at DEBUG on
     /// `netring.core` with the peer and the reason).
     pub handshakes_failed: u64,
+    /// Connections closed for a packet over `max_packet` or a line over
+    /// `max_line`.
+    pub frame_errors_oversize: u64,
+    /// Connections closed for input that broke the framing otherwise (a
+    /// length header shorter than itself, a RESP protocol error).
+    pub frame_errors_malformed: u64,
+    /// Connections closed because a packet took longer than `frame_timeout`.
+    pub frame_timeouts: u64,
+    /// Connections aborted because their queued writes passed
+    /// `max_write_buffer` (a peer that does not read).
+    pub write_buffer_aborts: u64,
     /// Bytes buffered for connections now (queued writes, partial packets,
     /// held input), the quantity `max_buffer_memory` caps; counted only
     /// when that cap is set (0 otherwise).
@@ -78,6 +93,10 @@ impl Stats {
             datagrams_dropped: self.datagrams_dropped.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             handshakes_failed: self.handshakes_failed.load(Ordering::Relaxed),
+            frame_errors_oversize: self.frame_errors_oversize.load(Ordering::Relaxed),
+            frame_errors_malformed: self.frame_errors_malformed.load(Ordering::Relaxed),
+            frame_timeouts: self.frame_timeouts.load(Ordering::Relaxed),
+            write_buffer_aborts: self.write_buffer_aborts.load(Ordering::Relaxed),
             buffer_memory: 0,
         }
     }

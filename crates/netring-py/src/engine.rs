@@ -523,6 +523,10 @@ impl Engine {
         d.set_item("datagrams_truncated", s.datagrams_truncated)?;
         d.set_item("datagrams_dropped", s.datagrams_dropped)?;
         d.set_item("handshakes_failed", s.handshakes_failed)?;
+        d.set_item("frame_errors_oversize", s.frame_errors_oversize)?;
+        d.set_item("frame_errors_malformed", s.frame_errors_malformed)?;
+        d.set_item("frame_timeouts", s.frame_timeouts)?;
+        d.set_item("write_buffer_aborts", s.write_buffer_aborts)?;
         d.set_item("connections_refused", s.refused)?;
         d.set_item("buffer_memory", s.buffer_memory)?;
         d.set_item("backend", self.engine.backend().name())?;

@@ -11,6 +11,7 @@ use crate::conn::sendq::{BufCache, SendQueue};
 use crate::conn::{ConnError, ConnId, State};
 use crate::flow::{Crossing, Written};
 use crate::framing::Framing;
+use crate::stats::Stats;
 use crate::timer::Due;
 
 impl ThreadCore {
@@ -115,6 +116,7 @@ impl ThreadCore {
                 .peer_addr()
                 .ok()
                 .and_then(|a| a.as_socket());
+            Stats::add(&self.engine.stats.write_buffer_aborts, 1);
             log::warn!(
                 "netring: aborting the connection from {}: {queued} bytes queued, over max_write_buffer ({limit}); the peer is not reading",
                 peer.map_or_else(|| "?".to_string(), |p| p.to_string())

@@ -58,6 +58,7 @@ impl ThreadCore {
                             .schedule(now + timeout, Due::FrameTimeout(id, now));
                         continue;
                     }
+                    crate::stats::Stats::add(&self.engine.stats.frame_timeouts, 1);
                     conn.begin_abort(
                         Some(ConnError::Limit(crate::conn::LimitError::FrameTimeout {
                             timeout,
