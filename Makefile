@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 30
 SOAK_SECONDS ?= 60
 SOAK_OUT  ?= benchmarks/results/soak
 
-.PHONY: help build wheel wheel-check serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls soak bench-quick fuzz clean
+.PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls soak bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -55,6 +55,9 @@ bench: build  ## echo benchmark: netring vs uvloop vs asyncio vs a C epoll serve
 
 bench-framed: build  ## packet/line echo: netring vs uvloop/asyncio BufferedProtocol, Twisted, C
 	$(PY) benchmarks/framed_bench.py
+
+bench-scaling: build  ## worker processes (--processes 1,2) against the load generator: msgs/s and CPU/msg per N
+	$(PY) benchmarks/workers_scaling.py --processes 1,2 --json benchmarks/results/scaling.json > benchmarks/results/scaling.md
 
 bench-workers: build  ## worker pool: line-workers vs asyncio run_in_executor, and the hand-off cost
 	$(PY) benchmarks/workers_bench.py --json benchmarks/results/workers.json > benchmarks/results/workers.md
