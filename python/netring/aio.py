@@ -40,6 +40,7 @@ import logging
 import os
 import select
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -78,6 +79,8 @@ class _Host:
         self._timer: weakref.ref[asyncio.Handle] | None = None
         self._timer_when = 0.0
         self.closed = False
+        self._thread = threading.get_ident()
+        self._closer: Any = None
         loop.add_reader(self.fd, self._run)
         # Writes from tasks apply at once; the first after a turn asks for
         # the next one (settle and submit once per loop iteration).
@@ -134,8 +137,16 @@ class _Host:
 
     def close(self, grace: float = 0.0) -> None:
         """Shut the engine down and drive it to its end here (blocking, at
-        most ``grace`` + ``CLOSE_TIMEOUT`` seconds)."""
-        if self.closed:
+        most ``grace`` + ``CLOSE_TIMEOUT`` seconds), on the loop's thread."""
+        if self.turns is None:
+            return
+        if threading.get_ident() != self._thread:
+            # NOTE: a garbage collection on another thread ran the loop's
+            # finalizer; only the loop's thread may drive (or drop) its
+            # ring. Kept for good (a loop closed without shutdown_asyncgens,
+            # then collected elsewhere): nothing else can be done safely.
+            _orphans.append(self)
+            log.debug("netring.aio: a loop's engine outlived it on another thread")
             return
         self._detach(self._loop())
         self.pool._engine.shutdown(grace)
@@ -148,10 +159,24 @@ class _Host:
             delay = self.turns.next_delay()
             select.select([self.fd], [], [], min(left, 0.05 if delay is None else delay))
         self.turns = None
+        self._closer = None  # it holds the loop (its finalizer hook)
 
 
 _hosts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Host] = (
     weakref.WeakKeyDictionary())
+
+#: Hosts whose loop was collected on another thread (see `_Host.close`).
+_orphans: list[_Host] = []
+
+
+async def _closer(host: _Host) -> Any:
+    """An async generator the loop closes in ``shutdown_asyncgens`` (which
+    ``asyncio.run`` and ``Runner.close`` call before closing the loop): the
+    engine is closed there, on the loop's thread, inside the loop."""
+    try:
+        yield
+    finally:
+        host.close()
 
 
 def _host(loop: asyncio.AbstractEventLoop | None = None) -> _Host:
@@ -160,8 +185,15 @@ def _host(loop: asyncio.AbstractEventLoop | None = None) -> _Host:
     if host is None or host.closed:
         host = _Host(loop)
         _hosts[loop] = host
-        # NOTE: when the loop goes, its engine finishes (connections closed,
-        # descriptors and the ring released) on the thread that drops it.
+        # NOTE: when the loop ends, its engine finishes (connections closed,
+        # descriptors and the ring released): in shutdown_asyncgens, or, for
+        # a loop closed without it, when the loop is collected.
+        closer = _closer(host)
+        host._closer = closer  # the loop keeps async generators weakly
+        try:
+            closer.asend(None).send(None)  # to its yield: the loop tracks it now
+        except StopIteration:
+            pass
         weakref.finalize(loop, host.close)
     return host
 
