@@ -11,6 +11,7 @@ contract: see ``netring.workers``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from ._handoff import (
     RESUME_WRITING,
     TIMEOUT,
 )
+from .protocol import Protocol
 from .workers import (
     LOST_GRACE_SECONDS,
     WorkerPool,
@@ -50,9 +52,11 @@ class _WorkerTransport:
     ``write`` costs nothing extra), except: ``pause_reading`` /
     ``resume_reading`` / ``is_reading`` are the protocol's own (the pool
     pauses reading for backpressure too, and never resumes a connection its
-    protocol paused); ``get_protocol()`` is the user's protocol; and
-    ``set_framing`` works only in ``connection_made`` (later, the IO thread
-    may already have cut the following packets under the old rule).
+    protocol paused); ``get_protocol()`` / ``set_protocol()`` are the
+    user's protocol (a new one gets the callbacks queued after the switch,
+    on the workers, in order); and ``set_framing`` works only in
+    ``connection_made`` (later, the IO thread may already have cut the
+    following packets under the old rule).
     """
 
     __slots__ = ("_owner", "_transport", "abort", "can_write_eof", "close", "get_extra_info",
@@ -86,6 +90,13 @@ class _WorkerTransport:
     def get_protocol(self) -> Any:
         """The protocol this transport feeds."""
         return self._owner.user
+
+    def set_protocol(self, protocol: Any) -> None:
+        """Feed ``protocol`` from the next queued callback on (asyncio's
+        ``set_protocol``); call it from one of the connection's callbacks."""
+        if protocol is None:
+            raise TypeError("protocol is required")
+        self._owner.set_user(protocol)
 
     def set_framing(self, framing: Any) -> None:
         """Change the framing; only inside ``connection_made`` with workers."""
@@ -126,7 +137,12 @@ class _WorkerProtocol(_Unit):
         self.dropped = False  # shutdown dropped its work: run nothing but connection_lost
         self.in_made = False
         self.last_prio = 0
-        self._data = getattr(user, "data_received", None)
+        self.set_user(user)
+
+    def set_user(self, user: Any) -> None:
+        """Look up ``user``'s callbacks; later items go to it."""
+        self.user = user
+        self._data = _data_callback(user)
         self._packets = getattr(user, "packets_received", None)
         self._packet = getattr(user, "packet_received", None)
 
@@ -199,8 +215,8 @@ class _WorkerProtocol(_Unit):
     # -- on a worker -------------------------------------------------------------
 
     def run(self, items: list[tuple[Any, ...]]) -> None:
-        user = self.user
         for item in items:
+            user = self.user  # (set_protocol may switch it between items)
             kind, arg = item[KIND], item[ARG]
             if (self.failed is not None or self.dropped) and kind != LOST:
                 continue  # aborted, or shut down past the grace: drop what it sent
@@ -255,6 +271,45 @@ class _WorkerProtocol(_Unit):
 
     def describe(self) -> str:
         return f"a callback of {type(self.user).__name__} for {format_peer(self.peer)}"
+
+
+def _data_callback(user: Any) -> Callable[[bytes], None] | None:
+    """What received bytes are handed to: ``data_received``, or the
+    protocol's own buffer (``get_buffer`` / ``buffer_updated``), by the rule
+    the engine's dispatcher follows: an ``asyncio.BufferedProtocol``, or a
+    protocol with both and no ``data_received`` of its own."""
+    data = getattr(user, "data_received", None)
+    get_buffer = getattr(user, "get_buffer", None)
+    buffer_updated = getattr(user, "buffer_updated", None)
+    if get_buffer is None or buffer_updated is None:
+        return data
+    if (data is None or isinstance(user, asyncio.BufferedProtocol)
+            or getattr(data, "__func__", None) is Protocol.data_received):
+        def feed(chunk: bytes) -> None:
+            _feed(get_buffer, buffer_updated, chunk)
+        return feed
+    return data
+
+
+def _feed(get_buffer: Callable[[int], Any], buffer_updated: Callable[[int], Any],
+          chunk: bytes) -> None:
+    """Copy ``chunk`` into the protocol's buffers, as many as it takes."""
+    rest = memoryview(chunk)
+    while rest:
+        try:
+            view = memoryview(get_buffer(len(rest)))
+        except TypeError as e:
+            raise TypeError("get_buffer() must return a writable, contiguous buffer") from e
+        with view:
+            if view.readonly or not view.c_contiguous:
+                raise TypeError("get_buffer() must return a writable, contiguous buffer")
+            if not view.nbytes:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            n = min(view.nbytes, len(rest))
+            with view.cast("B") as target:
+                target[:n] = rest[:n]
+        buffer_updated(n)
+        rest = rest[n:]
 
 
 class _ServerWork:

@@ -283,6 +283,18 @@ impl ConnRef {
             });
         }
     }
+
+    /// A duplicate (`F_DUPFD_CLOEXEC`) of the connection's socket
+    /// descriptor: the same socket, for socket options; it keeps the socket
+    /// open after the engine closes its own descriptor, so its owner closes
+    /// it once the connection is reported closed. Only on the owner thread
+    /// during a dispatch (or between a hosted engine's turns), where the
+    /// engine's descriptor cannot be closed meanwhile; `None` elsewhere, or
+    /// once the connection is gone (its descriptor may name another socket).
+    pub fn dup_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        self.local(|c| c.conn(self.id).map(|conn| conn.fd.try_clone()))
+            .flatten()
+    }
 }
 
 /// The user's handle on one UDP endpoint; usable from any thread, with

@@ -15,8 +15,11 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use netring_core::framing::Framing;
@@ -140,16 +143,105 @@ struct Callback {
     unbound: bool,
 }
 
-/// A protocol's `data_received`, `packet_received` and `packets_received`,
-/// looked up when its connection opens.
+/// A protocol's `data_received`, `packet_received` and `packets_received`
+/// (and an asyncio `BufferedProtocol`'s `get_buffer` / `buffer_updated`),
+/// looked up when its connection opens, or when `set_protocol()` gives it.
 struct Methods {
     /// The class the functions were found on; holding it keeps its address
     /// (the cache key) from being reused by another class.
     _class: Option<Py<PyAny>>,
+    /// What each of `callback_names` was found to be on the class (what
+    /// `fit` compares an instance's attributes with).
+    found: [Option<Py<PyAny>>; 5],
+    /// Whether an instance's `get_buffer` / `buffer_updated` could change
+    /// how it is fed (not when its class's own `data_received` decides):
+    /// `fit` looks them up only then, so a plain protocol's connections
+    /// cost no more lookups than before.
+    fit_buffer: bool,
+    /// Unset for a buffered protocol (`buffered`).
     data_received: Option<Callback>,
     packet_received: Option<Callback>,
     /// Set when the protocol takes every packet of one read in one call.
     packets_received: Option<Callback>,
+    /// Set when received chunks are copied into the protocol's own buffer.
+    buffered: Option<Buffered>,
+}
+
+/// An asyncio `BufferedProtocol`'s pair: raw chunks are copied into the
+/// buffer `get_buffer(sizehint)` returns, then `buffer_updated(nbytes)`.
+struct Buffered {
+    get_buffer: Callback,
+    buffer_updated: Callback,
+}
+
+/// `asyncio.BufferedProtocol`: its subclasses are fed through their buffer
+/// whatever else they define, as asyncio feeds them.
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// `netring.Protocol.data_received` (which does nothing): a protocol that
+/// only inherits it and has a buffer is fed through its buffer.
+static PLACEHOLDER_DATA: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl Buffered {
+    /// Copy what fits of `data` into the protocol's buffer and report it;
+    /// returns how many bytes were taken (at least one), or the failure and
+    /// the callback it is blamed on. A buffer that is empty, read-only or
+    /// not contiguous fails the connection, as in asyncio.
+    fn feed(
+        &self,
+        py: Python<'_>,
+        protocol: &Py<PyAny>,
+        data: &[u8],
+    ) -> Result<usize, (&'static str, PyErr)> {
+        let hint = data.len().into_pyobject(py).unwrap_or_else(|e| match e {});
+        let buf = self
+            .get_buffer
+            .call1(py, protocol, hint.into_any())
+            .map_err(|e| ("get_buffer", e))?;
+        let n = copy_into(buf.bind(py), data).map_err(|e| ("get_buffer", e))?;
+        drop(buf); // (its export is released: buffer_updated may resize it)
+        let n_obj = n.into_pyobject(py).unwrap_or_else(|e| match e {});
+        self.buffer_updated
+            .call1(py, protocol, n_obj.into_any())
+            .map_err(|e| ("buffer_updated", e))?;
+        Ok(n)
+    }
+}
+
+/// Copy the start of `data` into the writable buffer `target` exports;
+/// returns how many bytes (the smaller length). The export is released
+/// before returning.
+fn copy_into(target: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<usize> {
+    let py = target.py();
+    let writable = || {
+        let kind = target
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".to_string(), |n| n.to_string());
+        PyTypeError::new_err(format!(
+            "get_buffer() must return a writable, contiguous buffer (a bytearray or a \
+             memoryview of one), not {kind}"
+        ))
+    };
+    let buf = PyUntypedBuffer::get(target).map_err(|_| writable())?;
+    if buf.readonly() || !buf.is_c_contiguous() {
+        return Err(writable());
+    }
+    let len = buf.len_bytes();
+    if len == 0 {
+        return Err(PyRuntimeError::new_err(
+            "get_buffer() returned an empty buffer",
+        ));
+    }
+    let n = len.min(data.len());
+    // SAFETY: the export is writable, C-contiguous and `len >= n` bytes
+    // long; it is held (the exporter cannot free or resize that memory)
+    // until released below, and no Python code runs in between. `data` is
+    // the engine's receive buffer, which Python code never sees.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), buf.buf_ptr().cast::<u8>(), n);
+    }
+    buf.release(py);
+    Ok(n)
 }
 
 impl Callback {
@@ -167,24 +259,69 @@ impl Callback {
     }
 }
 
-fn callback_names(py: Python<'_>) -> [&Bound<'_, pyo3::types::PyString>; 3] {
+fn callback_names(py: Python<'_>) -> [&Bound<'_, pyo3::types::PyString>; 5] {
     [
         intern!(py, "data_received"),
         intern!(py, "packet_received"),
         intern!(py, "packets_received"),
+        intern!(py, "get_buffer"),
+        intern!(py, "buffer_updated"),
     ]
 }
 
+/// Whether `f` (a function, or a bound method) is `netring.Protocol`'s
+/// placeholder `data_received`.
+fn is_placeholder(py: Python<'_>, f: &Py<PyAny>) -> bool {
+    let placeholder = PLACEHOLDER_DATA.get_or_try_init(py, || {
+        py.import("netring.protocol")?
+            .getattr("Protocol")?
+            .getattr("data_received")
+            .map(Bound::unbind)
+    });
+    let Ok(placeholder) = placeholder else {
+        return false;
+    };
+    let (f, placeholder) = (f.bind(py), placeholder.bind(py));
+    f.is(placeholder)
+        || f.getattr_opt(intern!(py, "__func__"))
+            .ok()
+            .flatten()
+            .is_some_and(|inner| inner.is(placeholder))
+}
+
 impl Methods {
+    /// `buffered_protocol`: the protocol is an `asyncio.BufferedProtocol`.
     fn from_array(
+        py: Python<'_>,
         class: Option<Py<PyAny>>,
-        [data, packet, packets]: [Option<Callback>; 3],
+        [data, packet, packets, get_buffer, buffer_updated]: [Option<Callback>; 5],
+        buffered_protocol: bool,
     ) -> Self {
+        let found = [&data, &packet, &packets, &get_buffer, &buffer_updated]
+            .map(|cb| cb.as_ref().map(|cb| cb.func.clone_ref(py)));
+        let fit_buffer =
+            buffered_protocol || data.as_ref().is_none_or(|d| is_placeholder(py, &d.func));
+        // A protocol with a buffer is fed through it unless it has a
+        // data_received of its own (asyncio: unless it is no
+        // BufferedProtocol).
+        let (data, buffered) = match (get_buffer, buffer_updated) {
+            (Some(get_buffer), Some(buffer_updated)) if fit_buffer => {
+                let pair = Buffered {
+                    get_buffer,
+                    buffer_updated,
+                };
+                (None, Some(pair))
+            }
+            _ => (data, None),
+        };
         Methods {
             _class: class,
+            found,
+            fit_buffer,
             data_received: data,
             packet_received: packet,
             packets_received: packets,
+            buffered,
         }
     }
 
@@ -202,29 +339,37 @@ impl Methods {
                     unbound: true,
                 })
         });
-        Methods::from_array(Some(class.clone().unbind()), found)
+        let buffered_protocol = BUFFERED_PROTOCOL
+            .import(py, "asyncio", "BufferedProtocol")
+            .ok()
+            .and_then(|bp| {
+                class
+                    .cast::<pyo3::types::PyType>()
+                    .ok()?
+                    .is_subclass(bp)
+                    .ok()
+            })
+            .unwrap_or(false);
+        Methods::from_array(py, Some(class.clone().unbind()), found, buffered_protocol)
     }
 
     /// Whether `protocol` sees exactly these functions (its instance does
     /// not shadow or add any of them).
     fn fit(&self, protocol: &Bound<'_, PyAny>) -> bool {
         let py = protocol.py();
-        let own = [
-            &self.data_received,
-            &self.packet_received,
-            &self.packets_received,
-        ];
+        let names = if self.fit_buffer { 5 } else { 3 };
         callback_names(py)
             .into_iter()
-            .zip(own)
+            .zip(&self.found)
+            .take(names)
             .all(|(name, cached)| {
                 let attr = protocol.getattr_opt(name).ok().flatten();
                 match (attr, cached) {
                     (None, None) => true,
-                    (Some(attr), Some(cb)) => {
+                    (Some(attr), Some(cached)) => {
                         let func = attr.getattr_opt(intern!(py, "__func__")).ok().flatten();
                         let this = attr.getattr_opt(intern!(py, "__self__")).ok().flatten();
-                        func.is_some_and(|f| f.is(&cb.func)) && this.is_some_and(|s| s.is(protocol))
+                        func.is_some_and(|f| f.is(cached)) && this.is_some_and(|s| s.is(protocol))
                     }
                     _ => false,
                 }
@@ -240,7 +385,12 @@ impl Methods {
                 unbound: false,
             })
         });
-        Methods::from_array(None, found)
+        let buffered_protocol = BUFFERED_PROTOCOL
+            .import(py, "asyncio", "BufferedProtocol")
+            .ok()
+            .and_then(|bp| protocol.is_instance(bp).ok())
+            .unwrap_or(false);
+        Methods::from_array(py, None, found, buffered_protocol)
     }
 }
 
@@ -523,9 +673,16 @@ impl<'py> PyHandler<'py> {
     /// the same read in one list.
     fn packets<'b>(&mut self, batch: &mut Batch<'b>, conn: ConnId, first: &'b [u8]) {
         let py = self.py;
-        let Some(entry) = self.conns.get(conn) else {
+        let Some(mut entry) = self.conns.get(conn) else {
             return;
         };
+        if entry.transport.get().needs_check() {
+            self.switch_protocol(conn); // set_protocol() gave a new one
+            let Some(switched) = self.conns.get(conn) else {
+                return;
+            };
+            entry = switched;
+        }
         let resp = entry.transport.get().is_resp();
         let packet = |data: &[u8]| -> Bound<'_, PyAny> {
             if resp {
@@ -582,6 +739,8 @@ impl<'py> PyHandler<'py> {
         }
     }
 
+    /// Run `f` (a callback named `name`) on `conn`'s entry unless a
+    /// callback of it failed; its exception fails the connection.
     fn call(
         &mut self,
         conn: ConnId,
@@ -589,8 +748,11 @@ impl<'py> PyHandler<'py> {
         f: impl FnOnce(&Entry) -> PyResult<Py<PyAny>>,
     ) -> Option<Py<PyAny>> {
         let entry = self.conns.get(conn)?;
-        if entry.failure.is_some() || entry.transport.get().has_failed() {
+        if entry.failure.is_some() {
             return None;
+        }
+        if entry.transport.get().needs_check() {
+            return self.call_checked(conn, |e| f(e).map_err(|err| (name, err)));
         }
         match f(entry) {
             Ok(r) => Some(r),
@@ -598,6 +760,131 @@ impl<'py> PyHandler<'py> {
                 self.fail(conn, name, e);
                 None
             }
+        }
+    }
+
+    /// `call` for `f`s that name the callback that failed themselves.
+    fn call_named<'n>(
+        &mut self,
+        conn: ConnId,
+        f: impl FnOnce(&Entry) -> Result<Py<PyAny>, (&'n str, PyErr)>,
+    ) -> Option<Py<PyAny>> {
+        let entry = self.conns.get(conn)?;
+        if entry.failure.is_some() {
+            return None;
+        }
+        if entry.transport.get().needs_check() {
+            return self.call_checked(conn, f);
+        }
+        match f(entry) {
+            Ok(r) => Some(r),
+            Err((name, e)) => {
+                self.fail(conn, name, e);
+                None
+            }
+        }
+    }
+
+    /// A call's rare path: a callback failed inside a transport method (no
+    /// more callbacks), or `set_protocol()` gave a new protocol (switch).
+    #[cold]
+    #[inline(never)]
+    fn call_checked<'n>(
+        &mut self,
+        conn: ConnId,
+        f: impl FnOnce(&Entry) -> Result<Py<PyAny>, (&'n str, PyErr)>,
+    ) -> Option<Py<PyAny>> {
+        if self.conns.get(conn)?.transport.get().has_failed() {
+            return None;
+        }
+        self.switch_protocol(conn);
+        let entry = self.conns.get(conn)?;
+        match f(entry) {
+            Ok(r) => Some(r),
+            Err((name, e)) => {
+                self.fail(conn, name, e);
+                None
+            }
+        }
+    }
+
+    /// Later callbacks of `conn` go to the protocol `set_protocol()` gave,
+    /// through its class's methods.
+    fn switch_protocol(&mut self, conn: ConnId) {
+        let py = self.py;
+        let Some(entry) = self.conns.get(conn) else {
+            return;
+        };
+        let Some(protocol) = entry.transport.get().take_new_protocol(py) else {
+            return;
+        };
+        let methods = self.methods_for(protocol.bind(py));
+        if let Some(entry) = self.conns.get_mut(conn) {
+            let old = std::mem::replace(&mut entry.protocol, protocol);
+            entry.methods = methods;
+            drop(old);
+        }
+    }
+
+    /// A raw chunk off the fast path: a callback failed, a new protocol
+    /// to switch to, or no `data_received` function of the class's. A
+    /// buffered protocol's buffer takes what fits and the rest goes back to
+    /// the engine, which delivers it again next, as the connection is then
+    /// (paused: held; a new protocol or framing: theirs; closing: dropped).
+    #[inline(never)]
+    fn data_otherwise<'b>(&mut self, batch: &mut Batch<'b>, conn: ConnId, data: &'b [u8]) {
+        let py = self.py;
+        let mut rest: &[u8] = &[];
+        self.call_named(conn, |e| {
+            match (&e.methods.data_received, &e.methods.buffered) {
+                (Some(m), _) => m
+                    .call1(py, &e.protocol, PyBytes::new(py, data).into_any())
+                    .map_err(|err| ("data_received", err)),
+                (None, Some(b)) => b.feed(py, &e.protocol, data).map(|n| {
+                    rest = &data[n..];
+                    py.None()
+                }),
+                (None, None) => e
+                    .protocol
+                    .call_method1(py, intern!(py, "data_received"), (PyBytes::new(py, data),))
+                    .map_err(|err| ("data_received", err)),
+            }
+        });
+        if !rest.is_empty() && !batch.unread(conn, rest) {
+            self.feed_rest(conn, rest);
+        }
+    }
+
+    /// Feed the rest of a raw chunk that could not be given back to the
+    /// engine (bytes re-framed after a rule change) to a buffered protocol
+    /// here, until it is used up or the connection closes.
+    #[cold]
+    fn feed_rest(&mut self, conn: ConnId, mut rest: &[u8]) {
+        let py = self.py;
+        while !rest.is_empty() {
+            let mut used = None;
+            self.call_named(conn, |e| {
+                if e.transport.get().closing() {
+                    return Ok(py.None());
+                }
+                match (&e.methods.data_received, &e.methods.buffered) {
+                    (None, Some(b)) => b.feed(py, &e.protocol, rest).map(|n| {
+                        used = Some(n);
+                        py.None()
+                    }),
+                    (Some(m), _) => m
+                        .call1(py, &e.protocol, PyBytes::new(py, rest).into_any())
+                        .map_err(|err| ("data_received", err)),
+                    (None, None) => e
+                        .protocol
+                        .call_method1(py, intern!(py, "data_received"), (PyBytes::new(py, rest),))
+                        .map_err(|err| ("data_received", err)),
+                }
+            });
+            let Some(n) = used else {
+                return;
+            };
+            rest = &rest[n..];
         }
     }
 }
@@ -615,13 +902,22 @@ impl Handler for PyHandler<'_> {
                     info,
                 } => self.opened(conn, listener, Addresses { peer, local, info }),
                 Event::Data { conn, data } => {
-                    let bytes = PyBytes::new(py, data);
-                    self.call(conn, "data_received", |e| match &e.methods.data_received {
-                        Some(m) => m.call1(py, &e.protocol, bytes.into_any()),
-                        None => e
-                            .protocol
-                            .call_method1(py, intern!(py, "data_received"), (bytes,)),
-                    });
+                    // The fast path: a class's data_received, nothing to check.
+                    let Some(e) = self.conns.get(conn) else {
+                        continue;
+                    };
+                    if let (None, false, Some(m)) = (
+                        &e.failure,
+                        e.transport.get().needs_check(),
+                        &e.methods.data_received,
+                    ) {
+                        let bytes = PyBytes::new(py, data);
+                        if let Err(err) = m.call1(py, &e.protocol, bytes.into_any()) {
+                            self.fail(conn, "data_received", err);
+                        }
+                        continue;
+                    }
+                    self.data_otherwise(batch, conn, data);
                 }
                 Event::Packet { conn, data } => self.packets(batch, conn, data),
                 Event::Eof { conn } => {
@@ -711,13 +1007,16 @@ impl Handler for PyHandler<'_> {
                 Event::EndpointResumeWriting { endpoint } => self.endpoint_writing(endpoint, false),
                 Event::EndpointClosed { endpoint, error } => self.endpoint_closed(endpoint, error),
                 Event::Closed { conn, error } => {
-                    let Some(entry) = self.conns.remove(conn) else {
+                    let Some(mut entry) = self.conns.remove(conn) else {
                         continue;
                     };
                     if let Some(open) = &entry.open {
                         open.fetch_sub(1, Ordering::AcqRel);
                     }
                     let transport = entry.transport.get();
+                    if let Some(protocol) = transport.take_new_protocol(py) {
+                        entry.protocol = protocol; // set_protocol() gave it
+                    }
                     transport.mark_lost();
                     let exc: Option<PyErr> = entry
                         .failure
@@ -732,6 +1031,7 @@ impl Handler for PyHandler<'_> {
                     {
                         self.log_error("connection_lost", transport.peer(), &e);
                     }
+                    transport.finish_lost(py);
                 }
             }
         }

@@ -8,11 +8,13 @@
 //! another connection (the id's generation no longer matches).
 
 use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyTuple};
 
 use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
@@ -29,7 +31,7 @@ pub struct Transport {
     /// Addresses, and what TLS negotiated on a TLS connection.
     addrs: Addrs,
     /// `CLOSING`, `EOF_WRITTEN`, `READING_PAUSED`, `IN_BATCH`, `RESP`,
-    /// `FAILED`.
+    /// `FAILED`, `PROTOCOL_CHANGED`, `LOST`.
     flags: AtomicU8,
     high_water: AtomicUsize,
     low_water: AtomicUsize,
@@ -48,9 +50,16 @@ const IN_BATCH: u8 = 1 << 3;
 /// The framing is RESP: packets reach Python as argument lists.
 const RESP: u8 = 1 << 4;
 /// A callback run inside a transport method failed (the exception is in
-/// `Slow::failure` until `connection_lost` takes it). A flag, as the
+/// `Rare::failure` until `connection_lost` takes it). A flag, as the
 /// dispatcher checks it before every callback.
 const FAILED: u8 = 1 << 5;
+/// `set_protocol()` gave this transport a new protocol: the dispatcher
+/// switches to it before its next callback (a flag, checked with `FAILED`
+/// in the one load the dispatcher makes before every callback).
+const PROTOCOL_CHANGED: u8 = 1 << 6;
+/// `connection_lost` has run: `set_protocol` keeps nothing and no socket
+/// object is made any more.
+const LOST: u8 = 1 << 7;
 
 /// The parts of a transport that are not read per packet.
 #[derive(Default)]
@@ -60,9 +69,26 @@ struct Slow {
     /// Shared (read without holding the lock), and absent for Raw: most
     /// connections never frame a packet.
     framing: Option<Arc<Framing>>,
+    /// Rarer still (boxed: the transport stays small).
+    rare: Option<Box<Rare>>,
+}
+
+/// What few transports ever hold.
+#[derive(Default)]
+struct Rare {
     /// An exception `pause_writing()` raised inside `write()`: the
     /// connection is being aborted and `connection_lost` gets it.
-    failure: Option<Box<PyErr>>,
+    failure: Option<PyErr>,
+    /// `get_extra_info("socket")`: made when first asked for, over a
+    /// duplicate of the connection's descriptor; closed right after
+    /// `connection_lost` (the object stays, closed).
+    socket: Option<Py<PyAny>>,
+}
+
+impl Slow {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
 }
 
 /// What the engine tells a new connection's transport about it.
@@ -193,7 +219,8 @@ impl Transport {
         self.slow().framing.clone()
     }
 
-    /// The connection is gone: every later call is a no-op.
+    /// The connection is gone: every later call is a no-op
+    /// (`connection_lost` follows, then `finish_lost`).
     pub fn mark_lost(&self) {
         self.set_flag(CLOSING, true);
         let old = self.slow().protocol.take();
@@ -218,12 +245,89 @@ impl Transport {
     /// The exception a callback run inside a transport method raised, if
     /// any (taken once, for `connection_lost`).
     pub fn take_failure(&self) -> Option<PyErr> {
-        self.slow().failure.take().map(|e| *e)
+        self.slow().rare.as_mut().and_then(|r| r.failure.take())
     }
 
     /// Whether such a callback failed (no more callbacks are delivered).
     pub fn has_failed(&self) -> bool {
         self.flag(FAILED)
+    }
+
+    /// Whether `close()`/`abort()` was called or the connection is lost.
+    pub fn closing(&self) -> bool {
+        self.flag(CLOSING)
+    }
+
+    /// Whether the dispatcher must look before its next callback: a
+    /// callback failed inside a transport method, or `set_protocol()` gave
+    /// a new protocol. One load, as `has_failed` was.
+    pub fn needs_check(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & (FAILED | PROTOCOL_CHANGED) != 0
+    }
+
+    /// The protocol `set_protocol()` gave since the last call, if any (the
+    /// dispatcher's next callbacks go to it).
+    pub fn take_new_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        if !self.set_flag(PROTOCOL_CHANGED, false) {
+            return None;
+        }
+        self.slow().protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// `connection_lost` has run: let go of a protocol it may have set, and
+    /// close the socket object's descriptor, if one was made (asyncio closes
+    /// its socket then too). The object stays (closed: its methods raise
+    /// `OSError`, `fileno()` is -1).
+    pub fn finish_lost(&self, py: Python<'_>) {
+        self.set_flag(LOST, true);
+        let (protocol, socket) = {
+            let mut slow = self.slow();
+            let socket = slow
+                .rare
+                .as_ref()
+                .and_then(|r| r.socket.as_ref().map(|s| s.clone_ref(py)));
+            (slow.protocol.take(), socket)
+        };
+        drop(protocol); // outside the lock: dropping may run Python code
+        if let Some(socket) = socket {
+            if let Err(e) = socket.call_method0(py, pyo3::intern!(py, "_release")) {
+                e.write_unraisable(py, Some(socket.bind(py)));
+            }
+        }
+    }
+
+    /// `get_extra_info("socket")`: the connection's socket object, made the
+    /// first time it is asked for (see `netring._trsock`); `None` if it was
+    /// never made and cannot be now: asked for off the connection's own
+    /// thread (an IO thread, or the loop's inside asyncio), after the
+    /// engine let go of the connection, or after `connection_lost`.
+    fn socket<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let made = |slow: &Slow| {
+            slow.rare
+                .as_ref()
+                .and_then(|r| r.socket.as_ref().map(|s| s.bind(py).clone()))
+        };
+        if let Some(socket) = made(&self.slow()) {
+            return Ok(Some(socket));
+        }
+        if self.flag(LOST) {
+            return Ok(None);
+        }
+        // NOTE: duplicated on the owner thread, during a dispatch or between
+        // a hosted engine's turns, where the engine's descriptor cannot be
+        // closed meanwhile: the duplicate is this connection's socket.
+        let Some(fd) = self.conn.dup_fd() else {
+            return Ok(None);
+        };
+        let socket = transport_socket(py, fd?)?;
+        let mut slow = self.slow();
+        if let Some(first) = made(&slow) {
+            drop(slow);
+            let _ = socket.call_method0(pyo3::intern!(py, "_release"));
+            return Ok(Some(first));
+        }
+        slow.rare().socket = Some(socket.clone().unbind());
+        Ok(Some(socket))
     }
 
     /// The engine handle.
@@ -317,10 +421,11 @@ impl Transport {
     fn callback_failed(&self, py: Python<'_>, what: &str, err: PyErr) {
         {
             let mut slow = self.slow();
-            if slow.failure.is_some() {
+            let rare = slow.rare();
+            if rare.failure.is_some() {
                 return;
             }
-            slow.failure = Some(Box::new(err.clone_ref(py)));
+            rare.failure = Some(err.clone_ref(py));
             self.set_flag(FAILED, true);
         }
         self.set_flag(CLOSING, true);
@@ -342,6 +447,21 @@ impl Transport {
         }
         self.conn.abort_quietly();
     }
+}
+
+/// A `netring._trsock.TransportSocket` over `fd` (a duplicate of a
+/// connection's descriptor), which takes it over.
+fn transport_socket(py: Python<'_>, fd: OwnedFd) -> PyResult<Bound<'_, PyAny>> {
+    static MAKE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let make = MAKE.import(py, "netring._trsock", "_make")?;
+    let sock = socket2::SockRef::from(&fd);
+    let family = i32::from(sock.domain()?);
+    let kind = i32::from(sock.r#type()?);
+    let proto = sock.protocol()?.map_or(0, i32::from);
+    // NOTE: Python's socket owns the descriptor from here, even if making
+    // it fails (it closes what it took); with the family, type and protocol
+    // given, nothing before that can fail, so it is never closed twice.
+    make.call1((fd.into_raw_fd(), family, kind, proto))
 }
 
 /// Run `f` over the bytes of a bytes-like object (no copy for bytes).
@@ -556,6 +676,10 @@ impl Transport {
         name: &str,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if name == "socket" {
+            // A socket-like object (asyncio's TransportSocket) for options.
+            return Ok(self.socket(py)?.or(default));
+        }
         let addr = match name {
             "peername" => self.addrs.peer(),
             "sockname" => self.addrs.local(),
@@ -627,6 +751,28 @@ impl Transport {
     /// The protocol this transport feeds.
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.slow().protocol.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// Feed `protocol` from now on, as asyncio's `set_protocol`: every
+    /// later callback (received data, `eof_received`, `pause_writing`,
+    /// `connection_lost`...) goes to it, through its own class's methods (a
+    /// `BufferedProtocol`'s buffer from the next bytes on). Nothing is
+    /// called on it now (asyncio code calls its `connection_made` itself).
+    fn set_protocol(&self, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        if protocol.is_none() {
+            return Err(PyTypeError::new_err("protocol is required"));
+        }
+        let old = {
+            let mut slow = self.slow();
+            if self.flag(LOST) {
+                return Ok(()); // connection_lost went to the protocol it had
+            }
+            let old = slow.protocol.replace(protocol.unbind());
+            self.set_flag(PROTOCOL_CHANGED, true);
+            old
+        };
+        drop(old); // outside the lock: dropping may run Python code
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
