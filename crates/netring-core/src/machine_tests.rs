@@ -168,7 +168,10 @@ impl Rig {
         self.push(Cmd::Connect {
             token,
             socket: socket.into(),
-            addr: "127.0.0.1:9".parse::<std::net::SocketAddr>().unwrap().into(),
+            addr: "127.0.0.1:9"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
             options: Arc::new(options),
             deadline,
         });
