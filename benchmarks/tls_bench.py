@@ -466,6 +466,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # NOTE: SIGTERM unwinds like Ctrl-C, so the servers stop and the
+    # temporary directory with the throwaway key is removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     build = build_info()  # what the servers load, read before they start
     ensure_built("tls_bench")
     pins = pinning(args)
