@@ -279,3 +279,13 @@ def cli_server(*names: str, backend: str, args: Sequence[str] = (),
         yield cli
     finally:
         cli.stop()
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (IPv6 tests skip otherwise)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

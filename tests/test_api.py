@@ -15,6 +15,7 @@ from conftest import (
     cli_server,
     connect,
     factory_of,
+    has_ipv6_loopback,
     recv_exactly,
     serving,
     wait_until,
@@ -50,16 +51,7 @@ def test_factory_must_be_callable() -> None:
         netring.Server(42)  # type: ignore[arg-type]
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
 def test_extra_info_over_ipv6(backend: str) -> None:
     # IPv4 addresses are kept inline in the transport, others boxed: both
     # must read back exactly as the socket module reports them.

@@ -19,7 +19,7 @@ from typing import Any
 
 import netring
 import pytest
-from conftest import recv_exactly, serving, wait_until
+from conftest import has_ipv6_loopback, recv_exactly, serving, wait_until
 from netring.servers.echo import Echo
 
 
@@ -79,16 +79,7 @@ def served(factory: Any, backend: str, host: str) -> Iterator[netring.Server]:
         server.shutdown(2.0)
 
 
-def ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not ipv6(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_and_dual_stack(backend: str) -> None:
     peers: list[object] = []
 
