@@ -1,8 +1,11 @@
 //! One load-generating connection: what it has sent, what it expects back.
 //!
 //! Message `seq` of connection `id` has a payload fixed by `(id, seq)` alone
-//! (printable bytes from a seeded PRNG), so any byte from another connection,
-//! a reordering, a loss or a duplicate is caught. The echo of a message is the
+//! (printable bytes: the connection's body from a PRNG seeded by `id`, its
+//! first 8 bytes stamped from `(id, seq)`), so any byte from another
+//! connection, a reordering, a loss or a duplicate is caught. The body is made
+//! once and copied per message, and echoes are compared with `memcmp`, so
+//! large messages cost the load generator little more than the copies. The echo of a message is the
 //! message itself in every mode (raw, length-prefixed, line), so one buffer
 //! serves both ways: `window[head..sent]` was written and awaits its echo,
 //! `window[sent..]` is queued and not yet written. Invariant:
@@ -27,6 +30,8 @@ pub struct Conn<S = TcpStream> {
     mode: Mode,
     size: usize,
     wire_len: usize,
+    /// The connection's payload body (`size` bytes), stamped per message.
+    body: Vec<u8>,
     window: Vec<u8>,
     head: usize,
     sent: usize,
@@ -41,7 +46,10 @@ const COMPACT_AFTER_BYTES: usize = 64 << 10;
 impl<S: Write> Conn<S> {
     pub fn new(stream: S, id: u64, mode: Mode, size: usize, depth: usize) -> Self {
         let wire_len = mode.wire_len(size);
+        let mut body = Vec::with_capacity(size);
+        fill(&mut body, size, !id);
         Conn {
+            body,
             stream,
             id,
             mode,
@@ -62,14 +70,14 @@ impl<S: Write> Conn<S> {
         for _ in 0..n {
             let seed = (self.id << 40) ^ self.next_seq;
             match self.mode {
-                Mode::Raw | Mode::Udp => fill(&mut self.window, self.size, seed),
+                Mode::Raw | Mode::Udp => stamped(&mut self.window, &self.body, seed),
                 Mode::Lp => {
                     let len = u32::try_from(self.size).expect("size is validated to fit u32");
                     self.window.extend_from_slice(&len.to_be_bytes());
-                    fill(&mut self.window, self.size, seed);
+                    stamped(&mut self.window, &self.body, seed);
                 }
                 Mode::Line => {
-                    fill(&mut self.window, self.size - 2, seed);
+                    stamped(&mut self.window, &self.body[..self.size - 2], seed);
                     self.window.extend_from_slice(b"\r\n");
                 }
             }
@@ -118,7 +126,11 @@ impl<S: Write> Conn<S> {
                 expected.len()
             ));
         }
-        if let Some(i) = data.iter().zip(expected).position(|(a, b)| a != b) {
+        let same = data == &expected[..data.len()]; // memcmp; find the byte only on a mismatch
+        if let Some(i) = (!same)
+            .then(|| data.iter().zip(expected).position(|(a, b)| a != b))
+            .flatten()
+        {
             let at = self.recv_off + i;
             return Err(format!(
                 "connection {}: echo mismatch in message {} at byte {} of {}: expected {:#04x}, got {:#04x}",
@@ -157,6 +169,17 @@ impl<S: Write> Conn<S> {
     }
 }
 
+/// Append `body` with its first (up to) 8 bytes replaced by printable bytes
+/// determined by `seed`.
+pub fn stamped(out: &mut Vec<u8>, body: &[u8], seed: u64) {
+    let start = out.len();
+    out.extend_from_slice(body);
+    let mut stamp = Vec::with_capacity(8);
+    fill(&mut stamp, 8, seed);
+    let n = body.len().min(8);
+    out[start..start + n].copy_from_slice(&stamp[..n]);
+}
+
 /// Append `n` printable bytes (0x20..=0x5f, never CR or LF) determined by `seed`.
 pub fn fill(out: &mut Vec<u8>, n: usize, seed: u64) {
     let start = out.len();
@@ -176,7 +199,22 @@ pub fn fill(out: &mut Vec<u8>, n: usize, seed: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::fill;
+    use super::{fill, stamped};
+
+    #[test]
+    fn stamp_makes_messages_distinct() {
+        let mut body = Vec::new();
+        fill(&mut body, 100, 1);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        stamped(&mut a, &body, 7);
+        stamped(&mut b, &body, 8);
+        assert_eq!(a.len(), 100);
+        assert_eq!(a[8..], body[8..]);
+        assert_ne!(a[..8], b[..8]);
+        let mut short = Vec::new();
+        stamped(&mut short, &body[..3], 7);
+        assert_eq!(short, a[..3]);
+    }
 
     #[test]
     fn payload_is_deterministic_printable_and_distinct() {
