@@ -308,6 +308,43 @@ impl<'b> Batch<'b> {
         });
     }
 
+    /// Further raw chunks of `conn` from this turn that come right after
+    /// the one just delivered (`Event::Data`), appended to `out` while the
+    /// total stays within `max` bytes; returns that total. For a handler
+    /// that joins a stream's reads into one call: a large message arrives as
+    /// several receive buffers. Nothing when the chunk delivered was not
+    /// used up, another event comes first, or the connection is not open,
+    /// raw and reading (those chunks then come one by one, as usual).
+    pub fn more_data(&mut self, conn: ConnId, out: &mut Vec<&'b [u8]>, max: usize) -> usize {
+        let mut core = self.core.borrow_mut();
+        let core = &mut *core;
+        match core.q.cursor {
+            Some(cur) if cur.conn != conn || cur.offset < cur.len => return 0,
+            _ => {}
+        }
+        if !core.q.urgent.is_empty() || !core.q.close_after.is_empty() {
+            return 0;
+        }
+        let Some(c) = core.conn(conn) else {
+            return 0;
+        };
+        if c.state != State::Open || c.read_paused || c.frame_failed || !c.decoder.is_raw() {
+            return 0;
+        }
+        let mut total = 0;
+        while let Some(Ev::Data { conn: next, chunk }) = core.q.events.front() {
+            if *next != conn || total + chunk.len > max {
+                break;
+            }
+            total += chunk.len;
+            // SAFETY: the chunk's receive buffer is in `chunks_out`, released
+            // only after this dispatch ends, which outlives 'b.
+            out.push(unsafe { std::slice::from_raw_parts(chunk.ptr, chunk.len) });
+            core.q.events.pop_front();
+        }
+        total
+    }
+
     /// Give back `rest`, the end of the raw chunk just delivered to `conn`
     /// (`Event::Data`), for a handler that took only part of it (asyncio's
     /// `BufferedProtocol`, whose buffer was smaller): the next

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::sendq::SharedBytes;
 use crate::conn::{ConnId, ConnShared};
 use crate::core::{with_active, ThreadCore};
 use crate::flow::Written;
@@ -102,6 +103,69 @@ impl ConnRef {
         }
         self.remote_write(data.to_vec());
         true
+    }
+
+    /// Queue `data` like [`ConnRef::write_inline`], by reference when it is
+    /// large (sent from where it is, dropped once the kernel took it all;
+    /// from another thread it travels through the mailbox as it is), else
+    /// copied into the coalescing buffers.
+    pub fn write_shared_inline(&self, data: Box<dyn SharedBytes>) -> Written {
+        let len = data.as_bytes().len();
+        let mut data = Some(data);
+        let local = self.local_ordered(|c| {
+            let data = data.take().expect("taken once");
+            c.write_notify(self.id, len, |q, cache| q.push_shared(data, cache), false)
+        });
+        if let Some(w) = local {
+            return w;
+        }
+        if let Some(data) = data {
+            self.shared.mailbox_add(len);
+            self.remote_ordered(Cmd::WriteShared {
+                conn: self.id,
+                data,
+            });
+        }
+        Written::Queued
+    }
+
+    /// Queue `packet` framed by `framing` like [`ConnRef::write_packets_inline`],
+    /// the payload by reference as in [`ConnRef::write_shared_inline`] (one
+    /// vectored send takes the header, the payload in place and the
+    /// delimiter); from another thread the three travel joined, as one copy.
+    pub fn write_packet_shared_inline(
+        &self,
+        framing: &Framing,
+        packet: Box<dyn SharedBytes>,
+    ) -> (Written, Option<EncodeError>) {
+        let mut header = [0u8; 8];
+        let payload = packet.as_bytes().len();
+        let h = match framing.encode_header_into(payload, &mut header) {
+            Ok(h) => h,
+            Err(e) => return (Written::Queued, Some(e)),
+        };
+        let delimiter: &[u8] = match framing {
+            Framing::Delimited { delimiter, .. } => delimiter,
+            _ => &[],
+        };
+        let len = h + payload + delimiter.len();
+        let mut packet = Some(packet);
+        let local = self.local_ordered(|c| {
+            let packet = packet.take().expect("taken once");
+            let push = |q: &mut crate::conn::sendq::SendQueue, cache: &mut _| {
+                q.push_slice(&header[..h], cache);
+                q.push_shared(packet, cache);
+                q.push_slice(delimiter, cache);
+            };
+            c.write_notify(self.id, len, push, false)
+        });
+        if let Some(w) = local {
+            return (w, None);
+        }
+        if let Some(packet) = packet {
+            self.remote_write([&header[..h], packet.as_bytes(), delimiter].concat());
+        }
+        (Written::Queued, None)
     }
 
     /// Queue the concatenation of `parts` like [`ConnRef::write_inline`].

@@ -53,6 +53,11 @@ pub enum Cmd {
     Wake,
     /// Queue bytes on a connection.
     Write { conn: ConnId, data: Vec<u8> },
+    /// Queue bytes on a connection by reference (see `SendQueue::push_shared`).
+    WriteShared {
+        conn: ConnId,
+        data: Box<dyn crate::conn::sendq::SharedBytes>,
+    },
     /// Flush, then close.
     Close { conn: ConnId },
     /// Drop the queue and reset.

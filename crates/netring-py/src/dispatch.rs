@@ -892,6 +892,7 @@ impl<'py> PyHandler<'py> {
 impl Handler for PyHandler<'_> {
     fn dispatch(&mut self, batch: &mut Batch<'_>) {
         let py = self.py;
+        let mut joined = Vec::new();
         while let Some(ev) = batch.next() {
             match ev {
                 Event::Opened {
@@ -911,7 +912,17 @@ impl Handler for PyHandler<'_> {
                         e.transport.get().needs_check(),
                         &e.methods.data_received,
                     ) {
-                        let bytes = PyBytes::new(py, data);
+                        // A stream's reads that arrived together (a large
+                        // message over several receive buffers) become one
+                        // `bytes` and one call, as asyncio's 256 KiB reads.
+                        joined.clear();
+                        let room = JOIN_MAX_BYTES.saturating_sub(data.len());
+                        let more = batch.more_data(conn, &mut joined, room);
+                        let bytes = if more == 0 {
+                            PyBytes::new(py, data)
+                        } else {
+                            join_bytes(py, data, &joined, more)
+                        };
                         if let Err(err) = m.call1(py, &e.protocol, bytes.into_any()) {
                             self.fail(conn, "data_received", err);
                         }
@@ -1039,6 +1050,38 @@ impl Handler for PyHandler<'_> {
 
     fn park<R: Send>(&mut self, wait: impl FnOnce() -> R + Send) -> R {
         self.py.detach(wait)
+    }
+}
+
+/// The most bytes one `data_received` call gets from reads joined together
+/// (asyncio's and uvloop's read size).
+const JOIN_MAX_BYTES: usize = 256 * 1024;
+
+/// One `bytes` of `first` followed by `rest` (`more` bytes in all), each
+/// copied once into it.
+fn join_bytes<'py>(
+    py: Python<'py>,
+    first: &[u8],
+    rest: &[&[u8]],
+    more: usize,
+) -> Bound<'py, PyBytes> {
+    let len = first.len() + more;
+    // NOTE: `PyBytes::new_with` zero-fills first; every byte is written here.
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new, uninitialised
+    // `bytes` of n bytes (or NULL with an exception set, turned into a panic
+    // as pyo3's own constructors do on allocation failure); it is not shared
+    // yet, so filling it through PyBytes_AsString before anyone sees it is
+    // the documented way to build one.
+    unsafe {
+        let obj =
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
+        let obj = Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>();
+        let mut at = pyo3::ffi::PyBytes_AsString(obj.as_ptr()) as *mut u8;
+        for part in std::iter::once(first).chain(rest.iter().copied()) {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), at, part.len());
+            at = at.add(part.len());
+        }
+        obj
     }
 }
 #[cfg(test)]

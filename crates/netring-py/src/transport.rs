@@ -18,6 +18,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyMemoryView, PyTuple};
 
 use netring_core::config::DEFAULT_WRITE_HIGH_WATER_BYTES;
+use netring_core::conn::sendq::{SharedBytes, COALESCE_MAX_BYTES};
 use netring_core::framing::Framing;
 use netring_core::layer::{tls::TlsInfo, LayerInfo};
 use netring_core::{ConnRef, Written};
@@ -351,6 +352,9 @@ impl Transport {
     }
 
     fn write_bytes(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some(held) = HeldBytes::large(data) {
+            return self.write_held(held);
+        }
         if let Ok(b) = data.cast::<PyBytes>() {
             self.write_slice(b.as_bytes())
         } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
@@ -365,17 +369,29 @@ impl Transport {
     }
 
     fn write_slice(&self, data: &[u8]) -> PyResult<()> {
+        if self.may_write()? {
+            let written = self.conn.write_inline(data);
+            self.after_write(written);
+        }
+        Ok(())
+    }
+
+    /// A large `bytes` queued by reference: the kernel reads it in place.
+    fn write_held(&self, data: HeldBytes) -> PyResult<()> {
+        if self.may_write()? {
+            let written = self.conn.write_shared_inline(Box::new(data));
+            self.after_write(written);
+        }
+        Ok(())
+    }
+
+    fn may_write(&self) -> PyResult<bool> {
         if self.flag(EOF_WRITTEN) {
             return Err(PyRuntimeError::new_err(
                 "Cannot call write() after write_eof()",
             ));
         }
-        if self.flag(CLOSING) {
-            return Ok(()); // as asyncio: writes after close() are dropped
-        }
-        let written = self.conn.write_inline(data);
-        self.after_write(written);
-        Ok(())
+        Ok(!self.flag(CLOSING)) // as asyncio: writes after close() are dropped
     }
 
     /// Whether a packet may be queued now: false after close (dropped, as
@@ -479,6 +495,60 @@ fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult
     }
 }
 
+/// A large `bytes` (or a C-contiguous memoryview of one) handed to the
+/// engine by reference (`SendQueue::push_shared`): the kernel reads the
+/// bytes at `ptr` in place, and the reference is released when the engine
+/// drops this, after the last byte was sent (on an IO thread without the
+/// GIL, pyo3 defers that decref to the next time a thread attaches).
+#[derive(Debug)]
+struct HeldBytes {
+    _owner: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr..ptr+len` lies inside the `bytes` object `_owner` keeps
+// alive; a `bytes` object's storage never moves or changes, so reading it
+// from any thread without the GIL is sound; `Py<PyBytes>` itself is Send.
+unsafe impl Send for HeldBytes {}
+
+impl SharedBytes for HeldBytes {
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: see the `Send` impl: the range is inside a live, immutable
+        // `bytes` object.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl HeldBytes {
+    /// `obj` by reference when it is worth it: a `bytes` larger than what
+    /// the engine coalesces, or a contiguous memoryview of such a `bytes`
+    /// (a slice of one, as a partial sender makes). `None`: copy it.
+    fn large(obj: &Bound<'_, PyAny>) -> Option<HeldBytes> {
+        if let Ok(b) = obj.cast::<PyBytes>() {
+            let data = b.as_bytes();
+            return (data.len() > COALESCE_MAX_BYTES).then(|| HeldBytes {
+                _owner: b.clone().unbind(),
+                ptr: data.as_ptr(),
+                len: data.len(),
+            });
+        }
+        let view = obj.cast::<PyMemoryView>().ok()?;
+        let owner = view.getattr(pyo3::intern!(obj.py(), "obj")).ok()?;
+        let owner = owner.cast_into::<PyBytes>().ok()?;
+        let buf = pyo3::buffer::PyBuffer::<u8>::get(obj).ok()?;
+        let (ptr, len) = (buf.buf_ptr() as *const u8, buf.len_bytes());
+        let inside = owner.as_bytes().as_ptr_range();
+        // A strided view is not one run of bytes: copy it.
+        let contiguous = buf.is_c_contiguous() && inside.contains(&ptr) && len > COALESCE_MAX_BYTES;
+        (contiguous && ptr.wrapping_add(len) <= inside.end).then(|| HeldBytes {
+            _owner: owner.unbind(),
+            ptr,
+            len,
+        })
+    }
+}
+
 /// A held `bytes` payload, read in place.
 struct Payload<'py>(Bound<'py, PyBytes>);
 
@@ -558,7 +628,16 @@ impl Transport {
             return Ok(());
         }
         let framing = self.framing();
-        let written = with_bytes(payload, |data| self.frame_one(rule(&framing), data))??;
+        let written = match HeldBytes::large(payload) {
+            Some(held) => match self
+                .conn
+                .write_packet_shared_inline(rule(&framing), Box::new(held))
+            {
+                (written, None) => written,
+                (_, Some(e)) => return Err(PyValueError::new_err(e.to_string())),
+            },
+            None => with_bytes(payload, |data| self.frame_one(rule(&framing), data))??,
+        };
         self.after_write(written);
         Ok(())
     }

@@ -8,6 +8,11 @@
 //! [`SendQueue::advance`] reports how many bytes the kernel took. A short send
 //! simply leaves the rest at the front for the next round.
 //!
+//! A large write may instead be queued by reference ([`SharedBytes`]: a
+//! Python `bytes`, say): the kernel reads it from the object itself and the
+//! reference is released once every byte of it was sent, so a large
+//! payload is copied only by the kernel.
+//!
 //! Coalescing buffers come from, and return to, a per-thread [`BufCache`], so
 //! steady traffic allocates nothing: allocating and freeing a 16 KiB buffer
 //! per send per connection made glibc grow and trim its heap constantly
@@ -20,8 +25,9 @@ use crate::driver::SendState;
 
 /// Buffers described by one vectored send.
 pub const MAX_IOVECS: usize = 64;
-/// Writes up to this size are copied into the tail buffer when it has room.
-const COALESCE_MAX_BYTES: usize = 8 * 1024;
+/// Writes up to this size are copied into the tail buffer when it has room;
+/// larger ones are queued as they are (by reference when shared).
+pub const COALESCE_MAX_BYTES: usize = 8 * 1024;
 /// Capacity of a buffer that small writes are coalesced into.
 const TAIL_CAPACITY_BYTES: usize = 16 * 1024;
 /// Coalescing buffers kept for reuse per IO thread (at most 4 MiB).
@@ -33,6 +39,35 @@ const CACHED_STATES_MAX: usize = 256;
 /// A queue's ring keeps its capacity in the spares up to this many entries.
 const CACHED_DEQUE_CAPACITY_MAX: usize = 16;
 
+/// Bytes queued by reference, sent from where they are: their address and
+/// contents must not change while the value lives; dropping it releases
+/// them (after the kernel has taken the last byte, or the queue was dropped).
+pub trait SharedBytes: Send + std::fmt::Debug {
+    fn as_bytes(&self) -> &[u8];
+}
+
+impl SharedBytes for Vec<u8> {
+    fn as_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// One queued buffer: owned (coalescing, or copied), or shared.
+#[derive(Debug)]
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Box<dyn SharedBytes>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(s) => s.as_bytes(),
+        }
+    }
+}
+
 /// Spares of one IO thread: coalescing buffers, the rings of empty write
 /// queues, and send states.
 #[derive(Default)]
@@ -41,7 +76,7 @@ pub struct BufCache {
     /// The fewest spare buffers seen since the last `trim`: that many went
     /// unused for the whole interval.
     low: usize,
-    deques: Vec<VecDeque<Vec<u8>>>,
+    deques: Vec<VecDeque<Chunk>>,
     // NOTE: boxed on purpose: a state moves between the spares and a
     // connection as a pointer, and its address is what the kernel reads.
     #[allow(clippy::vec_box)]
@@ -61,11 +96,11 @@ impl BufCache {
         }
     }
 
-    fn get_deque(&mut self) -> VecDeque<Vec<u8>> {
+    fn get_deque(&mut self) -> VecDeque<Chunk> {
         self.deques.pop().unwrap_or_default()
     }
 
-    fn put_deque(&mut self, deque: VecDeque<Vec<u8>>) {
+    fn put_deque(&mut self, deque: VecDeque<Chunk>) {
         debug_assert!(deque.is_empty());
         if deque.capacity() <= CACHED_DEQUE_CAPACITY_MAX && self.deques.len() < CACHED_STATES_MAX {
             self.deques.push(deque);
@@ -99,7 +134,10 @@ impl BufCache {
         unused * TAIL_CAPACITY_BYTES
     }
 
-    fn put(&mut self, mut buf: Vec<u8>) {
+    fn put(&mut self, chunk: Chunk) {
+        let Chunk::Owned(mut buf) = chunk else {
+            return; // a shared chunk's reference is released here
+        };
         if buf.capacity() == TAIL_CAPACITY_BYTES && self.spare.len() < CACHED_BUFFERS_MAX {
             buf.clear();
             self.spare.push(buf);
@@ -110,7 +148,7 @@ impl BufCache {
 /// Ordered queue of bytes waiting for the socket.
 #[derive(Default, Debug)]
 pub struct SendQueue {
-    bufs: VecDeque<Vec<u8>>,
+    bufs: VecDeque<Chunk>,
     /// Bytes of `bufs[0]` already sent.
     head_offset: usize,
     /// Unsent bytes in total.
@@ -138,20 +176,42 @@ impl SendQueue {
         self.ensure_ring(cache);
         self.len += data.len();
         if data.len() <= COALESCE_MAX_BYTES {
-            let n = self.bufs.len();
-            if n > self.pinned {
-                let tail = &mut self.bufs[n - 1];
-                if tail.len() + data.len() <= tail.capacity() {
-                    tail.extend_from_slice(data);
-                    return;
-                }
+            if let Some(tail) = self.open_tail(data.len()) {
+                tail.extend_from_slice(data);
+                return;
             }
             let mut buf = cache.get();
             buf.extend_from_slice(data);
-            self.bufs.push_back(buf);
+            self.bufs.push_back(Chunk::Owned(buf));
         } else {
-            self.bufs.push_back(data.to_vec());
+            self.bufs.push_back(Chunk::Owned(data.to_vec()));
         }
+    }
+
+    /// The tail buffer, when it is owned, not pinned by a send and has room
+    /// for `more` bytes.
+    fn open_tail(&mut self, more: usize) -> Option<&mut Vec<u8>> {
+        let n = self.bufs.len();
+        if n <= self.pinned {
+            return None;
+        }
+        match &mut self.bufs[n - 1] {
+            Chunk::Owned(tail) if tail.len() + more <= tail.capacity() => Some(tail),
+            _ => None,
+        }
+    }
+
+    /// Append `data` by reference when it is larger than what is coalesced
+    /// (sent from the object itself, released once sent), else a copy of it.
+    pub fn push_shared(&mut self, data: Box<dyn SharedBytes>, cache: &mut BufCache) {
+        let len = data.as_bytes().len();
+        if len <= COALESCE_MAX_BYTES {
+            self.push_slice(data.as_bytes(), cache);
+            return;
+        }
+        self.ensure_ring(cache);
+        self.len += len;
+        self.bufs.push_back(Chunk::Shared(data));
     }
 
     /// Append a copy of the concatenation of `parts` (a length header and
@@ -164,16 +224,12 @@ impl SendQueue {
         }
         if total <= COALESCE_MAX_BYTES {
             self.ensure_ring(cache);
-            let n = self.bufs.len();
-            if n > self.pinned {
-                let tail = &mut self.bufs[n - 1];
-                if tail.len() + total <= tail.capacity() {
-                    for part in parts {
-                        tail.extend_from_slice(part);
-                    }
-                    self.len += total;
-                    return;
+            if let Some(tail) = self.open_tail(total) {
+                for part in parts {
+                    tail.extend_from_slice(part);
                 }
+                self.len += total;
+                return;
             }
         }
         for part in parts {
@@ -188,7 +244,7 @@ impl SendQueue {
         } else {
             self.ensure_ring(cache);
             self.len += data.len();
-            self.bufs.push_back(data);
+            self.bufs.push_back(Chunk::Owned(data));
         }
     }
 
@@ -213,7 +269,7 @@ impl SendQueue {
         let mut total = 0;
         for (i, buf) in self.bufs.iter().take(MAX_IOVECS).enumerate() {
             let start = if i == 0 { self.head_offset } else { 0 };
-            let part = &buf[start..];
+            let part = &buf.bytes()[start..];
             iov.push(libc::iovec {
                 iov_base: part.as_ptr() as *mut libc::c_void,
                 iov_len: part.len(),
@@ -234,7 +290,7 @@ impl SendQueue {
                 .bufs
                 .front()
                 .expect("advance past the end of the queue");
-            let left = front.len() - self.head_offset;
+            let left = front.bytes().len() - self.head_offset;
             if n >= left {
                 n -= left;
                 if let Some(done) = self.bufs.pop_front() {
@@ -266,7 +322,7 @@ impl SendQueue {
         debug_assert_eq!(self.pinned, 0, "draining a pinned send queue");
         for (i, buf) in self.bufs.iter().enumerate() {
             let start = if i == 0 { self.head_offset } else { 0 };
-            f(&buf[start..]);
+            f(&buf.bytes()[start..]);
         }
         self.clear(cache);
     }
@@ -385,19 +441,79 @@ mod tests {
         assert_eq!(iov[0].iov_base, first, "the drained buffer was not reused");
     }
 
+    /// Shared bytes that count how many of them are alive.
+    #[derive(Debug)]
+    struct Counted(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl SharedBytes for Counted {
+        fn as_bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn shared_bytes_are_sent_in_place_and_released_once_sent() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let alive = std::sync::Arc::new(AtomicUsize::new(0));
+        let shared = |fill: u8, n: usize| {
+            alive.fetch_add(1, SeqCst);
+            Box::new(Counted(vec![fill; n], alive.clone()))
+        };
+        let mut q = SendQueue::default();
+        let c = &mut BufCache::default();
+        let big = shared(1, 100_000);
+        let at = big.0.as_ptr();
+        q.push_slice(b"head", c);
+        q.push_shared(big, c);
+        q.push_slice(b"tail", c); // a new owned buffer after the shared one
+        q.push_shared(shared(2, 10), c); // small: copied, released at once
+        assert_eq!(alive.load(SeqCst), 1);
+        let mut iov = Vec::new();
+        assert_eq!(q.fill_iovecs(&mut iov), 4 + 100_000 + 4 + 10);
+        assert_eq!(iov.len(), 3);
+        assert_eq!(
+            iov[1].iov_base as *const u8, at,
+            "the shared bytes were copied"
+        );
+        q.advance(50_000, c); // a short send: still referenced
+        assert_eq!(alive.load(SeqCst), 1);
+        q.fill_iovecs(&mut iov);
+        assert_eq!(iov[0].iov_base as *const u8, at.wrapping_add(49_996));
+        q.advance(50_004, c);
+        assert_eq!(
+            alive.load(SeqCst),
+            0,
+            "released once the kernel took it all"
+        );
+        let mut expect = b"tail".to_vec();
+        expect.extend_from_slice(&[2; 10]);
+        assert_eq!(drain(&mut q, 100), expect);
+        // Dropping a queue (abort) releases what it still holds.
+        q.push_shared(shared(3, 20_000), c);
+        assert_eq!(alive.load(SeqCst), 1);
+        q.clear(c);
+        assert_eq!(alive.load(SeqCst), 0);
+    }
+
     #[test]
     fn spares_unused_for_an_interval_are_trimmed() {
         let c = &mut BufCache::default();
         let bufs: Vec<Vec<u8>> = (0..3).map(|_| c.get()).collect();
         for b in bufs {
-            c.put(b);
+            c.put(Chunk::Owned(b));
         }
         // All three were in use during this interval: none is freed.
         assert_eq!(c.trim(), 0);
         assert!(c.has_spares());
         // One is used in the next interval: the other two go.
         let b = c.get();
-        c.put(b);
+        c.put(Chunk::Owned(b));
         assert_eq!(c.trim(), 2 * TAIL_CAPACITY_BYTES);
         // Idle for a whole interval: the last one goes.
         assert_eq!(c.trim(), TAIL_CAPACITY_BYTES);

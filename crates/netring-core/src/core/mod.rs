@@ -217,6 +217,14 @@ impl ThreadCore {
                 }
                 self.write_vec(conn, data);
             }
+            Cmd::WriteShared { conn, data } => {
+                let len = data.as_bytes().len();
+                if let Some(c) = self.conn(conn) {
+                    c.shared.mailbox_sub(len);
+                    c.shared.pending_sub();
+                }
+                self.write_with(conn, len, |q, c| q.push_shared(data, c));
+            }
             Cmd::Close { conn } => {
                 if let Some(c) = self.conn(conn) {
                     c.shared.pending_sub();
