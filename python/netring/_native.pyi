@@ -1,7 +1,11 @@
 """Type stubs for the native module (crates/netring-py)."""
 
+import concurrent.futures
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
+
+class SupportsFileno(Protocol):
+    def fileno(self) -> int: ...
 
 DEFAULT_WRITE_HIGH_WATER_BYTES: int
 DEFAULT_BUFFER_SIZE_BYTES: int
@@ -18,20 +22,36 @@ def probe_backend() -> tuple[str, str | None]: ...
 def check_framing(spec: tuple[object, ...]) -> None: ...
 
 class TLSServerConfig:
-    def __init__(self, cert_chain: bytes, key: bytes, alpn: list[bytes],
-                 handshake_timeout: float | None, sni: list[tuple[str, bytes, bytes]],
-                 client_ca: bytes | None, client_auth: str, min_version: str,
-                 session_cache: int, session_tickets: bool,
-                 password: bytes | None = None) -> None: ...
+    def __init__(
+        self,
+        cert_chain: bytes,
+        key: bytes,
+        alpn: list[bytes],
+        handshake_timeout: float | None,
+        sni: list[tuple[str, bytes, bytes]],
+        client_ca: bytes | None,
+        client_auth: str,
+        min_version: str,
+        session_cache: int,
+        session_tickets: bool,
+        password: bytes | None = None,
+    ) -> None: ...
     def for_listener(self) -> TLSServerConfig: ...
     def reload(self, other: TLSServerConfig) -> None: ...
 
 class TLSClientLayer: ...
 
 class TLSClientConfig:
-    def __init__(self, ca: bytes | None, cert_chain: bytes | None, key: bytes | None,
-                 alpn: list[bytes], min_version: str,
-                 handshake_timeout: float | None, password: bytes | None = None) -> None: ...
+    def __init__(
+        self,
+        ca: bytes | None,
+        cert_chain: bytes | None,
+        key: bytes | None,
+        alpn: list[bytes],
+        min_version: str,
+        handshake_timeout: float | None,
+        password: bytes | None = None,
+    ) -> None: ...
     def for_server(self, server_hostname: str) -> TLSClientLayer: ...
 
 class HostedTurns:
@@ -42,9 +62,12 @@ class HostedTurns:
 
 class Engine:
     @staticmethod
-    def hosted(backend: str = "auto", buffer_size: int | None = None,
-               buffers_per_thread: int | None = None,
-               max_buffer_memory: int | None = None) -> tuple[Engine, HostedTurns]: ...
+    def hosted(
+        backend: str = "auto",
+        buffer_size: int | None = None,
+        buffers_per_thread: int | None = None,
+        max_buffer_memory: int | None = None,
+    ) -> tuple[Engine, HostedTurns]: ...
     def __init__(
         self,
         io_threads: int,
@@ -127,6 +150,9 @@ class Transport:
     # None when first asked for off the connection's own thread.
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None: ...
+    def sendfile(
+        self, file: SupportsFileno | int, offset: int = 0, count: int | None = None
+    ) -> concurrent.futures.Future[int]: ...
     def write_eof(self) -> None: ...
     def can_write_eof(self) -> bool: ...
     def close(self) -> None: ...
@@ -147,8 +173,9 @@ class Transport:
     def set_idle_timeout(self, seconds: float | None) -> None: ...
 
 class DatagramTransport:
-    def sendto(self, data: bytes | bytearray | memoryview,
-               addr: tuple[str, int] | None = None) -> None: ...
+    def sendto(
+        self, data: bytes | bytearray | memoryview, addr: tuple[str, int] | None = None
+    ) -> None: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
     def is_closing(self) -> bool: ...

@@ -41,6 +41,9 @@ pub enum Event<'b> {
     Packet { conn: ConnId, data: &'b [u8] },
     /// The peer shut down its sending side (eof_received).
     Eof { conn: ConnId },
+    /// The oldest file range queued by [`ConnRef::send_file`] on `conn` was
+    /// sent completely (through a stream layer: handed to it).
+    FileSent { conn: ConnId },
     /// An outbound connection (`Engine::connect`) is established; from here
     /// it behaves exactly as an accepted one.
     Connected {
@@ -223,6 +226,7 @@ impl<'b> Batch<'b> {
                 Event::Eof { conn }
             }
             Ev::Timer { id } => Event::Timer { id },
+            Ev::FileSent { conn } => Event::FileSent { conn },
             Ev::Connected {
                 conn,
                 token,

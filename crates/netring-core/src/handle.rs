@@ -4,6 +4,7 @@
 //! owner's mailbox, in order.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +167,35 @@ impl ConnRef {
             self.remote_write([&header[..h], packet.as_bytes(), delimiter].concat());
         }
         (Written::Queued, None)
+    }
+
+    /// Queue `len` bytes of the file `fd` (which the engine owns from now
+    /// on and closes when they are sent, or the connection is gone) from
+    /// `offset`, in order with the writes before and after: the kernel
+    /// moves them from the file to the socket (`sendfile(2)`; through a
+    /// stream layer such as TLS, read in windows and encrypted). Each range
+    /// sent completely is an `Event::FileSent`, oldest first; a connection
+    /// that closes first reports none for the ranges left. Water marks
+    /// count the bytes left, like written ones; `max_write_buffer` does not
+    /// (they are not in memory). Returns like [`ConnRef::write_inline`].
+    pub fn send_file(&self, fd: OwnedFd, offset: u64, len: u64) -> Written {
+        let mut fd = Some(fd);
+        let local = self.local_ordered(|c| {
+            let fd = fd.take().expect("taken once");
+            c.send_file(self.id, fd, offset, len, false)
+        });
+        if let Some(w) = local {
+            return w;
+        }
+        if let Some(fd) = fd {
+            self.remote_ordered(Cmd::SendFile {
+                conn: self.id,
+                fd,
+                offset,
+                len,
+            });
+        }
+        Written::Queued
     }
 
     /// Queue the concatenation of `parts` like [`ConnRef::write_inline`].

@@ -53,6 +53,13 @@ pub enum Cmd {
     Wake,
     /// Queue bytes on a connection.
     Write { conn: ConnId, data: Vec<u8> },
+    /// Queue a file range on a connection (see `ConnRef::send_file`).
+    SendFile {
+        conn: ConnId,
+        fd: OwnedFd,
+        offset: u64,
+        len: u64,
+    },
     /// Queue bytes on a connection by reference (see `SendQueue::push_shared`).
     WriteShared {
         conn: ConnId,

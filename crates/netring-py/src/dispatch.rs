@@ -948,6 +948,11 @@ impl Handler for PyHandler<'_> {
                     }
                 }
                 Event::Timer { id } => self.timer(id),
+                Event::FileSent { conn } => {
+                    if let Some(e) = self.conns.get(conn) {
+                        e.transport.get().file_sent(py);
+                    }
+                }
                 Event::Connected {
                     conn,
                     token,

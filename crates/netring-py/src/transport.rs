@@ -84,6 +84,9 @@ struct Rare {
     /// duplicate of the connection's descriptor; closed right after
     /// `connection_lost` (the object stays, closed).
     socket: Option<Py<PyAny>>,
+    /// `sendfile()` futures not resolved yet, oldest first, with the byte
+    /// counts they resolve to (the engine reports each range's end in order).
+    files: std::collections::VecDeque<(Py<PyAny>, u64)>,
 }
 
 impl Slow {
@@ -281,6 +284,17 @@ impl Transport {
     /// `OSError`, `fileno()` is -1).
     pub fn finish_lost(&self, py: Python<'_>) {
         self.set_flag(LOST, true);
+        let files = self
+            .slow()
+            .rare
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.files));
+        for (future, _) in files.into_iter().flatten() {
+            let error = pyo3::exceptions::PyConnectionError::new_err(
+                "the connection closed before the file was sent",
+            );
+            settle_future(py, &future, Err(error));
+        }
         let (protocol, socket) = {
             let mut slow = self.slow();
             let socket = slow
@@ -294,6 +308,14 @@ impl Transport {
             if let Err(e) = socket.call_method0(py, pyo3::intern!(py, "_release")) {
                 e.write_unraisable(py, Some(socket.bind(py)));
             }
+        }
+    }
+
+    /// The engine sent the oldest file range queued by `sendfile()`.
+    pub fn file_sent(&self, py: Python<'_>) {
+        let done = self.slow().rare.as_mut().and_then(|r| r.files.pop_front());
+        if let Some((future, count)) = done {
+            settle_future(py, &future, Ok(count));
         }
     }
 
@@ -549,6 +571,73 @@ impl HeldBytes {
     }
 }
 
+/// The descriptor (a duplicate), offset and count `sendfile(file, offset,
+/// count)` means, checked as asyncio checks them: a regular file, a
+/// non-negative offset, a positive count or `None` (to the end).
+fn file_range(
+    file: &Bound<'_, PyAny>,
+    offset: i64,
+    count: Option<i64>,
+) -> PyResult<(OwnedFd, u64, u64)> {
+    let raw: i32 = match file.extract::<i32>() {
+        Ok(fd) => fd,
+        Err(_) => file
+            .call_method0(pyo3::intern!(file.py(), "fileno"))
+            .map_err(|_| {
+                PyTypeError::new_err("file must be a file object with fileno() or a descriptor")
+            })?
+            .extract()?,
+    };
+    let Ok(offset) = u64::try_from(offset) else {
+        return Err(PyValueError::new_err(format!(
+            "offset must be a non-negative integer (got {offset})"
+        )));
+    };
+    if let Some(c) = count.filter(|&c| c <= 0) {
+        return Err(PyValueError::new_err(format!(
+            "count must be a positive integer (got {c})"
+        )));
+    }
+    if raw < 0 {
+        return Err(PyValueError::new_err(format!("invalid descriptor {raw}")));
+    }
+    // SAFETY: borrowed only for the duration of these calls; the caller's
+    // object owns the descriptor and outlives them.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    let stat = rustix::fs::fstat(borrowed).map_err(|e| PyErr::from(std::io::Error::from(e)))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(PyValueError::new_err("sendfile() needs a regular file"));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    let count = match count {
+        Some(c) => c as u64,
+        None => size.saturating_sub(offset),
+    };
+    let dup = rustix::io::fcntl_dupfd_cloexec(borrowed, 0)
+        .map_err(|e| PyErr::from(std::io::Error::from(e)))?;
+    Ok((dup, offset, count))
+}
+
+/// Resolve a `concurrent.futures.Future` (unless it was cancelled); a
+/// failure of its callbacks is reported as unraisable, never to the caller.
+fn settle_future(py: Python<'_>, future: &Py<PyAny>, outcome: PyResult<u64>) {
+    let future = future.bind(py);
+    if future
+        .call_method0(pyo3::intern!(py, "done"))
+        .and_then(|d| d.is_truthy())
+        .unwrap_or(true)
+    {
+        return;
+    }
+    let result = match outcome {
+        Ok(n) => future.call_method1(pyo3::intern!(py, "set_result"), (n,)),
+        Err(e) => future.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),)),
+    };
+    if let Err(e) = result {
+        e.write_unraisable(py, Some(future));
+    }
+}
+
 /// A held `bytes` payload, read in place.
 struct Payload<'py>(Bound<'py, PyBytes>);
 
@@ -791,6 +880,54 @@ impl Transport {
     /// False while reading is paused or after close.
     fn is_reading(&self) -> bool {
         self.flags.load(Ordering::Acquire) & (READING_PAUSED | CLOSING) == 0
+    }
+
+    /// Send `count` bytes of `file` (a regular file opened for reading, or
+    /// its descriptor) from `offset` (``None``: to its end), in order with
+    /// the writes before and after, through the kernel (`sendfile(2)`; over
+    /// TLS read in windows and encrypted in the engine). Returns a
+    /// `concurrent.futures.Future` of the bytes sent, resolved once they all
+    /// are; it fails with `ConnectionError` if the connection closes first.
+    /// The engine sends from its own duplicate of the descriptor: the file
+    /// may be closed at once, and its position is not used nor moved.
+    #[pyo3(signature = (file, offset = 0, count = None))]
+    fn sendfile<'py>(
+        &self,
+        py: Python<'py>,
+        file: &Bound<'py, PyAny>,
+        offset: i64,
+        count: Option<i64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if self.flag(EOF_WRITTEN) {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call sendfile() after write_eof()",
+            ));
+        }
+        if self.flag(CLOSING) {
+            return Err(PyRuntimeError::new_err("sendfile() on a closing transport"));
+        }
+        let (fd, offset, count) = file_range(file, offset, count)?;
+        let future = py
+            .import(pyo3::intern!(py, "concurrent.futures"))?
+            .getattr(pyo3::intern!(py, "Future"))?
+            .call0()?;
+        if count == 0 {
+            future.call_method1(pyo3::intern!(py, "set_result"), (0,))?;
+            return Ok(future);
+        }
+        self.slow()
+            .rare()
+            .files
+            .push_back((future.clone().unbind(), count));
+        let written = self.conn.send_file(fd, offset, count);
+        if written == Written::Dropped {
+            // Closed meanwhile (from another thread): its future fails now.
+            let lost = self.slow().rare.as_mut().and_then(|r| r.files.pop_back());
+            drop(lost);
+            return Err(PyRuntimeError::new_err("sendfile() on a closing transport"));
+        }
+        self.after_write(written);
+        Ok(future)
     }
 
     /// Bytes written and not yet taken by the kernel.

@@ -304,6 +304,12 @@ impl Conn {
         self.sendq.len() + self.layer().map_or(0, |l| l.plain.len())
     }
 
+    /// Of [`Conn::queued`], the bytes in memory: queued file ranges are
+    /// not (`max_write_buffer` and the buffer memory count these).
+    pub(crate) fn queued_memory(&self) -> usize {
+        self.sendq.memory() + self.layer().map_or(0, |l| l.plain.memory())
+    }
+
     /// Nothing written is left unsent (nor waiting for the layer).
     pub(crate) fn flushed(&self) -> bool {
         self.sendq.is_empty() && self.layer().is_none_or(|l| l.plain.is_empty())
@@ -326,13 +332,19 @@ impl Conn {
         let mut result = Ok(());
         if !l.plain.is_empty() {
             let layer = &mut l.layer;
-            l.plain.drain_with(cache, |plain| {
+            // A file's next window is read only once the wire bytes of the
+            // last one are (nearly) sent: what it costs in memory is bounded.
+            let read_file = self.sendq.memory() < sendq::FILE_LAYER_WINDOW_BYTES;
+            let read = l.plain.drain_with(cache, read_file, |plain| {
                 if result.is_ok() {
                     result = layer.on_write(plain, &mut out);
                 }
             });
+            if let Err(e) = read {
+                result = result.and(Err(LayerError::new("sendfile", e.to_string())));
+            }
         }
-        if ending && !l.closed && result.is_ok() {
+        if ending && !l.closed && l.plain.is_empty() && result.is_ok() {
             l.closed = true;
             l.layer.on_close(&mut out);
         }
@@ -381,8 +393,8 @@ impl Conn {
             .map_or(0, |r| r.held.iter().map(Vec::len).sum::<usize>());
         let layer = self
             .layer()
-            .map_or(0, |l| l.plain.len() + l.layer.buffered());
-        self.sendq.len() + self.decoder.allocated() + held + layer
+            .map_or(0, |l| l.plain.memory() + l.layer.buffered());
+        self.sendq.memory() + self.decoder.allocated() + held + layer
     }
 
     /// The rare state, boxed on first use.

@@ -21,10 +21,13 @@
 
 use std::collections::VecDeque;
 
-use crate::driver::SendState;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::driver::file::FILE_WINDOW_BYTES;
+use crate::driver::{FileSpan, SendState};
 
 /// Buffers described by one vectored send.
-pub const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64; // fits `SendQueue::pinned` (u8)
 /// Writes up to this size are copied into the tail buffer when it has room;
 /// larger ones are queued as they are (by reference when shared).
 pub const COALESCE_MAX_BYTES: usize = 8 * 1024;
@@ -52,11 +55,24 @@ impl SharedBytes for Vec<u8> {
     }
 }
 
-/// One queued buffer: owned (coalescing, or copied), or shared.
+/// One queued buffer: owned (coalescing, or copied), shared, or a range
+/// of a file.
 #[derive(Debug)]
 enum Chunk {
     Owned(Vec<u8>),
     Shared(Box<dyn SharedBytes>),
+    File(FileChunk),
+}
+
+/// A file range queued by `sendfile`: the descriptor is the queue's own
+/// (a duplicate), closed when the range is sent or the queue dropped.
+#[derive(Debug)]
+struct FileChunk {
+    fd: OwnedFd,
+    /// The next byte to send.
+    offset: u64,
+    /// Bytes left to send.
+    left: u64,
 }
 
 impl Chunk {
@@ -64,9 +80,14 @@ impl Chunk {
         match self {
             Chunk::Owned(v) => v,
             Chunk::Shared(s) => s.as_bytes(),
+            Chunk::File(_) => &[],
         }
     }
 }
+
+/// The most of a file read into a stream layer (TLS) per settle: the
+/// encrypted bytes wait in the send queue, so this bounds their memory.
+pub const FILE_LAYER_WINDOW_BYTES: usize = 256 * 1024;
 
 /// Spares of one IO thread: coalescing buffers, the rings of empty write
 /// queues, and send states.
@@ -154,7 +175,13 @@ pub struct SendQueue {
     /// Unsent bytes in total.
     len: usize,
     /// Front buffers referenced by the in-flight send.
-    pinned: usize,
+    // NOTE: the three counts below fit in one word (an idle connection's
+    // size is watched: conn::size_tests).
+    pinned: u8,
+    /// File ranges sent completely since the last `take_files_done`.
+    files_done: u8,
+    /// File ranges queued (their bytes are in `len`, not in memory).
+    files: u32,
 }
 
 impl SendQueue {
@@ -166,6 +193,45 @@ impl SendQueue {
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Of [`SendQueue::len`], the bytes in memory (not in queued files).
+    pub fn memory(&self) -> usize {
+        if self.files == 0 {
+            return self.len;
+        }
+        let in_files: u64 = self
+            .bufs
+            .iter()
+            .map(|c| match c {
+                Chunk::File(f) => f.left,
+                _ => 0,
+            })
+            .sum();
+        self.len - in_files as usize
+    }
+
+    /// Queue `len` bytes of the file `fd` from `offset` (the queue owns
+    /// `fd` and closes it once they are sent). Nothing is appended to the
+    /// buffer before it afterwards, so it is sent after everything queued
+    /// before it and before everything queued after it.
+    pub fn push_file(&mut self, fd: OwnedFd, offset: u64, len: u64, cache: &mut BufCache) {
+        if len == 0 {
+            return; // nothing to send, nothing to report
+        }
+        self.ensure_ring(cache);
+        self.len += len as usize;
+        self.files += 1;
+        self.bufs.push_back(Chunk::File(FileChunk {
+            fd,
+            offset,
+            left: len,
+        }));
+    }
+
+    /// How many queued file ranges were sent completely since last asked.
+    pub fn take_files_done(&mut self) -> u8 {
+        std::mem::take(&mut self.files_done)
     }
 
     /// Append a copy of `data`.
@@ -192,7 +258,7 @@ impl SendQueue {
     /// for `more` bytes.
     fn open_tail(&mut self, more: usize) -> Option<&mut Vec<u8>> {
         let n = self.bufs.len();
-        if n <= self.pinned {
+        if n <= usize::from(self.pinned) {
             return None;
         }
         match &mut self.bufs[n - 1] {
@@ -262,12 +328,34 @@ impl SendQueue {
         }
     }
 
-    /// Describe the front of the queue as iovecs and pin those buffers.
-    /// Returns the number of bytes described.
+    /// Describe the front of the queue for the next send and pin it: the
+    /// buffers before the first file range as iovecs, or, when a file range
+    /// is first, (a window of) that range. Returns the bytes described.
+    pub fn fill(&mut self, state: &mut SendState) -> usize {
+        state.file = None;
+        if let Some(Chunk::File(f)) = self.bufs.front() {
+            state.iov.clear();
+            let len = f.left.min(FILE_WINDOW_BYTES as u64) as usize;
+            state.file = Some(FileSpan {
+                fd: f.fd.as_raw_fd(),
+                offset: f.offset,
+                len,
+            });
+            self.pinned = 1;
+            return len;
+        }
+        self.fill_iovecs(&mut state.iov)
+    }
+
+    /// Describe the buffers at the front of the queue (up to the first file
+    /// range) as iovecs and pin them. Returns the number of bytes described.
     pub fn fill_iovecs(&mut self, iov: &mut Vec<libc::iovec>) -> usize {
         iov.clear();
         let mut total = 0;
         for (i, buf) in self.bufs.iter().take(MAX_IOVECS).enumerate() {
+            if matches!(buf, Chunk::File(_)) {
+                break;
+            }
             let start = if i == 0 { self.head_offset } else { 0 };
             let part = &buf.bytes()[start..];
             iov.push(libc::iovec {
@@ -276,7 +364,7 @@ impl SendQueue {
             });
             total += part.len();
         }
-        self.pinned = iov.len();
+        self.pinned = iov.len() as u8; // at most MAX_IOVECS
         total
     }
 
@@ -286,6 +374,18 @@ impl SendQueue {
         self.pinned = 0;
         self.len -= n;
         while n > 0 {
+            if let Some(Chunk::File(f)) = self.bufs.front_mut() {
+                // A file send covers only its range.
+                debug_assert!(n as u64 <= f.left);
+                f.offset += n as u64;
+                f.left -= n as u64;
+                if f.left == 0 {
+                    self.bufs.pop_front(); // closes the duplicate
+                    self.files -= 1;
+                    self.files_done += 1;
+                }
+                break;
+            }
             let front = self
                 .bufs
                 .front()
@@ -313,24 +413,69 @@ impl SendQueue {
         }
         self.head_offset = 0;
         self.len = 0;
+        self.files = 0;
         self.release_ring(cache);
     }
 
-    /// Hand every queued byte to `f`, in order, and empty the queue (a
-    /// stream layer's plaintext, which is never pinned by a send).
-    pub fn drain_with(&mut self, cache: &mut BufCache, mut f: impl FnMut(&[u8])) {
+    /// Hand queued bytes to `f`, in order, and take them off the queue (a
+    /// stream layer's plaintext, which is never pinned by a send): all of
+    /// them up to the first file range; that range is read in windows of
+    /// [`FILE_LAYER_WINDOW_BYTES`], one per call and only with `read_file`,
+    /// and what follows it waits for later calls. An error reading the file
+    /// is returned (what was handed over stays handed over).
+    pub fn drain_with(
+        &mut self,
+        cache: &mut BufCache,
+        read_file: bool,
+        mut f: impl FnMut(&[u8]),
+    ) -> std::io::Result<()> {
         debug_assert_eq!(self.pinned, 0, "draining a pinned send queue");
-        for (i, buf) in self.bufs.iter().enumerate() {
-            let start = if i == 0 { self.head_offset } else { 0 };
-            f(&buf.bytes()[start..]);
+        while let Some(chunk) = self.bufs.front() {
+            if let Chunk::File(file) = chunk {
+                if read_file {
+                    let want = file.left.min(FILE_LAYER_WINDOW_BYTES as u64) as usize;
+                    let mut buf = vec![0u8; want];
+                    let n = read_file_at(&file.fd, &mut buf, file.offset)?;
+                    f(&buf[..n]);
+                    self.advance(n, cache);
+                }
+                return Ok(());
+            }
+            let bytes = &chunk.bytes()[self.head_offset..];
+            let n = bytes.len();
+            f(bytes);
+            self.advance(n, cache);
         }
-        self.clear(cache);
+        Ok(())
     }
 
     /// Release the pin without consuming (the send failed or was cancelled).
     pub fn unpin(&mut self) {
         self.pinned = 0;
     }
+}
+
+/// Read up to `buf.len()` bytes of `fd` at `offset` (all of them unless
+/// the file ends); a file that ends first is an error.
+fn read_file_at(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::pread(fd, &mut buf[got..], offset + got as u64) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file ended at byte {} before the range sendfile was given",
+                        offset + got as u64
+                    ),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]
@@ -499,6 +644,48 @@ mod tests {
         assert_eq!(alive.load(SeqCst), 1);
         q.clear(c);
         assert_eq!(alive.load(SeqCst), 0);
+    }
+
+    #[test]
+    fn a_file_range_is_sent_between_the_writes_around_it() {
+        let c = &mut BufCache::default();
+        let mut q = SendQueue::default();
+        let file = OwnedFd::from(std::fs::File::open("/dev/null").expect("a descriptor to queue"));
+        q.push_slice(b"before", c);
+        q.push_file(file, 10, 3 << 20, c);
+        q.push_slice(b"after", c); // not coalesced into "before": the file is between
+        assert_eq!(q.len(), 6 + (3 << 20) + 5);
+        assert_eq!(q.memory(), 11);
+        let mut state = SendState::default();
+        assert_eq!(
+            q.fill(&mut state),
+            6,
+            "the bytes before the file go first, alone"
+        );
+        assert!(state.file.is_none());
+        q.advance(6, c);
+        assert_eq!(q.fill(&mut state), FILE_WINDOW_BYTES);
+        let span = state.file.expect("the file's window is next");
+        assert_eq!((span.offset, span.len), (10, FILE_WINDOW_BYTES));
+        q.advance(1000, c); // a short file send
+        q.fill(&mut state);
+        assert_eq!(state.file.map(|f| f.offset), Some(1010));
+        assert_eq!(q.take_files_done(), 0);
+        q.advance((3 << 20) - 1000, c);
+        assert_eq!(q.take_files_done(), 1, "the range's end is reported once");
+        assert_eq!(q.take_files_done(), 0);
+        assert_eq!(q.memory(), 5);
+        assert_eq!(q.fill(&mut state), 5);
+        assert!(state.file.is_none());
+        q.advance(5, c);
+        assert!(q.is_empty());
+        q.push_file(
+            OwnedFd::from(std::fs::File::open("/dev/null").expect("open")),
+            0,
+            0,
+            c,
+        );
+        assert!(q.is_empty(), "an empty range queues nothing");
     }
 
     #[test]

@@ -77,6 +77,9 @@ impl ThreadCore {
                 match result {
                     Ok(n) => {
                         conn.sendq.advance(n, &mut self.cache);
+                        for _ in 0..conn.sendq.take_files_done() {
+                            self.q.events.push_back(Ev::FileSent { conn: conn.id });
+                        }
                         if conn.sendq.is_empty() {
                             if let Some(state) = conn.send.take() {
                                 self.cache.put_state(state);

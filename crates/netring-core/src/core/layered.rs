@@ -144,6 +144,10 @@ impl ThreadCore {
         }
         let result = conn.flush_layer(&mut self.cache);
         conn.shared.set_queued(conn.queued());
+        let files = conn.layer_mut().map_or(0, |l| l.plain.take_files_done());
+        for _ in 0..files {
+            self.q.events.push_back(Ev::FileSent { conn: conn.id });
+        }
         if let Err(e) = result {
             let id = conn.id;
             self.layer_failed(id, e);

@@ -145,6 +145,8 @@ impl ThreadCore {
             | Ev::FrameError { conn, .. } => {
                 self.conn(conn).is_some_and(|c| c.state == State::Open)
             }
+            // Closing flushes what was queued: its files' ends still count.
+            Ev::FileSent { conn } => self.conn(conn).is_some(),
             Ev::Datagram { ep, .. }
             | Ev::DatagramTruncated { ep, .. }
             | Ev::DatagramError { ep, .. }
@@ -216,6 +218,17 @@ impl ThreadCore {
                     c.shared.pending_sub();
                 }
                 self.write_vec(conn, data);
+            }
+            Cmd::SendFile {
+                conn,
+                fd,
+                offset,
+                len,
+            } => {
+                if let Some(c) = self.conn(conn) {
+                    c.shared.pending_sub();
+                }
+                self.send_file(conn, fd, offset, len, true);
             }
             Cmd::WriteShared { conn, data } => {
                 let len = data.as_bytes().len();

@@ -2,6 +2,7 @@
 //! water marks...): they change connection state and mark the connection
 //! dirty; `settle` turns that into driver operations after the batch.
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -27,6 +28,22 @@ impl ThreadCore {
     pub fn write_parts(&mut self, id: ConnId, parts: &[&[u8]]) -> bool {
         let len = parts.iter().map(|p| p.len()).sum();
         self.write_with(id, len, |q, c| q.push_parts(parts, c))
+    }
+
+    /// Queue `len` bytes of the file `fd` from `offset` on `id`, in order
+    /// with its writes (see [`SendQueue::push_file`]); `Event::FileSent`
+    /// reports when they are sent. Counted by the water marks, not by
+    /// `max_write_buffer` nor the buffer memory: the bytes stay in the file.
+    pub(crate) fn send_file(
+        &mut self,
+        id: ConnId,
+        fd: OwnedFd,
+        offset: u64,
+        len: u64,
+        event: bool,
+    ) -> Written {
+        let push = |q: &mut SendQueue, c: &mut BufCache| q.push_file(fd, offset, len, c);
+        self.write_notify(id, len as usize, push, event)
     }
 
     /// Cut `id`'s stream by `framing` from the next byte on.
@@ -110,7 +127,8 @@ impl ThreadCore {
         push(conn.write_queue(), &mut self.cache);
         let queued = conn.queued();
         conn.shared.set_queued(queued);
-        if queued > conn.max_write_buffer {
+        let in_memory = conn.queued_memory();
+        if in_memory > conn.max_write_buffer {
             let limit = conn.max_write_buffer;
             let peer = SockRef::from(&conn.fd)
                 .peer_addr()
@@ -118,7 +136,7 @@ impl ThreadCore {
                 .and_then(|a| a.as_socket());
             Stats::add(&self.engine.stats.write_buffer_aborts, 1);
             log::warn!(
-                "netring: aborting the connection from {}: {queued} bytes queued, over max_write_buffer ({limit}); the peer is not reading",
+                "netring: aborting the connection from {}: {in_memory} bytes queued, over max_write_buffer ({limit}); the peer is not reading",
                 peer.map_or_else(|| "?".to_string(), |p| p.to_string())
             );
             conn.begin_abort(

@@ -30,6 +30,10 @@ pub(crate) enum Ev {
         conn: ConnId,
         chunk: Chunk,
     },
+    /// A file range queued by `send_file` was sent completely.
+    FileSent {
+        conn: ConnId,
+    },
     Held {
         conn: ConnId,
         data: Vec<u8>,

@@ -96,7 +96,7 @@ impl ThreadCore {
                 }
             } else if !conn.send_inflight && !conn.sendq.is_empty() {
                 let send = conn.send.get_or_insert_with(|| self.cache.get_state());
-                conn.sendq.fill_iovecs(&mut send.iov);
+                conn.sendq.fill(send);
                 driver.send(slot, fd, send);
                 conn.send_inflight = true;
                 conn.send_cancel_sent = false;

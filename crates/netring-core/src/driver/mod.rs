@@ -20,6 +20,7 @@
 pub mod epoll;
 #[cfg(test)]
 pub(crate) mod fake;
+pub(crate) mod file;
 pub mod uring;
 
 use std::io;
@@ -235,6 +236,18 @@ pub struct SendState {
     pub iov: Vec<libc::iovec>,
     /// The message header handed to the kernel (io_uring sendmsg).
     pub msg: libc::msghdr,
+    /// Instead of `iov`: a range of a file, moved by the kernel from the
+    /// file to the socket (`transport.sendfile`).
+    pub file: Option<FileSpan>,
+}
+
+/// A range of an open file to send; the descriptor stays open until the
+/// send's completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileSpan {
+    pub fd: RawFd,
+    pub offset: u64,
+    pub len: usize,
 }
 
 impl Default for SendState {
@@ -245,6 +258,7 @@ impl Default for SendState {
             // SAFETY: msghdr is a plain C struct for which all-zero is a
             // valid (empty) value.
             msg: unsafe { std::mem::zeroed() },
+            file: None,
         }
     }
 }
@@ -268,7 +282,10 @@ pub trait Driver {
     fn arm_recv(&mut self, slot: u32, fd: RawFd);
     /// Stop receiving; the recv's final completion follows.
     fn cancel_recv(&mut self, slot: u32, fd: RawFd);
-    /// Send what `state.iov` describes; exactly one `Sent` follows.
+    /// Send what `state.iov` describes, or the file range `state.file`
+    /// when it is set (a `Sent` of 0 bytes is allowed there: the kernel
+    /// read some of the file but the socket took none yet; send again);
+    /// exactly one `Sent` follows.
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState);
     /// Cancel an in-flight send (abort); its `Sent` follows.
     fn cancel_send(&mut self, slot: u32, fd: RawFd);

@@ -78,6 +78,7 @@ use rustix::net::SocketFlags;
 
 use super::{Completion, DgramResult, Driver, RecvResult, SendState, Token};
 use crate::config::Backend;
+use crate::driver::file::send_file_now;
 use bufpool::BufPool;
 use syscalls::{read_datagrams, read_ready, try_send, try_send_msg};
 
@@ -139,8 +140,12 @@ fn is_transient_accept_error(e: Errno) -> bool {
     )
 }
 
-/// The iovecs of a send that found the socket buffer full, kept to retry it.
-struct WaitingSend(Vec<libc::iovec>);
+/// A send that found the socket buffer full, kept to retry it: its iovecs,
+/// or its file range.
+enum WaitingSend {
+    Iov(Vec<libc::iovec>),
+    File(crate::driver::FileSpan),
+}
 
 // SAFETY: the iovecs point into the send queue of a connection owned by the
 // same IO thread as this driver; the driver never leaves that thread while
@@ -188,6 +193,8 @@ pub struct EpollDriver {
     dgrams: Vec<Option<DgramOps>>,
     /// Sends that found the socket buffer full, by slot, until `EPOLLOUT`.
     sends: HashMap<u32, WaitingSend>,
+    /// The buffer of file sends that cannot use `sendfile` (see `driver::file`).
+    file_scratch: Vec<u8>,
     /// Listeners whose accept is armed, with their descriptors.
     listeners: HashMap<usize, RawFd>,
     /// The mailbox eventfd while it is registered.
@@ -209,6 +216,7 @@ impl EpollDriver {
             conns: Vec::new(),
             dgrams: Vec::new(),
             sends: HashMap::new(),
+            file_scratch: Vec::new(),
             listeners: HashMap::new(),
             wake_fd: None,
             pending: Vec::new(),
@@ -332,7 +340,11 @@ impl EpollDriver {
         }
         let waiting = conn.sending && flags.intersects(writable);
         if let Some(waiting) = self.sends.get(&slot).filter(|_| waiting) {
-            if let Some(result) = try_send(conn.fd, &waiting.0) {
+            let retried = match waiting {
+                WaitingSend::Iov(iov) => try_send(conn.fd, iov),
+                WaitingSend::File(span) => send_file_now(conn.fd, *span, &mut self.file_scratch),
+            };
+            if let Some(result) = retried {
                 self.sends.remove(&slot);
                 conn.sending = false;
                 ended = true;
@@ -512,14 +524,22 @@ impl Driver for EpollDriver {
 
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
         self.in_flight += 1;
-        if let Some(result) = try_send(fd, &state.iov) {
+        let now = match state.file {
+            Some(span) => send_file_now(fd, span, &mut self.file_scratch),
+            None => try_send(fd, &state.iov),
+        };
+        if let Some(result) = now {
             self.pending.push(Completion::Sent { slot, result });
             return;
         }
         let conn = Self::conn_entry(&mut self.conns, slot, fd);
         debug_assert!(!conn.sending, "two sends in flight on slot {slot}");
         conn.sending = true;
-        self.sends.insert(slot, WaitingSend(state.iov.clone()));
+        let waiting = match state.file {
+            Some(span) => WaitingSend::File(span),
+            None => WaitingSend::Iov(state.iov.clone()),
+        };
+        self.sends.insert(slot, waiting);
         if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
             conn.sending = false;
             self.sends.remove(&slot);

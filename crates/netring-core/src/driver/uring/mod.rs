@@ -23,6 +23,8 @@ use super::{
     error_of, result_of, Chunk, Completion, DgramResult, Driver, RecvResult, SendState, Token,
 };
 use crate::config::Backend;
+use crate::driver::file::send_file_now;
+use crate::driver::FileSpan;
 use bufring::BufRing;
 
 const KIND_ACCEPT: u8 = 1;
@@ -33,6 +35,8 @@ const KIND_CANCEL: u8 = 5;
 const KIND_CONNECT: u8 = 6;
 const KIND_RECVFROM: u8 = 7;
 const KIND_SENDTO: u8 = 8;
+/// A file send waiting for its socket to be writable (see `driver::file`).
+const KIND_FILE_POLL: u8 = 9;
 const BUF_GROUP: u16 = 0;
 /// Submission queue entries per ring; the completion queue is 4× larger.
 const RING_ENTRIES: u32 = 1024;
@@ -56,6 +60,13 @@ pub struct UringDriver {
     /// Set up with DEFER_TASKRUN: completions are only posted inside
     /// `io_uring_enter`, so even a zero wait must enter.
     deferred: bool,
+    /// Completions made without the kernel (file sends done at once),
+    /// delivered by the next `wait`.
+    ready: Vec<Completion>,
+    /// File sends waiting for their socket to be writable: (socket, range).
+    file_waits: std::collections::HashMap<u32, (RawFd, FileSpan)>,
+    /// The buffer of file sends that cannot use `sendfile`.
+    file_scratch: Vec<u8>,
 }
 
 /// Why io_uring cannot be used here, as `syscall: ERRNO`.
@@ -139,6 +150,9 @@ impl UringDriver {
             in_flight: 0,
             cqes: Vec::with_capacity(RING_ENTRIES as usize * 4),
             deferred,
+            ready: Vec::new(),
+            file_waits: std::collections::HashMap::new(),
+            file_scratch: Vec::new(),
         })
     }
 
@@ -243,6 +257,16 @@ impl UringDriver {
                     more,
                 })
             }
+            KIND_FILE_POLL => {
+                let (fd, span) = self.file_waits.remove(&id)?;
+                if res < 0 {
+                    return Some(Completion::Sent {
+                        slot: id,
+                        result: Err(error_of(res)),
+                    });
+                }
+                self.send_file(id, fd, span)
+            }
             KIND_SENDTO => Some(Completion::SentTo {
                 slot: id,
                 seq,
@@ -265,6 +289,21 @@ impl UringDriver {
 }
 
 impl UringDriver {
+    /// Send (part of) a file range now, or wait for the socket to be
+    /// writable (a poll; its completion calls this again).
+    fn send_file(&mut self, slot: u32, fd: RawFd, span: FileSpan) -> Option<Completion> {
+        if let Some(result) = send_file_now(fd, span, &mut self.file_scratch) {
+            return Some(Completion::Sent { slot, result });
+        }
+        self.file_waits.insert(slot, (fd, span));
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+            .build()
+            .user_data(user_data(KIND_FILE_POLL, slot));
+        self.in_flight += 1;
+        self.push(entry);
+        None
+    }
+
     /// Parse a multishot recvmsg buffer: header, source address, payload.
     fn datagram(&self, bid: u16, used: usize, slot: u32) -> DgramResult {
         let ptr = self.bufs.buf_ptr(bid);
@@ -340,6 +379,12 @@ impl Driver for UringDriver {
     }
 
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
+        if let Some(span) = state.file {
+            if let Some(done) = self.send_file(slot, fd, span) {
+                self.ready.push(done);
+            }
+            return;
+        }
         // NOTE: one contiguous buffer (the usual case: small writes are
         // coalesced) goes as a plain SEND, which spares the kernel copying
         // and checking a msghdr and an iovec array.
@@ -361,7 +406,11 @@ impl Driver for UringDriver {
     }
 
     fn cancel_send(&mut self, slot: u32, _fd: RawFd) {
-        self.cancel(user_data(KIND_SEND, slot));
+        if self.file_waits.contains_key(&slot) {
+            self.cancel(user_data(KIND_FILE_POLL, slot));
+        } else {
+            self.cancel(user_data(KIND_SEND, slot));
+        }
     }
 
     fn connect(&mut self, slot: u32, fd: RawFd, addr: &socket2::SockAddr) {
@@ -420,6 +469,13 @@ impl Driver for UringDriver {
 
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         self.bufs.publish();
+        // Completions made without the kernel are due now: do not sleep.
+        let timeout = if self.ready.is_empty() {
+            timeout
+        } else {
+            out.append(&mut self.ready);
+            Some(Duration::ZERO)
+        };
         let res = match timeout {
             // NOTE: without DEFER_TASKRUN the kernel posts completions to
             // the ring's memory on its own: a zero wait only has to submit
@@ -463,6 +519,10 @@ impl Driver for UringDriver {
 
     fn fd(&self) -> RawFd {
         self.ring.as_raw_fd()
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     fn submit(&mut self) -> io::Result<()> {
