@@ -244,3 +244,96 @@ def test_sendfile_over_tls(backend: str, tmp_path: Path) -> None:
                 got += chunk
     assert bytes(got) == b"<" + data + b">"
     assert futures[0].result(10) == len(data)
+
+
+def test_awaiting_sendfile_inside_asyncio(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import netring.aio as aio
+
+    monkeypatch.setenv("NETRING_BACKEND", backend)
+    path, data = make_file(tmp_path, 3 * MIB + 1)
+    results: list[tuple[int, int]] = []
+
+    class Serve(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            asyncio.get_running_loop().create_task(self.send(transport))
+
+        async def send(self, transport: Any) -> None:
+            transport.write(b"[")
+            with open(path, "rb") as f:
+                sent = await aio.sendfile(transport, f, 1)
+                results.append((sent, f.tell()))  # the position follows, as asyncio's
+            transport.write(b"]")
+            transport.close()
+
+    async def main() -> bytes:
+        server = await aio.create_server(Serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        got = await reader.read()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), 60))
+    assert got == b"[" + data[1:] + b"]"
+    assert results == [(len(data) - 1, len(data))]
+
+
+def test_aiohttp_file_response_uses_the_engine(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import functools
+    import http.client
+
+    import netring.aio as aio
+
+    web = pytest.importorskip("aiohttp.web")
+    monkeypatch.setenv("NETRING_BACKEND", backend)
+    path, data = make_file(tmp_path, 6 * MIB + 3)
+    calls: list[int] = []
+    engine_sendfile = aio.sendfile
+
+    async def counted(transport: Any, file: Any, offset: int = 0, count: int | None = None) -> int:
+        calls.append(count or 0)
+        return await engine_sendfile(transport, file, offset, count)
+
+    monkeypatch.setattr(aio, "sendfile", counted)
+
+    def client(port: int) -> list[bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        bodies = []
+        for headers in ({}, {"Range": "bytes=100-199"}):
+            conn.request("GET", "/file", headers=headers)
+            resp = conn.getresponse()
+            assert resp.status in (200, 206)
+            bodies.append(resp.read())
+        conn.close()
+        return bodies
+
+    async def main() -> list[bytes]:
+        app = web.Application()
+        async def file(request: Any) -> Any:
+            return web.FileResponse(path)
+
+        app.router.add_get("/file", file)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        bodies = await loop.run_in_executor(None, client, port)
+        await runner.cleanup()
+        return bodies
+
+    factory = functools.partial(aio.new_event_loop, "asyncio")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        bodies = runner.run(asyncio.wait_for(main(), 60))
+    assert bodies == [data, data[100:200]]
+    assert calls == [len(data), 100], "aiohttp did not send through the engine"

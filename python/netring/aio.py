@@ -55,7 +55,7 @@ from .server import DEFAULT_GRACE_SECONDS, Server
 
 __all__ = ["AioServer", "PacketReader", "PacketWriter", "create_connection", "create_server",
            "engine_stats", "install", "new_event_loop", "open_connection",
-           "open_packet_connection", "start_packet_server", "start_server"]
+           "open_packet_connection", "sendfile", "start_packet_server", "start_server"]
 
 log = logging.getLogger("netring.aio")
 
@@ -397,6 +397,17 @@ async def open_connection(host: str, port: int, *, limit: int = _STREAM_LIMIT,
     return reader, writer
 
 
+async def sendfile(transport: Any, file: Any, offset: int = 0, count: int | None = None) -> int:
+    """Send ``count`` bytes of ``file`` from ``offset`` (``None``: to its
+    end) on a netring transport through the kernel, as ``loop.sendfile``
+    does (and, as it does, leave the file's position after the bytes sent);
+    returns how many were sent, once all are. See ``Transport.sendfile``."""
+    sent = await asyncio.wrap_future(transport.sendfile(file, offset, count))
+    if sent and hasattr(file, "seek"):
+        file.seek(offset + sent)
+    return sent
+
+
 # -- asyncio's own API on the engine (install) --------------------------------
 
 _fell_through: set[str] = set()
@@ -419,7 +430,8 @@ def _unsupported(**given: Any) -> str | None:
 class _NetringLoop:
     """What ``install()`` adds to a loop class: ``create_server`` and
     ``create_connection`` for plain TCP by host and port run on the loop's
-    netring engine; the rest goes to the loop's own."""
+    netring engine, and ``sendfile`` on their transports through the
+    engine; the rest goes to the loop's own."""
 
     async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None,
                             port: Any = None, *, family: int = 0, flags: int = 0,
@@ -466,6 +478,14 @@ class _NetringLoop:
                 server_hostname=server_hostname, **more)
         return await create_connection(protocol_factory, host, int(port),
                                        local_addr=local_addr)
+
+
+    async def sendfile(self, transport: Any, file: Any, offset: int = 0,
+                       count: int | None = None, *, fallback: bool = True) -> int:
+        if isinstance(transport, _native.Transport):
+            return await sendfile(transport, file, offset, count)
+        return await super().sendfile(  # type: ignore[misc]
+            transport, file, offset, count, fallback=fallback)
 
 
 class NetringEventLoop(_NetringLoop, asyncio.SelectorEventLoop):  # type: ignore[misc]
