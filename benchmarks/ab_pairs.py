@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = {"echo": "echo_bench.py", "framed": "framed_bench.py"}
+BENCHES = {"echo": "echo_bench.py", "framed": "framed_bench.py", "bulk": "bulk_bench.py"}
 
 
 def run_once(build: str, bench: str, scenarios: str, backend: str, duration: float) -> list[dict]:

@@ -318,6 +318,7 @@ def test_aiohttp_file_response_uses_the_engine(
 
     async def main() -> list[bytes]:
         app = web.Application()
+
         async def file(request: Any) -> Any:
             return web.FileResponse(path)
 
@@ -337,3 +338,28 @@ def test_aiohttp_file_response_uses_the_engine(
         bodies = runner.run(asyncio.wait_for(main(), 60))
     assert bodies == [data, data[100:200]]
     assert calls == [len(data), 100], "aiohttp did not send through the engine"
+
+
+def test_a_cold_file_is_read_off_the_io_thread(backend: str, tmp_path: Path) -> None:
+    """A window not in the page cache is read by the prefetch thread first."""
+    path, data = make_file(tmp_path, 8 * MIB)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # drop it from the cache
+    finally:
+        os.close(fd)
+
+    class Cold(netring.Protocol):
+        def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+            with open(path, "rb") as f:
+                transport.sendfile(f)
+            transport.close()
+
+    with serving(Cold, backend) as server:
+        with connect(server) as c:
+            assert recv_exactly(c, len(data)) == data
+        prefetches = server.stats()["file_prefetches"]
+    if prefetches == 0:
+        pytest.skip("the filesystem kept the file cached (or cannot tell)")
+    assert prefetches >= 1

@@ -158,6 +158,9 @@ POOL_METRICS: dict[str, tuple[str, str, str]] = {
     "write_buffer_aborts": ("netring_write_buffer_aborts", "counter",
                             "Connections aborted because their queued writes passed "
                             "max_write_buffer (a peer that does not read)."),
+    "file_prefetches": ("netring_file_prefetches", "counter",
+                        "sendfile windows not in the page cache, read on the prefetch "
+                        "thread before they were sent."),
     "bytes_in": ("netring_received_bytes", "counter",
                  "Bytes received on TCP connections (as on the wire: TLS records included)."),
     "bytes_out": ("netring_sent_bytes", "counter",

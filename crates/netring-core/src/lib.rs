@@ -7,8 +7,8 @@
 //! `tests/layers.rs` checks), from the bottom:
 //!
 //! 1. `error`, `config`, `stats`, `sync`, `memory`, `limits`, `housekeeping`,
-//!    `framing/`, `layer` — plain data and pure code (framers, the
-//!    stream-layer seam's traits);
+//!    `prefetch`, `framing/`, `layer` — plain data and pure code (framers,
+//!    the stream-layer seam's traits, the file prefetch thread);
 //! 2. `driver/` — the kernel side (io_uring, epoll) behind one trait;
 //! 3. `flow` — write flow control;
 //! 4. `conn/`, then `udp` — one connection's or endpoint's state;
@@ -38,6 +38,7 @@ pub mod limits;
 mod machine_tests;
 pub mod mailbox;
 mod memory;
+mod prefetch;
 mod shared;
 pub mod stats;
 pub mod sync;

@@ -53,6 +53,8 @@ pub enum Cmd {
     Wake,
     /// Queue bytes on a connection.
     Write { conn: ConnId, data: Vec<u8> },
+    /// The file window a connection waited for is in the page cache.
+    FileCached { conn: ConnId },
     /// Queue a file range on a connection (see `ConnRef::send_file`).
     SendFile {
         conn: ConnId,

@@ -26,6 +26,8 @@ pub struct Shared {
     pub(crate) memory: Memory,
     /// Why the engine stopped on its own (an IO thread died).
     pub(crate) failure: Mutex<Option<String>>,
+    /// Reads cold file windows into the page cache for `sendfile`.
+    pub(crate) prefetch: crate::prefetch::Prefetcher,
 }
 
 static NEXT_ENGINE_ID: AtomicU64 = AtomicU64::new(1);
@@ -51,6 +53,7 @@ impl Shared {
             next_token: AtomicU64::new(1),
             memory: Memory::new(max_buffer_memory),
             failure: Mutex::new(None),
+            prefetch: Default::default(),
         })
     }
 

@@ -21,6 +21,7 @@ pub struct Stats {
     pub(crate) frame_errors_malformed: AtomicU64,
     pub(crate) frame_timeouts: AtomicU64,
     pub(crate) write_buffer_aborts: AtomicU64,
+    pub(crate) file_prefetches: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -64,6 +65,9 @@ pub struct StatsSnapshot {
     /// Connections aborted because their queued writes passed
     /// `max_write_buffer` (a peer that does not read).
     pub write_buffer_aborts: u64,
+    /// `sendfile` windows that were not in the page cache, read on the
+    /// prefetch thread before they were sent.
+    pub file_prefetches: u64,
     /// Bytes buffered for connections now (queued writes, partial packets,
     /// held input), the quantity `max_buffer_memory` caps; counted only
     /// when that cap is set (0 otherwise).
@@ -97,6 +101,7 @@ impl Stats {
             frame_errors_malformed: self.frame_errors_malformed.load(Ordering::Relaxed),
             frame_timeouts: self.frame_timeouts.load(Ordering::Relaxed),
             write_buffer_aborts: self.write_buffer_aborts.load(Ordering::Relaxed),
+            file_prefetches: self.file_prefetches.load(Ordering::Relaxed),
             buffer_memory: 0,
         }
     }

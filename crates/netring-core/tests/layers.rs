@@ -234,6 +234,7 @@ fn modules_use_only_lower_layers() {
             "memory",
             "limits",
             "housekeeping",
+            "prefetch",
             "framing",
             "layer",
         ],

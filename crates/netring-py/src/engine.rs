@@ -527,6 +527,7 @@ impl Engine {
         d.set_item("frame_errors_malformed", s.frame_errors_malformed)?;
         d.set_item("frame_timeouts", s.frame_timeouts)?;
         d.set_item("write_buffer_aborts", s.write_buffer_aborts)?;
+        d.set_item("file_prefetches", s.file_prefetches)?;
         d.set_item("connections_refused", s.refused)?;
         d.set_item("buffer_memory", s.buffer_memory)?;
         d.set_item("backend", self.engine.backend().name())?;

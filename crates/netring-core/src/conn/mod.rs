@@ -232,6 +232,9 @@ pub(crate) struct Rare {
     pub(crate) counted: crate::limits::Counted,
     /// The stream layer between the wire and framing, if any.
     pub(crate) layer: Option<Box<Layered>>,
+    /// A file window is being read into the page cache (`prefetch`): no
+    /// send until it is.
+    pub(crate) prefetching: bool,
 }
 
 impl slab::Identified for Conn {

@@ -219,6 +219,11 @@ impl ThreadCore {
                 }
                 self.write_vec(conn, data);
             }
+            Cmd::FileCached { conn } => {
+                if let Some(r) = self.touch(conn).and_then(|c| c.rare.as_mut()) {
+                    r.prefetching = false;
+                }
+            }
             Cmd::SendFile {
                 conn,
                 fd,

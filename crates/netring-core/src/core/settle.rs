@@ -4,15 +4,17 @@
 //! buffer-memory accounting.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::SockRef;
 
 use super::{Ev, ThreadCore, LINGER_MAX};
-use crate::conn::{ConnError, State};
-use crate::driver::Driver;
+use crate::conn::{ConnError, ConnId, State};
+use crate::driver::{Driver, FileSpan};
 use crate::mailbox::Cmd;
+use crate::shared::Shared;
 use crate::stats::Stats;
 use crate::timer::Due;
 
@@ -64,6 +66,28 @@ impl ThreadCore {
         }
     }
 
+    /// Whether the file window `span` of `id` can be sent without waiting
+    /// for a disk; if not, it is being read on the prefetch thread, which
+    /// tells this thread (`Cmd::FileCached`) when it is in the page cache.
+    fn file_ready(engine: &Arc<Shared>, id: ConnId, span: FileSpan) -> bool {
+        // SAFETY: the descriptor is the send queue's own, open while queued.
+        let fd = unsafe { BorrowedFd::borrow_raw(span.fd) };
+        if span.len == 0 || crate::prefetch::cached(fd, span.offset + span.len as u64 - 1) {
+            return true;
+        }
+        let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(fd, 0) else {
+            return true; // no descriptor to spare: read it here
+        };
+        Stats::add(&engine.stats.file_prefetches, 1);
+        let weak = Arc::downgrade(engine);
+        let done = Box::new(move || {
+            if let Some(engine) = weak.upgrade() {
+                engine.mailboxes[usize::from(id.thread)].push(Cmd::FileCached { conn: id });
+            }
+        });
+        !engine.prefetch.request(dup, span.offset, span.len, done)
+    }
+
     /// Turn the state of every dirty connection into driver operations.
     pub(crate) fn settle<D: Driver>(&mut self, driver: &mut D) {
         self.resume_for_memory();
@@ -94,12 +118,23 @@ impl ThreadCore {
                         self.cache.put_state(state);
                     }
                 }
-            } else if !conn.send_inflight && !conn.sendq.is_empty() {
+            } else if !conn.send_inflight
+                && !conn.sendq.is_empty()
+                && !conn.rare.as_ref().is_some_and(|r| r.prefetching)
+            {
                 let send = conn.send.get_or_insert_with(|| self.cache.get_state());
                 conn.sendq.fill(send);
-                driver.send(slot, fd, send);
-                conn.send_inflight = true;
-                conn.send_cancel_sent = false;
+                if send
+                    .file
+                    .is_some_and(|span| !Self::file_ready(&self.engine, conn.id, span))
+                {
+                    conn.sendq.unpin();
+                    conn.rare().prefetching = true;
+                } else {
+                    driver.send(slot, fd, send);
+                    conn.send_inflight = true;
+                    conn.send_cancel_sent = false;
+                }
             }
             if conn.eof_requested
                 && !conn.eof_sent
