@@ -372,6 +372,7 @@ impl<'s> Model<'s> {
                     region.wrapping_sub(before)
                 );
             }
+            Packet::Built(_) => unreachable!("the fuzzer's decoders have no PacketAlloc"),
             Packet::Owned(_) => assert!(
                 end == region || region < before,
                 "packet #{} lies inside the current input (stream offset {region} >= {before}) but was copied",

@@ -80,6 +80,9 @@ pub struct EngineConfig {
     /// paused); `None`: no cap. At the cap, connections holding such bytes
     /// stop reading until the total falls to 3/4 of it.
     pub max_buffer_memory: Option<usize>,
+    /// Where large packets of a known size are reassembled (the bindings'
+    /// `bytes`: one copy); `None`: a vector, then the user's copy.
+    pub packet_alloc: Option<std::sync::Arc<dyn crate::framing::PacketAlloc>>,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +93,7 @@ impl Default for EngineConfig {
             buffer_size: DEFAULT_BUFFER_SIZE_BYTES,
             buffers_per_thread: DEFAULT_BUFFERS_PER_THREAD,
             max_buffer_memory: None,
+            packet_alloc: None,
         }
     }
 }

@@ -48,14 +48,17 @@ impl Engine {
         F: Fn(u16, IoLoop) + Send + Sync + 'static,
     {
         config.validate()?;
+        crate::housekeeping::tune_allocator();
         let selected = crate::driver::choose(config.backend)?;
         let backend = selected.backend;
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             backend,
             selected.fallback_reason,
             config.io_threads,
             config.max_buffer_memory,
-        )?);
+        )?;
+        shared.packet_alloc = config.packet_alloc.clone();
+        let shared = Arc::new(shared);
         let run_thread = Arc::new(run_thread);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::new();
@@ -130,13 +133,16 @@ impl Engine {
             )));
         }
         config.validate()?;
+        crate::housekeeping::tune_allocator();
         let selected = crate::driver::choose(config.backend)?;
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             selected.backend,
             selected.fallback_reason,
             1,
             config.max_buffer_memory,
-        )?);
+        )?;
+        shared.packet_alloc = config.packet_alloc.clone();
+        let shared = Arc::new(shared);
         let hosted = Hosted::new(shared.clone(), &config).map_err(Error::BackendUnavailable)?;
         let engine = Engine {
             shared,

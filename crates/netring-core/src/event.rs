@@ -375,6 +375,19 @@ impl<'b> Batch<'b> {
         }
     }
 
+    /// The [`PacketAlloc`](crate::framing::PacketAlloc) buffer `packet` (a
+    /// packet this batch delivered) was built in, handed back to the
+    /// handler, which then owns it (and must not use `packet` after it has
+    /// dropped it); `None` when it was not built in one.
+    pub fn take_built(&mut self, packet: &[u8]) -> Option<Box<dyn crate::framing::PacketBuf>> {
+        let mut core = self.core.borrow_mut();
+        let at = core.q.built.iter().position(|b| {
+            let bytes = b.bytes();
+            std::ptr::eq(bytes.as_ptr(), packet.as_ptr()) && bytes.len() == packet.len()
+        })?;
+        Some(core.q.built.swap_remove(at))
+    }
+
     /// Apply operations on this thread's connections directly.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut ThreadCore) -> R) -> R {
         f(&mut self.core.borrow_mut())
@@ -433,9 +446,9 @@ fn cut<'b>(
     };
     let mut raw = false;
     let end = match core.conn_and_retired(cur.conn) {
-        Some((c, _)) if c.frame_failed || c.state != State::Open => End::Stop,
-        Some((c, _)) if packets_only && c.decoder.is_raw() => End::Leave,
-        Some((c, _)) if c.read_paused => {
+        Some((c, _, _)) if c.frame_failed || c.state != State::Open => End::Stop,
+        Some((c, _, _)) if packets_only && c.decoder.is_raw() => End::Leave,
+        Some((c, _, _)) if c.read_paused => {
             if cur.offset < cur.len {
                 // SAFETY: as below.
                 let rest = unsafe {
@@ -445,7 +458,7 @@ fn cut<'b>(
             }
             End::Stop
         }
-        Some((c, retired)) => {
+        Some((c, retired, built)) => {
             raw = c.decoder.is_raw();
             let mut offset = cur.offset;
             loop {
@@ -466,6 +479,15 @@ fn cut<'b>(
                                 // SAFETY: as for held data: the buffer lives
                                 // (unmoved on the heap) in `retired` until the
                                 // dispatch ends.
+                                unsafe { std::slice::from_raw_parts(ptr, len) }
+                            }
+                            Packet::Built(b) => {
+                                let (ptr, len) = (b.bytes().as_ptr(), b.bytes().len());
+                                built.push(b);
+                                // SAFETY: as above: the buffer's bytes stay
+                                // where they are while it lives, in `built`
+                                // until the dispatch ends or the handler
+                                // takes it back (then it owns it).
                                 unsafe { std::slice::from_raw_parts(ptr, len) }
                             }
                         };

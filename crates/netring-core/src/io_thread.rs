@@ -27,7 +27,9 @@ use crate::driver::epoll::EpollDriver;
 use crate::driver::uring::UringDriver;
 use crate::driver::{Completion, Driver};
 use crate::event::{Batch, Handler};
-use crate::housekeeping::{release_free_memory, shrink_vec, RELEASE_MIN_BYTES, SCRATCH_KEEP};
+use crate::housekeeping::{
+    allocator_tuned, release_free_memory, shrink_vec, RELEASE_MIN_BYTES, SCRATCH_KEEP,
+};
 use crate::mailbox::Cmd;
 use crate::shared::Shared;
 
@@ -297,6 +299,7 @@ impl<D: Driver + Send> Turns<D> {
             driver.release(bid);
         }
         c.q.retired.clear();
+        c.q.built.clear();
         // 3. State into operations.
         c.enforce_deadline(now);
         c.settle(driver);
@@ -310,7 +313,7 @@ impl<D: Driver + Send> Turns<D> {
                 + shrink_vec(&mut self.completions)
                 + shrink_vec(&mut self.cmds)
                 + mailbox.shrink();
-            if freed >= RELEASE_MIN_BYTES {
+            if freed >= RELEASE_MIN_BYTES || allocator_tuned() {
                 release_free_memory();
             }
         }

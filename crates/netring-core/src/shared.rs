@@ -26,6 +26,9 @@ pub struct Shared {
     pub(crate) memory: Memory,
     /// Why the engine stopped on its own (an IO thread died).
     pub(crate) failure: Mutex<Option<String>>,
+    /// Where large packets of a known size are reassembled (see
+    /// `EngineConfig::packet_alloc`).
+    pub(crate) packet_alloc: Option<std::sync::Arc<dyn crate::framing::PacketAlloc>>,
     /// Reads cold file windows into the page cache for `sendfile`.
     pub(crate) prefetch: crate::prefetch::Prefetcher,
 }
@@ -54,6 +57,7 @@ impl Shared {
             memory: Memory::new(max_buffer_memory),
             failure: Mutex::new(None),
             prefetch: Default::default(),
+            packet_alloc: None,
         })
     }
 

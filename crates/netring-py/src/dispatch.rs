@@ -684,11 +684,11 @@ impl<'py> PyHandler<'py> {
             entry = switched;
         }
         let resp = entry.transport.get().is_resp();
-        let packet = |data: &[u8]| -> Bound<'_, PyAny> {
+        let packet = |batch: &mut Batch<'b>, data: &[u8]| -> Bound<'_, PyAny> {
             if resp {
                 resp_command(py, data)
             } else {
-                PyBytes::new(py, data).into_any()
+                packet_bytes(py, batch, data)
             }
         };
         let methods = entry.methods.clone();
@@ -696,7 +696,7 @@ impl<'py> PyHandler<'py> {
             let mut run = recycle(std::mem::take(&mut self.run));
             run.push(first);
             batch.packets_of(conn, &mut run);
-            let list = PyList::new(py, run.iter().map(|data| packet(data)));
+            let list = PyList::new(py, run.iter().map(|data| packet(batch, data)));
             self.run = recycle(run);
             let Ok(list) = list else {
                 return;
@@ -710,7 +710,7 @@ impl<'py> PyHandler<'py> {
             });
             return;
         }
-        let bytes = packet(first);
+        let bytes = packet(batch, first);
         self.call(conn, "packet_received", |e| {
             match &e.methods.packet_received {
                 Some(m) => m.call1(py, &e.protocol, bytes),
@@ -1055,6 +1055,83 @@ impl Handler for PyHandler<'_> {
 
     fn park<R: Send>(&mut self, wait: impl FnOnce() -> R + Send) -> R {
         self.py.detach(wait)
+    }
+}
+
+/// The `bytes` a packet is delivered as: the one it was built in when the
+/// engine reassembled it in one of ours (`BytesAlloc`: copied once), else a
+/// copy of it.
+fn packet_bytes<'py>(py: Python<'py>, batch: &mut Batch<'_>, data: &[u8]) -> Bound<'py, PyAny> {
+    if data.len() >= netring_core::framing::BUILD_MIN_BYTES {
+        if let Some(built) = batch.take_built(data) {
+            if let Ok(buf) = built.into_any().downcast::<BytesBuf>() {
+                return buf.obj.into_bound(py).into_any();
+            }
+        }
+    }
+    PyBytes::new(py, data).into_any()
+}
+
+/// The engine's `PacketAlloc`: large packets of a known size are
+/// reassembled straight into a new `bytes` of that size (called on the IO
+/// thread while it holds the GIL, in the middle of a dispatch).
+#[derive(Debug)]
+pub struct BytesAlloc;
+
+impl netring_core::framing::PacketAlloc for BytesAlloc {
+    fn alloc(&self, len: usize) -> Option<Box<dyn netring_core::framing::PacketBuf>> {
+        Python::attach(|py| {
+            // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new,
+            // uninitialised `bytes` of n bytes, or NULL with MemoryError set
+            // (cleared here: the engine then reassembles as usual). Nobody
+            // else sees it until every byte is written (`BytesBuf`).
+            unsafe {
+                let obj = pyo3::ffi::PyBytes_FromStringAndSize(
+                    std::ptr::null(),
+                    len as pyo3::ffi::Py_ssize_t,
+                );
+                if obj.is_null() {
+                    drop(PyErr::take(py));
+                    return None;
+                }
+                let ptr = pyo3::ffi::PyBytes_AsString(obj) as *mut u8;
+                let obj = Bound::from_owned_ptr(py, obj)
+                    .cast_into_unchecked::<PyBytes>()
+                    .unbind();
+                Some(Box::new(BytesBuf { obj, ptr, len })
+                    as Box<dyn netring_core::framing::PacketBuf>)
+            }
+        })
+    }
+}
+
+/// A `bytes` being filled by the engine's decoder (see `BytesAlloc`).
+#[derive(Debug)]
+struct BytesBuf {
+    obj: Py<PyBytes>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the object is not shared with anyone until the decoder hands it
+// back complete (`packet_bytes`); until then only the IO thread that owns
+// the connection writes through `ptr`, inside the object's storage, which
+// never moves while `obj` holds the only reference.
+unsafe impl Send for BytesBuf {}
+
+impl netring_core::framing::PacketBuf for BytesBuf {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: see the `Send` impl.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: see the `Send` impl; `&mut self` is the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 }
 

@@ -44,6 +44,7 @@ fn engine_config(
     let mut config = EngineConfig {
         io_threads,
         max_buffer_memory,
+        packet_alloc: Some(std::sync::Arc::new(crate::dispatch::BytesAlloc)),
         ..Default::default()
     };
     config.backend = backend

@@ -109,9 +109,9 @@ impl ThreadCore {
     pub(crate) fn conn_and_retired(
         &mut self,
         id: ConnId,
-    ) -> Option<(&mut Conn, &mut Vec<Vec<u8>>)> {
+    ) -> Option<(&mut Conn, &mut Vec<Vec<u8>>, &mut queues::Built)> {
         let conn = self.conns.get_mut(id)?;
-        Some((conn, &mut self.q.retired))
+        Some((conn, &mut self.q.retired, &mut self.q.built))
     }
 
     fn mark_dirty(dirty: &mut Vec<usize>, conn: &mut Conn) {
@@ -328,6 +328,7 @@ impl ThreadCore {
             .conns
             .insert_with(|id| Conn::new(id, fd, options.framing.clone(), now));
         let conn = self.conns.get_mut(id).expect("just inserted");
+        conn.decoder.set_alloc(self.engine.packet_alloc.clone());
         conn.max_write_buffer = options.max_write_buffer;
         conn.frame_timeout = options.frame_timeout;
         if let Some(t) = options.idle_timeout {

@@ -48,8 +48,10 @@ impl ThreadCore {
 
     /// Cut `id`'s stream by `framing` from the next byte on.
     pub fn set_framing(&mut self, id: ConnId, framing: Framing) {
+        let alloc = self.engine.packet_alloc.clone();
         let Some(conn) = self.conn(id) else { return };
         conn.decoder.set_framing(framing);
+        conn.decoder.set_alloc(alloc);
         // Bytes buffered under the old rule may already hold packets under
         // the new one: unless this connection's chunk is being cut right
         // now, queue an empty read so they are re-framed at once.

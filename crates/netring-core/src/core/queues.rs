@@ -120,6 +120,9 @@ pub(crate) struct Cursor {
     pub(crate) offset: usize,
 }
 
+/// Packets built in `PacketAlloc` buffers during a dispatch.
+pub(crate) type Built = Vec<Box<dyn crate::framing::PacketBuf>>;
+
 /// The queues of one dispatch.
 #[derive(Default)]
 pub(crate) struct Queues {
@@ -134,6 +137,10 @@ pub(crate) struct Queues {
     pub(crate) chunks_out: Vec<u16>,
     /// Held data delivered in this batch; dropped after dispatch.
     pub(crate) retired: Vec<Vec<u8>>,
+    /// Packets built in a `PacketAlloc` buffer delivered in this batch:
+    /// the handler may take each back (`Batch::take_built`), else they are
+    /// dropped after dispatch.
+    pub(crate) built: Built,
     /// Places under listener limits whose `Closed` was delivered in this
     /// dispatch: freed after it, so that a new connection's
     /// `connection_made` never runs before the old one's `connection_lost`.

@@ -6,13 +6,24 @@ use super::{FrameError, Framing};
 
 /// One decoded packet: borrowed from the input when it lay inside one
 /// input, owned when it was reassembled.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Packet<'a> {
     /// A slice of the input passed to `decode`.
     Borrowed(&'a [u8]),
     /// Reassembled from several inputs.
     Owned(Vec<u8>),
+    /// Reassembled into a buffer from the decoder's [`PacketAlloc`], sized
+    /// from the length header (the bindings' own `bytes`).
+    Built(Box<dyn PacketBuf>),
 }
+
+impl PartialEq for Packet<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Packet<'_> {}
 
 impl Packet<'_> {
     /// The packet's bytes.
@@ -20,6 +31,7 @@ impl Packet<'_> {
         match self {
             Packet::Borrowed(b) => b,
             Packet::Owned(v) => v,
+            Packet::Built(b) => b.bytes(),
         }
     }
 
@@ -28,9 +40,33 @@ impl Packet<'_> {
         match self {
             Packet::Borrowed(b) => Packet::Owned(b.to_vec()),
             Packet::Owned(v) => Packet::Owned(v),
+            Packet::Built(b) => Packet::Built(b),
         }
     }
 }
+
+/// Makes the buffers large packets of a known size (length-prefixed,
+/// fixed-size) are reassembled into, so that their bytes are copied once:
+/// from the receive buffers straight into the object the user receives.
+pub trait PacketAlloc: Send + Sync + std::fmt::Debug {
+    /// A buffer of exactly `len` bytes (its contents will all be written);
+    /// `None` (no memory): the packet is reassembled as usual.
+    fn alloc(&self, len: usize) -> Option<Box<dyn PacketBuf>>;
+}
+
+/// A buffer from a [`PacketAlloc`]; its bytes stay where they are while it
+/// lives.
+pub trait PacketBuf: Send + std::fmt::Debug {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// The buffer as itself, for the allocator's owner to take back.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+/// Packets at least this large (and of a size known from their header) are
+/// built in a [`PacketAlloc`] buffer when the decoder has one; smaller ones
+/// are copied twice as before, which costs less than the allocator's call.
+pub const BUILD_MIN_BYTES: usize = 32 * 1024;
 
 /// A connection's framing rule plus its partial packet.
 ///
@@ -59,6 +95,10 @@ struct Rule {
     finder: Option<Box<memmem::Finder<'static>>>,
     /// Resp: how far the command in progress was scanned.
     resp: super::resp::Scan,
+    /// Where large packets of a known size are built (see `PacketAlloc`).
+    alloc: Option<std::sync::Arc<dyn PacketAlloc>>,
+    /// The packet being built there, and how much of it is filled.
+    built: Option<(Box<dyn PacketBuf>, usize)>,
 }
 
 impl Decoder {
@@ -81,16 +121,26 @@ impl Decoder {
 
     /// Bytes of reassembly memory allocated (capacity, not length).
     pub fn allocated(&self) -> usize {
-        self.rule
-            .as_ref()
-            .map_or(0, |r| r.partial.capacity() + r.replay.capacity())
+        self.rule.as_ref().map_or(0, |r| {
+            r.partial.capacity()
+                + r.replay.capacity()
+                + r.built.as_ref().map_or(0, |b| b.0.bytes().len())
+        })
     }
 
     /// Bytes held for an incomplete packet.
     pub fn buffered(&self) -> usize {
-        self.rule
-            .as_ref()
-            .map_or(0, |r| r.header_len + r.partial.len() + r.replay.len())
+        self.rule.as_ref().map_or(0, |r| {
+            r.header_len + r.partial.len() + r.replay.len() + r.built.as_ref().map_or(0, |b| b.1)
+        })
+    }
+
+    /// Build large packets of a known size in buffers from `alloc` (until
+    /// the rule changes: set it again then). Raw has nothing to build.
+    pub fn set_alloc(&mut self, alloc: Option<std::sync::Arc<dyn PacketAlloc>>) {
+        if let Some(rule) = self.rule.as_mut() {
+            rule.alloc = alloc;
+        }
     }
 
     /// Whether a packet has started but not finished.
@@ -107,6 +157,9 @@ impl Decoder {
         };
         let mut pending = Vec::with_capacity(old.header_len + old.partial.len() + old.replay.len());
         pending.extend_from_slice(&old.header[..old.header_len]);
+        if let Some((buf, filled)) = old.built.take() {
+            pending.extend_from_slice(&buf.bytes()[..filled]);
+        }
         pending.append(&mut old.partial);
         pending.append(&mut old.replay);
         if pending.is_empty() {
@@ -153,6 +206,8 @@ impl Rule {
             finder: framing_finder_source(&framing)
                 .map(|d| Box::new(memmem::Finder::new(&d).into_owned())),
             resp: Default::default(),
+            alloc: None,
+            built: None,
             framing,
         }
     }
@@ -321,8 +376,29 @@ impl Rule {
         want: usize,
     ) -> (usize, Option<Packet<'a>>) {
         let rest = &input[offset..];
-        if self.partial.is_empty() && rest.len() >= want {
+        if self.partial.is_empty() && self.built.is_none() && rest.len() >= want {
             return (want, Some(Packet::Borrowed(&rest[..want])));
+        }
+        if self.built.is_none() && want >= BUILD_MIN_BYTES && self.partial.is_empty() {
+            // NOTE: sized from the header at once (that is the point: one
+            // copy). A peer that declares a large packet and sends little
+            // holds up to `max_packet` here, counted in the buffer memory
+            // (`max_buffer_memory`) and bounded in time by `frame_timeout`.
+            self.built = self
+                .alloc
+                .as_ref()
+                .and_then(|a| a.alloc(want))
+                .map(|b| (b, 0));
+        }
+        if let Some((buf, filled)) = self.built.as_mut() {
+            let take = (want - *filled).min(rest.len());
+            buf.bytes_mut()[*filled..*filled + take].copy_from_slice(&rest[..take]);
+            *filled += take;
+            if *filled < want {
+                return (take, None);
+            }
+            let (buf, _) = self.built.take().expect("just filled");
+            return (take, Some(Packet::Built(buf)));
         }
         let take = (want - self.partial.len()).min(rest.len());
         let len = self.partial.len();

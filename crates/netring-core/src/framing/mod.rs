@@ -22,7 +22,7 @@ mod decoder;
 pub mod reference;
 pub mod resp;
 
-pub use decoder::{Decoder, Packet};
+pub use decoder::{Decoder, Packet, PacketAlloc, PacketBuf, BUILD_MIN_BYTES};
 
 use std::fmt;
 
