@@ -40,6 +40,8 @@ pub struct BufPool {
     peak: usize,
     count: usize,
     size: usize,
+    /// Buffers a trim always leaves allocated.
+    keep_min: usize,
 }
 
 impl BufPool {
@@ -60,7 +62,15 @@ impl BufPool {
             peak: 0,
             count,
             size,
+            keep_min: KEEP_MIN,
         })
+    }
+
+    /// Let trims free every buffer not lent (a pool of large buffers, used
+    /// only by streams, should not stay resident after one).
+    pub fn keeping_none(mut self) -> Self {
+        self.keep_min = 0;
+        self
     }
 
     /// Size of every buffer, in bytes.
@@ -116,14 +126,14 @@ impl BufPool {
     /// Whether a trim could free something (now, or at the next trim if
     /// this interval's peak still covers the free buffers).
     pub fn has_spares(&self) -> bool {
-        self.lent + self.free.len() > KEEP_MIN.max(self.lent)
+        self.lent + self.free.len() > self.keep_min.max(self.lent)
     }
 
     /// Free the coldest free buffers beyond the most that were lent at once
     /// since the last trim (at least [`KEEP_MIN`] stay). Returns the bytes
     /// freed. Lent buffers are never touched.
     pub fn trim(&mut self) -> usize {
-        let keep = self.peak.max(KEEP_MIN);
+        let keep = self.peak.max(self.keep_min);
         let mut freed = 0;
         while self.lent + self.free.len() > keep {
             let Some(bid) = self.free.pop_front() else {

@@ -89,13 +89,23 @@ const KIND_WAKE: u8 = 4;
 
 /// Readiness events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 256;
-/// Buffers filled per recv readiness before the next socket gets its turn
-/// (256 KiB of 16 KiB buffers: asyncio's read size; the dispatch joins them
-/// into one `data_received`). A read that does not fill its buffer ends the
-/// readiness, so only streams ever take more than one. 4 cost 25 % more CPU
-/// per byte at 1 MiB messages (ab_pairs.py, bulk, epoll), and 64/256 KiB
-/// were level.
+/// Reads per recv readiness before the next socket gets its turn, and the
+/// bytes they may bring: 256 KiB (asyncio's read size; the dispatch joins
+/// them into one `data_received`). A read that does not fill its buffer
+/// ends the readiness, so only streams ever read more than once. Allowing
+/// 16 reads instead of 4 cost 20 % less CPU per byte at 1 MiB messages
+/// (ab_pairs.py, bulk, epoll); 64/256 KiB were level.
 const RECV_BUFFERS_PER_READINESS: usize = 16;
+const READ_BYTES_PER_READINESS: usize = 256 * 1024;
+/// After a read filled a small buffer, the next reads of that readiness go
+/// to one of these large buffers when one is free: a 256 KiB message is two
+/// `recv`s, not sixteen (allocated on first use, freed by the trim once
+/// unused; never more than this many per IO thread: 4 MiB).
+const LARGE_BUFFERS: usize = 16;
+const LARGE_BUFFER_BYTES: usize = 256 * 1024;
+/// The bit that marks a large buffer's id (small ids stay below 32,768:
+/// `buffers_per_thread` is at most that).
+const LARGE_BID: u16 = 0x8000;
 /// Datagrams read per endpoint readiness.
 const DGRAMS_PER_READINESS: usize = 32;
 /// Connections accepted per listener readiness.
@@ -192,6 +202,8 @@ struct DgramOps {
 pub struct EpollDriver {
     epoll: OwnedFd,
     pool: BufPool,
+    /// Large buffers for streams (see `LARGE_BUFFERS`).
+    large: BufPool,
     /// Indexed by slot; `None` for slots the driver has nothing on.
     conns: Vec<Option<ConnOps>>,
     /// UDP endpoints, indexed by their own slot.
@@ -218,6 +230,7 @@ impl EpollDriver {
         Ok(EpollDriver {
             epoll,
             pool: BufPool::new(buffers, buffer_size)?,
+            large: BufPool::new(LARGE_BUFFERS, LARGE_BUFFER_BYTES)?.keeping_none(),
             conns: Vec::new(),
             dgrams: Vec::new(),
             sends: HashMap::new(),
@@ -322,7 +335,7 @@ impl EpollDriver {
         let mut ended = false;
         let readable = EventFlags::IN | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
         if conn.recv && flags.intersects(readable) {
-            if let Some(result) = read_ready(conn.fd, slot, &mut self.pool, out) {
+            if let Some(result) = read_ready(conn.fd, slot, &mut self.pool, &mut self.large, out) {
                 conn.recv = false;
                 ended = true;
                 out.push(Completion::Recv {
@@ -759,15 +772,19 @@ impl Driver for EpollDriver {
     }
 
     fn release(&mut self, bid: u16) {
-        self.pool.put(bid);
+        if bid & LARGE_BID != 0 {
+            self.large.put(bid & !LARGE_BID);
+        } else {
+            self.pool.put(bid);
+        }
     }
 
     fn has_spare_buffers(&self) -> bool {
-        self.pool.has_spares()
+        self.pool.has_spares() || self.large.has_spares()
     }
 
     fn trim_buffers(&mut self) -> usize {
-        self.pool.trim()
+        self.pool.trim() + self.large.trim()
     }
 
     fn fd(&self) -> RawFd {

@@ -9,19 +9,42 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
 use super::bufpool::BufPool;
-use super::{borrow, DGRAMS_PER_READINESS, RECV_BUFFERS_PER_READINESS};
+use super::{
+    borrow, DGRAMS_PER_READINESS, LARGE_BID, READ_BYTES_PER_READINESS, RECV_BUFFERS_PER_READINESS,
+};
 use crate::driver::{Chunk, Completion, DgramResult, RecvResult};
 
-/// Read up to [`RECV_BUFFERS_PER_READINESS`] buffers from a readable socket;
-/// each becomes `Recv { Data, more: true }` in `out`. Returns the recv's
-/// final result if this readiness ended it.
+/// Read up to [`RECV_BUFFERS_PER_READINESS`] buffers from a readable socket
+/// (at most `READ_BYTES_PER_READINESS`); each becomes `Recv { Data, more:
+/// true }` in `out`. Once a read filled its buffer (a stream: more is
+/// waiting), the next reads go to a large buffer when one is free, so a
+/// large message takes a few `recv`s, not one per small buffer. Returns the
+/// recv's final result if this readiness ended it.
 pub(super) fn read_ready(
     fd: RawFd,
     slot: u32,
     pool: &mut BufPool,
+    large: &mut BufPool,
     out: &mut Vec<Completion>,
 ) -> Option<RecvResult> {
+    let mut streaming = false;
+    let mut total = 0;
     for i in 0..RECV_BUFFERS_PER_READINESS {
+        if total >= READ_BYTES_PER_READINESS {
+            return None;
+        }
+        if streaming {
+            if let Some(big) = large.take() {
+                match read_one(fd, slot, large, big, LARGE_BID, out) {
+                    Read::Full(n) => {
+                        total += n;
+                        continue;
+                    }
+                    Read::Drained => return None,
+                    Read::Ended(r) => return Some(r),
+                }
+            }
+        }
         let Some(bid) = pool.take() else {
             // NOTE: a pool that ran dry during this readiness does not end
             // the recv: the loop returns this turn's buffers before it waits
@@ -29,34 +52,75 @@ pub(super) fn read_ready(
             // io_uring); the loop re-arms the recv once buffers are back.
             return (i == 0).then_some(RecvResult::NoBuffers);
         };
+        match read_one(fd, slot, pool, bid, 0, out) {
+            Read::Full(n) => {
+                total += n;
+                streaming = true;
+            }
+            Read::Drained => return None,
+            Read::Ended(r) => return Some(r),
+        }
+    }
+    None
+}
+
+/// What one `recv` into a pool buffer did.
+enum Read {
+    /// Filled the buffer (`n` bytes): more is likely waiting.
+    Full(usize),
+    /// Read less than the buffer, or nothing yet (EAGAIN): drained.
+    Drained,
+    /// EOF or an error: the recv is over.
+    Ended(RecvResult),
+}
+
+/// `recv` into lent buffer `bid` of `pool` (reported as `bid | tag`),
+/// pushing what came as a `Recv` completion; the buffer goes back to the
+/// pool unless it holds data.
+fn read_one(
+    fd: RawFd,
+    slot: u32,
+    pool: &mut BufPool,
+    bid: u16,
+    tag: u16,
+    out: &mut Vec<Completion>,
+) -> Read {
+    loop {
         match rustix::net::recv(borrow(fd), pool.buf_mut(bid), RecvFlags::DONTWAIT) {
             Ok((_, 0)) => {
                 pool.put(bid);
-                return Some(RecvResult::Eof);
+                return Read::Ended(RecvResult::Eof);
             }
             Ok((_, len)) => {
                 let ptr = pool.ptr(bid);
                 out.push(Completion::Recv {
                     slot,
-                    result: RecvResult::Data(Chunk { ptr, len, bid }),
+                    result: RecvResult::Data(Chunk {
+                        ptr,
+                        len,
+                        bid: bid | tag,
+                    }),
                     more: true,
                 });
-                if len < pool.buf_size() {
-                    return None; // most likely drained; level triggering tells
-                }
+                // NOTE: a short read means the socket is most likely
+                // drained; level triggering tells if not.
+                return if len < pool.buf_size() {
+                    Read::Drained
+                } else {
+                    Read::Full(len)
+                };
             }
             Err(Errno::AGAIN) => {
                 pool.put(bid);
-                return None;
+                return Read::Drained;
             }
-            Err(Errno::INTR) => pool.put(bid),
+            Err(Errno::INTR) => {}
             Err(e) => {
                 pool.put(bid);
-                return Some(RecvResult::Err(e.into()));
+                return Read::Ended(RecvResult::Err(e.into()));
             }
         }
     }
-    None
 }
 
 /// Read up to [`DGRAMS_PER_READINESS`] datagrams, each into a pool buffer;

@@ -118,24 +118,27 @@ fn cancel_recv_completes_from_the_next_wait_once() {
 fn a_dry_pool_ends_the_recv_until_buffers_return() {
     let mut d = EpollDriver::new(2, 512).unwrap();
     let (ours, mut peer) = pair();
-    peer.write_all(&[7u8; 4096]).unwrap();
     d.arm_recv(1, ours.as_raw_fd());
-    // The first readiness fills both buffers and leaves the recv armed; the
-    // next one, with both still lent, finds the pool dry.
-    let got = collect(&mut d, 3);
-    assert_eq!(got.len(), 3, "{got:?}");
-    let bids: Vec<u16> = got[..2]
-        .iter()
-        .map(|c| data_of(c).expect("data").0)
-        .collect();
+    // Two readinesses each fill one buffer (512 bytes: the large buffer
+    // that follows a full one finds nothing more) and leave the recv
+    // armed; the third, with both still lent, finds the pool dry.
+    let mut bids = Vec::new();
+    for _ in 0..2 {
+        peer.write_all(&[7u8; 512]).unwrap();
+        let got = collect(&mut d, 1);
+        assert_eq!(got.len(), 1, "{got:?}");
+        bids.push(data_of(&got[0]).expect("data").0);
+    }
+    peer.write_all(&[7u8; 512]).unwrap();
+    let got = collect(&mut d, 1);
     assert!(
         matches!(
-            got[2],
-            Completion::Recv {
+            got[..],
+            [Completion::Recv {
                 result: RecvResult::NoBuffers,
                 more: false,
                 ..
-            }
+            }]
         ),
         "{got:?}"
     );
@@ -281,4 +284,36 @@ fn an_idle_connections_driver_record_stays_small() {
     // One per connection, idle ones included; a waiting send lives apart.
     let size = std::mem::size_of::<Option<super::ConnOps>>();
     assert!(size <= 12, "ConnOps grew to {size} bytes");
+}
+
+#[test]
+fn a_stream_is_read_into_large_buffers_after_a_full_small_one() {
+    let mut d = EpollDriver::new(64, 4096).unwrap();
+    let (ours, mut peer) = pair();
+    // A Unix socket pair's buffer holds it all at once.
+    peer.set_nonblocking(true).unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+    let mut sent = 0;
+    while sent < data.len() {
+        match peer.write(&data[sent..]) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    d.arm_recv(1, ours.as_raw_fd());
+    let chunks: Vec<(u16, Vec<u8>)> = collect(&mut d, 2).iter().filter_map(data_of).collect();
+    assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+    assert_eq!(chunks[0].1.len(), 4096, "a small buffer first");
+    assert_eq!(chunks[0].0 & super::LARGE_BID, 0);
+    assert_ne!(chunks[1].0 & super::LARGE_BID, 0, "then a large one");
+    assert!(chunks[1].1.len() > 4096);
+    let got: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.clone()).collect();
+    assert_eq!(got, data[..got.len()]);
+    for (bid, _) in &chunks {
+        d.release(*bid);
+    }
+    // Once nothing is lent, a quiet interval's trim frees every large buffer.
+    let freed = d.trim_buffers() + d.trim_buffers();
+    assert!(freed >= super::LARGE_BUFFER_BYTES, "{freed}");
+    d.cancel_recv(1, ours.as_raw_fd());
 }
