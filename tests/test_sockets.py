@@ -111,7 +111,7 @@ def test_systemd_socket_activation(backend: str) -> None:
     env = dict(os.environ, NETRING_BACKEND=backend)
     proc = subprocess.Popen(
         ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=echo",
-         sys.executable, "-m", "netring", "serve", "echo", "--port", "1"],
+         sys.executable, "-m", "netring", "serve", "echo", "--port", "1", "--backend", backend],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         # The first connection starts the service, which takes the socket.
