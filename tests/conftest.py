@@ -158,8 +158,10 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def thread_count() -> int:
-    return len(os.listdir("/proc/self/task"))
+def thread_ids() -> set[int]:
+    """This process's threads now. Compare sets, not counts: a thread an
+    earlier test left may end during a later one."""
+    return {int(t) for t in os.listdir("/proc/self/task")}
 
 
 # -- the command line as a child process --------------------------------------------

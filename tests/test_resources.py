@@ -42,7 +42,7 @@ from conftest import (
     fd_count,
     recv_exactly,
     serving,
-    thread_count,
+    thread_ids,
     wait_until,
 )
 from netring.servers.echo import Echo
@@ -244,7 +244,7 @@ def test_ten_thousand_concurrent_connections_echo_and_release_descriptors(
     if _HARD < MANY + 512:
         pytest.skip(f"RLIMIT_NOFILE hard limit {_HARD} < {MANY + 512}: "
                     "cannot hold 10,000 connections")
-    fds_before, threads_before = _settled_fd_count(), thread_count()
+    fds_before, threads_before = _settled_fd_count(), thread_ids()
     with serving(Echo, backend) as server:
         # Settled before the client starts; its two pipes add two descriptors.
         base = _settled_fd_count() + 2
@@ -267,7 +267,7 @@ def test_ten_thousand_concurrent_connections_echo_and_release_descriptors(
         assert stats["connections_accepted"] == MANY + 1
         assert stats["connections_closed"] == MANY + 1
     assert fd_count() == fds_before
-    assert wait_until(lambda: thread_count() == threads_before, 5)
+    assert wait_until(lambda: not thread_ids() - threads_before, 5)
 
 
 # --- descriptor exhaustion in a child server -------------------------------
