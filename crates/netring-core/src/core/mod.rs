@@ -328,7 +328,10 @@ impl ThreadCore {
             .conns
             .insert_with(|id| Conn::new(id, fd, options.framing.clone(), now));
         let conn = self.conns.get_mut(id).expect("just inserted");
-        conn.decoder.set_alloc(self.engine.packet_alloc.clone());
+        if !conn.decoder.is_raw() {
+            // (Raw has nothing to build: no Arc traffic per accepted connection.)
+            conn.decoder.set_alloc(self.engine.packet_alloc.clone());
+        }
         conn.max_write_buffer = options.max_write_buffer;
         conn.frame_timeout = options.frame_timeout;
         if let Some(t) = options.idle_timeout {
