@@ -37,6 +37,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import math
 import os
 import select
 import socket
@@ -77,7 +78,9 @@ class _Host:
         # NOTE: weak, like the loop: the loop's end must not wait for this
         # host (whose finalizer closes the engine) to let go of it.
         self._timer: weakref.ref[asyncio.Handle] | None = None
-        self._timer_when = 0.0
+        # When the timer fires (loop.time(), i.e. time.monotonic()); inf
+        # while there is none (cancelled, or it has fired).
+        self._timer_when = math.inf
         self.closed = False
         self._thread = threading.get_ident()
         self._closer: Any = None
@@ -88,45 +91,45 @@ class _Host:
         self._run()  # the first turn submits what the engine armed at start
 
     def _run(self) -> None:
-        loop = self._loop()
-        if self.closed or loop is None:
+        # NOTE: the hot path of every loop wake-up: one native call, and
+        # the timer touched only when the engine's deadline moves earlier.
+        if self.closed:
             return
-        if not self.turns.run_ready():
-            self._detach(loop)
-            return
-        self._schedule(loop)
+        when = self.turns.turn()
+        if when is None:
+            self._detach(self._loop())
+        elif when < self._timer_when:
+            self._schedule(when)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = math.inf
+        self._run()
 
     def _cancel_timer(self) -> None:
         timer = self._timer() if self._timer is not None else None
         if timer is not None:
             timer.cancel()
         self._timer = None
+        self._timer_when = math.inf
 
     def _kick(self) -> None:
         loop = self._loop()
         if loop is not None and not self.closed:
             loop.call_soon(self._run)
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        delay = self.turns.next_delay()
-        timer = self._timer() if self._timer is not None else None
-        if delay is None:
-            if timer is not None:
-                timer.cancel()
-                self._timer = None
+    def _schedule(self, when: float) -> None:
+        """Fire the timer at `when` (earlier than the one set, if any).
+
+        The engine nearly always has a deadline (its once-a-second
+        housekeeping): a timer that fires no later than needed is kept
+        instead of made anew every turn; one that fires early only runs an
+        idle turn. `inf` (nothing scheduled) never gets here."""
+        loop = self._loop()
+        if loop is None:
             return
-        now = loop.time()
-        when = now + delay
-        # NOTE: the engine nearly always has a deadline (its once-a-second
-        # housekeeping): keep a timer that fires no later than needed
-        # instead of making a new one every turn. One that fires early
-        # only runs an idle turn.
-        # (A timer whose time has come may be the one running this turn.)
-        if timer is not None and not timer.cancelled() and now < self._timer_when <= when:
-            return
-        if timer is not None:
-            timer.cancel()
-        self._timer = weakref.ref(loop.call_at(when, self._run))
+        self._cancel_timer()
+        self._timer = weakref.ref(loop.call_at(when, self._on_timer))
         self._timer_when = when
 
     def _detach(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -151,13 +154,13 @@ class _Host:
         self._detach(self._loop())
         self.pool._engine.shutdown(grace)
         end = time.monotonic() + grace + CLOSE_TIMEOUT
-        while self.turns.run_ready():
+        while (when := self.turns.turn()) is not None:
             left = end - time.monotonic()
             if left <= 0:
                 log.warning("netring.aio: the engine did not finish closing in time")
                 break
-            delay = self.turns.next_delay()
-            select.select([self.fd], [], [], min(left, 0.05 if delay is None else delay))
+            delay = max(0.0, when - time.monotonic())
+            select.select([self.fd], [], [], min(left, 0.05, delay))
         self.turns = None
         self._closer = None  # it holds the loop (its finalizer hook)
 

@@ -92,6 +92,10 @@ impl IoLoop {
     }
 }
 
+/// Rounds one [`Turns::run_ready`] makes while the kernel keeps completing
+/// what the last round submitted.
+const READY_ROUNDS: usize = 3;
+
 /// The one IO thread of a hosted engine ([`crate::Engine::start_hosted`]),
 /// driven by its owner (an asyncio loop's thread) through
 /// [`Hosted::run_ready`], [`Hosted::fd`] and [`Hosted::next_deadline`]:
@@ -236,10 +240,19 @@ impl<D: Driver + Send> Turns<D> {
     /// and hand the resulting operations to the kernel now. Returns false
     /// once the engine has shut down and this thread holds nothing.
     pub fn run_ready<H: Handler>(&mut self, handler: &mut H) -> bool {
-        self.wait(handler, Some(Duration::ZERO));
-        let running = self.process(handler);
-        if let Err(e) = self.driver.submit() {
-            log::error!("netring: IO thread {} submit failed: {e}", self.index);
+        let mut running = true;
+        for _ in 0..READY_ROUNDS {
+            self.wait(handler, Some(Duration::ZERO));
+            running = self.process(handler);
+            if let Err(e) = self.driver.submit() {
+                log::error!("netring: IO thread {} submit failed: {e}", self.index);
+            }
+            // NOTE: sends the submit completed at once (loopback, a socket
+            // with room) are reaped here, not after another trip through
+            // the owner's poller.
+            if !running || !self.driver.posted() {
+                break;
+            }
         }
         running
     }

@@ -337,6 +337,11 @@ pub trait Driver {
     fn has_pending(&self) -> bool {
         false
     }
+    /// Whether the kernel has posted completions since the last `wait`
+    /// (io_uring: operations a submit completed at once).
+    fn posted(&mut self) -> bool {
+        false
+    }
     /// Operations that still owe their final completion, wake read excluded.
     fn in_flight(&self) -> usize;
     /// Stop the wake read before exit; its final completion follows.
