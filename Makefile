@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 30
 SOAK_SECONDS ?= 60
 SOAK_OUT  ?= benchmarks/results/soak
 
-.PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls bench-bulk soak bench-quick fuzz clean
+.PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls bench-bulk bench-aio soak bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -77,6 +77,9 @@ bench-tls: build  ## TLS echo: netring (engine TLS) vs aiofastnet, uvloop/asynci
 bench-bulk: build  ## large messages (16 KiB-1 MiB echo: MB/s, CPU/MB) and a 1 GiB file through sendfile
 	$(PY) benchmarks/bulk_bench.py --repeat 3 --duration 4 --json benchmarks/results/bulk.json > benchmarks/results/bulk.md
 	$(PY) benchmarks/sendfile_bench.py --repeat 5 --json benchmarks/results/sendfile.json > benchmarks/results/sendfile.md
+
+bench-aio: build  ## inside asyncio: protocol/streams/websockets echo and uvicorn/aiohttp under wrk vs uvloop, aiofastnet, granian
+	$(PY) benchmarks/aio_bench.py --repeat 3 --duration 4 --json benchmarks/results/aio.json > benchmarks/results/aio.md
 
 bench-limits: build  ## RSS per idle connection, EMFILE recovery, connections/s vs uvloop
 	$(PY) benchmarks/limits_bench.py

@@ -130,9 +130,13 @@ def test_what_netring_does_not_do_falls_through(loop_kind: str) -> None:
         sock.bind(("127.0.0.1", 0))
         server = await loop.create_server(asyncio.Protocol, sock=sock)
         assert isinstance(server, aio.AioServer)
+        # As with asyncio's server, the socket given stays usable (aiohttp's
+        # SockSite, uvicorn read its name) until the server closes it.
+        assert sock.getsockname()[1] == server.port
         _r, w = await asyncio.open_connection("127.0.0.1", server.port)
         w.close()
         server.close()
+        assert sock.fileno() == -1, "the server closes the socket it was given"
         await server.wait_closed()
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         assert isinstance(server, aio.AioServer)

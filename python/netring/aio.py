@@ -241,6 +241,9 @@ class AioServer:
         self._listener: int | None = server._listener
         self._closed = loop.create_future()
         self._serving_forever: asyncio.Future[None] | None = None
+        # The socket a loop's create_server(sock=) was given: it stays open
+        # (and usable, as asyncio leaves it) until close().
+        self._given: socket.socket | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -271,6 +274,9 @@ class AioServer:
         what was written; those still open after the server's grace are
         aborted). Returns at once; ``await wait_closed()`` for the end."""
         listener, self._listener = self._listener, None
+        if self._given is not None:
+            self._given.close()
+            self._given = None
         if listener is None:
             return
         self._server._listener = None
@@ -455,10 +461,11 @@ class _NetringLoop:
                 start_serving=start_serving, **more)
         if tcp_sock:
             # asyncio's server owns the socket it is given: so does this one
-            # (the engine serves a duplicate; the original closes here).
+            # (the engine serves a duplicate; the original stays open, as
+            # asyncio's does, until the server closes).
             server = await create_server(protocol_factory, sock=sock, backlog=backlog,
                                          _close_connections=False)
-            sock.close()
+            server._given = sock
             return server
         return await create_server(protocol_factory, host or "0.0.0.0", int(port or 0),
                                    backlog=backlog, reuse_port=bool(reuse_port),

@@ -16,7 +16,9 @@ usage: netring-loadgen --port P [options]
   --depth D         messages outstanding per connection (default 1)
   --duration SECS   measured window (default 5)
   --warmup SECS     unmeasured warm-up before the window (default 1)
-  --mode M          raw | lp | line | udp (default raw)
+  --mode M          raw | lp | line | udp | ws (default raw); ws: each connection
+                    upgrades (GET / with Upgrade: websocket), then sends binary
+                    frames of --size bytes (at most 65535) and expects them echoed
   --timeout-ms MS   udp: a datagram unanswered this long is lost and replaced (default 200)
   --server-pid PID  sample this process's utime+stime from /proc at the window edges
   --extra-pid PID   sample another process too (e.g. a proxy's upstream), as extra_cpu_us
@@ -41,6 +43,10 @@ pub enum Mode {
     Line,
     /// UDP datagrams of S bytes: an 8-byte sequence number, then payload.
     Udp,
+    /// WebSocket (RFC 6455) after an HTTP upgrade of each connection: one
+    /// masked binary frame of S payload bytes; the echo is the unmasked
+    /// frame a server sends (its header differs from the one sent).
+    Ws,
 }
 
 impl Mode {
@@ -50,15 +56,27 @@ impl Mode {
             Mode::Lp => "lp",
             Mode::Line => "line",
             Mode::Udp => "udp",
+            Mode::Ws => "ws",
         }
     }
 
-    /// Bytes one message of payload size `size` takes on the wire.
+    /// Bytes the echo of one message of payload size `size` takes on the
+    /// wire (the message itself, except in ws mode: the server's frame).
     pub fn wire_len(self, size: usize) -> usize {
         match self {
             Mode::Lp => size + 4,
+            Mode::Ws => ws_header_len(size) + size,
             Mode::Raw | Mode::Line | Mode::Udp => size,
         }
+    }
+}
+
+/// A WebSocket frame header's length for `size` payload bytes, without a mask.
+pub fn ws_header_len(size: usize) -> usize {
+    if size < 126 {
+        2
+    } else {
+        4
     }
 }
 
@@ -139,8 +157,11 @@ impl Opts {
                         "lp" => Mode::Lp,
                         "line" => Mode::Line,
                         "udp" => Mode::Udp,
+                        "ws" => Mode::Ws,
                         _ => {
-                            return Err(format!("--mode must be raw, lp, line or udp, not {val:?}"))
+                            return Err(format!(
+                                "--mode must be raw, lp, line, udp or ws, not {val:?}"
+                            ))
                         }
                     }
                 }
@@ -151,6 +172,7 @@ impl Opts {
             Mode::Line => (3, MAX_SIZE_BYTES),
             Mode::Udp => (16, MAX_UDP_BYTES),
             Mode::Raw | Mode::Lp => (1, MAX_SIZE_BYTES),
+            Mode::Ws => (1, 65535),
         };
         if o.port == 0 {
             return Err("--port is required".into());

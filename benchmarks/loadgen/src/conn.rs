@@ -39,6 +39,10 @@ pub struct Conn<S = TcpStream> {
     recv_seq: u64,
     recv_off: usize,
     sent_at: VecDeque<Instant>,
+    /// ws mode: the frames to write (`window` then holds the echoes
+    /// expected, all counted as written) and how much of them is written.
+    frames: Vec<u8>,
+    frames_sent: usize,
 }
 
 const COMPACT_AFTER_BYTES: usize = 64 << 10;
@@ -62,6 +66,8 @@ impl<S: Write> Conn<S> {
             recv_seq: 0,
             recv_off: 0,
             sent_at: VecDeque::with_capacity(depth),
+            frames: Vec::new(),
+            frames_sent: 0,
         }
     }
 
@@ -80,6 +86,15 @@ impl<S: Write> Conn<S> {
                     stamped(&mut self.window, &self.body[..self.size - 2], seed);
                     self.window.extend_from_slice(b"\r\n");
                 }
+                Mode::Ws => {
+                    // A masked binary frame with a zero masking key (the
+                    // payload goes as is); the echo is the server's frame.
+                    ws_header(&mut self.frames, self.size, true);
+                    stamped(&mut self.frames, &self.body, seed);
+                    ws_header(&mut self.window, self.size, false);
+                    stamped(&mut self.window, &self.body, seed);
+                    self.sent = self.window.len();
+                }
             }
             self.sent_at.push_back(now);
             self.next_seq += 1;
@@ -88,6 +103,9 @@ impl<S: Write> Conn<S> {
 
     /// Write queued bytes until done or the socket buffer is full.
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.mode == Mode::Ws {
+            return self.flush_frames();
+        }
         while self.sent < self.window.len() {
             let want = self.window.len() - self.sent;
             match self.stream.write(&self.window[self.sent..]) {
@@ -105,6 +123,21 @@ impl<S: Write> Conn<S> {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    fn flush_frames(&mut self) -> io::Result<()> {
+        while self.frames_sent < self.frames.len() {
+            match self.stream.write(&self.frames[self.frames_sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.frames_sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.frames.clear();
+        self.frames_sent = 0;
         Ok(())
     }
 
@@ -166,6 +199,22 @@ impl<S: Write> Conn<S> {
             self.sent -= self.head;
             self.head = 0;
         }
+    }
+}
+
+/// Append a final binary frame's header for `size` payload bytes, masked
+/// (by a zero key) as a client's or unmasked as a server's.
+pub fn ws_header(out: &mut Vec<u8>, size: usize, masked: bool) {
+    let mask = if masked { 0x80 } else { 0 };
+    out.push(0x82);
+    if size < 126 {
+        out.push(mask | size as u8);
+    } else {
+        out.push(mask | 126);
+        out.extend_from_slice(&(size as u16).to_be_bytes());
+    }
+    if masked {
+        out.extend_from_slice(&[0; 4]);
     }
 }
 

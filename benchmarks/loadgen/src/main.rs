@@ -217,6 +217,9 @@ fn connect_all(
         let s = StdStream::connect_timeout(&addr, left)
             .map_err(|e| format!("connect {addr} (connection {i}): {e}"))?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
+        if o.mode == Mode::Ws {
+            ws_upgrade(&s, addr, left).map_err(|e| format!("upgrade (connection {i}): {e}"))?;
+        }
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
         let mut stream = TcpStream::from_std(s);
         poll.registry()
@@ -239,6 +242,41 @@ fn connect_all(
         conns.push(Some(peer));
     }
     Ok(conns)
+}
+
+/// Upgrade a blocking connection to WebSocket: send the request, read the
+/// response head (up to its blank line, nothing after it) and require 101.
+fn ws_upgrade(s: &StdStream, addr: SocketAddr, budget: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.set_read_timeout(Some(budget.max(Duration::from_millis(1))))
+        .map_err(|e| e.to_string())?;
+    (&*s)
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err("response head over 8 KiB".into());
+        }
+        match (&*s).read(&mut byte) {
+            Ok(0) => return Err("closed during the upgrade".into()),
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+        return Err(format!(
+            "expected 101, got {:?}",
+            String::from_utf8_lossy(line)
+        ));
+    }
+    s.set_read_timeout(None).map_err(|e| e.to_string())
 }
 
 /// Complete every connection's TLS handshake, all at once, before the
