@@ -238,8 +238,8 @@ def test_options_that_do_not_apply_inside_asyncio_are_refused() -> None:
     async def main() -> None:
         with pytest.raises(netring.ConfigurationError, match="io_threads"):
             await aio.create_server(AwaitingEcho, io_threads=2)
-        with pytest.raises(netring.ConfigurationError, match="workers"):
-            await aio.create_server(AwaitingEcho, workers=2)
+        with pytest.raises(netring.ConfigurationError, match="backend"):
+            await aio.create_server(AwaitingEcho, backend="epoll")
 
     run(main())
 
@@ -333,3 +333,49 @@ def test_a_framed_reader_reports_a_broken_stream(hosted_backend: str) -> None:
 
     run(main())
     assert len(errors) == 1
+
+
+def test_workers_run_callbacks_on_worker_threads_while_the_loop_goes_on(
+        hosted_backend: str) -> None:
+    loop_thread = threading.get_ident()
+    ran_on: set[int] = set()
+    blocked: list[int] = []
+    lost: list[int] = []
+    release = threading.Event()
+
+    class Blocking(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            ran_on.add(threading.get_ident())
+            blocked.append(1)
+            # Blocking work: held until the loop has seen both workers in it.
+            assert release.wait(10)
+            self.transport.write(data.upper())
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.append(threading.get_ident())
+
+    async def main() -> None:
+        server = await aio.create_server(Blocking, workers=2)
+        assert server.stats()["workers"]["threads"] == 2
+        clients = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        for _, writer in clients:
+            writer.write(b"abc")
+        # The loop keeps running while both workers block, at the same time.
+        while len(blocked) < 2:
+            await asyncio.sleep(0.005)
+        release.set()
+        replies = [await reader.readexactly(3) for reader, _ in clients]
+        assert replies == [b"ABC", b"ABC"]
+        assert loop_thread not in ran_on and len(ran_on) == 2
+        server.close()
+        await server.wait_closed()
+        assert len(lost) == 2 and loop_thread not in lost
+        for reader, writer in clients:
+            assert await reader.read() == b""
+            writer.close()
+        assert not any(t.name.startswith("netring-worker") for t in threading.enumerate())
+
+    run(main())

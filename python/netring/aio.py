@@ -28,7 +28,8 @@ workers pass one).
 ``await reader.read_packet()`` (or ``async for packet in reader``) returns
 whole packets cut by the engine, ``writer.send_packet()`` frames them.
 
-Not yet (issue #18): ``workers=``.
+``workers=`` runs every callback after ``connection_made`` on a worker
+thread, as on ``netring.Server``: blocking work off the loop.
 """
 
 from __future__ import annotations
@@ -281,13 +282,34 @@ class AioServer:
             return
         self._server._listener = None
         engine = self._server.pool._engine  # type: ignore[union-attr]
-        if self._close_connections:
+        work, self._server._work = self._server._work, None
+        if work is not None:
+            # NOTE: with workers= the shutdown waits for the worker threads
+            # (queued work, then connection_lost on them): a thread of its
+            # own does the waiting while this loop goes on driving the
+            # engine it waits for.
+            engine.unlisten(listener)
+            self._loop.create_task(self._finish_work(engine, listener, work))
+        elif self._close_connections:
             engine.close_listener(listener, self._grace, wait=False)
+            self._loop.create_task(self._finish(engine, listener))
         else:
             engine.unlisten(listener)
-        self._loop.create_task(self._finish(engine, listener))
+            self._loop.create_task(self._finish(engine, listener))
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.cancel()
+
+    async def _finish_work(self, engine: Any, listener: int, work: Any) -> None:
+        def close_connections(remaining: float) -> None:
+            engine.close_listener(listener, remaining, wait=True)
+
+        try:
+            await self._loop.run_in_executor(None, work.shutdown, self._grace,
+                                             close_connections)
+        finally:
+            engine.forget_listener(listener)
+            if not self._closed.done():
+                self._closed.set_result(None)
 
     async def _finish(self, engine: Any, listener: int) -> None:
         end = self._loop.time() + self._grace + 1.0
@@ -341,9 +363,12 @@ async def create_server(protocol_factory: Callable[[], Any], host: str = "127.0.
                         _close_connections: bool = True, **options: Any) -> AioServer:
     """Serve ``protocol_factory()`` protocols on ``host:port`` from the
     running loop's thread. ``options`` are ``netring.Server``'s (framing,
-    limits, timeouts, ``tls=``, ``backlog``, ``reuse_port``...) except the
-    pool's and ``workers``; ``grace`` is what ``close()`` gives connections
-    to finish. Returns once the server accepts connections."""
+    limits, timeouts, ``tls=``, ``backlog``, ``reuse_port``, ``workers``...)
+    except the pool's; ``grace`` is what ``close()`` gives connections to
+    finish. With ``workers=``, every callback after ``connection_made`` runs
+    on a worker thread (blocking work, off the loop), as on
+    ``netring.Server``; ``close()`` then lets queued work finish within
+    ``grace`` before closing. Returns once the server accepts connections."""
     loop = asyncio.get_running_loop()
     grace = check_seconds("grace", grace)
     for name in ("pool", "io_threads", "backend", "buffer_size", "buffers_per_thread",
@@ -352,10 +377,6 @@ async def create_server(protocol_factory: Callable[[], Any], host: str = "127.0.
             raise ConfigurationError(
                 f"{name}: not an option inside asyncio (the loop's engine is one IO thread: "
                 "the loop's own); set $NETRING_BACKEND for the backend")
-    if options.get("workers") is not None:
-        raise ConfigurationError(
-            "workers: not supported inside asyncio yet; run blocking work with "
-            "loop.run_in_executor from a task")
     server = Server(protocol_factory, host, port, pool=_host(loop).pool, **options)
     server.start()
     return AioServer(server, loop, grace, _close_connections)
