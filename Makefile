@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 30
 SOAK_SECONDS ?= 60
 SOAK_OUT  ?= benchmarks/results/soak
 
-.PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls bench-bulk bench-aio soak bench-quick fuzz clean
+.PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls bench-bulk bench-aio bench-proxy-v2 soak bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -80,6 +80,9 @@ bench-bulk: build  ## large messages (16 KiB-1 MiB echo: MB/s, CPU/MB) and a 1 G
 
 bench-aio: build  ## inside asyncio: protocol/streams/websockets echo and uvicorn/aiohttp under wrk vs uvloop, aiofastnet, granian
 	$(PY) benchmarks/aio_bench.py --repeat 3 --duration 4 --json benchmarks/results/aio.json > benchmarks/results/aio.md
+
+bench-proxy-v2: build  ## PROXY protocol v2 overhead: the echo with and without the PROXY layer, paired per repetition
+	$(PY) benchmarks/proxy_v2_bench.py --repeat 7 --json benchmarks/results/proxy_v2.json > benchmarks/results/proxy_v2.md
 
 bench-limits: build  ## RSS per idle connection, EMFILE recovery, connections/s vs uvloop
 	$(PY) benchmarks/limits_bench.py

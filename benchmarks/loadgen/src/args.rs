@@ -2,7 +2,7 @@
 //!
 //! `main` calls [`Opts::parse`] once; every option is validated here so the
 //! rest of the program can trust `size`, `conns` and `depth` to be usable.
-//! `--tls` and `--churn` are flags (no value); every other option takes one.
+//! `--tls`, `--churn` and `--proxy-v2` are flags (no value); every other option takes one.
 
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ usage: netring-loadgen --port P [options]
   --tls-ca FILE     PEM CA certificate(s) the server's certificate must chain to (with --tls)
   --tls-server-name NAME  name the certificate must be valid for, sent as SNI
                     (default: --host)
+  --proxy-v2        open every TCP connection with a PROXY protocol v2 header (TCP over
+                    IPv4, a made-up client 203.0.113.x per connection), as HAProxy's
+                    send-proxy-v2 does: for servers behind a balancer
   --churn           with --tls: every message on a new connection (connect, full
                     handshake without resumption, one echo of --size bytes, close_notify,
                     close); --conns of them in flight, --depth 1; msgs = handshakes
@@ -94,6 +97,7 @@ pub struct Opts {
     pub extra_pid: Option<u32>,
     pub udp_timeout: Duration,
     pub tls: bool,
+    pub proxy_v2: bool,
     pub tls_ca: Option<String>,
     pub tls_server_name: Option<String>,
     pub churn: bool,
@@ -118,6 +122,7 @@ impl Opts {
             extra_pid: None,
             udp_timeout: Duration::from_millis(200),
             tls: false,
+            proxy_v2: false,
             tls_ca: None,
             tls_server_name: None,
             churn: false,
@@ -131,6 +136,10 @@ impl Opts {
                 }
                 "--churn" => {
                     o.churn = true;
+                    continue;
+                }
+                "--proxy-v2" => {
+                    o.proxy_v2 = true;
                     continue;
                 }
                 _ => {}
@@ -188,6 +197,9 @@ impl Opts {
         }
         if o.tls && o.mode != Mode::Raw {
             return Err("--tls needs --mode raw".into());
+        }
+        if o.proxy_v2 && (o.mode == Mode::Udp || o.churn) {
+            return Err("--proxy-v2 needs a TCP mode without --churn".into());
         }
         if o.tls && o.tls_ca.is_none() {
             return Err("--tls needs --tls-ca FILE".into());

@@ -217,6 +217,11 @@ fn connect_all(
         let s = StdStream::connect_timeout(&addr, left)
             .map_err(|e| format!("connect {addr} (connection {i}): {e}"))?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
+        if o.proxy_v2 {
+            use std::io::Write;
+            (&s).write_all(&proxy_v2_header(i, addr))
+                .map_err(|e| format!("PROXY header (connection {i}): {e}"))?;
+        }
         if o.mode == Mode::Ws {
             ws_upgrade(&s, addr, left).map_err(|e| format!("upgrade (connection {i}): {e}"))?;
         }
@@ -242,6 +247,22 @@ fn connect_all(
         conns.push(Some(peer));
     }
     Ok(conns)
+}
+
+/// A PROXY protocol v2 header for connection `i`: PROXY, TCP over IPv4,
+/// from 203.0.113.(i % 250 + 1):(10000 + i) to `addr` (or 127.0.0.1).
+fn proxy_v2_header(i: usize, addr: SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&[203, 0, 113, (i % 250 + 1) as u8]);
+    let dst = match addr {
+        SocketAddr::V4(a) => a.ip().octets(),
+        SocketAddr::V6(_) => [127, 0, 0, 1],
+    };
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(&((10000 + i % 50000) as u16).to_be_bytes());
+    h.extend_from_slice(&addr.port().to_be_bytes());
+    h
 }
 
 /// Upgrade a blocking connection to WebSocket: send the request, read the
