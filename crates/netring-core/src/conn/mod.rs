@@ -287,6 +287,23 @@ impl Conn {
         self.rare.as_ref()?.layer.as_deref()
     }
 
+    /// Drop a spent layer (`StreamLayer::is_spent`) if no plaintext waits
+    /// for it and it has not ended the stream: the connection goes on as
+    /// an unlayered one. Returns whether it was dropped.
+    pub(crate) fn drop_spent_layer(&mut self) -> bool {
+        let Some(rare) = self.rare.as_mut() else {
+            return false;
+        };
+        let spent = rare
+            .layer
+            .as_ref()
+            .is_some_and(|l| l.layer.is_spent() && l.plain.is_empty() && !l.closed && !l.eof);
+        if spent {
+            rare.layer = None;
+        }
+        spent
+    }
+
     /// As [`Conn::layer`], mutably.
     pub(crate) fn layer_mut(&mut self) -> Option<&mut Layered> {
         self.rare.as_mut()?.layer.as_deref_mut()

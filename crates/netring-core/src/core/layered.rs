@@ -191,6 +191,13 @@ impl ThreadCore {
                         data: u.plain,
                     });
                 }
+                // NOTE: a PROXY header without TLS behind it: the layer
+                // would only copy bytes from here on. Later reads (even the
+                // rest of this completion batch) take the unlayered path,
+                // queued after the Held above, so order is kept.
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.drop_spent_layer();
+                }
             }
         } else if !out.plain.is_empty() && open {
             self.q.events.push_back(Ev::Held {

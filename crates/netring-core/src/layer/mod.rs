@@ -126,6 +126,15 @@ pub trait StreamLayer: Send {
         0
     }
 
+    /// Whether the layer has nothing left to do: ready, holding nothing,
+    /// and from now on passing bytes through unchanged both ways (a PROXY
+    /// header parsed, no TLS behind it). The core then drops it once the
+    /// connection opens: reads and writes take the unlayered path (no
+    /// copy through the layer), and `on_eof` / `on_close` are not called.
+    fn is_spent(&self) -> bool {
+        false
+    }
+
     /// What the protocol may ask about the layer (`get_extra_info`): taken
     /// once, when the layer becomes ready, and delivered with the event
     /// that opens the connection.

@@ -422,6 +422,10 @@ impl StreamLayer for Proxy {
         self.header.len() + self.inner.as_ref().map_or(0, |i| i.buffered())
     }
 
+    fn is_spent(&self) -> bool {
+        self.parsed.is_some() && self.inner.is_none() && self.header.is_empty()
+    }
+
     fn info(&self) -> LayerInfo {
         let mut info = self
             .inner
@@ -482,6 +486,36 @@ mod tests {
             .reason
             .contains("over 107"));
         assert!(parse(ProxyVersion::V2, b"PROXY UNKNOWN\r\n").is_err());
+    }
+
+    #[test]
+    fn a_parsed_header_without_an_inner_layer_is_spent() {
+        let factory = ProxyProtocol::new(
+            ProxyVersion::V2,
+            vec![Network {
+                addr: "127.0.0.1".parse().unwrap(),
+                prefix: 32,
+            }],
+            None,
+        );
+        let peer = Some("127.0.0.1:40000".parse().unwrap());
+        let mut layer = factory.new_layer(peer, None, false);
+        let mut out = LayerOut::default();
+        layer.on_start(&mut out).unwrap();
+        let mut body = vec![192, 0, 2, 1, 127, 0, 0, 1];
+        body.extend_from_slice(&56324u16.to_be_bytes());
+        body.extend_from_slice(&443u16.to_be_bytes());
+        let h = v2(1, 0x11, &body);
+        // Half a header: held, not spent.
+        layer.on_read(&h[..10], &mut out).unwrap();
+        assert!(!layer.is_spent() && !layer.is_ready());
+        // The rest and the first bytes of the stream: passed on, then spent.
+        layer
+            .on_read(&[&h[10..], b"hello"].concat(), &mut out)
+            .unwrap();
+        assert!(layer.is_ready() && layer.is_spent());
+        assert_eq!(out.plain, b"hello");
+        assert_eq!(layer.buffered(), 0);
     }
 
     #[test]
