@@ -79,8 +79,8 @@ class _Host:
         # NOTE: weak, like the loop: the loop's end must not wait for this
         # host (whose finalizer closes the engine) to let go of it.
         self._timer: weakref.ref[asyncio.Handle] | None = None
-        # When the timer fires (loop.time(), i.e. time.monotonic()); inf
-        # while there is none (cancelled, or it has fired).
+        # When the timer fires, on time.monotonic(); inf while there is
+        # none (cancelled, or it has fired).
         self._timer_when = math.inf
         self.closed = False
         self._thread = threading.get_ident()
@@ -130,7 +130,10 @@ class _Host:
         if loop is None:
             return
         self._cancel_timer()
-        self._timer = weakref.ref(loop.call_at(when, self._on_timer))
+        # NOTE: `when` is on time.monotonic(), which asyncio's and uvloop's
+        # loop.time() are; converted anyway for a loop with its own clock.
+        at = loop.time() + max(0.0, when - time.monotonic())
+        self._timer = weakref.ref(loop.call_at(at, self._on_timer))
         self._timer_when = when
 
     def _detach(self, loop: asyncio.AbstractEventLoop | None) -> None:
