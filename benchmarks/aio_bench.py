@@ -46,6 +46,7 @@ from echo_bench import (
     finish_run_args,
     footnotes,
     headline,
+    importable,
     machine_busy_pct,
     make_servers,
     medians,
@@ -54,6 +55,7 @@ from echo_bench import (
     run_servers,
     save_json,
     table,
+    wait_quiet,
 )
 
 PROTOCOL = [
@@ -159,16 +161,11 @@ def run_wrk(srv: Server, pin: list[str], duration: float) -> dict:
 
 def http_servers() -> list[Server]:
     servers = [srv for app in HTTP_APPS for srv in app_servers(app, "http")]
-    if _importable("granian"):
+    if importable("granian"):
         servers.insert(len(LOOPS), Server("granian", [sys.executable,
                                                        str(PEERS / "granian_hello.py")],
                                           mode="http"))
     return servers
-
-
-def _importable(module: str) -> bool:
-    probe = [sys.executable, "-c", f"import {module}"]
-    return subprocess.run(probe, check=False, capture_output=True).returncode == 0
 
 
 def run_http(args: argparse.Namespace, pins: tuple[bool, list[str], list[str]]
@@ -191,8 +188,6 @@ def run_http(args: argparse.Namespace, pins: tuple[bool, list[str], list[str]]
                 if not srv.alive():
                     continue
                 if args.wait_quiet:
-                    from echo_bench import wait_quiet
-
                     wait_quiet(args.wait_quiet)
                 time.sleep(args.warmup)
                 r = run_wrk(srv, pin_gen, args.duration)
@@ -211,13 +206,20 @@ def run_http(args: argparse.Namespace, pins: tuple[bool, list[str], list[str]]
 
 # --- report -----------------------------------------------------------------------------------
 
-def group_ratios(rows: list[dict], baseline_of: dict[str, str]) -> None:
-    """Ratios to the group's uvloop row and its aiofastnet row, per scenario."""
+def baseline(row: dict) -> str:
+    """The row's reference: the same application on uvloop (granian's: uvicorn's)."""
+    name = row["server"]
+    if name in ("netring-aio[asyncio]", "netring-aio[uvloop]", "uvloop", "aiofastnet"):
+        return "uvloop"
+    app = name.split("[")[0]
+    return f"{'uvicorn' if app == 'granian' else app}[uvloop]"
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Ratios to the baseline's row (and its aiofastnet twin) in the same scenario."""
     by = {(r["scenario"], r["server"]): r for r in rows}
     for row in rows:
-        if row["scenario"] not in baseline_of:
-            continue
-        name = baseline_of[row["scenario"]]
+        name = baseline(row)
         base = by.get((row["scenario"], name))
         fast = by.get((row["scenario"], name.replace("uvloop", "aiofastnet")))
         row["rate_vs_base"] = ratio(row, base, "msgs_per_s")
@@ -322,15 +324,7 @@ def main() -> None:
         scenarios.append(Scenario(f"http hello/{HTTP_CONNS}c", 0, HTTP_CONNS, 1, group="http"))
         names += [srv.name for srv in http_servers()]
     rows = medians(runs + http_runs, scenarios, names)
-    baseline_of = {sc.name: "uvloop" for sc in PROTOCOL}
-    baseline_of |= {sc.name: "streams[uvloop]" for sc in STREAMS}
-    baseline_of |= {sc.name: "ws[uvloop]" for sc in WEBSOCKETS}
-    for row in rows:
-        if row["scenario"].startswith("http"):
-            app = row["server"].split("[")[0]
-            row["_base"] = "uvicorn" if app == "granian" else app
-    group_ratios_http(rows)
-    group_ratios(rows, baseline_of)
+    add_ratios(rows)
     print(headline("Inside-asyncio benchmark", args, pins[0]) + "\n")
     print(table(rows, COLUMNS))
     checks = verdicts(rows)
@@ -345,19 +339,6 @@ def main() -> None:
                   {"skipped": skipped, "runs": runs + http_runs, "medians": rows})
     if not rows:
         sys.exit(1)
-
-
-def group_ratios_http(rows: list[dict]) -> None:
-    """HTTP rows: ratios to the same app on uvloop (granian: to uvicorn's)."""
-    by = {r["server"]: r for r in rows if r["scenario"].startswith("http")}
-    for row in rows:
-        if not row["scenario"].startswith("http"):
-            continue
-        app = row.pop("_base")
-        base, fast = by.get(f"{app}[uvloop]"), by.get(f"{app}[aiofastnet]")
-        row["rate_vs_base"] = ratio(row, base, "msgs_per_s")
-        row["cpu_vs_base"] = ratio(row, base, "server_cpu_us_per_msg")
-        row["rate_vs_fast"] = ratio(row, fast, "msgs_per_s")
 
 
 if __name__ == "__main__":
