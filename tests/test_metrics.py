@@ -122,6 +122,73 @@ def test_counters_move_with_traffic(backend: str) -> None:
         Scrape(endpoint.url, timeout=2)
 
 
+class PacketEcho(netring.Protocol):
+    """Echoes packets; a packet b"slow" blocks its callback for 30 ms first."""
+
+    def connection_made(self, transport: netring.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def packet_received(self, packet: bytes) -> None:
+        if packet == b"slow":
+            time.sleep(0.03)
+        self.transport.send_packet(packet)
+
+
+def bucket_counts(scrape: Scrape, name: str, **labels: str) -> list[tuple[float, float]]:
+    """A histogram's (le, cumulative count) pairs, in order of le."""
+    family = scrape.families[name]
+    assert family.type == "histogram", family.type
+    rows = [(float(s.labels["le"]), s.value) for s in family.samples
+            if s.name == f"{name}_bucket"
+            and all(s.labels.get(k) == v for k, v in labels.items())]
+    return sorted(rows)
+
+
+def test_frames_and_turn_and_callback_histograms(backend: str) -> None:
+    """Frames in and out count packets (several in one read too); the turn
+    and callback histograms are Prometheus histograms whose buckets add up,
+    and a callback that blocks for 30 ms lands above 16 ms in both."""
+    framing = netring.LengthPrefixed(2)
+    with serving(PacketEcho, backend, io_threads=1, framing=framing) as server, \
+            metrics.serve(0, servers={"echo": server}) as endpoint:
+        before = Scrape(endpoint.url)
+        assert before.value("netring_frames_received_total", pool="echo") == 0
+        assert before.value("netring_frames_sent_total", pool="echo") == 0
+        with socket.create_connection(server.address, timeout=10) as c:
+            one = b"\x00\x03abc"
+            c.sendall(one * 10)  # ten packets, most likely one read
+            assert recv_exactly(c, len(one) * 10) == one * 10
+            for _ in range(5):
+                c.sendall(one)
+                assert recv_exactly(c, len(one)) == one
+            c.sendall(b"\x00\x04slow")
+            assert recv_exactly(c, 6) == b"\x00\x04slow"
+        s = Scrape(endpoint.url)
+        assert s.value("netring_frames_received_total", pool="echo") == 16
+        assert s.value("netring_frames_sent_total", pool="echo") == 16
+        for name in ("netring_io_turn_seconds", "netring_callback_seconds"):
+            rows = bucket_counts(s, name, pool="echo")
+            assert rows[-1][0] == float("inf")
+            counts = [n for _, n in rows]
+            assert counts == sorted(counts), f"{name}: buckets not cumulative: {rows}"
+            total = s.value(f"{name}_count", pool="echo")
+            assert total == counts[-1] >= 7  # at least one turn per request above
+            assert s.value(f"{name}_sum", pool="echo") >= 0.03  # the slow callback
+            below_16ms = max(n for le, n in rows if le <= 0.016384)
+            assert below_16ms <= total - 1, f"{name}: the 30 ms callback is missing: {rows}"
+            # Bounds are powers of two microseconds.
+            assert [le for le, _ in rows[:3]] == [1e-06, 2e-06, 4e-06]
+        # Raw connections' writes are not frames.
+    with serving(Echo, backend, io_threads=1) as server:
+        with socket.create_connection(server.address, timeout=10) as c:
+            c.sendall(b"abc")
+            assert recv_exactly(c, 3) == b"abc"
+        stats = server.stats()
+        assert stats["frames_in"] == stats["frames_out"] == 0
+        turns = stats["turn_seconds"]
+        assert turns["count"] == turns["buckets"][-1][1] > 0
+
+
 def test_worker_pool_queue_depth(backend: str) -> None:
     gate = threading.Event()
 
@@ -257,10 +324,13 @@ def test_a_scrape_under_heavy_traffic_returns_quickly(backend: str) -> None:
 
 def _report(path: Path, pid: int, start: int, final: bool, accepted: float,
             open_: float) -> None:
+    turns = {"buckets": [["1e-06", accepted], ["2e-06", 2 * accepted],
+                         ["+Inf", 2 * accepted]], "sum": accepted / 1000}
     families = [
         ["netring_connections_accepted", "counter", "accepted", ["pool"],
          [[["echo"], accepted]]],
         ["netring_connections_open", "gauge", "open", ["pool"], [[["echo"], open_]]],
+        ["netring_io_turn_seconds", "histogram", "turns", ["pool"], [[["echo"], turns]]],
     ]
     path.write_text(json.dumps({"pid": pid, "start": start, "time": time.time(),
                                 "final": final, "families": families}))
@@ -290,6 +360,12 @@ def test_workers_collector_keeps_dead_workers_counters(tmp_path: Path) -> None:
         s = scrape()
         assert s[("netring_connections_accepted_total", frozenset({("pool", "echo")}))] == 22
         assert s[("netring_connections_open", frozenset({("pool", "echo")}))] == 3
+        # Histograms add bucket by bucket, exited workers' kept like counters.
+        assert s[("netring_io_turn_seconds_bucket",
+                  frozenset({("pool", "echo"), ("le", "2e-06")}))] == 44
+        assert s[("netring_io_turn_seconds_count", frozenset({("pool", "echo")}))] == 44
+        assert s[("netring_io_turn_seconds_sum", frozenset({("pool", "echo")}))] == \
+            pytest.approx(0.022)
         assert s[("netring_workers", frozenset())] == 1
         assert s[("netring_workers_exited_total", frozenset({("final", "true")}))] == 1
         assert s[("netring_workers_exited_total", frozenset({("final", "false")}))] == 1
@@ -298,6 +374,7 @@ def test_workers_collector_keeps_dead_workers_counters(tmp_path: Path) -> None:
     _report(tmp_path / "live.json", me, start[1] + 2, True, 12, 0)
     s = scrape()
     assert s[("netring_connections_accepted_total", frozenset({("pool", "echo")}))] == 24
+    assert s[("netring_io_turn_seconds_count", frozenset({("pool", "echo")}))] == 48
     assert ("netring_connections_open", frozenset({("pool", "echo")})) not in s
     assert s[("netring_workers", frozenset())] == 0
 
@@ -395,6 +472,8 @@ def test_cli_processes_combine_every_worker(backend: str) -> None:
                        backend_fallback_reason="") == 2
         assert s.value("netring_server_serving", server="echo") == 2
         assert s.value("netring_received_bytes_total", pool="echo") == 40 * 5
+        assert s.families["netring_io_turn_seconds"].type == "histogram"
+        assert s.value("netring_io_turn_seconds_count", pool="echo") > 0
         assert s.value("netring_workers_report_age_seconds") < 5
 
         # A killed worker: its counters stay in the totals, its replacement adds.

@@ -100,10 +100,12 @@ try:
         CollectorRegistry,
         CounterMetricFamily,
         GaugeMetricFamily,
+        HistogramMetricFamily,
         Metric,
         UnknownMetricFamily,
     )
     from prometheus_client.process_collector import ProcessCollector
+    from prometheus_client.utils import floatToGoString
 except ImportError as _e:  # pragma: no cover - the optional dependency
     raise ImportError(
         "netring.metrics needs prometheus_client: pip install 'prometheus_client>=0.20'"
@@ -165,6 +167,11 @@ POOL_METRICS: dict[str, tuple[str, str, str]] = {
                  "Bytes received on TCP connections (as on the wire: TLS records included)."),
     "bytes_out": ("netring_sent_bytes", "counter",
                   "Bytes handed to the kernel on TCP connections (TLS records included)."),
+    "frames_in": ("netring_frames_received", "counter",
+                  "Packets cut by a framing (length-prefixed, delimited, fixed-size, RESP) "
+                  "and delivered."),
+    "frames_out": ("netring_frames_sent", "counter",
+                   "Packets queued for sending framed (send_packet, send_packets)."),
     "datagrams_in": ("netring_datagrams_received", "counter", "UDP datagrams received."),
     "datagrams_out": ("netring_datagrams_sent", "counter", "UDP datagrams sent."),
     "datagrams_truncated": ("netring_datagrams_truncated", "counter",
@@ -175,6 +182,15 @@ POOL_METRICS: dict[str, tuple[str, str, str]] = {
                       "Bytes the engine buffers beyond its receive buffers (queued writes, "
                       "partial packets, held input); counted only under max_buffer_memory."),
     "io_threads": ("netring_io_threads", "gauge", "IO threads of the pool."),
+}
+#: ``IOPool.stats()`` histograms (``{"buckets": [(le, cumulative)], "sum": s}``).
+POOL_HISTOGRAMS: dict[str, tuple[str, str, str]] = {
+    "turn_seconds": ("netring_io_turn_seconds", "histogram",
+                     "Busy time of one IO-loop turn (completions, commands, callbacks, "
+                     "settling; not the wait), per IO thread turn."),
+    "callback_seconds": ("netring_callback_seconds", "histogram",
+                         "Time in Python callbacks per IO-loop turn that delivered events "
+                         "(every callback of that turn together)."),
 }
 #: Keys of ``IOPool.stats()`` that are not figures.
 _POOL_TEXT = {"backend", "backend_fallback_reason"}
@@ -224,8 +240,12 @@ WORKERS_METRICS: dict[str, tuple[str, str, str]] = {
 }
 
 # A family as plain data (what a worker writes and the supervisor reads):
-# [name, type, help, [label names], [[[label values], value], ...]]
+# [name, type, help, [label names], [[[label values], value], ...]]; a
+# histogram's value is {"buckets": [[le, cumulative count], ...], "sum": s}.
 Family = list[Any]
+
+#: Kinds whose samples only grow: an exited worker's are kept in the totals.
+_CUMULATIVE = {"counter", "histogram"}
 
 
 class _Families:
@@ -246,8 +266,29 @@ class _Families:
         return list(self.by_name.values())
 
 
+def _histogram(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A stats() histogram as plain data: bounds as Prometheus writes them."""
+    return {"buckets": [[floatToGoString(le), count] for le, count in value["buckets"]],
+            "sum": float(value["sum"])}
+
+
+def _merge(kind: str, a: Any, b: Any) -> Any:
+    """Two workers' values of one sample, summed."""
+    if kind != "histogram":
+        return a + b
+    return {"buckets": [[le, x + y] for (le, x), (_, y) in zip(a["buckets"], b["buckets"],
+                                                              strict=True)],
+            "sum": a["sum"] + b["sum"]}
+
+
 def _to_metric(family: Family) -> Metric:
     name, kind, doc, labelnames, samples = family
+    if kind == "histogram":
+        histogram = HistogramMetricFamily(name, doc, labels=labelnames)
+        for labelvalues, value in samples:
+            histogram.add_metric(labelvalues, [tuple(b) for b in value["buckets"]],
+                                 value["sum"])
+        return histogram
     cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}.get(kind,
                                                                           UnknownMetricFamily)
     metric = cls(name, doc, labels=labelnames)
@@ -259,7 +300,7 @@ def _to_metric(family: Family) -> Metric:
 def _describe() -> Iterator[Metric]:
     """The families a collector always serves, empty (for the registry's
     duplicate check)."""
-    specs = [*POOL_METRICS.values(), POOL_INFO, *SERVER_METRICS.values(),
+    specs = [*POOL_METRICS.values(), *POOL_HISTOGRAMS.values(), POOL_INFO, *SERVER_METRICS.values(),
              *WORKER_POOL_METRICS.values()]
     for name, kind, doc in specs:
         yield _to_metric([name, kind, doc, [], []])
@@ -372,6 +413,9 @@ class NetringCollector:
         for label, pool in pool_names.values():
             stats = pool.stats()
             for key, value in stats.items():
+                if key in POOL_HISTOGRAMS and isinstance(value, Mapping):
+                    out.add(POOL_HISTOGRAMS[key], ["pool"], [label], _histogram(value))
+                    continue
                 if key in _POOL_TEXT or isinstance(value, bool) or \
                         not isinstance(value, int | float):
                     continue
@@ -584,7 +628,7 @@ class WorkersCollector:
         self._directory = directory
         self._lock = threading.Lock()
         #: Counters of exited workers: (name, label values) -> value.
-        self._retired: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._retired: dict[tuple[str, tuple[str, ...]], Any] = {}
         #: What a family looks like: name -> (type, help, label names).
         self._meta: dict[str, tuple[str, str, list[str]]] = {}
         self._exited = {"true": 0, "false": 0}
@@ -623,21 +667,23 @@ class WorkersCollector:
                     continue
                 for name, kind, doc, labelnames, samples in report["families"]:
                     self._meta.setdefault(name, (kind, doc, labelnames))
-                    if kind != "counter":
+                    if kind not in _CUMULATIVE:
                         continue
                     for labelvalues, value in samples:
                         key = (name, tuple(labelvalues))
-                        self._retired[key] = self._retired.get(key, 0) + value
+                        old = self._retired.get(key)
+                        self._retired[key] = value if old is None else _merge(kind, old, value)
                 self._exited["true" if report.get("final") else "false"] += 1
                 with contextlib.suppress(OSError):
                     os.unlink(report["path"])
-            totals: dict[tuple[str, tuple[str, ...]], float] = dict(self._retired)
+            totals: dict[tuple[str, tuple[str, ...]], Any] = dict(self._retired)
             for report in live:
                 for name, kind, doc, labelnames, samples in report["families"]:
                     self._meta.setdefault(name, (kind, doc, labelnames))
                     for labelvalues, value in samples:
                         key = (name, tuple(labelvalues))
-                        totals[key] = totals.get(key, 0) + value
+                        old = totals.get(key)
+                        totals[key] = value if old is None else _merge(kind, old, value)
             # Gauges of exited workers are not kept; a name seen only then has none.
             families: dict[str, Family] = {}
             for (name, labelvalues), value in totals.items():

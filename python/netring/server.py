@@ -593,10 +593,17 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         """Counters: connections_open, connections_accepted,
-        connections_closed, bytes_in, bytes_out (over the whole pool when it
-        is shared), server_connections_open (this server's), backend,
-        backend_fallback_reason, io_threads; with ``workers=``, ``workers``:
-        the pool's ``WorkerPool.stats()``."""
+        connections_closed, bytes_in, bytes_out, frames_in, frames_out,
+        the frame and handshake failures (over the whole pool when it is
+        shared; the README's "Metrics" lists every key),
+        server_connections_open (this server's), backend,
+        backend_fallback_reason, io_threads; ``turn_seconds`` and
+        ``callback_seconds``, histograms of the IO threads' busy time per
+        turn and of the time in callbacks per turn that had events
+        (``{"buckets": [(upper bound in seconds, cumulative count), ...],
+        "count": n, "sum": seconds}``, bounds 1 µs to 2^22 µs doubling, then
+        ``inf``); with ``workers=``, ``workers``: the pool's
+        ``WorkerPool.stats()``."""
         if self._pool is None:
             return {"connections_open": 0, "connections_accepted": 0,
                     "connections_closed": 0, "bytes_in": 0, "bytes_out": 0,

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::io_thread::{Hosted, IoLoop};
 use crate::mailbox::Cmd;
 use crate::shared::Shared;
-use crate::stats::StatsSnapshot;
+use crate::stats::{StatsSnapshot, TimesSnapshot};
 
 thread_local! {
     /// The engine whose IO thread this is (0 on other threads).
@@ -469,6 +469,11 @@ impl Engine {
         let mut s = self.shared.stats.snapshot();
         s.buffer_memory = self.shared.memory.used() as u64;
         s
+    }
+
+    /// The IO threads' turn and callback time histograms, summed.
+    pub fn times(&self) -> TimesSnapshot {
+        TimesSnapshot::of(&self.shared.times)
     }
 
     /// Stop accepting, close every connection gracefully (flushing what was

@@ -445,6 +445,7 @@ fn cut<'b>(
         return false;
     };
     let mut raw = false;
+    let mut frames = 0u64;
     let end = match core.conn_and_retired(cur.conn) {
         Some((c, _, _)) if c.frame_failed || c.state != State::Open => End::Stop,
         Some((c, _, _)) if packets_only && c.decoder.is_raw() => End::Leave,
@@ -491,6 +492,7 @@ fn cut<'b>(
                                 unsafe { std::slice::from_raw_parts(ptr, len) }
                             }
                         };
+                        frames += 1;
                         if !emit(data) {
                             break End::More(offset);
                         }
@@ -506,6 +508,9 @@ fn cut<'b>(
         }
         None => End::Stop,
     };
+    if !raw && frames > 0 {
+        crate::stats::Stats::add(&core.engine.stats.frames_in, frames);
+    }
     match end {
         End::More(offset) => {
             if let Some(c) = core.q.cursor.as_mut() {

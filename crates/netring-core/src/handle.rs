@@ -86,6 +86,14 @@ impl ConnRef {
         ConnRef(Handle { id, engine, shared })
     }
 
+    /// Count packets queued framed (`stats().frames_out`; raw ones are
+    /// plain writes).
+    fn count_frames_out(&self, framing: &Framing, n: usize) {
+        if *framing != Framing::Raw {
+            crate::stats::Stats::add(&self.engine.stats.frames_out, n as u64);
+        }
+    }
+
     /// Hand bytes to the owner thread through the mailbox (counted against
     /// the engine's buffer memory until it takes them).
     fn remote_write(&self, data: Vec<u8>) {
@@ -160,6 +168,7 @@ impl ConnRef {
             };
             c.write_notify(self.id, len, push, false)
         });
+        self.count_frames_out(framing, 1);
         if let Some(w) = local {
             return (w, None);
         }
@@ -261,6 +270,7 @@ impl ConnRef {
                 false,
             )
         });
+        self.count_frames_out(framing, packets.len());
         if let Some(w) = local {
             return (w, error);
         }

@@ -32,6 +32,7 @@ use crate::housekeeping::{
 };
 use crate::mailbox::Cmd;
 use crate::shared::Shared;
+use crate::stats::ThreadTimes;
 
 /// Everything one IO thread needs; consumed by [`IoLoop::run`].
 pub struct IoLoop {
@@ -191,6 +192,8 @@ pub struct Turns<D: Driver> {
     wake_cancelled: bool,
     done: bool,
     clock: Clock,
+    /// When the last wait returned: the start of the turn's busy part.
+    woke: Instant,
 }
 
 impl<D: Driver + Send> Turns<D> {
@@ -206,7 +209,8 @@ impl<D: Driver + Send> Turns<D> {
         mut clock: Clock,
     ) -> Self {
         driver.arm_wake(shared.mailboxes[usize::from(index)].fd());
-        let core = ThreadCore::new(shared.clone(), index, clock());
+        let now = clock();
+        let core = ThreadCore::new(shared.clone(), index, now);
         Turns {
             shared,
             index,
@@ -218,6 +222,7 @@ impl<D: Driver + Send> Turns<D> {
             wake_cancelled: false,
             done: false,
             clock,
+            woke: now,
         }
     }
 
@@ -231,6 +236,8 @@ impl<D: Driver + Send> Turns<D> {
             return false;
         }
         let timeout = self.timeout(max_wait);
+        let busy_until = (self.clock)();
+        self.times().turn.record(busy_until - self.woke);
         self.wait(handler, timeout);
         true
     }
@@ -240,6 +247,7 @@ impl<D: Driver + Send> Turns<D> {
     /// and hand the resulting operations to the kernel now. Returns false
     /// once the engine has shut down and this thread holds nothing.
     pub fn run_ready<H: Handler>(&mut self, handler: &mut H) -> bool {
+        let started = (self.clock)();
         let mut running = true;
         for _ in 0..READY_ROUNDS {
             self.wait(handler, Some(Duration::ZERO));
@@ -254,7 +262,14 @@ impl<D: Driver + Send> Turns<D> {
                 break;
             }
         }
+        let busy_until = (self.clock)();
+        self.times().turn.record(busy_until - started);
         running
+    }
+
+    /// This thread's time histograms.
+    fn times(&self) -> &ThreadTimes {
+        &self.shared.times[usize::from(self.index)]
     }
 
     /// A descriptor that becomes readable when completions are ready (the
@@ -304,7 +319,10 @@ impl<D: Driver + Send> Turns<D> {
         }
         // 2. Dispatch, then return this batch's buffers.
         if self.core.borrow().has_events() {
+            let started = (self.clock)();
             dispatch(&self.core, handler, self.shared.id, self.index);
+            let took = (self.clock)() - started;
+            self.times().callbacks.record(took);
         }
         let driver = &mut self.driver;
         let mut c = self.core.borrow_mut();
@@ -382,6 +400,7 @@ impl<D: Driver + Send> Turns<D> {
             std::thread::sleep(Duration::from_millis(10));
         }
         let now = (self.clock)();
+        self.woke = now;
         let mut c = self.core.borrow_mut();
         c.now = now;
         for comp in self.completions.drain(..) {

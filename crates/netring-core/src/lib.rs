@@ -54,5 +54,5 @@ pub use event::{Batch, Event, Handler};
 pub use flow::Written;
 pub use handle::{ConnRef, EndpointRef};
 pub use io_thread::{Clock, Hosted, IoLoop, Turns};
-pub use stats::StatsSnapshot;
+pub use stats::{HistogramSnapshot, StatsSnapshot, TimesSnapshot, HISTOGRAM_BUCKETS};
 pub use udp::UdpConfig;

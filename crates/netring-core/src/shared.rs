@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use crate::config::Backend;
 use crate::mailbox::{Cmd, Mailbox};
 use crate::memory::Memory;
-use crate::stats::Stats;
+use crate::stats::{Stats, ThreadTimes};
 
 /// State shared by an engine's threads and its handles.
 pub struct Shared {
@@ -18,6 +18,8 @@ pub struct Shared {
     pub(crate) fallback_reason: Option<String>,
     pub(crate) mailboxes: Vec<Mailbox>,
     pub(crate) stats: Stats,
+    /// Each IO thread's turn and callback times (its own, by index).
+    pub(crate) times: Vec<ThreadTimes>,
     pub(crate) round_robin: AtomicUsize,
     pub(crate) next_listener: AtomicUsize,
     /// Timer ids and connect tokens.
@@ -51,6 +53,7 @@ impl Shared {
                 .map(|_| Mailbox::new())
                 .collect::<Result<Vec<_>, _>>()?,
             stats: Stats::default(),
+            times: (0..io_threads).map(|_| ThreadTimes::default()).collect(),
             round_robin: AtomicUsize::new(0),
             next_listener: AtomicUsize::new(0),
             next_token: AtomicU64::new(1),

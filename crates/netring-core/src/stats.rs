@@ -22,6 +22,8 @@ pub struct Stats {
     pub(crate) frame_timeouts: AtomicU64,
     pub(crate) write_buffer_aborts: AtomicU64,
     pub(crate) file_prefetches: AtomicU64,
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -68,6 +70,12 @@ pub struct StatsSnapshot {
     /// `sendfile` windows that were not in the page cache, read on the
     /// prefetch thread before they were sent.
     pub file_prefetches: u64,
+    /// Packets cut from received bytes by a framing other than raw
+    /// (length-prefixed, delimited, fixed-size, RESP) and delivered.
+    pub frames_in: u64,
+    /// Packets queued for sending framed (`write_packets`, the framed
+    /// `send_packet`: header and delimiter added by the engine).
+    pub frames_out: u64,
     /// Bytes buffered for connections now (queued writes, partial packets,
     /// held input), the quantity `max_buffer_memory` caps; counted only
     /// when that cap is set (0 otherwise).
@@ -102,7 +110,160 @@ impl Stats {
             frame_timeouts: self.frame_timeouts.load(Ordering::Relaxed),
             write_buffer_aborts: self.write_buffer_aborts.load(Ordering::Relaxed),
             file_prefetches: self.file_prefetches.load(Ordering::Relaxed),
+            frames_in: self.frames_in.load(Ordering::Relaxed),
+            frames_out: self.frames_out.load(Ordering::Relaxed),
             buffer_memory: 0,
         }
+    }
+}
+
+/// Finite buckets of a [`Histogram`]: bucket `i` counts durations of at
+/// most 2^i µs (1 µs ... 2^22 µs, about 4.2 s); one more counts the rest.
+pub const HISTOGRAM_BUCKETS: usize = 23;
+
+/// A histogram of durations with power-of-two microsecond buckets, written
+/// by one thread (its IO thread) and read by any.
+///
+/// NOTE: single writer, so `record` is a load and a store per field, not a
+/// locked read-modify-write: it runs once or twice per turn.
+#[derive(Debug)]
+pub struct Histogram {
+    counts: [AtomicU64; HISTOGRAM_BUCKETS + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// The bucket of a duration of `ns` nanoseconds: the smallest `i` with
+    /// `ns <= 2^i µs` (microseconds rounded up), or the overflow bucket.
+    pub fn bucket(ns: u64) -> usize {
+        let us = ns.div_ceil(1000);
+        if us <= 1 {
+            return 0;
+        }
+        // ceil(log2(us)) for us >= 2.
+        let i = (u64::BITS - (us - 1).leading_zeros()) as usize;
+        i.min(HISTOGRAM_BUCKETS)
+    }
+
+    /// Count one duration. Only the owning thread calls this.
+    pub(crate) fn record(&self, d: std::time::Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let slot = &self.counts[Self::bucket(ns)];
+        slot.store(slot.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let sum = self.sum_ns.load(Ordering::Relaxed);
+        self.sum_ns.store(sum.saturating_add(ns), Ordering::Relaxed);
+    }
+
+    fn add_to(&self, out: &mut HistogramSnapshot) {
+        for (o, c) in out.counts.iter_mut().zip(&self.counts) {
+            *o += c.load(Ordering::Relaxed);
+        }
+        out.sum_ns += self.sum_ns.load(Ordering::Relaxed);
+    }
+}
+
+/// A point-in-time copy of one or several (summed) [`Histogram`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Per bucket (not cumulative): `counts[i]` for `i < HISTOGRAM_BUCKETS`
+    /// counts durations in (2^(i-1), 2^i] µs (bucket 0: up to 1 µs), the
+    /// last one those over 2^22 µs.
+    pub counts: [u64; HISTOGRAM_BUCKETS + 1],
+    /// The durations' sum, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl HistogramSnapshot {
+    /// The upper bound of finite bucket `i`, in seconds.
+    pub fn upper_bound(i: usize) -> f64 {
+        (1u64 << i) as f64 * 1e-6
+    }
+
+    /// How many durations were counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// What one IO thread measures of itself, apart from the engine's counters
+/// (its own cache line: only it writes there).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct ThreadTimes {
+    /// A turn's busy part: from the wait's return to the next wait
+    /// (completions, commands, dispatch, settle).
+    pub(crate) turn: Histogram,
+    /// A dispatch: the handler's callbacks for one turn's events.
+    pub(crate) callbacks: Histogram,
+}
+
+/// The turn and callback histograms of every IO thread, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimesSnapshot {
+    /// Busy time per IO-loop turn.
+    pub turn: HistogramSnapshot,
+    /// Time in the handler's callbacks per turn that dispatched events.
+    pub callbacks: HistogramSnapshot,
+}
+
+impl TimesSnapshot {
+    /// The sum over `threads`.
+    pub fn of(threads: &[ThreadTimes]) -> Self {
+        let mut s = TimesSnapshot::default();
+        for t in threads {
+            t.turn.add_to(&mut s.turn);
+            t.callbacks.add_to(&mut s.callbacks);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn buckets_are_upper_bounds_in_microseconds_rounded_up() {
+        assert_eq!(Histogram::bucket(0), 0);
+        assert_eq!(Histogram::bucket(1_000), 0);
+        assert_eq!(Histogram::bucket(1_001), 1);
+        assert_eq!(Histogram::bucket(2_000), 1);
+        assert_eq!(Histogram::bucket(2_001), 2);
+        assert_eq!(Histogram::bucket(4_000), 2);
+        assert_eq!(Histogram::bucket(1_000_000), 10); // 1 ms <= 2^10 µs
+        assert_eq!(Histogram::bucket(1_000_000_000), 20); // 1 s <= 2^20 µs
+        assert_eq!(Histogram::bucket(1 << 22 << 10), HISTOGRAM_BUCKETS); // > 2^22 µs
+        assert_eq!(Histogram::bucket(u64::MAX), HISTOGRAM_BUCKETS);
+        for i in 0..HISTOGRAM_BUCKETS {
+            let bound_ns = (1u64 << i) * 1000;
+            assert_eq!(Histogram::bucket(bound_ns), i, "2^{i} µs");
+            assert_eq!(Histogram::bucket(bound_ns + 1), i + 1);
+        }
+    }
+
+    #[test]
+    fn threads_sum_into_one_snapshot() {
+        let threads = [ThreadTimes::default(), ThreadTimes::default()];
+        threads[0].turn.record(Duration::from_micros(3));
+        threads[1].turn.record(Duration::from_micros(3));
+        threads[1].turn.record(Duration::from_secs(10));
+        threads[0].callbacks.record(Duration::from_nanos(500));
+        let s = TimesSnapshot::of(&threads);
+        assert_eq!(s.turn.counts[2], 2);
+        assert_eq!(s.turn.counts[HISTOGRAM_BUCKETS], 1);
+        assert_eq!(s.turn.count(), 3);
+        assert_eq!(s.turn.sum_ns, 10_000_006_000);
+        assert_eq!(s.callbacks.counts[0], 1);
+        assert_eq!(s.callbacks.sum_ns, 500);
     }
 }

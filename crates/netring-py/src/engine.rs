@@ -19,7 +19,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use netring_core::framing::Framing;
-use netring_core::{ConnOptions, EngineConfig, Keepalive, ListenConfig};
+use netring_core::{
+    ConnOptions, EngineConfig, HistogramSnapshot, Keepalive, ListenConfig, HISTOGRAM_BUCKETS,
+};
 
 use crate::dispatch::{ListenerEntry, PyHandler, Registry, TimerEntry};
 use crate::errors::to_py;
@@ -539,12 +541,43 @@ impl Engine {
         d.set_item("write_buffer_aborts", s.write_buffer_aborts)?;
         d.set_item("file_prefetches", s.file_prefetches)?;
         d.set_item("connections_refused", s.refused)?;
+        d.set_item("frames_in", s.frames_in)?;
+        d.set_item("frames_out", s.frames_out)?;
         d.set_item("buffer_memory", s.buffer_memory)?;
+        let times = self.engine.times();
+        d.set_item("turn_seconds", histogram(py, &times.turn)?)?;
+        d.set_item("callback_seconds", histogram(py, &times.callbacks)?)?;
         d.set_item("backend", self.engine.backend().name())?;
         d.set_item("io_threads", self.engine.io_threads())?;
         d.set_item("backend_fallback_reason", self.engine.fallback_reason())?;
         Ok(d)
     }
+}
+
+/// A histogram as Prometheus reads one: `{"buckets": [(upper bound in
+/// seconds, cumulative count), ...], "count": n, "sum": seconds}`, the
+/// last bucket's bound `inf`.
+fn histogram<'py>(py: Python<'py>, h: &HistogramSnapshot) -> PyResult<Bound<'py, PyDict>> {
+    let mut cumulative = 0u64;
+    let buckets = h
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            cumulative += n;
+            let bound = if i < HISTOGRAM_BUCKETS {
+                HistogramSnapshot::upper_bound(i)
+            } else {
+                f64::INFINITY
+            };
+            (bound, cumulative)
+        })
+        .collect::<Vec<_>>();
+    let d = PyDict::new(py);
+    d.set_item("buckets", buckets)?;
+    d.set_item("count", cumulative)?;
+    d.set_item("sum", h.sum_ns as f64 * 1e-9)?;
+    Ok(d)
 }
 
 /// The shortest period of a repeating timer.
