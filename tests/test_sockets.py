@@ -140,6 +140,115 @@ def test_systemd_socket_activation(backend: str) -> None:
     assert wait_until(lambda: proc.returncode is not None, 1)
 
 
+def test_servers_sharing_one_socket_take_connections_in_turn(backend: str) -> None:
+    """Two engines (as two worker processes would) serve one listening
+    socket: on io_uring each accepts one connection at a time and queues
+    again behind the other, so they alternate (a multishot accept would stay
+    first in the socket's wait queue and take every connection)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    counts = [0, 0]
+
+    def counting(i: int) -> type[netring.Protocol]:
+        class Counting(Echo):
+            def connection_made(self, transport: Any) -> None:
+                counts[i] += 1
+                super().connection_made(transport)
+        return Counting
+
+    with serving(counting(0), backend, sock=sock, io_threads=1), \
+            serving(counting(1), backend, sock=sock, io_threads=1):
+        for i in range(40):
+            echo_once(sock.getsockname(), f"c{i}".encode())
+        assert wait_until(lambda: sum(counts) == 40)
+    sock.close()
+    if backend == "io_uring":
+        assert min(counts) >= 15, counts
+    else:  # epoll wakes both: whichever accepts first takes it
+        assert sum(counts) == 40
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(c) for c in f.read().split()}
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate not on PATH (Debian package systemd)")
+def test_systemd_socket_activation_with_worker_processes(backend: str) -> None:
+    """Two worker processes accept from systemd's one socket; SIGHUP
+    replaces them one at a time while a client connects over and over, and
+    every connection is answered at once: none waits in the shared queue
+    without a wake-up (the one a draining worker's cancelled accept took)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=echo",
+         sys.executable, "-m", "netring", "serve", "echo", "--port", "1", "--processes", "2",
+         "--io-threads", "1", "--backend", backend],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stop = threading.Event()
+    served: list[int] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        i = 0
+        while not stop.is_set():
+            payload = f"hello {i}".encode()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+                    s.sendall(payload)
+                    assert recv_exactly(s, len(payload)) == payload
+                served.append(i)
+            except (OSError, EOFError, AssertionError) as e:
+                failures.append(f"connection {i}: {e!r}")
+            i += 1
+
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # the first connection starts the service
+            try:
+                echo_once(("127.0.0.1", port), b"activated")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith(f"netring: serving echo on 127.0.0.1:{port} "), line
+        assert wait_until(lambda: len(_children(proc.pid)) == 2, 10)
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            for _ in range(3):
+                before = _children(proc.pid)
+                proc.send_signal(signal.SIGHUP)
+                assert wait_until(lambda b=before: not _children(proc.pid) & b  # type: ignore[misc]
+                                  and len(_children(proc.pid)) == 2, 30)
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            thread.join(10)
+        assert not failures, failures[:5]
+        assert len(served) > 20, len(served)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def test_listen_fds_reads_only_our_own(monkeypatch: pytest.MonkeyPatch) -> None:
     from netring.systemd import listen_fds
 

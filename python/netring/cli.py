@@ -177,10 +177,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"netring: cannot use the TLS certificate: {e}", file=sys.stderr)
             return 2
     activated = _activated_sockets(names)
-    if activated and args.processes is not None:
-        print("netring: systemd socket activation with --processes is not supported yet",
-              file=sys.stderr)
-        return 2
     if args.metrics is not None:
         if args.metrics_port is not None:
             parser.error("--metrics and --metrics-port: give one")
@@ -188,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         parser.error("--metrics-port: must be 0..65535")
     if args.processes is not None:
-        return _serve_processes(args, names, ports, pool_options, tls)
+        return _serve_processes(args, names, ports, pool_options, tls, activated)
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
                for name in names if not SERVERS[name].udp}
     servers: list[Server] = []
@@ -295,10 +291,13 @@ class _Endpoint:
 
 
 def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
-                  pool_options: dict[str, Any], tls: TLSConfig | None) -> list[Any]:
+                  pool_options: dict[str, Any], tls: TLSConfig | None,
+                  activated: dict[str, int]) -> list[Any]:
     """In a worker process: the IO pool, the worker pool and every server,
-    bound with SO_REUSEPORT. What is left open when a worker drains (the
-    pools) is closed by the worker after its servers."""
+    bound with SO_REUSEPORT, or serving the socket systemd passed to the
+    supervisor (inherited: every worker accepts from that one socket). What
+    is left open when a worker drains (the pools) is closed by the worker
+    after its servers."""
     pool = IOPool(args.io_threads, backend=args.backend, **pool_options)
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
                for name in names if not SERVERS[name].udp}
@@ -307,7 +306,9 @@ def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
     for name, port in zip(names, ports, strict=True):
         example = SERVERS[name]
         options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
-        options["reuse_port"] = True
+        fd = activated.get(name)
+        if fd is None:
+            options["reuse_port"] = True
         if example.udp:
             transport, _ = pool.create_datagram_endpoint(
                 example.make_factory(pool, args), (args.host, port), **options).result(10)
@@ -315,8 +316,10 @@ def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
         else:
             server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
                             workers=workers if threads[name] else None, tls=tls, **options,
-                            **_proxy_options(args))
+                            **_proxy_options(args), fd=fd)
             server.start()
+            if fd is not None:
+                os.close(fd)  # this worker's inherited copy; the server has its own
             served.append(server)
     return served
 
@@ -363,14 +366,17 @@ def _pick_port(host: str, udp: bool) -> socket.socket:
 
 
 def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int],
-                     pool_options: dict[str, Any], tls: TLSConfig | None) -> int:
+                     pool_options: dict[str, Any], tls: TLSConfig | None,
+                     activated: dict[str, int]) -> int:
     """``--processes N``: a supervisor running N workers that each serve
-    every NAME; one ready line per server once all N are ready."""
+    every NAME; one ready line per server once all N are ready. Sockets from
+    systemd stay open in the supervisor for the whole run (so a restarted or
+    reloaded worker inherits them) and are shared by every worker."""
     reserved: list[socket.socket] = []
     try:
         host = _resolve(args.host)
         for i, (name, port) in enumerate(zip(names, ports, strict=True)):
-            if port == 0:
+            if port == 0 and name not in activated:
                 sock = _pick_port(host, SERVERS[name].udp)
                 ports[i] = sock.getsockname()[1]
                 if SERVERS[name].udp:
@@ -392,7 +398,7 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
     def build() -> list[Any]:
         for sock in reserved:  # the supervisor's; not the worker's to keep
             sock.close()
-        return _build_worker(args, names, ports, pool_options, tls)
+        return _build_worker(args, names, ports, pool_options, tls, activated)
 
     logging.getLogger("netring").info("%d worker processes", args.processes)
     try:

@@ -93,6 +93,9 @@ SETTLE_SECONDS = 0.5
 #: A draining worker's listening sockets, refusing SYNs, stay open at least
 #: this long (within the grace) so that handshakes already under way finish.
 LISTEN_DRAIN_SECONDS = 0.25
+#: How long a draining worker waits for its engine to close a listener and
+#: open what was still queued on it.
+STOP_ACCEPTING_SECONDS = 2.0
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -202,10 +205,12 @@ def _servables(built: object) -> list[Servable]:
         if not isinstance(item, Servable):
             raise TypeError(f"build: must return a netring.Server or an iterable of them, "
                             f"not {type(item).__name__}")
-        if getattr(item, "_reuse_port", True) is not True:
+        if getattr(item, "_reuse_port", True) is not True and \
+                getattr(item, "_fd", None) is None:
             raise ConfigurationError(
                 "build: every Server needs reuse_port=True (each worker binds the port "
-                "with SO_REUSEPORT)")
+                "with SO_REUSEPORT), or a listening socket every worker shares "
+                "(sock=/fd=: one bound before run_workers, or systemd's)")
     return items  # type: ignore[return-value]
 
 
@@ -224,8 +229,13 @@ def _failure(item: Servable) -> str | None:
 
 def _listening_sockets(items: list[Servable]) -> list[socket.socket]:
     """Duplicates of this process's listening TCP sockets on the servers'
-    addresses (the engine's; found in /proc/self/fd)."""
-    wanted = {(item.host, item.port) for item in items}
+    addresses (the engine's; found in /proc/self/fd). Not those of servers
+    given a socket from outside (``sock=``/``fd=``, systemd's): every worker
+    accepts from that same socket, so a SYN filter on it would turn away
+    every worker's new connections; such a worker just stops accepting (the
+    engine first serves what is queued: see ``Engine.unlisten``)."""
+    wanted = {(item.host, item.port) for item in items
+              if getattr(item, "_fd", None) is None}
     found: list[socket.socket] = []
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
@@ -287,11 +297,13 @@ def _accept_queue(sock: socket.socket) -> int:
 
 
 def _stop_accepting(item: Servable) -> None:
-    """Close a Server's listening socket, keeping its connections."""
+    """Close a Server's listening socket, keeping its connections; return
+    once the connections it still had queued are open (so the settling
+    that follows sees them)."""
     listener = getattr(item, "_listener", None)
     engine = getattr(getattr(item, "pool", None), "_engine", None)
     if listener is not None and engine is not None:
-        engine.unlisten(listener)
+        engine.unlisten(listener, STOP_ACCEPTING_SECONDS)
 
 
 def _open_connections(item: Servable) -> int:

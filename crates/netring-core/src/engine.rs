@@ -221,7 +221,7 @@ impl Engine {
         }
         socket.bind(&cfg.addr.into())?;
         socket.listen(cfg.backlog)?;
-        let (listener, local) = self.serve_socket(socket, cfg)?;
+        let (listener, local) = self.serve_socket(socket, cfg, false)?;
         let local = local.ok_or_else(|| Error::Io(std::io::Error::other("no IP address")))?;
         Ok((listener, local))
     }
@@ -251,13 +251,17 @@ impl Engine {
         if !socket.is_listener()? {
             socket.listen(cfg.backlog)?;
         }
-        self.serve_socket(socket, cfg)
+        // NOTE: perhaps shared with other processes (a supervisor's or
+        // systemd's socket): accepted one connection at a time, so that
+        // every process sharing it gets its turn.
+        self.serve_socket(socket, cfg, true)
     }
 
     fn serve_socket(
         &self,
         socket: Socket,
         cfg: &ListenConfig,
+        shared: bool,
     ) -> Result<(usize, Option<SocketAddr>), Error> {
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?.as_socket();
@@ -279,6 +283,7 @@ impl Engine {
             socket: socket.into(),
             options: Arc::new(cfg.conn.clone()),
             counts,
+            shared,
         });
         Ok((listener, local))
     }
@@ -458,10 +463,23 @@ impl Engine {
         }
     }
 
-    /// Stop accepting on `listener` (its socket closes; open connections stay).
-    pub fn unlisten(&self, listener: usize) {
+    /// Stop accepting on `listener`: the connections already in its accept
+    /// queue are accepted and served, then its socket closes (open
+    /// connections stay). On a socket other processes accept from too
+    /// (systemd's, shared by worker processes) nothing queued is left
+    /// without a wake-up: see `core/listen.rs`.
+    ///
+    /// Returns a flag set once the socket is closed and the `Opened` events
+    /// of what it accepted last were delivered (stays unset if the engine
+    /// shuts down first).
+    pub fn unlisten(&self, listener: usize) -> Arc<std::sync::atomic::AtomicBool> {
         let owner = listener % self.shared.mailboxes.len();
-        self.shared.mailboxes[owner].push(Cmd::Unlisten { listener });
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.shared.mailboxes[owner].push(Cmd::Unlisten {
+            listener,
+            done: done.clone(),
+        });
+        done
     }
 
     /// Counters.

@@ -331,6 +331,9 @@ impl<D: Driver + Send> Turns<D> {
         }
         c.q.retired.clear();
         c.q.built.clear();
+        for done in c.q.unlistened.drain(..) {
+            done.store(true, std::sync::atomic::Ordering::Release);
+        }
         // 3. State into operations.
         c.enforce_deadline(now);
         c.settle(driver);

@@ -7,7 +7,8 @@
 //! rig (`Rig`); each test reads top to bottom on its own.
 
 use std::collections::HashMap;
-use std::os::unix::net::UnixStream;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,7 @@ impl Rig {
             socket: socket.into(),
             options: Arc::new(options),
             counts: limits.map(|l| Arc::new(ListenerCounts::new(l, 0))),
+            shared: false,
         });
         self.run();
         assert_eq!(self.ops(), [Op::ArmAccept(0)]);
@@ -695,4 +697,81 @@ fn a_layer_that_is_not_ready_in_time_is_closed_without_the_protocol_hearing_of_i
     r.advance(Duration::from_secs(6));
     assert_eq!(r.log(), ["opened 0"]);
     assert!(r.fake().recv_armed(0));
+}
+
+/// A listening Unix socket (non-blocking, as the engine's listeners are)
+/// at a fresh abstract name, with a way to queue connections on it.
+fn queued_listener() -> (UnixListener, std::os::unix::net::SocketAddr) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "netring-sweep-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let listener = UnixListener::bind_addr(&addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    (listener, addr)
+}
+
+fn listen_on(r: &mut Rig, socket: UnixListener) -> usize {
+    r.push(Cmd::Listen {
+        listener: 0,
+        socket: socket.into(),
+        options: Arc::new(ConnOptions::default()),
+        counts: None,
+        shared: true,
+    });
+    r.run();
+    assert_eq!(r.ops(), [Op::ArmAccept(0)]);
+    0
+}
+
+#[test]
+fn unlisten_accepts_what_the_kernel_queued_before_the_cancel_was_done() {
+    // NOTE: on a socket shared with other processes, a connection whose
+    // wake-up went to the cancelled accept would otherwise wait unserved.
+    let mut r = Rig::new();
+    let (socket, addr) = queued_listener();
+    let l = listen_on(&mut r, socket);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    r.push(Cmd::Unlisten {
+        listener: l,
+        done: done.clone(),
+    });
+    r.run();
+    assert_eq!(r.ops(), [Op::CancelAccept(l)]);
+    assert!(!done.load(std::sync::atomic::Ordering::Acquire));
+    let clients: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect_addr(&addr).unwrap())
+        .collect();
+    r.fake().complete_cancels();
+    r.run();
+    assert_eq!(r.log(), ["opened 0", "opened 1", "opened 2"]);
+    assert!(done.load(std::sync::atomic::Ordering::Acquire));
+    // Served like any other: an echo.
+    (&clients[2]).write_all(b"hi").unwrap();
+    r.fake().recv(2, b"hi");
+    r.run();
+    assert_eq!(r.log(), ["data hi"]);
+    // The socket is closed: nobody listens at the name any more.
+    assert!(UnixStream::connect_addr(&addr).is_err());
+}
+
+#[test]
+fn a_shutdown_leaves_the_queue_to_the_socket() {
+    let mut r = Rig::new();
+    let (socket, addr) = queued_listener();
+    let l = listen_on(&mut r, socket);
+    r.push(Cmd::Shutdown {
+        deadline: r.now() + Duration::from_secs(1),
+    });
+    r.run();
+    assert_eq!(r.ops(), [Op::CancelAccept(l)]);
+    let _client = UnixStream::connect_addr(&addr).unwrap();
+    r.fake().complete_cancels();
+    r.run();
+    assert_eq!(r.log(), Vec::<String>::new());
 }

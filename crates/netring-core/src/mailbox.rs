@@ -27,9 +27,16 @@ pub enum Cmd {
         options: Arc<ConnOptions>,
         /// Connection limits, counted across IO threads.
         counts: Option<Arc<crate::limits::ListenerCounts>>,
+        /// A socket from outside (perhaps shared with other processes).
+        shared: bool,
     },
-    /// Stop accepting on a listener and close it.
-    Unlisten { listener: usize },
+    /// Stop accepting on a listener and close it (what its queue holds is
+    /// accepted first); `done` is set once it is closed and what it last
+    /// accepted was delivered.
+    Unlisten {
+        listener: usize,
+        done: Arc<std::sync::atomic::AtomicBool>,
+    },
     /// Unlisten and close the listener's connections (abort at `deadline`).
     CloseListener { listener: usize, deadline: Instant },
     /// Connect `socket` to `addr`; report as `Connected`/`ConnectFailed`

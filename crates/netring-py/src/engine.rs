@@ -468,9 +468,27 @@ impl Engine {
             .map_or(0, |l| l.open.load(Ordering::Acquire))
     }
 
-    /// Stop accepting on a listener.
-    fn unlisten(&self, listener: usize) {
-        self.engine.unlisten(listener);
+    /// Stop accepting on a listener: what its accept queue holds is
+    /// accepted and served first. With `timeout` (seconds), block (GIL
+    /// released) until the socket is closed and those connections were
+    /// delivered (`connection_made` ran); returns whether that happened in
+    /// time. Without, return at once (True).
+    #[pyo3(signature = (listener, timeout=None))]
+    fn unlisten(&self, py: Python<'_>, listener: usize, timeout: Option<f64>) -> bool {
+        let done = self.engine.unlisten(listener);
+        let Some(timeout) = timeout else {
+            return true;
+        };
+        let give_up = Instant::now() + seconds(timeout);
+        py.detach(|| {
+            while !done.load(Ordering::Acquire) {
+                if Instant::now() >= give_up || self.engine.is_closed() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            true
+        })
     }
 
     /// Graceful shutdown within `grace` seconds; blocks (GIL released).

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,13 @@ pub(super) struct Listener {
     full: bool,
     /// The accept's cancel (for `full`) is on its way.
     cancel_sent: bool,
+    /// Closing: accept what is queued once the accept's cancel is done.
+    sweep: bool,
+    /// Set once this listener is gone (see `Queues::unlistened`).
+    on_closed: Vec<Arc<AtomicBool>>,
+    /// A socket from outside, perhaps accepted from by other processes
+    /// too: accept one connection at a time (see `Driver::arm_accept`).
+    pub(super) shared: bool,
     held: VecDeque<(OwnedFd, Option<std::net::IpAddr>)>,
 }
 
@@ -66,24 +74,47 @@ impl Listener {
             counts,
             full: false,
             cancel_sent: false,
+            sweep: false,
+            on_closed: Vec::new(),
+            shared: false,
             held: VecDeque::new(),
         }
     }
 }
 
 impl ThreadCore {
-    pub(super) fn unlisten<D: Driver>(&mut self, listener: usize, driver: &mut D) {
+    /// Stop accepting on `listener` and close its socket. With `done` (a
+    /// user's `Unlisten`), the connections the kernel queued before the
+    /// accept was cancelled are accepted and served first (none reset), and
+    /// `done` is set once they were delivered; without (a shutdown, a
+    /// listener's close), they are left to the socket's close (reset, or
+    /// another process's on a shared socket).
+    pub(super) fn unlisten<D: Driver>(
+        &mut self,
+        listener: usize,
+        done: Option<Arc<AtomicBool>>,
+        driver: &mut D,
+    ) {
         let Some(l) = self.listeners.get_mut(&listener) else {
+            self.q.unlistened.extend(done);
             return;
         };
+        l.on_closed.extend(done);
         if l.closing {
             return;
         }
         l.closing = true;
+        l.sweep = !l.on_closed.is_empty();
         if l.armed {
             driver.cancel_accept(listener, l.socket.as_raw_fd());
         } else {
-            self.listeners.remove(&listener);
+            self.remove_listener(listener);
+        }
+    }
+
+    fn remove_listener(&mut self, listener: usize) {
+        if let Some(l) = self.listeners.remove(&listener) {
+            self.q.unlistened.extend(l.on_closed);
         }
     }
 
@@ -96,7 +127,7 @@ impl ThreadCore {
         deadline: Instant,
         driver: &mut D,
     ) {
-        self.unlisten(listener, driver);
+        self.unlisten(listener, None, driver);
         let conns: Vec<ConnId> = self
             .conns
             .iter()
@@ -175,44 +206,27 @@ impl ThreadCore {
         if !more {
             l.armed = false;
             if l.closing {
-                self.listeners.remove(&listener);
+                // NOTE: the accept's cancel is done. What the kernel queued
+                // meanwhile is accepted now rather than reset when the
+                // socket closes, and on a socket other processes accept
+                // from too (systemd's, shared by worker processes) it must
+                // be: io_uring's accept waits with EPOLLEXCLUSIVE, so a
+                // connection whose one wake-up went to this cancelled
+                // accept would wake no other process and wait unserved.
+                let mut fds = Vec::new();
+                if l.sweep && self.shutdown_deadline.is_none() {
+                    fds.extend(result.ok());
+                    sweep_queue(&l.socket, &mut fds);
+                }
+                for fd in fds {
+                    self.take_accepted(listener, fd, now);
+                }
+                self.remove_listener(listener);
                 return;
             }
         }
         match result {
-            Ok(fd) => {
-                // Retry quickly again, but end the episode (and log it) only
-                // once accepts have gone a quiet second without failing:
-                // near the limit, accepts alternate between working and
-                // failing as descriptors come and go, and that is one
-                // episode, not one per flip.
-                l.backoff = ACCEPT_BACKOFF_MIN;
-                if l.failures > 0 && l.last_failure.is_none_or(|t| now - t >= EPISODE_QUIET) {
-                    log::info!(
-                        "netring: accepting again after {} failed attempts (descriptors or memory exhausted)",
-                        l.failures
-                    );
-                    l.failures = 0;
-                }
-                let Some(counts) = l.counts.clone() else {
-                    self.hand_out(listener, fd, None);
-                    return;
-                };
-                let ip = if counts.needs_ip() {
-                    SockRef::from(&fd)
-                        .peer_addr()
-                        .ok()
-                        .and_then(|a| a.as_socket())
-                        .map(|a| a.ip())
-                } else {
-                    None
-                };
-                if !l.held.is_empty() {
-                    l.held.push_back((fd, ip)); // first come, first served
-                    return;
-                }
-                self.admit(listener, fd, ip, counts);
-            }
+            Ok(fd) => self.take_accepted(listener, fd, now),
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(0);
                 if matches!(
@@ -231,6 +245,44 @@ impl ThreadCore {
                 }
             }
         }
+    }
+
+    /// A connection `listener` accepted: served, held or refused by its
+    /// limits.
+    fn take_accepted(&mut self, listener: usize, fd: OwnedFd, now: Instant) {
+        let Some(l) = self.listeners.get_mut(&listener) else {
+            return;
+        };
+        // Retry quickly again, but end the episode (and log it) only once
+        // accepts have gone a quiet second without failing: near the limit,
+        // accepts alternate between working and failing as descriptors come
+        // and go, and that is one episode, not one per flip.
+        l.backoff = ACCEPT_BACKOFF_MIN;
+        if l.failures > 0 && l.last_failure.is_none_or(|t| now - t >= EPISODE_QUIET) {
+            log::info!(
+                "netring: accepting again after {} failed attempts (descriptors or memory exhausted)",
+                l.failures
+            );
+            l.failures = 0;
+        }
+        let Some(counts) = l.counts.clone() else {
+            self.hand_out(listener, fd, None);
+            return;
+        };
+        let ip = if counts.needs_ip() {
+            SockRef::from(&fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map(|a| a.ip())
+        } else {
+            None
+        };
+        if !l.held.is_empty() {
+            l.held.push_back((fd, ip)); // first come, first served
+            return;
+        }
+        self.admit(listener, fd, ip, counts);
     }
 
     /// Serve `fd` from `listener` if its limits allow, else hold or refuse it.
@@ -382,10 +434,31 @@ impl ThreadCore {
                     l.retry_at = None;
                     l.armed = true;
                     l.cancel_sent = false;
-                    driver.arm_accept(id, l.socket.as_raw_fd());
+                    driver.arm_accept(id, l.socket.as_raw_fd(), l.shared);
                 }
             }
         }
         next
+    }
+}
+
+/// Most connections taken from a closing listener's queue (its backlog is
+/// the kernel's bound; this one keeps a flood from holding the thread).
+const SWEEP_MAX: usize = 4096;
+
+/// Accept what `socket` (non-blocking, as every listener is) has queued,
+/// into `out`, until the queue is empty or an accept fails.
+fn sweep_queue(socket: &OwnedFd, out: &mut Vec<OwnedFd>) {
+    use rustix::net::{accept_with, SocketFlags};
+    while out.len() < SWEEP_MAX {
+        match accept_with(socket, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
+            Ok(fd) => out.push(fd),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return,
+            Err(e) => {
+                log::debug!("netring: accepting a closing listener's queue stopped: {e}");
+                return;
+            }
+        }
     }
 }

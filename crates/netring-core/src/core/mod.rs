@@ -185,16 +185,18 @@ impl ThreadCore {
                 socket,
                 options,
                 counts,
+                shared,
                 ..
             } => {
                 if self.shutdown_deadline.is_some() {
                     return; // dropped: the socket closes
                 }
-                driver.arm_accept(listener, socket.as_raw_fd());
-                self.listeners
-                    .insert(listener, Listener::new(socket, options, counts));
+                driver.arm_accept(listener, socket.as_raw_fd(), shared);
+                let mut l = Listener::new(socket, options, counts);
+                l.shared = shared;
+                self.listeners.insert(listener, l);
             }
-            Cmd::Unlisten { listener } => self.unlisten(listener, driver),
+            Cmd::Unlisten { listener, done } => self.unlisten(listener, Some(done), driver),
             Cmd::CloseListener { listener, deadline } => {
                 self.close_listener(listener, deadline, driver)
             }
@@ -296,7 +298,7 @@ impl ThreadCore {
         self.shutdown_deadline = Some(deadline);
         let ids: Vec<usize> = self.listeners.keys().copied().collect();
         for l in ids {
-            self.unlisten(l, driver);
+            self.unlisten(l, None, driver);
         }
         let conns: Vec<ConnId> = self.conns.ids();
         for id in conns {

@@ -148,6 +148,9 @@ pub(crate) struct Queues {
     /// Connections whose `FrameError` was just delivered: closed (flushing
     /// what the handler wrote in answer) before the next event.
     pub(crate) close_after: Vec<ConnId>,
+    /// `Unlisten` requests whose listener is gone: each flag is set after
+    /// the next dispatch, which delivers what its last accepts opened.
+    pub(crate) unlistened: Vec<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Queues {

@@ -217,7 +217,7 @@ impl Driver for FakeDriver {
         self.wake_armed = true;
     }
 
-    fn arm_accept(&mut self, listener: usize, _fd: RawFd) {
+    fn arm_accept(&mut self, listener: usize, _fd: RawFd, _one: bool) {
         self.ops.push(Op::ArmAccept(listener));
         self.armed.insert(Armed::Accept(listener));
     }

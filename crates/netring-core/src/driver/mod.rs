@@ -274,8 +274,12 @@ pub trait Driver {
     fn backend(&self) -> Backend;
     /// Keep a read of the mailbox's eventfd armed; completes as `Woken`.
     fn arm_wake(&mut self, fd: RawFd);
-    /// Start accepting on a listening socket (multishot where possible).
-    fn arm_accept(&mut self, listener: usize, fd: RawFd);
+    /// Start accepting on a listening socket: multishot where possible;
+    /// with `one`, a single connection (its completion ends the accept; the
+    /// caller arms it again), for a socket other processes accept from too:
+    /// re-armed, this accept queues behind theirs, so the kernel's one
+    /// wake-up per connection goes to each in turn.
+    fn arm_accept(&mut self, listener: usize, fd: RawFd, one: bool);
     /// Stop accepting; the accept's final completion follows.
     fn cancel_accept(&mut self, listener: usize, fd: RawFd);
     /// Start receiving on a connection.

@@ -480,7 +480,9 @@ impl Driver for EpollDriver {
         }
     }
 
-    fn arm_accept(&mut self, listener: usize, fd: RawFd) {
+    fn arm_accept(&mut self, listener: usize, fd: RawFd, _one: bool) {
+        // NOTE: registered without EPOLLEXCLUSIVE: every process sharing a
+        // socket is woken, whoever accepts first takes the connection.
         self.in_flight += 1;
         let data = event_data(KIND_ACCEPT, listener as u32);
         match epoll::add(&self.epoll, borrow(fd), data, EventFlags::IN) {

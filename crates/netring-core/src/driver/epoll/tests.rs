@@ -226,7 +226,7 @@ fn accept_reports_each_connection_and_cancel_ends_it_later() {
     let mut d = EpollDriver::new(2, 512).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
-    d.arm_accept(9, listener.as_raw_fd());
+    d.arm_accept(9, listener.as_raw_fd(), false);
     let _a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let _b = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let got = collect(&mut d, 2);

@@ -420,11 +420,21 @@ impl Driver for UringDriver {
         self.push_wake_read();
     }
 
-    fn arm_accept(&mut self, listener: usize, fd: RawFd) {
-        let entry = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-            .build()
-            .user_data(user_data(KIND_ACCEPT, listener as u32));
+    fn arm_accept(&mut self, listener: usize, fd: RawFd, one: bool) {
+        // NOTE: io_uring's accept waits as an exclusive waiter on the
+        // socket, and a multishot one stays where it is in the socket's
+        // wait queue: on a socket shared by processes the first one armed
+        // would be woken for every connection. A single accept, re-armed
+        // after each connection, goes to the back of that queue.
+        let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+        let entry = if one {
+            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(flags)
+                .build()
+        } else {
+            opcode::AcceptMulti::new(types::Fd(fd)).flags(flags).build()
+        };
+        let entry = entry.user_data(user_data(KIND_ACCEPT, listener as u32));
         self.in_flight += 1;
         self.push(entry);
     }
