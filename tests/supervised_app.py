@@ -9,6 +9,9 @@ Prints ``ready HOST:PORT`` once every worker is ready. Modes:
 ``fail``     ``build`` raises at start-up
 ``noreuse``  the Server lacks ``reuse_port=True``
 ``port0``    each worker binds port 0 (a different port each)
+
+``--listen``: the supervisor binds the port (``run_workers(listen=)``) and
+each worker serves its slot's socket (``worker_sockets()``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def main() -> None:
     p.add_argument("--processes", default="2")
     p.add_argument("--grace", type=float, default=2.0)
     p.add_argument("--max-start-failures", type=int, default=5)
+    p.add_argument("--listen", action="store_true")
+    p.add_argument("--backoff", type=float, default=0.1)
     args = p.parse_args()
     mode = args.mode
 
@@ -53,6 +58,11 @@ def main() -> None:
             raise RuntimeError("boom at start-up")
         if mode == "stubborn":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if args.listen:
+            (sock,) = netring.supervisor.worker_sockets()
+            return netring.Server(Slow if mode == "slow" else Pid, sock=sock,
+                                  backend=args.backend, io_threads=1,
+                                  workers=1 if mode == "slow" else None)
         return netring.Server(
             Slow if mode == "slow" else Pid, "127.0.0.1", 0 if mode == "port0" else args.port,
             backend=args.backend, io_threads=1, reuse_port=mode != "noreuse",
@@ -63,7 +73,8 @@ def main() -> None:
 
     processes = args.processes if args.processes == "auto" else int(args.processes)
     netring.run_workers(build, processes, grace=args.grace, on_ready=ready,
-                        max_start_failures=args.max_start_failures)
+                        max_start_failures=args.max_start_failures, backoff=args.backoff,
+                        listen=[("127.0.0.1", args.port)] if args.listen else None)
     print("stopped", flush=True)
 
 

@@ -36,7 +36,7 @@ from .framing import Delimited, Exactly, LengthPrefixed, Raw, Resp
 from .pool import IOPool, TimerHandle
 from .protocol import BaseProtocol, Protocol
 from .server import Server, backend_info
-from .supervisor import Supervisor, WorkerStartError, run_workers, usable_cpus
+from .supervisor import Supervisor, WorkerStartError, run_workers, usable_cpus, worker_sockets
 from .tls import TLSClientConfig, TLSConfig
 from .udp import DatagramProtocol
 from .workers import WorkerPool
@@ -78,4 +78,5 @@ __all__ = [
     "backend_info",
     "run_workers",
     "usable_cpus",
+    "worker_sockets",
 ]

@@ -55,7 +55,7 @@ from .errors import ConfigurationError
 from .pool import BACKENDS, IOPool
 from .server import Server, _resolve
 from .servers import POOL_OPTIONS, SERVERS
-from .supervisor import Listening, WorkerStartError, run_workers, usable_cpus
+from .supervisor import Listening, WorkerStartError, run_workers, usable_cpus, worker_sockets
 from .systemd import listen_fds
 from .tls import TLSConfig
 from .workers import WorkerPool
@@ -292,12 +292,14 @@ class _Endpoint:
 
 def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
                   pool_options: dict[str, Any], tls: TLSConfig | None,
-                  activated: dict[str, int]) -> list[Any]:
-    """In a worker process: the IO pool, the worker pool and every server,
-    bound with SO_REUSEPORT, or serving the socket systemd passed to the
-    supervisor (inherited: every worker accepts from that one socket). What
-    is left open when a worker drains (the pools) is closed by the worker
-    after its servers."""
+                  activated: dict[str, int], bound: list[str]) -> list[Any]:
+    """In a worker process: the IO pool, the worker pool and every server:
+    a TCP server serves its slot's socket the supervisor bound (``bound``:
+    the names, in ``worker_sockets()``'s order) or the socket systemd passed
+    (inherited: every worker accepts from that one socket); a UDP endpoint
+    binds with SO_REUSEPORT. What is left open when a worker drains (the
+    pools) is closed by the worker after its servers."""
+    slot_sockets = dict(zip(bound, worker_sockets(), strict=True)) if bound else {}
     pool = IOPool(args.io_threads, backend=args.backend, **pool_options)
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
                for name in names if not SERVERS[name].udp}
@@ -307,16 +309,16 @@ def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
         example = SERVERS[name]
         options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
         fd = activated.get(name)
-        if fd is None:
-            options["reuse_port"] = True
+        sock = slot_sockets.get(name)
         if example.udp:
+            options["reuse_port"] = True
             transport, _ = pool.create_datagram_endpoint(
                 example.make_factory(pool, args), (args.host, port), **options).result(10)
             served.append(_Endpoint(transport, pool))
         else:
             server = Server(example.make_factory(pool, args), args.host, port, pool=pool,
                             workers=workers if threads[name] else None, tls=tls, **options,
-                            **_proxy_options(args), fd=fd)
+                            **_proxy_options(args), fd=fd, sock=sock)
             server.start()
             if fd is not None:
                 os.close(fd)  # this worker's inherited copy; the server has its own
@@ -369,24 +371,21 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
                      pool_options: dict[str, Any], tls: TLSConfig | None,
                      activated: dict[str, int]) -> int:
     """``--processes N``: a supervisor running N workers that each serve
-    every NAME; one ready line per server once all N are ready. Sockets from
-    systemd stay open in the supervisor for the whole run (so a restarted or
-    reloaded worker inherits them) and are shared by every worker."""
-    reserved: list[socket.socket] = []
+    every NAME; one ready line per server once all N are ready. The
+    supervisor binds every TCP server's sockets (one per worker slot, see
+    ``run_workers(listen=)``); sockets from systemd stay open in it for the
+    whole run and are shared by every worker. Both survive a worker's
+    replacement."""
+    bound = [n for n in names if not SERVERS[n].udp and n not in activated]
     try:
         host = _resolve(args.host)
         for i, (name, port) in enumerate(zip(names, ports, strict=True)):
-            if port == 0 and name not in activated:
+            if port == 0 and SERVERS[name].udp:
                 sock = _pick_port(host, SERVERS[name].udp)
                 ports[i] = sock.getsockname()[1]
-                if SERVERS[name].udp:
-                    sock.close()
-                else:
-                    reserved.append(sock)
+                sock.close()
     except (OSError, ValueError) as e:
         print(f"netring: cannot pick a port on {args.host}: {e}", file=sys.stderr)
-        for sock in reserved:
-            sock.close()
         return 2
 
     def ready(listening: list[Listening]) -> None:
@@ -396,9 +395,7 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
                   f"(backend={where.backend}, io_threads={where.io_threads}{over})", flush=True)
 
     def build() -> list[Any]:
-        for sock in reserved:  # the supervisor's; not the worker's to keep
-            sock.close()
-        return _build_worker(args, names, ports, pool_options, tls, activated)
+        return _build_worker(args, names, ports, pool_options, tls, activated, bound)
 
     logging.getLogger("netring").info("%d worker processes", args.processes)
     try:
@@ -406,21 +403,20 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
         if args.metrics_port is not None:
             from .metrics import WorkerMetrics
             metrics = WorkerMetrics(args.metrics_port, args.metrics_host, names=names)
-        run_workers(build, args.processes, grace=args.grace, on_ready=ready, metrics=metrics)
+        listen = [(host, ports[names.index(n)]) for n in bound]
+        run_workers(build, args.processes, grace=args.grace, on_ready=ready, metrics=metrics,
+                    listen=listen or None)
     except WorkerStartError as e:
         print(f"netring: {e}", file=sys.stderr)
         return 1
     except (ConfigurationError, TypeError, ImportError) as e:
         print(f"netring: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        if args.metrics_port is None:
-            raise
-        print(f"netring: cannot serve metrics: {e}", file=sys.stderr)  # the port is taken
+    except OSError as e:  # a port someone else holds: the servers' (bound by the
+        # supervisor, its message says where) or the metrics endpoint's
+        what = "" if "cannot listen" in str(e) else "cannot serve metrics: "
+        print(f"netring: {what}{e}", file=sys.stderr)
         return 2
-    finally:
-        for sock in reserved:
-            sock.close()
     return 0
 
 

@@ -12,9 +12,19 @@ wake-ups go to whichever worker happens to be idle (on a busy machine, often
 the same few), so the load is uneven; with ``SO_REUSEPORT`` each worker has
 its own listening socket and accept queue, and the kernel spreads incoming
 connections evenly over them (by a hash of the 4-tuple). A worker's socket
-belongs to that worker alone, so a worker can be replaced on its own: the
-new one binds and accepts beside the old one before the old one stops
+belongs to that worker alone (to its slot, with ``listen=``), so a worker can
+be replaced on its own: the new one accepts before the old one stops
 (``SIGHUP``).
+
+Who binds: by default each worker's ``build`` binds its own socket, and a
+replacement binds a new one beside the old. With ``listen=[(host, port)]``
+(what ``netring serve --processes`` uses) the supervisor binds one socket
+per address per worker *slot* and keeps them for the whole run; a worker
+serves its slot's (``worker_sockets()``), and a reloaded or restarted
+worker takes over the same socket, queue included: a reload drops no SYN
+(the old and the new worker accept from one socket until the old stops,
+serving what is still queued for it first) and a killed worker's queued
+connections wait the 0.1 s until its replacement accepts them.
 
 The supervisor (the process that calls ``run_workers``):
 
@@ -35,16 +45,20 @@ The supervisor (the process that calls ``run_workers``):
 * ``processes="auto"``: ``usable_cpus()``, the CPUs this process may run on
   (``os.sched_getaffinity``) limited by the cgroup v2 CPU quota.
 
-A worker drains without losing a connection: closing a listening socket
-at once would make the kernel reset every connection still in its accept
-queue (unless ``sysctl net.ipv4.tcp_migrate_req=1``), and a busy worker
-often has one there. So the worker first attaches a socket filter that
-drops SYNs to its listening sockets: new connections go to the other
-workers (a dropped SYN is sent again a second later, when this socket is
-gone), while the engine accepts what is queued. Once the queue is empty it
-stops accepting, gives its connections up to half a second to finish on
-their own, then shuts its servers down (``Server.shutdown``: flush, close,
-abort what is left when ``grace`` is over).
+A worker drains without losing a connection. A socket of its own: closing
+a listening socket at once would make the kernel reset every connection
+still in its accept queue (unless ``sysctl net.ipv4.tcp_migrate_req=1``),
+and a busy worker often has one there. So the worker first attaches a
+socket filter that drops SYNs to its listening sockets: new connections go
+to the other workers (a dropped SYN is sent again a second later, when this
+socket is gone: on a reload under load, some connects take a second), while
+the engine accepts what is queued. A socket it shares (``listen=``, or
+systemd's): it goes on accepting for a quarter of a second (handshakes
+under way), then stops, the engine first accepting what is still queued
+(on a full stop the supervisor has made its own sockets drop SYNs first).
+Then it gives its connections up to half a second to finish on their own,
+and shuts its servers down (``Server.shutdown``: flush, close, abort what
+is left when ``grace`` is over).
 """
 
 from __future__ import annotations
@@ -78,6 +92,7 @@ __all__ = [
     "WorkerStartError",
     "run_workers",
     "usable_cpus",
+    "worker_sockets",
 ]
 
 log = logging.getLogger("netring.supervisor")
@@ -96,6 +111,12 @@ LISTEN_DRAIN_SECONDS = 0.25
 #: How long a draining worker waits for its engine to close a listener and
 #: open what was still queued on it.
 STOP_ACCEPTING_SECONDS = 2.0
+#: A dead worker's slot keeps its listening sockets (``listen=``), and the
+#: connections queued on them for its replacement, when the replacement
+#: starts within this long; a slot whose workers keep dying (a longer
+#: backoff) closes them until its next worker starts, so that new
+#: connections go to the other slots' sockets instead of waiting.
+KEEP_SOCKETS_SECONDS = 0.5
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -330,6 +351,11 @@ def _drain(items: list[Servable], grace: float, listening: list[socket.socket]) 
     start = time.monotonic()
     deadline = start + grace
     filtered = [sock for sock in listening if _refuse_new_connections(sock)]
+    if any(getattr(item, "_fd", None) is not None for item in items):
+        # A socket shared with the supervisor or systemd (and the other
+        # workers): no filter here (it is theirs too), but handshakes under
+        # way finish before this worker stops accepting.
+        time.sleep(max(0.0, min(deadline, start + LISTEN_DRAIN_SECONDS) - time.monotonic()))
     if filtered:
         at_least = min(deadline, start + LISTEN_DRAIN_SECONDS)
         at_most = min(deadline, start + 1.0)
@@ -363,8 +389,44 @@ def _close_pools(grace: float) -> None:
         wp.close(grace)
 
 
+#: In a worker of a supervisor with ``listen=``: its slot's sockets.
+_worker_sockets: list[socket.socket] | None = None
+
+
+def worker_sockets() -> list[socket.socket]:
+    """In a worker process of ``run_workers(..., listen=[(host, port),
+    ...])``: the listening sockets of this worker's slot, one per address,
+    in ``listen``'s order; serve each with ``Server(factory, sock=...)``.
+    The supervisor made them (``SO_REUSEPORT``, one per slot: the kernel
+    spreads connections over the slots) and keeps them open across this
+    worker's replacement. Raises ``RuntimeError`` anywhere else."""
+    if _worker_sockets is None:
+        raise RuntimeError("worker_sockets(): only in a worker process of "
+                           "run_workers(..., listen=...)")
+    return list(_worker_sockets)
+
+
+def _listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket on host:port with SO_REUSEPORT (``::``:
+    dual-stack)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _worker_main(build: Callable[[], Any], conn: multiprocessing.connection.Connection,
-                 grace: float, slot: int, supervisor_pid: int) -> None:
+                 grace: float, slot: int, supervisor_pid: int,
+                 slot_sockets: dict[int, list[socket.socket]] | None = None) -> None:
     """A worker process: build, start, report ready, serve until SIGTERM or
     SIGINT (or the supervisor is gone), drain. Exit status 0 after a drain,
     1 when ``build`` failed or a server stopped on its own."""
@@ -378,6 +440,15 @@ def _worker_main(build: Callable[[], Any], conn: multiprocessing.connection.Conn
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     pid = os.getpid()
+    if slot_sockets is not None:
+        # Only this slot's: another slot's socket kept open here would
+        # outlive its closing by the supervisor (a slot whose workers die).
+        global _worker_sockets
+        for other, socks in slot_sockets.items():
+            if other != slot:
+                for sock in socks:
+                    sock.close()
+        _worker_sockets = slot_sockets.get(slot, [])
     try:
         items = _servables(build())
         for item in items:
@@ -469,6 +540,8 @@ class Supervisor:
         on_ready: Callable[[list[Listening]], object] | None = None,
         start_method: Literal["fork", "spawn", "forkserver"] = "fork",
         metrics: Any = None,
+        listen: Iterable[tuple[str, int]] | None = None,
+        backlog: int = 1024,
     ) -> None:
         if not callable(build):
             raise TypeError("build: must be callable")
@@ -485,6 +558,19 @@ class Supervisor:
         if start_method not in ("fork", "spawn", "forkserver"):
             raise ConfigurationError(
                 f"start_method: must be 'fork', 'spawn' or 'forkserver', not {start_method!r}")
+        self._listen: list[tuple[str, int]] | None = None
+        if listen is not None:
+            if start_method != "fork":
+                raise ConfigurationError("listen: needs start_method='fork' (the workers "
+                                         "inherit the supervisor's sockets)")
+            self._listen = []
+            for address in listen:
+                if not (isinstance(address, tuple) and len(address) == 2
+                        and isinstance(address[0], str)):
+                    raise TypeError(f"listen: (host, port) tuples, not {address!r}")
+                self._listen.append((address[0], check_int("listen port", address[1],
+                                                           0, 65535)))
+        self.backlog = check_int("backlog", backlog, 1)
         self._build = build
         self._on_ready = on_ready
         # -- metrics (netring.metrics): workers report, this process serves.
@@ -549,6 +635,7 @@ class Supervisor:
         self._fatal: str | None = None
         self._announced = False
         self._listening: list[Listening] | None = None
+        self._sockets: dict[int, list[socket.socket]] = {}
         self._wake_r, wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(wake_w, False)
@@ -578,6 +665,8 @@ class Supervisor:
             os.close(wake_w)
             if self._metrics is not None:  # metrics: stop serving, remove the reports
                 self._metrics.close()
+            for slot in list(self._sockets):
+                self._close_sockets(slot)
             self._running = False
         if self._fatal is not None:
             raise WorkerStartError(self._fatal)
@@ -632,11 +721,40 @@ class Supervisor:
                     self._exited(w)
             self._timers(time.monotonic())
 
+    def _slot_sockets(self, slot: int) -> dict[int, list[socket.socket]] | None:
+        """``listen=``: every slot's sockets, this one's made if it has none
+        (the first slot's bind picks the ports asked as 0)."""
+        if self._listen is None:
+            return None
+        if slot not in self._sockets:
+            socks: list[socket.socket] = []
+            try:
+                for i, (host, port) in enumerate(self._listen):
+                    try:
+                        sock = _listen_socket(host, port, self.backlog)
+                    except OSError as e:
+                        raise OSError(e.errno, f"cannot listen on {host}:{port}: "
+                                      f"{e.strerror or e}") from None
+                    socks.append(sock)
+                    if port == 0:
+                        self._listen[i] = (host, sock.getsockname()[1])
+            except BaseException:
+                for sock in socks:
+                    sock.close()
+                raise
+            self._sockets[slot] = socks
+        return self._sockets
+
+    def _close_sockets(self, slot: int) -> None:
+        for sock in self._sockets.pop(slot, []):
+            sock.close()
+
     def _spawn(self, slot: int, replacement: bool = False) -> _Worker:
+        sockets = self._slot_sockets(slot)
         reader, writer = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_worker_main, name=f"netring-worker-{slot}",
-            args=(self._worker_build, writer, self.grace, slot, os.getpid()))
+            args=(self._worker_build, writer, self.grace, slot, os.getpid(), sockets))
         # Blocked across the fork, so that the child never runs this
         # process's handlers; the worker installs its own, then unblocks.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -747,6 +865,8 @@ class Supervisor:
                 # The old one is gone too: an ordinary restart fills the slot.
                 log.warning("%s %s %s%s; restarting in %.1f s", w, status, what, said, delay)
                 self._restart_at[w.slot] = now + delay
+                if delay > KEEP_SOCKETS_SECONDS:
+                    self._close_sockets(w.slot)
                 self._next_reload()
             else:
                 log.warning("%s %s %s%s; starting another replacement in %.1f s",
@@ -758,6 +878,8 @@ class Supervisor:
             return
         log.warning("%s %s %s%s; restarting in %.1f s", w, status, what, said, delay)
         self._restart_at[w.slot] = now + delay
+        if delay > KEEP_SOCKETS_SECONDS:
+            self._close_sockets(w.slot)
 
     def _timers(self, now: float) -> None:
         for key, when in list(self._restart_at.items()):
@@ -801,6 +923,13 @@ class Supervisor:
         self._restart_at.clear()
         self._reload_queue.clear()
         self._reload_again = False
+        # Our own sockets (listen=) take no new connection from now on: a
+        # dropped SYN is sent again, and by then the port is closed (or a
+        # balancer in front has tried another server), while what is queued
+        # is still accepted by the draining workers.
+        for socks in self._sockets.values():
+            for sock in socks:
+                _refuse_new_connections(sock)
         for w in self._live():
             if w.kill_at is None:
                 w.kill_at = time.monotonic() + self.grace + KILL_MARGIN
@@ -861,6 +990,8 @@ def run_workers(
     on_ready: Callable[[list[Listening]], object] | None = None,
     start_method: Literal["fork", "spawn", "forkserver"] = "fork",
     metrics: Any = None,
+    listen: Iterable[tuple[str, int]] | None = None,
+    backlog: int = 1024,
 ) -> None:
     """Serve on every core: run ``processes`` worker processes, each serving
     what ``build()`` returns, until SIGTERM/SIGINT; SIGHUP replaces them one
@@ -900,6 +1031,16 @@ def run_workers(
             ``"HOST:PORT"`` (host 127.0.0.1 by default) or a
             ``netring.metrics.WorkerMetrics``; served from before the first
             worker starts until the run ends.
+        listen: ``[(host, port), ...]``: the supervisor binds the listening
+            sockets, one ``SO_REUSEPORT`` socket per address per worker slot
+            (``backlog``), and keeps them for the whole run; ``build`` serves
+            ``worker_sockets()`` with ``Server(factory, sock=...)``. A
+            reloaded or restarted worker takes over its slot's sockets
+            (what is queued there included) instead of binding new ones: a
+            reload drops no SYN and resets nothing, and a killed worker's
+            queued connections wait for its replacement (0.1 s later) unless
+            the slot's workers keep dying. Port 0: the first bind picks one.
+            Needs ``start_method="fork"``.
 
     Raises:
         WorkerStartError: workers kept dying before they were ready (or
@@ -912,4 +1053,4 @@ def run_workers(
                max_start_failures=max_start_failures,
                start_failure_window=start_failure_window, backoff=backoff,
                max_backoff=max_backoff, on_ready=on_ready, start_method=start_method,
-               metrics=metrics).run()
+               metrics=metrics, listen=listen, backlog=backlog).run()
