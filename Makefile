@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 30
 SOAK_SECONDS ?= 60
 SOAK_OUT  ?= benchmarks/results/soak
 
-.PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls bench-bulk bench-aio bench-proxy-v2 soak bench-quick fuzz clean
+.PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls bench-bulk bench-aio bench-proxy-v2 bench-reload soak bench-quick fuzz clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -83,6 +83,9 @@ bench-aio: build  ## inside asyncio: protocol/streams/websockets echo and uvicor
 
 bench-proxy-v2: build  ## PROXY protocol v2 overhead: the echo with and without the PROXY layer, paired per repetition
 	$(PY) benchmarks/proxy_v2_bench.py --repeat 7 --json benchmarks/results/proxy_v2.json > benchmarks/results/proxy_v2.md
+
+bench-reload: build  ## reload under load: SIGHUP / a killed worker while 50 clients keep reconnecting; failed connects, lost replies
+	$(PY) benchmarks/reload_bench.py --json benchmarks/results/reload.json > benchmarks/results/reload.md
 
 bench-limits: build  ## RSS per idle connection, EMFILE recovery, connections/s vs uvloop
 	$(PY) benchmarks/limits_bench.py

@@ -3,6 +3,7 @@
 //! `main` calls [`Opts::parse`] once; every option is validated here so the
 //! rest of the program can trust `size`, `conns` and `depth` to be usable.
 //! `--tls`, `--churn` and `--proxy-v2` are flags (no value); every other option takes one.
+//! `--timeout-ms` defaults by mode: 200 ms for udp, 2000 ms with `--reconnect-every`.
 
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ usage: netring-loadgen --port P [options]
   --mode M          raw | lp | line | udp | ws (default raw); ws: each connection
                     upgrades (GET / with Upgrade: websocket), then sends binary
                     frames of --size bytes (at most 65535) and expects them echoed
-  --timeout-ms MS   udp: a datagram unanswered this long is lost and replaced (default 200)
+  --timeout-ms MS   udp: a datagram unanswered this long is lost and replaced (default 200);
+                    --reconnect-every: a connect not established, or an echo not complete,
+                    this long is a failure (default 2000)
   --server-pid PID  sample this process's utime+stime from /proc at the window edges
   --extra-pid PID   sample another process too (e.g. a proxy's upstream), as extra_cpu_us
   --tls             speak TLS 1.3 (TLS13_AES_128_GCM_SHA256, X25519 only; raw mode):
@@ -33,6 +36,18 @@ usage: netring-loadgen --port P [options]
   --churn           with --tls: every message on a new connection (connect, full
                     handshake without resumption, one echo of --size bytes, close_notify,
                     close); --conns of them in flight, --depth 1; msgs = handshakes
+  --reconnect-every K  plain TCP (raw, lp, line): each of --conns slots connects
+                    (non-blocking), has K messages echoed at --depth, closes, and
+                    connects again, every connection with payloads of its own. Failures
+                    are counted, not fatal (exit 0 if any message completed): connects
+                    and connect_failures (refused, reset, or not established within
+                    --timeout-ms), lost (messages in flight when the server closed or
+                    reset the connection; those connections: conns_broken), closed_idle
+                    (closed with nothing in flight), corrupted (a wrong echo: that
+                    connection is dropped), reply_timeouts (an echo not complete within
+                    --timeout-ms: dropped, its messages lost); counts cover the whole
+                    run, warm-up included; timeline: [msgs, connects, failures] per
+                    100 ms of the window; connect_p50_us/connect_p99_us/connect_max_us
 ";
 
 /// How a message is framed on the wire; the server echoes it unchanged.
@@ -95,12 +110,15 @@ pub struct Opts {
     pub mode: Mode,
     pub server_pid: Option<u32>,
     pub extra_pid: Option<u32>,
-    pub udp_timeout: Duration,
+    /// udp: when a datagram is lost; --reconnect-every: when a connect or an echo failed.
+    pub timeout: Duration,
     pub tls: bool,
     pub proxy_v2: bool,
     pub tls_ca: Option<String>,
     pub tls_server_name: Option<String>,
     pub churn: bool,
+    /// Messages per connection before it is closed and replaced (`--reconnect-every`).
+    pub reconnect_every: Option<u64>,
 }
 
 const MAX_SIZE_BYTES: usize = 16 << 20;
@@ -120,13 +138,15 @@ impl Opts {
             mode: Mode::Raw,
             server_pid: None,
             extra_pid: None,
-            udp_timeout: Duration::from_millis(200),
+            timeout: Duration::ZERO, // resolved by mode below
             tls: false,
             proxy_v2: false,
             tls_ca: None,
             tls_server_name: None,
             churn: false,
+            reconnect_every: None,
         };
+        let mut timeout = None;
         while let Some(key) = args.next() {
             match key.as_str() {
                 "-h" | "--help" => return Err(String::new()),
@@ -157,9 +177,8 @@ impl Opts {
                 "--extra-pid" => o.extra_pid = Some(num(&key, &val)?),
                 "--tls-ca" => o.tls_ca = Some(val),
                 "--tls-server-name" => o.tls_server_name = Some(val),
-                "--timeout-ms" => {
-                    o.udp_timeout = Duration::from_millis(num(&key, &val)?);
-                }
+                "--timeout-ms" => timeout = Some(Duration::from_millis(num(&key, &val)?)),
+                "--reconnect-every" => o.reconnect_every = Some(num(&key, &val)?),
                 "--mode" => {
                     o.mode = match val.as_str() {
                         "raw" => Mode::Raw,
@@ -192,8 +211,26 @@ impl Opts {
         if !(min_size..=max_size).contains(&o.size) {
             return Err(format!("--size must be in {min_size}..={max_size}"));
         }
-        if o.udp_timeout.is_zero() {
+        let default_ms = if o.reconnect_every.is_some() {
+            2000
+        } else {
+            200
+        };
+        o.timeout = timeout.unwrap_or(Duration::from_millis(default_ms));
+        if o.timeout.is_zero() {
             return Err("--timeout-ms must be positive".into());
+        }
+        if o.reconnect_every == Some(0) {
+            return Err("--reconnect-every must be positive".into());
+        }
+        if o.reconnect_every.is_some()
+            && (o.tls || o.proxy_v2 || !matches!(o.mode, Mode::Raw | Mode::Lp | Mode::Line))
+        {
+            return Err(
+                "--reconnect-every needs --mode raw, lp or line, without --tls \
+                        or --proxy-v2"
+                    .into(),
+            );
         }
         if o.tls && o.mode != Mode::Raw {
             return Err("--tls needs --mode raw".into());

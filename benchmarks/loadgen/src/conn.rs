@@ -101,6 +101,16 @@ impl<S: Write> Conn<S> {
         }
     }
 
+    /// Messages queued or sent whose echo is not complete yet.
+    pub fn in_flight(&self) -> usize {
+        self.sent_at.len()
+    }
+
+    /// The send time of the oldest message not fully echoed, if any.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.sent_at.front().copied()
+    }
+
     /// Write queued bytes until done or the socket buffer is full.
     pub fn flush(&mut self) -> io::Result<()> {
         if self.mode == Mode::Ws {

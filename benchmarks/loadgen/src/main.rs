@@ -22,6 +22,14 @@
 //! handshakes per second instead (see `churn`). Without `--tls` none of this
 //! is on the path.
 //!
+//! `--reconnect-every K` (plain TCP: raw, lp, line) opens new connections
+//! throughout instead: each slot has `K` messages echoed on a connection,
+//! closes it and connects again (see `reconnect`). Failures there are counted
+//! (`connects`, `connect_failures`, `lost`, `conns_broken`, `closed_idle`,
+//! `corrupted`, `reply_timeouts`), not fatal, and the JSON has a `timeline`
+//! of `[messages, connects, failures]` per 100 ms of the window: for a server
+//! reloaded under load. A mismatch there is counted, not exit status 2.
+//!
 //! Exit status: 0 ok; 1 no message measured, a connection failed, or setup
 //! failed; 2 echo mismatch; 3 hard deadline hit; 64 bad usage. A watchdog
 //! thread bounds the whole run even if a connect or the server stalls.
@@ -30,6 +38,7 @@ mod args;
 mod churn;
 mod conn;
 mod hist;
+mod reconnect;
 mod tls;
 mod udp;
 
@@ -46,6 +55,7 @@ use args::{Mode, Opts};
 use churn::{Churn, Slot};
 use conn::Conn;
 use hist::Histogram;
+use reconnect::{Counts, Recon};
 use tls::TlsStream;
 use udp::{Tally, UdpConn};
 
@@ -91,6 +101,8 @@ struct Stats {
     machine_ticks: Option<u64>,
     lost: u64,
     late: u64,
+    /// `--reconnect-every`: its counts and timeline.
+    recon: Option<Counts>,
 }
 
 /// The handshakes done before the warm-up (`--tls`, not `--churn`).
@@ -105,6 +117,7 @@ enum Peer {
     Udp(UdpConn),
     Tls(Conn<TlsStream>),
     Churn(Slot),
+    Recon(reconnect::Slot),
 }
 
 impl Peer {
@@ -114,6 +127,7 @@ impl Peer {
             Peer::Udp(u) => u.queue(n, now),
             Peer::Tls(c) => c.queue(n, now),
             Peer::Churn(_) => {} // a cycle queues its one message after its handshake
+            Peer::Recon(_) => {} // a cycle queues its messages once connected
         }
     }
 
@@ -122,7 +136,7 @@ impl Peer {
             Peer::Tcp(c) => c.flush(),
             Peer::Udp(u) => u.flush(),
             Peer::Tls(c) => c.flush(),
-            Peer::Churn(_) => Ok(()),
+            Peer::Churn(_) | Peer::Recon(_) => Ok(()),
         }
     }
 
@@ -132,6 +146,10 @@ impl Peer {
             Peer::Udp(u) => poll.registry().deregister(&mut u.socket),
             Peer::Tls(c) => poll.registry().deregister(&mut c.stream.sock),
             Peer::Churn(s) => poll.registry().deregister(&mut s.conn.stream.sock),
+            Peer::Recon(s) => {
+                s.close(poll);
+                Ok(())
+            }
         };
     }
 }
@@ -160,6 +178,7 @@ fn run(o: &Opts) -> Result<(), (i32, String)> {
         _ => None,
     };
     let (mut conns, mut churn, mut handshakes) = (Vec::new(), None, None);
+    let mut recon = None;
     match client {
         Some(client) if o.churn => {
             let ch = Churn {
@@ -179,7 +198,26 @@ fn run(o: &Opts) -> Result<(), (i32, String)> {
             conns = connect_all(o, addr, &poll, Some(&client)).map_err(fail)?;
             handshakes = Some(handshake_all(&mut poll, &mut conns, connect_deadline)?);
         }
-        None => conns = connect_all(o, addr, &poll, None).map_err(fail)?,
+        None => match o.reconnect_every {
+            Some(every) => {
+                let r = Recon {
+                    addr,
+                    conns: o.conns,
+                    mode: o.mode,
+                    size: o.size,
+                    depth: o.depth,
+                    every,
+                    timeout: o.timeout,
+                };
+                let mut counts = Counts::new();
+                for i in 0..o.conns {
+                    let slot = reconnect::Slot::new(&r, &poll, i, &mut counts);
+                    conns.push(Some(Peer::Recon(slot)));
+                }
+                recon = Some((r, counts));
+            }
+            None => conns = connect_all(o, addr, &poll, None).map_err(fail)?,
+        },
     }
 
     let start = Instant::now();
@@ -187,7 +225,7 @@ fn run(o: &Opts) -> Result<(), (i32, String)> {
         c.queue(o.depth, start);
         c.flush().map_err(|e| fail(format!("first write: {e}")))?;
     }
-    let stats = drive(o, &mut poll, &mut conns, start, churn.as_ref())?;
+    let stats = drive(o, &mut poll, &mut conns, start, churn.as_ref(), recon)?;
     report(o, &stats, handshakes.as_ref());
     if stats.hist.count() == 0 {
         return Err(fail("no message completed in the measured window".into()));
@@ -388,6 +426,7 @@ fn drive(
     conns: &mut [Option<Peer>],
     start: Instant,
     churn: Option<&Churn>,
+    mut recon: Option<(Recon, Counts)>,
 ) -> Result<Stats, (i32, String)> {
     let warm_end = start + o.warmup;
     let end = warm_end + o.duration;
@@ -407,6 +446,7 @@ fn drive(
     let mut measured_from = warm_end;
     let (mut lost, mut late) = (0, 0);
     let udp = o.mode == Mode::Udp;
+    let sweeping = udp || recon.is_some();
     let mut next_sweep = start + SWEEP_EVERY;
 
     loop {
@@ -418,6 +458,9 @@ fn drive(
             extra0 = extra_pid.as_deref().and_then(cpu_ticks);
             self0 = cpu_ticks("self");
             machine0 = machine_busy_ticks();
+            if let Some((_, counts)) = recon.as_mut() {
+                counts.measure(now, end);
+            }
             eprintln!("MEASURE_START");
         }
         if now >= end || alive == 0 {
@@ -427,16 +470,22 @@ fn drive(
             let machine1 = machine_busy_ticks();
             eprintln!("MEASURE_END");
             let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+            let window = now.saturating_duration_since(measured_from);
+            let recon = recon.map(|(_, mut counts)| {
+                counts.finish(window);
+                counts
+            });
             return Ok(Stats {
                 hist,
                 errors,
-                window: now.saturating_duration_since(measured_from),
+                window,
                 server_ticks: delta(server0, server1),
                 extra_ticks: delta(extra0, extra1),
                 self_ticks: delta(self0, self1),
                 machine_ticks: delta(machine0, machine1),
                 lost,
                 late,
+                recon,
             });
         }
         let counting = measuring && now < end;
@@ -444,7 +493,7 @@ fn drive(
             next_sweep = now + SWEEP_EVERY;
             for (i, slot) in conns.iter_mut().enumerate() {
                 let Some(Peer::Udp(u)) = slot else { continue };
-                let n = u.expire(now, o.udp_timeout);
+                let n = u.expire(now, o.timeout);
                 if n == 0 {
                     continue;
                 }
@@ -460,8 +509,16 @@ fn drive(
                 }
             }
         }
+        if let Some((r, counts)) = recon.as_mut().filter(|_| now >= next_sweep) {
+            next_sweep = now + SWEEP_EVERY;
+            for slot in conns.iter_mut() {
+                if let Some(Peer::Recon(s)) = slot {
+                    s.sweep(r, poll, counts, now);
+                }
+            }
+        }
         let mut edge = if measuring { end } else { warm_end };
-        if udp {
+        if sweeping {
             edge = edge.min(next_sweep);
         }
         match poll.poll(&mut events, Some(edge.saturating_duration_since(now))) {
@@ -488,6 +545,11 @@ fn drive(
                     r
                 }
                 Peer::Tls(c) => tls::pump(c, &mut buf, &mut plain, &mut record),
+                Peer::Recon(s) => {
+                    let (r, counts) = recon.as_mut().expect("reconnect slots come with settings");
+                    s.pump(r, poll, counts, &mut buf, &mut record);
+                    Ok(())
+                }
                 Peer::Churn(s) => match churn::pump(s, &mut buf, &mut plain, &mut record) {
                     Ok(true) => {
                         let ch = churn.expect("churn slots come with their settings");
@@ -618,7 +680,10 @@ fn report(o: &Opts, s: &Stats, hs: Option<&Handshakes>) {
         ("max_us", format!("{:.1}", s.hist.max_ns() as f64 / 1000.0)),
         ("mean_us", format!("{:.1}", s.hist.mean_ns() / 1000.0)),
         ("errors", s.errors.to_string()),
-        ("lost", s.lost.to_string()),
+        (
+            "lost",
+            s.recon.as_ref().map_or(s.lost, |c| c.lost).to_string(),
+        ),
         ("late", s.late.to_string()),
         ("server_cpu_us", num(server_us)),
         ("server_cpu_us_per_msg", num(per_msg)),
@@ -635,6 +700,32 @@ fn report(o: &Opts, s: &Stats, hs: Option<&Handshakes>) {
     if o.tls {
         fields.push(("tls", "true".into()));
         fields.push(("churn", o.churn.to_string()));
+    }
+    if let (Some(every), Some(c)) = (o.reconnect_every, s.recon.as_ref()) {
+        let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+        let timeline: Vec<String> = c
+            .timeline
+            .iter()
+            .map(|[m, n, f]| format!("[{m},{n},{f}]"))
+            .collect();
+        fields.extend([
+            ("reconnect_every", every.to_string()),
+            ("timeout_ms", o.timeout.as_millis().to_string()),
+            ("connects", c.connects.to_string()),
+            ("connect_failures", c.connect_failures.to_string()),
+            ("closed_idle", c.closed_idle.to_string()),
+            ("conns_broken", c.conns_broken.to_string()),
+            ("corrupted", c.corrupted.to_string()),
+            ("reply_timeouts", c.reply_timeouts.to_string()),
+            ("connect_p50_us", us(c.connect_hist.quantile_ns(0.5))),
+            ("connect_p99_us", us(c.connect_hist.quantile_ns(0.99))),
+            ("connect_max_us", us(c.connect_hist.max_ns())),
+            (
+                "timeline_bucket_ms",
+                reconnect::BUCKET.as_millis().to_string(),
+            ),
+            ("timeline", format!("[{}]", timeline.join(","))),
+        ]);
     }
     if let Some(hs) = hs {
         let mut each = hs.each.clone();
