@@ -57,7 +57,7 @@ bench-framed: build  ## packet/line echo: netring vs uvloop/asyncio BufferedProt
 	$(PY) benchmarks/framed_bench.py
 
 bench-scaling: build  ## worker processes (--processes 1,2) against the load generator: msgs/s and CPU/msg per N
-	$(PY) benchmarks/workers_scaling.py --processes 1,2 --json benchmarks/results/scaling.json > benchmarks/results/scaling.md
+	$(PY) benchmarks/workers_scaling.py --processes 1,2 --server-cpus 1 --loadgen-cpus 0 --repeat 5 --json benchmarks/results/scaling.json > benchmarks/results/scaling.md
 
 bench-workers: build  ## worker pool: line-workers vs asyncio run_in_executor, and the hand-off cost
 	$(PY) benchmarks/workers_bench.py --json benchmarks/results/workers.json > benchmarks/results/workers.md
