@@ -19,6 +19,13 @@ not what a message costs at full speed.
 
     python benchmarks/instr_per_msg.py --build A=/tmp/ab/A --build B=/tmp/ab/B \\
         --mode raw --depth 16
+
+A build given as ``DIR+proxy-v2`` serves behind the PROXY protocol v2
+(``--proxy-protocol v2``, the load generator sending HAProxy's header): the
+same build plain and so is the PROXY layer's cost per message::
+
+    python benchmarks/instr_per_msg.py --build plain=/tmp/ab/B \\
+        --build proxy=/tmp/ab/B+proxy-v2 --mode raw --depth 1
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ def total_instructions(out_prefix: str) -> int:
 
 
 def measure(build: str, mode: str, depth: int, conns: int, seconds: float,
-            keep: str | None = None) -> tuple[int, int]:
+            keep: str | None = None, proxy: bool = False) -> tuple[int, int]:
     """(instructions, messages) in one measured window on `build`; with
     `keep`, the callgrind dump is kept under that name (for
     `callgrind_annotate`)."""
@@ -63,7 +70,8 @@ def measure(build: str, mode: str, depth: int, conns: int, seconds: float,
         server = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={prefix}.%p", sys.executable, "-u", "-m", "netring", "serve",
-             SERVERS[mode], "--port", "0"],
+             SERVERS[mode], "--port", "0",
+             *(["--proxy-protocol", "v2", "--trusted-proxy", "127.0.0.1/32"] if proxy else [])],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             assert server.stdout is not None
@@ -71,7 +79,7 @@ def measure(build: str, mode: str, depth: int, conns: int, seconds: float,
             port = int(re.search(r":(\d+) ", ready).group(1))  # type: ignore[union-attr]
             load = [str(LOADGEN), "--port", str(port), "--conns", str(conns), "--size", "64",
                     "--depth", str(depth), "--mode", mode, "--warmup", "3",
-                    "--duration", str(seconds)]
+                    "--duration", str(seconds), *(["--proxy-v2"] if proxy else [])]
             gen = subprocess.Popen(load, stdout=subprocess.PIPE, text=True)
             time.sleep(3)  # the load generator's warm-up
             subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], check=True,
@@ -103,7 +111,9 @@ def main() -> None:
         order = builds if rnd % 2 == 0 else builds[::-1]
         for name, build in order:
             keep = f"{args.keep}.{name}.{rnd}" if args.keep else None
-            instr, msgs = measure(build, args.mode, args.depth, args.conns, args.seconds, keep)
+            path, proxy = build.removesuffix("+proxy-v2"), build.endswith("+proxy-v2")
+            instr, msgs = measure(path, args.mode, args.depth, args.conns, args.seconds, keep,
+                                  proxy)
             results[name].append(instr / max(msgs, 1))
             print(f"round {rnd} {name}: {instr / 1e6:.0f}M instructions / {msgs} msgs = "
                   f"{instr / max(msgs, 1):.0f} per msg", file=sys.stderr)

@@ -282,6 +282,20 @@ def test_sighup_replaces_every_worker_under_traffic(backend: str, listen: tuple[
             assert f"(pid {pid}) exited with status 0 (drained)" in a.stderr
 
 
+def test_listen_arguments_are_checked() -> None:
+    def build() -> netring.Server:
+        raise AssertionError("never built")
+
+    with pytest.raises(netring.ConfigurationError, match="start_method='fork'"):
+        netring.Supervisor(build, 2, listen=[("127.0.0.1", 0)], start_method="spawn")
+    with pytest.raises(TypeError, match="listen"):
+        netring.Supervisor(build, 2, listen=[("127.0.0.1",)])  # type: ignore[list-item]
+    with pytest.raises(netring.ConfigurationError, match="listen port"):
+        netring.Supervisor(build, 2, listen=[("127.0.0.1", 70000)])
+    with pytest.raises(RuntimeError, match="only in a worker process"):
+        netring.worker_sockets()
+
+
 def test_auto_is_the_cgroup_quota(tmp_path: Path) -> None:
     cpus = len(os.sched_getaffinity(0))
     proc = tmp_path / "cgroup"
