@@ -66,7 +66,7 @@ def front(args: argparse.Namespace, backend_port: int, tmp: Path,
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(f"""
 global
-    maxconn 10000
+    maxconn 4000
     nbthread 1
 defaults
     mode tcp
