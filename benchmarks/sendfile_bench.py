@@ -7,9 +7,12 @@ asyncio (``loop.sendfile``: ``os.sendfile`` on its selector loop) and uvloop
 falls back to). The client (this process, pinned to CPU 0) downloads the
 file with ``recv_into``; the server is pinned to CPU 1 and its CPU time is
 read from /proc. Each (server, run) fetches the file once after one priming
-fetch; medians of the runs, ratios to uvloop and asyncio.
+fetch; medians of the runs, ratios to uvloop and asyncio. With
+``--clients N`` each fetch is N clients downloading the file at once (one
+thread each, every thread on CPU 0), MB/s counting all of them.
 
-    .venv/bin/python benchmarks/sendfile_bench.py [--repeat N] [--size-mib M] [--json OUT]
+    .venv/bin/python benchmarks/sendfile_bench.py [--repeat N] [--size-mib M] [--clients N]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +60,29 @@ def fetch(port: int, name: str, buf: memoryview) -> int:
         return int(size)
 
 
+def fetch_all(port: int, name: str, bufs: list[memoryview]) -> int:
+    """One fetch per buffer, all at once (a thread each); the bytes of all."""
+    if len(bufs) == 1:
+        return fetch(port, name, bufs[0])
+    sizes: list[int] = []
+    errors: list[BaseException] = []
+
+    def one(buf: memoryview) -> None:
+        try:
+            sizes.append(fetch(port, name, buf))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(b,)) for b in bufs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(sizes)
+
+
 def make_servers(root: str, args: argparse.Namespace) -> tuple[list[Server], dict[str, str]]:
     py, servers, skipped = sys.executable, [], {}
     for backend in args.backends.split(","):
@@ -71,18 +98,21 @@ def make_servers(root: str, args: argparse.Namespace) -> tuple[list[Server], dic
 
 
 def run(servers: list[Server], args: argparse.Namespace) -> list[dict]:
-    buf = memoryview(bytearray(4 << 20))
+    bufs = [memoryview(bytearray(4 << 20)) for _ in range(args.clients)]
     for srv in servers:
-        fetch(srv.port, "prime", buf)
+        fetch(srv.port, "prime", bufs[0])
     runs = []
     for rep in range(args.repeat):
         k = rep % len(servers)
         for srv in servers[k:] + servers[:k]:
             cpu0, t0 = cpu_seconds(srv.proc.pid), time.perf_counter()
-            size = fetch(srv.port, "big", buf)
+            size = fetch_all(srv.port, "big", bufs)
             wall, cpu = time.perf_counter() - t0, cpu_seconds(srv.proc.pid) - cpu0
             mb = size / 1e6
-            r = {"server": srv.name, "scenario": f"{size >> 20} MiB", "rep": rep,
+            scenario = f"{(size // args.clients) >> 20} MiB"
+            if args.clients > 1:
+                scenario += f" x {args.clients} clients"
+            r = {"server": srv.name, "scenario": scenario, "rep": rep,
                  "mb_per_s": mb / wall, "server_cpu_pct": 100 * cpu / wall,
                  "server_cpu_us_per_mb": cpu * 1e6 / mb}
             runs.append(r)
@@ -143,6 +173,7 @@ def main() -> None:
     ap.add_argument("--backends", default="io_uring,epoll")
     ap.add_argument("--repeat", type=int, default=5, help="fetches of the file per server")
     ap.add_argument("--size-mib", type=int, default=1024, help="the file's size (default 1 GiB)")
+    ap.add_argument("--clients", type=int, default=1, help="clients fetching at once")
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--json", metavar="OUT", help="save every run and the medians here")
     args = ap.parse_args()
@@ -165,7 +196,8 @@ def main() -> None:
                 srv.stop()
     skipped |= {srv.name: srv.note for srv in servers if srv.note}
     rows = medians(runs)
-    title = f"File serving ({args.size_mib} MiB, one client)"
+    who = "one client" if args.clients == 1 else f"{args.clients} clients at once"
+    title = f"File serving ({args.size_mib} MiB, {who})"
     print(headline(title, args, pinned).replace(" of 0 s after 0 s warm-up", "") + "\n")
     print(table(rows, COLUMNS))
     checks = verdicts(rows)
