@@ -134,6 +134,11 @@ class PacketEcho(netring.Protocol):
         self.transport.send_packet(packet)
 
 
+class RawPackets(Echo):
+    def data_received(self, data: bytes) -> None:
+        self.transport.send_packet(data)
+
+
 def bucket_counts(scrape: Scrape, name: str, **labels: str) -> list[tuple[float, float]]:
     """A histogram's (le, cumulative count) pairs, in order of le."""
     family = scrape.families[name]
@@ -179,8 +184,8 @@ def test_frames_and_turn_and_callback_histograms(backend: str) -> None:
             # Bounds are powers of four microseconds, up to 2^22 µs.
             assert [le for le, _ in rows[:3]] == [1e-06, 4e-06, 1.6e-05]
             assert len(rows) == 13 and rows[-2][0] == 4.194304
-        # Raw connections' writes are not frames.
-    with serving(Echo, backend, io_threads=1) as server:
+    # A raw connection's send_packet is a plain write, not a frame.
+    with serving(RawPackets, backend, io_threads=1) as server:
         with socket.create_connection(server.address, timeout=10) as c:
             c.sendall(b"abc")
             assert recv_exactly(c, 3) == b"abc"

@@ -25,14 +25,14 @@ behind a load balancer that sends the PROXY protocol (HAProxy's
 example that needs workers (``line-workers``: 8) gets its default.
 
 ``--processes N|auto`` runs N worker processes (``auto``: the usable CPUs,
-cgroup-aware), each serving every NAME on the same ports with
-``SO_REUSEPORT`` (``netring.run_workers``); the ready lines are printed once
-per server when every worker is ready. SIGTERM/SIGINT drains them all;
-SIGHUP replaces them one at a time. ``--port 0`` picks one free port per
-server in the supervisor, which keeps a bound (not listening)
-``SO_REUSEPORT`` socket on it for the whole run so that no other program
-takes the port while workers restart (UDP: the port is only picked, as a
-bound UDP socket would receive datagrams).
+cgroup-aware), each serving every NAME on the same ports
+(``netring.run_workers(listen=)``: the supervisor binds one ``SO_REUSEPORT``
+socket per TCP server per worker slot and keeps them for the whole run, so
+a replaced worker takes over its slot's socket; UDP endpoints bind their
+own); the ready lines are printed once per server when every worker is
+ready. SIGTERM/SIGINT drains them all; SIGHUP replaces them one at a time.
+``--port 0`` picks the port with the first slot's socket (UDP: in the
+supervisor, only picked, as a bound UDP socket would receive datagrams).
 
 ``--metrics-port P [--metrics-host H]`` serves Prometheus metrics on
 ``http://H:P/metrics`` (``netring.metrics``; H defaults to 127.0.0.1, P 0
@@ -292,24 +292,25 @@ class _Endpoint:
 
 def _build_worker(args: argparse.Namespace, names: list[str], ports: list[int],
                   pool_options: dict[str, Any], tls: TLSConfig | None,
-                  activated: dict[str, int], bound: list[str]) -> list[Any]:
+                  activated: dict[str, int], bound: list[int]) -> list[Any]:
     """In a worker process: the IO pool, the worker pool and every server:
     a TCP server serves its slot's socket the supervisor bound (``bound``:
-    the names, in ``worker_sockets()``'s order) or the socket systemd passed
+    the servers' indexes in ``names``, in ``worker_sockets()``'s order) or the socket systemd passed
     (inherited: every worker accepts from that one socket); a UDP endpoint
     binds with SO_REUSEPORT. What is left open when a worker drains (the
     pools) is closed by the worker after its servers."""
     slot_sockets = dict(zip(bound, worker_sockets(), strict=True)) if bound else {}
+    # NOTE: by index: the same NAME may be given twice (two ports).
     pool = IOPool(args.io_threads, backend=args.backend, **pool_options)
     threads = {name: (SERVERS[name].workers or 0) if args.workers is None else args.workers
                for name in names if not SERVERS[name].udp}
     workers = WorkerPool(max(threads.values())) if max(threads.values(), default=0) else None
     served: list[Any] = []
-    for name, port in zip(names, ports, strict=True):
+    for i, (name, port) in enumerate(zip(names, ports, strict=True)):
         example = SERVERS[name]
         options = {k: v for k, v in example.options.items() if k not in POOL_OPTIONS}
         fd = activated.get(name)
-        sock = slot_sockets.get(name)
+        sock = slot_sockets.get(i)
         if example.udp:
             options["reuse_port"] = True
             transport, _ = pool.create_datagram_endpoint(
@@ -376,7 +377,7 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
     ``run_workers(listen=)``); sockets from systemd stay open in it for the
     whole run and are shared by every worker. Both survive a worker's
     replacement."""
-    bound = [n for n in names if not SERVERS[n].udp and n not in activated]
+    bound = [i for i, n in enumerate(names) if not SERVERS[n].udp and n not in activated]
     try:
         host = _resolve(args.host)
         for i, (name, port) in enumerate(zip(names, ports, strict=True)):
@@ -403,7 +404,7 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
         if args.metrics_port is not None:
             from .metrics import WorkerMetrics
             metrics = WorkerMetrics(args.metrics_port, args.metrics_host, names=names)
-        listen = [(host, ports[names.index(n)]) for n in bound]
+        listen = [(host, ports[i]) for i in bound]
         run_workers(build, args.processes, grace=args.grace, on_ready=ready, metrics=metrics,
                     listen=listen or None)
     except WorkerStartError as e:
@@ -414,8 +415,12 @@ def _serve_processes(args: argparse.Namespace, names: list[str], ports: list[int
         return 2
     except OSError as e:  # a port someone else holds: the servers' (bound by the
         # supervisor, its message says where) or the metrics endpoint's
-        what = "" if "cannot listen" in str(e) else "cannot serve metrics: "
-        print(f"netring: {what}{e}", file=sys.stderr)
+        if "cannot listen" in str(e):
+            print(f"netring: {e}", file=sys.stderr)
+        elif args.metrics_port is not None:
+            print(f"netring: cannot serve metrics: {e}", file=sys.stderr)
+        else:
+            raise
         return 2
     return 0
 

@@ -24,7 +24,9 @@ serves its slot's (``worker_sockets()``), and a reloaded or restarted
 worker takes over the same socket, queue included: a reload drops no SYN
 (the old and the new worker accept from one socket until the old stops,
 serving what is still queued for it first) and a killed worker's queued
-connections wait the 0.1 s until its replacement accepts them.
+connections wait for its replacement (the restart delay: 0.1 s at first);
+a slot whose workers keep dying (a delay over ``KEEP_SOCKETS_SECONDS``)
+closes its sockets until its next worker starts.
 
 The supervisor (the process that calls ``run_workers``):
 
@@ -317,14 +319,14 @@ def _accept_queue(sock: socket.socket) -> int:
         return 0
 
 
-def _stop_accepting(item: Servable) -> None:
+def _stop_accepting(item: Servable, within: float) -> None:
     """Close a Server's listening socket, keeping its connections; return
     once the connections it still had queued are open (so the settling
     that follows sees them)."""
     listener = getattr(item, "_listener", None)
     engine = getattr(getattr(item, "pool", None), "_engine", None)
     if listener is not None and engine is not None:
-        engine.unlisten(listener, STOP_ACCEPTING_SECONDS)
+        engine.unlisten(listener, min(STOP_ACCEPTING_SECONDS, within))
 
 
 def _open_connections(item: Servable) -> int:
@@ -335,12 +337,15 @@ def _open_connections(item: Servable) -> int:
 def _drain(items: list[Servable], grace: float, listening: list[socket.socket]) -> None:
     """Drain this worker within ``grace`` seconds, losing no connection:
 
-    1. its listening sockets drop SYNs: new connections go to the other
+    1. sockets of its own drop SYNs: new connections go to the other
        workers (their SYN is sent again, 1 s later, when these are closed);
        the engine accepts what is queued, and handshakes under way finish
        (``LISTEN_DRAIN_SECONDS``, longer while the queue is not empty, 1 s
-       at most);
-    2. it stops accepting (nothing is queued: nothing is reset);
+       at most); on a socket it shares (``listen=``'s, systemd's) it goes on
+       accepting for ``LISTEN_DRAIN_SECONDS`` (the other workers, or its
+       successor, take the new ones from then on);
+    2. it stops accepting, its engine first opening what is still queued
+       for it (nothing is reset), and closes its copies of shared sockets;
     3. the open connections get up to ``SETTLE_SECONDS`` to finish on their
        own (a request sent right after the connect is read and answered,
        not cut by the close);
@@ -365,8 +370,13 @@ def _drain(items: list[Servable], grace: float, listening: list[socket.socket]) 
                 break
             time.sleep(0.005)
     for item in items:
-        _stop_accepting(item)
+        _stop_accepting(item, max(0.0, deadline - time.monotonic()))
     for sock in listening:
+        sock.close()
+    for sock in _worker_sockets or []:
+        # NOTE: the supervisor's socket; kept open here, it would stay in the
+        # port's group after the supervisor closed it (a slot that keeps
+        # dying), with nobody accepting.
         sock.close()
     settled = min(deadline, time.monotonic() + SETTLE_SECONDS)
     while time.monotonic() < settled and any(map(_open_connections, items)):
@@ -885,10 +895,14 @@ class Supervisor:
         for key, when in list(self._restart_at.items()):
             if when <= now and not self._stopping:
                 del self._restart_at[key]
-                if key >= 0:
-                    self._spawn(key)
-                else:
-                    self._spawn(-1 - key, replacement=True)
+                slot = key if key >= 0 else -1 - key
+                try:
+                    self._spawn(slot, replacement=key < 0)
+                except OSError as e:  # its sockets cannot be bound again (listen=)
+                    delay = min(self.max_backoff, max(self.backoff, 1.0))
+                    log.error("worker %d cannot start: %s; trying again in %.1f s",
+                              slot, e, delay)
+                    self._restart_at[key] = now + delay
         for w in self._live():
             if w.kill_at is not None and now >= w.kill_at:
                 log.warning("%s still running %.1f s after SIGTERM: killed",

@@ -464,14 +464,17 @@ impl Engine {
     }
 
     /// Stop accepting on `listener`: the connections already in its accept
-    /// queue are accepted and served, then its socket closes (open
+    /// queue are accepted and served (on the listener's thread; not for a
+    /// listener with connection limits), then its socket closes (open
     /// connections stay). On a socket other processes accept from too
     /// (systemd's, shared by worker processes) nothing queued is left
-    /// without a wake-up: see `core/listen.rs`.
+    /// without a wake-up: see `core/listen.rs`. A later `close_listener` or
+    /// shutdown opens nothing more.
     ///
-    /// Returns a flag set once the socket is closed and the `Opened` events
-    /// of what it accepted last were delivered (stays unset if the engine
-    /// shuts down first).
+    /// Returns a flag set once the socket is closed and the dispatch that
+    /// delivers the opening of what it accepted last is over (`Opened`, or
+    /// the start of a layer's handshake); it stays unset if the engine shuts
+    /// down first.
     pub fn unlisten(&self, listener: usize) -> Arc<std::sync::atomic::AtomicBool> {
         let owner = listener % self.shared.mailboxes.len();
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -469,10 +469,13 @@ impl Engine {
     }
 
     /// Stop accepting on a listener: what its accept queue holds is
-    /// accepted and served first. With `timeout` (seconds), block (GIL
-    /// released) until the socket is closed and those connections were
-    /// delivered (`connection_made` ran); returns whether that happened in
-    /// time. Without, return at once (True).
+    /// accepted and served first (not for a listener with connection
+    /// limits). With `timeout` (seconds), block (GIL released) until the
+    /// socket is closed and those connections' opening was delivered
+    /// (`connection_made` ran, or a TLS/PROXY handshake began); returns
+    /// whether that happened in time. Without, return at once (True). Not
+    /// from a callback on this engine's thread (it would wait for itself
+    /// until the timeout).
     #[pyo3(signature = (listener, timeout=None))]
     fn unlisten(&self, py: Python<'_>, listener: usize, timeout: Option<f64>) -> bool {
         let done = self.engine.unlisten(listener);

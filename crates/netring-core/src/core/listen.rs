@@ -84,11 +84,14 @@ impl Listener {
 
 impl ThreadCore {
     /// Stop accepting on `listener` and close its socket. With `done` (a
-    /// user's `Unlisten`), the connections the kernel queued before the
-    /// accept was cancelled are accepted and served first (none reset), and
-    /// `done` is set once they were delivered; without (a shutdown, a
-    /// listener's close), they are left to the socket's close (reset, or
-    /// another process's on a shared socket).
+    /// user's `Unlisten`), the connections the kernel has queued when the
+    /// accept is over are accepted and served first, on this thread (none
+    /// reset), and `done` is set after the dispatch that delivers their
+    /// opening (`Opened`, or the start of a layer's handshake); without (a
+    /// shutdown, a listener's close: also after an earlier `Unlisten`),
+    /// they are left to the socket's close (reset, or another process's on
+    /// a shared socket). A listener with connection limits is never swept:
+    /// what it could not admit would be reset.
     pub(super) fn unlisten<D: Driver>(
         &mut self,
         listener: usize,
@@ -99,16 +102,42 @@ impl ThreadCore {
             self.q.unlistened.extend(done);
             return;
         };
+        if done.is_none() {
+            l.sweep = false; // closing for good: nothing more to open
+        }
+        let sweep = done.is_some() && l.counts.is_none() && self.shutdown_deadline.is_none();
         l.on_closed.extend(done);
         if l.closing {
             return;
         }
         l.closing = true;
-        l.sweep = !l.on_closed.is_empty();
+        l.sweep = sweep;
         if l.armed {
             driver.cancel_accept(listener, l.socket.as_raw_fd());
         } else {
+            // NOTE: between two single accepts (a shared socket), or backing
+            // off: nothing of ours waits in the kernel, so what is queued
+            // can be taken now.
+            if sweep && l.retry_at.is_none() {
+                self.sweep(listener);
+            }
             self.remove_listener(listener);
+        }
+    }
+
+    /// Accept what `listener`'s socket has queued and open it here.
+    fn sweep(&mut self, listener: usize) {
+        let Some(l) = self.listeners.get(&listener) else {
+            return;
+        };
+        let mut fds = Vec::new();
+        sweep_queue(&l.socket, &mut fds);
+        let options = l.options.clone();
+        for fd in fds {
+            // NOTE: on this thread, not handed out: `done` is set after this
+            // thread's next dispatch, and another thread could already have
+            // closed the listener's connections.
+            self.adopt(listener, fd, &options, None);
         }
     }
 
@@ -213,13 +242,12 @@ impl ThreadCore {
                 // be: io_uring's accept waits with EPOLLEXCLUSIVE, so a
                 // connection whose one wake-up went to this cancelled
                 // accept would wake no other process and wait unserved.
-                let mut fds = Vec::new();
                 if l.sweep && self.shutdown_deadline.is_none() {
-                    fds.extend(result.ok());
-                    sweep_queue(&l.socket, &mut fds);
-                }
-                for fd in fds {
-                    self.take_accepted(listener, fd, now);
+                    let options = l.options.clone();
+                    if let Ok(fd) = result {
+                        self.adopt(listener, fd, &options, None);
+                    }
+                    self.sweep(listener);
                 }
                 self.remove_listener(listener);
                 return;
