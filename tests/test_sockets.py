@@ -102,6 +102,24 @@ def test_ipv6_and_dual_stack(backend: str) -> None:
     assert len(peers[1]) == 4  # type: ignore[arg-type]
 
 
+def first_connection_starts(proc: subprocess.Popen[bytes], port: int,
+                            timeout: float = 10.0) -> None:
+    """Under systemd-socket-activate the first connection starts the
+    service, which takes the socket and prints its ready line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            echo_once(("127.0.0.1", port), b"activated")
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.05)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    assert line.startswith(f"netring: serving echo on 127.0.0.1:{port} "), line
+
+
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                     reason="systemd-socket-activate not on PATH (Debian package systemd)")
 def test_systemd_socket_activation(backend: str) -> None:
@@ -114,19 +132,7 @@ def test_systemd_socket_activation(backend: str) -> None:
          sys.executable, "-m", "netring", "serve", "echo", "--port", "1", "--backend", backend],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        # The first connection starts the service, which takes the socket.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                echo_once(("127.0.0.1", port), b"activated")
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert line.startswith(f"netring: serving echo on 127.0.0.1:{port} "), line
+        first_connection_starts(proc, port)
         echo_once(("127.0.0.1", port), b"again")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -210,18 +216,7 @@ def test_systemd_socket_activation_with_worker_processes(backend: str) -> None:
             i += 1
 
     try:
-        deadline = time.monotonic() + 15
-        while True:  # the first connection starts the service
-            try:
-                echo_once(("127.0.0.1", port), b"activated")
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert line.startswith(f"netring: serving echo on 127.0.0.1:{port} "), line
+        first_connection_starts(proc, port, timeout=15)
         assert wait_until(lambda: len(_children(proc.pid)) == 2, 10)
         thread = threading.Thread(target=client)
         thread.start()
