@@ -12,7 +12,7 @@ SOAK_OUT  ?= benchmarks/results/soak
 .PHONY: help build wheel wheel-check bench-scaling serve test test-rust test-python lint fmt bench bench-framed bench-workers bench-udp bench-proxy bench-kv bench-limits bench-tls bench-bulk bench-aio bench-proxy-v2 bench-reload soak bench-quick fuzz clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 $(VENV)/.deps: pyproject.toml Makefile
 	python3 -m venv $(VENV)

@@ -775,3 +775,32 @@ fn a_shutdown_leaves_the_queue_to_the_socket() {
     r.run();
     assert_eq!(r.log(), Vec::<String>::new());
 }
+
+#[test]
+fn unlisten_between_two_single_accepts_takes_the_queue_at_once() {
+    let mut r = Rig::new();
+    let (socket, addr) = queued_listener();
+    let l = listen_on(&mut r, socket);
+    // A single accept (shared socket) completed: nothing of ours waits in
+    // the kernel until the loop arms the next one.
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    r.peers.push(theirs);
+    r.fake().accept_once(l, ours.into());
+    r.turns.step(&mut r.h, Some(Duration::ZERO)); // reaps it
+    let _queued: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect_addr(&addr).unwrap())
+        .collect();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    r.push(Cmd::Unlisten {
+        listener: l,
+        done: done.clone(),
+    });
+    r.run();
+    assert_eq!(r.log(), ["opened 0", "opened 1", "opened 2"]);
+    assert!(done.load(std::sync::atomic::Ordering::Acquire));
+    assert!(!r.ops().contains(&Op::ArmAccept(l)), "not armed again");
+    assert!(
+        UnixStream::connect_addr(&addr).is_err(),
+        "the socket is closed"
+    );
+}

@@ -120,6 +120,16 @@ impl FakeDriver {
         });
     }
 
+    /// A single accept (a shared socket's) took `fd`: the accept ends.
+    pub(crate) fn accept_once(&mut self, listener: usize, fd: OwnedFd) {
+        self.finish(Armed::Accept(listener), false);
+        self.ready.push_back(Completion::Accepted {
+            listener,
+            result: Ok(fd),
+            more: false,
+        });
+    }
+
     /// Accept failed with `errno`; the multishot accept ends.
     pub(crate) fn accept_fails(&mut self, listener: usize, errno: i32) {
         self.finish(Armed::Accept(listener), false);
