@@ -163,9 +163,17 @@ def test_a_killed_worker_is_restarted(backend: str, listen: tuple[str, ...]) -> 
         before = a.workers
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        assert wait_until(lambda: len(a.workers) == 2 and victim not in a.workers), \
-            a.stderr
-        (replacement,) = a.workers - before
+        seen: set[int] = set()
+
+        def replaced() -> bool:
+            # NOTE: one read of /proc per check: two reads can disagree
+            # while the supervisor forks.
+            seen.clear()
+            seen.update(a.workers)
+            return len(seen) == 2 and victim not in seen
+
+        assert wait_until(replaced), a.stderr
+        (replacement,) = seen - before
         assert wait_until(lambda: f"(pid {replacement}) ready" in a.stderr), a.stderr
         assert f"(pid {victim}) was killed by SIGKILL after" in a.stderr
         assert "restarting in 0.1 s" in a.stderr
