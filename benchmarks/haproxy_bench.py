@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from echo_bench import LOADGEN, ensure_built  # noqa: E402
+from workers_scaling import start_serving  # noqa: E402
 
 KEYS = ("msgs_per_s", "p50_us", "p99_us", "server_cpu_us_per_msg", "haproxy_cpu_us_per_msg")
 
@@ -51,13 +52,7 @@ def serve(args: argparse.Namespace, proxied: bool) -> tuple[subprocess.Popen[str
            "--port", "0", "--io-threads", "1", "--backend", args.backend]
     if proxied:
         cmd += ["--proxy-protocol", "v2", "--trusted-proxy", "127.0.0.1/32"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    match = re.search(r":(\d+) \(", proc.stdout.readline())
-    if not match:
-        proc.kill()
-        sys.exit(f"haproxy_bench: no ready line from {' '.join(cmd)}")
-    return proc, int(match.group(1))
+    return start_serving(cmd, "haproxy_bench")
 
 
 def front(args: argparse.Namespace, backend_port: int, tmp: Path,

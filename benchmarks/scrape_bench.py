@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -46,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from echo_bench import LOADGEN, ensure_built  # noqa: E402
-from workers_scaling import tree_cpu_s  # noqa: E402
+from workers_scaling import start_serving, tree_cpu_s  # noqa: E402
 
 #: The issue's rate, and how far p99 may move before we call it changed.
 SCRAPES_PER_S = 10.0
@@ -76,18 +75,12 @@ def serve(args: argparse.Namespace, processes: int | None, mport: int | None,
         cmd += ["--metrics-port", str(mport)]
     if processes is not None:
         cmd += ["--processes", str(processes)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r":(\d+) \(", line)
-    if not match:
-        proc.kill()
-        sys.exit(f"scrape_bench: no ready line from {' '.join(cmd)}: {line!r}")
+    proc, port = start_serving(cmd, "scrape_bench")
     if processes is not None and not args.supervisor_with_worker:
         cpus = cpu_set(args.scraper_cpus)
         for tid in os.listdir(f"/proc/{proc.pid}/task"):
             os.sched_setaffinity(int(tid), cpus)
-    return proc, int(match.group(1))
+    return proc, port
 
 
 class Scraper(threading.Thread):

@@ -66,17 +66,23 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-def serve(processes: int, cpus: str) -> tuple[subprocess.Popen[str], int]:
-    cmd = ["taskset", "-c", cpus, sys.executable, "-m", "netring", "serve", "echo",
-           "--port", "0", "--processes", str(processes)]
+def start_serving(cmd: list[str], who: str) -> tuple[subprocess.Popen[str], int]:
+    """Run a `netring serve ...` command line; (the process, the port of its
+    first ready line). Exits with `who`'s name when no ready line comes."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     match = re.search(r":(\d+) \(", line)
     if not match:
         proc.kill()
-        sys.exit(f"workers_scaling: no ready line from {' '.join(cmd)}: {line!r}")
+        sys.exit(f"{who}: no ready line from {' '.join(cmd)}: {line!r}")
     return proc, int(match.group(1))
+
+
+def serve(processes: int, cpus: str) -> tuple[subprocess.Popen[str], int]:
+    return start_serving(["taskset", "-c", cpus, sys.executable, "-m", "netring", "serve",
+                          "echo", "--port", "0", "--processes", str(processes)],
+                         "workers_scaling")
 
 
 def run(args: argparse.Namespace, processes: int) -> dict:
