@@ -19,10 +19,14 @@ and ``StreamWriter`` over netring transports.
 ``install()`` (or ``new_event_loop()`` as a ``loop_factory``) gives
 asyncio's own ``loop.create_server`` / ``create_connection`` (and so
 ``asyncio.start_server``, ``open_connection``, uvicorn, aiohttp...) to
-netring for plain TCP by host and port; anything else (``ssl=``,
-``sock=``, Unix sockets...) falls through to the loop's own implementation,
-logged once at DEBUG. A TCP ``sock=`` is served by netring too (uvicorn's
-workers pass one).
+netring for TCP by host and port, with or without ``ssl=``; anything else
+(``sock=`` other than TCP, Unix sockets, an ``ssl.SSLContext`` whose
+settings the engine cannot honour...) falls through to the loop's own
+implementation, logged once at DEBUG. A TCP ``sock=`` is served by netring
+too (uvicorn's workers pass one). ``ssl=`` takes an ``ssl.SSLContext``
+(converted by ``TLSConfig.from_ssl_context`` / ``TLSClientConfig.
+from_ssl_context``: load its certificate after importing netring), a
+``netring.TLSConfig`` / ``TLSClientConfig``, or ``True`` for a client.
 
 ``start_packet_server`` / ``open_packet_connection`` are the framed form:
 ``await reader.read_packet()`` (or ``async for packet in reader``) returns
@@ -37,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import copy
 import logging
 import math
 import os
 import select
 import socket
+import ssl as _ssl
 import threading
 import time
 import weakref
@@ -54,6 +60,7 @@ from ._args import check_seconds
 from .errors import ConfigurationError
 from .pool import IOPool
 from .server import DEFAULT_GRACE_SECONDS, Server
+from .tls import TLSClientConfig, TLSConfig
 
 __all__ = ["AioServer", "PacketReader", "PacketWriter", "create_connection", "create_server",
            "engine_stats", "install", "new_event_loop", "open_connection",
@@ -452,6 +459,63 @@ def _fall_through(what: str, why: str) -> None:
         log.debug("netring.aio: %s falls through to the loop's own: %s", what, why)
 
 
+#: asyncio's default TLS handshake timeout (its ``ssl_handshake_timeout``).
+ASYNCIO_HANDSHAKE_TIMEOUT = 60.0
+
+
+def _ssl_timeouts(ssl: Any, more: dict[str, Any]) -> float:
+    """Take asyncio's TLS timeouts out of ``more`` (only with ``ssl=``, as
+    asyncio takes them): the handshake's, and the shutdown's (netring sends
+    ``close_notify`` and does not wait for the peer's, so there is nothing
+    to bound)."""
+    if not ssl:
+        return ASYNCIO_HANDSHAKE_TIMEOUT
+    more.pop("ssl_shutdown_timeout", None)
+    timeout = more.pop("ssl_handshake_timeout", None)
+    return ASYNCIO_HANDSHAKE_TIMEOUT if timeout is None else timeout
+
+
+def _server_tls(ssl: Any, timeout: float) -> TLSConfig | str:
+    """asyncio's ``ssl=`` for a server as a ``TLSConfig``, or why not."""
+    if isinstance(ssl, TLSConfig):
+        return ssl
+    if not isinstance(ssl, _ssl.SSLContext):
+        return f"ssl={type(ssl).__name__} is not an SSLContext"
+    try:
+        return TLSConfig.from_ssl_context(ssl, handshake_timeout=timeout)
+    except ConfigurationError as e:
+        return str(e)
+
+
+_default_client_context: _ssl.SSLContext | None = None
+
+
+def _client_tls(ssl: Any, timeout: float) -> TLSClientConfig | str:
+    """asyncio's ``ssl=`` for a client as a ``TLSClientConfig`` (one per
+    context and settings, so connects resume sessions), or why not."""
+    global _default_client_context
+    if isinstance(ssl, TLSClientConfig):
+        return ssl
+    if ssl is True:
+        if _default_client_context is None:
+            _default_client_context = _ssl.create_default_context()
+        ssl = _default_client_context
+    if not isinstance(ssl, _ssl.SSLContext):
+        return f"ssl={type(ssl).__name__} is not an SSLContext"
+    key = (timeout, ssl.verify_mode, ssl.check_hostname, ssl.options, ssl.minimum_version,
+           ssl.maximum_version, ssl.verify_flags, repr(ssl.__dict__.get("_netring_tls_notes")),
+           tuple(sorted(ssl.cert_store_stats().items())), len(ssl.get_ciphers()))
+    cached = ssl.__dict__.get("_netring_client")
+    if cached is not None and cached[0] == key:
+        return cached[1]  # type: ignore[no-any-return]
+    try:
+        config = TLSClientConfig.from_ssl_context(ssl, handshake_timeout=timeout)
+    except ConfigurationError as e:
+        return str(e)
+    ssl.__dict__["_netring_client"] = (key, config)
+    return config
+
+
 def _unsupported(**given: Any) -> str | None:
     """Why asyncio's arguments cannot go to netring (None: they can)."""
     for name, value in given.items():
@@ -473,10 +537,19 @@ class _NetringLoop:
                             start_serving: bool = True, **more: Any) -> Any:
         tcp_sock = sock is not None and sock.type == socket.SOCK_STREAM and sock.family in (
             socket.AF_INET, socket.AF_INET6)
-        why = _unsupported(sock=None if tcp_sock else sock, ssl=ssl, family=family,
-                           start_serving=not start_serving, **more)
+        given = dict(more)
+        handshake_timeout = _ssl_timeouts(ssl, given)
+        why = _unsupported(sock=None if tcp_sock else sock, family=family,
+                           start_serving=not start_serving, **given)
         if why is None and not (host is None or isinstance(host, str)):
             why = "several hosts"
+        tls: TLSConfig | None = None
+        if why is None and ssl:
+            made = _server_tls(ssl, handshake_timeout)
+            if isinstance(made, str):
+                why = made
+            else:
+                tls = made
         if why is not None:
             _fall_through("create_server", why)
             return await super().create_server(  # type: ignore[misc]
@@ -488,11 +561,11 @@ class _NetringLoop:
             # (the engine serves a duplicate; the original stays open, as
             # asyncio's does, until the server closes).
             server = await create_server(protocol_factory, sock=sock, backlog=backlog,
-                                         _close_connections=False)
+                                         tls=tls, _close_connections=False)
             server._given = sock
             return server
         return await create_server(protocol_factory, host or "0.0.0.0", int(port or 0),
-                                   backlog=backlog, reuse_port=bool(reuse_port),
+                                   backlog=backlog, reuse_port=bool(reuse_port), tls=tls,
                                    _close_connections=False)
 
     async def create_connection(self, protocol_factory: Callable[[], Any], host: Any = None,
@@ -500,10 +573,25 @@ class _NetringLoop:
                                 proto: int = 0, flags: int = 0, sock: Any = None,
                                 local_addr: Any = None, server_hostname: Any = None,
                                 **more: Any) -> Any:
-        why = _unsupported(ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
-                           server_hostname=server_hostname, **more)
+        given = dict(more)
+        handshake_timeout = _ssl_timeouts(ssl, given)
+        why = _unsupported(family=family, proto=proto, flags=flags, sock=sock, **given)
         if why is None and (host is None or port is None):
             why = "no host and port"
+        if why is None and server_hostname is not None and not ssl:
+            why = "server_hostname= without ssl="
+        if why is None and server_hostname == "":
+            why = "server_hostname='' (no host name check)"
+        tls: TLSClientConfig | None = None
+        if why is None and ssl:
+            made = _client_tls(ssl, handshake_timeout)
+            if isinstance(made, str):
+                why = made
+            else:
+                tls = made
+                if server_hostname is not None and server_hostname != tls.server_hostname:
+                    tls = copy.copy(tls)  # the same session cache, another name
+                    tls.server_hostname = server_hostname
         if why is not None:
             _fall_through("create_connection", why)
             return await super().create_connection(  # type: ignore[misc]
@@ -511,7 +599,7 @@ class _NetringLoop:
                 flags=flags, sock=sock, local_addr=local_addr,
                 server_hostname=server_hostname, **more)
         return await create_connection(protocol_factory, host, int(port),
-                                       local_addr=local_addr)
+                                       local_addr=local_addr, tls=tls)
 
 
     async def sendfile(self, transport: Any, file: Any, offset: int = 0,

@@ -403,7 +403,7 @@ class Server:
             if self._workers_arg is not None:
                 work = self._make_work()
                 factory = work.factory(self._factory)
-            tls = None if self._tls is None else self._tls._native.for_listener()
+            tls = None if self._tls is None else self._tls._native.for_listener(self._tls._context)
             # The engine owns what it is given: a duplicate of the caller's,
             # or the Unix socket bound here.
             fd = None if self._fd is None else os.dup(self._fd)

@@ -91,6 +91,32 @@ def _version(min_version: str) -> str:
     return min_version
 
 
+def _ciphers(ciphers: Sequence[str] | None) -> list[str] | None:
+    """The cipher suites allowed, by OpenSSL's names: each must be one
+    netring negotiates (``cipher_names()``)."""
+    if ciphers is None:
+        return None
+    if isinstance(ciphers, str):
+        raise TypeError("ciphers: a sequence of suite names, not one str")
+    known = cipher_names()
+    chosen = list(ciphers)
+    for name in chosen:
+        if not isinstance(name, str):
+            raise TypeError(f"ciphers: suite names are str, not {type(name).__name__}")
+        if name not in known:
+            raise ConfigurationError(
+                f"ciphers: {name!r} is not a suite netring negotiates ({', '.join(known)})")
+    if not chosen:
+        raise ConfigurationError("ciphers: empty (no suite could be negotiated)")
+    return chosen
+
+
+def cipher_names() -> list[str]:
+    """The cipher suites netring can negotiate, by OpenSSL's names (as
+    ``get_extra_info("cipher")`` reports them), TLS 1.3 ones first."""
+    return _native.tls_cipher_names()
+
+
 def _timeout(handshake_timeout: float | None) -> float | None:
     return (None if handshake_timeout is None else
             check_seconds("handshake_timeout", handshake_timeout, positive=True))
@@ -125,6 +151,9 @@ class TLSConfig:
             0: none; default 256).
         session_tickets: issue session tickets (resumption without server
             state; default on). Keys rotate every 6 hours.
+        ciphers: the cipher suites allowed, by OpenSSL's names (default:
+            all of ``netring.tls.cipher_names()``: AES-GCM and ChaCha20-Poly1305
+            with ECDHE, nothing else).
         max_handshakes: handshakes in progress per IO thread at most
             (default 1024). Beyond it the server stops accepting: new
             connections wait in the kernel's backlog until a handshake ends
@@ -153,7 +182,8 @@ class TLSConfig:
                  session_cache: int = DEFAULT_SESSION_CACHE,
                  session_tickets: bool = True,
                  max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-                 password: Password | None = None) -> None:
+                 password: Password | None = None,
+                 ciphers: Sequence[str] | None = None) -> None:
         protocols = _alpn(alpn)
         self.alpn: tuple[str, ...] = tuple(alpn or ())
         self.handshake_timeout = _timeout(handshake_timeout)
@@ -180,10 +210,41 @@ class TLSConfig:
             names.append((name.lower(), _pem(f"sni[{name!r}] cert", pair[0]),
                           _pem(f"sni[{name!r}] key", pair[1])))
         self.sni_names: tuple[str, ...] = tuple(n for n, _, _ in names)
+        self.ciphers: tuple[str, ...] | None = None if ciphers is None else tuple(ciphers)
+        #: What its connections' ``get_extra_info("sslcontext")`` is.
+        self._context: Any = self
         self._native = _native.TLSServerConfig(
             _pem("cert", cert), _pem("key", key), protocols, self.handshake_timeout, names,
             None if ca is None else _pem("ca", ca), client_auth, self.min_version,
-            self.session_cache, session_tickets, _password(password))
+            self.session_cache, session_tickets, _password(password), _ciphers(ciphers))
+
+    @classmethod
+    def from_ssl_context(cls, context: ssl.SSLContext, *,
+                         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+                         max_handshakes: int = DEFAULT_MAX_HANDSHAKES) -> TLSConfig:
+        """The same server settings as an ``ssl.SSLContext``'s, so that code
+        written for asyncio's ``ssl=`` runs on the engine's TLS (what
+        ``netring.aio.install()`` does with ``create_server(ssl=...)``).
+
+        A context keeps no readable copy of its certificate: netring notes
+        the files given to ``load_cert_chain`` (and ``set_alpn_protocols``)
+        from the moment netring is imported, so the certificate must be loaded after that.
+        Raises ``ConfigurationError`` naming the setting when the context
+        has one the engine cannot honour: a certificate loaded before,
+        several certificates, an ``sni_callback``, a maximum version
+        below TLS 1.3, CRL checks, ``set_ecdh_curve``, a key log, CA
+        directories (``capath``), or no cipher suite in common. The
+        context's cipher list is honoured by offering only the suites it
+        enables; protocols older than TLS 1.2 are not offered (rustls has
+        none)."""
+        got = _Settings(context, server_side=True)
+        config = cls(got.chain[0], got.chain[1] or got.chain[0], password=got.chain[2],
+                     alpn=got.alpn, handshake_timeout=handshake_timeout, ca=got.ca,
+                     client_auth=got.client_auth, min_version=got.min_version,
+                     session_tickets=got.tickets, max_handshakes=max_handshakes,
+                     ciphers=got.ciphers)
+        config._context = context
+        return config
 
     def __repr__(self) -> str:
         return (f"<netring.TLSConfig alpn={list(self.alpn)} sni={list(self.sni_names)} "
@@ -205,6 +266,8 @@ class TLSClientConfig:
         min_version: ``"TLSv1.2"`` (default) or ``"TLSv1.3"``.
         handshake_timeout: seconds the handshake may take (default 10;
             ``None``: only the connect's own timeout).
+        ciphers: the cipher suites allowed, by OpenSSL's names (default:
+            all of ``netring.tls.cipher_names()``).
 
     Verification is always on. A certificate the client rejects fails the
     connect's future with ``TLSCertVerificationError`` (an
@@ -219,7 +282,8 @@ class TLSClientConfig:
                  alpn: Sequence[str] | None = None,
                  min_version: TLSVersion = "TLSv1.2",
                  handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
-                 password: Password | None = None) -> None:
+                 password: Password | None = None,
+                 ciphers: Sequence[str] | None = None) -> None:
         if server_hostname is not None and not isinstance(server_hostname, str):
             raise TypeError(
                 f"server_hostname: must be a str, not {type(server_hostname).__name__}")
@@ -229,21 +293,242 @@ class TLSClientConfig:
         self.alpn: tuple[str, ...] = tuple(alpn or ())
         self.min_version: str = _version(min_version)
         self.handshake_timeout = _timeout(handshake_timeout)
+        self.ciphers: tuple[str, ...] | None = None if ciphers is None else tuple(ciphers)
+        #: What its connections' ``get_extra_info("sslcontext")`` is.
+        self._context: Any = self
         self._native = _native.TLSClientConfig(
             None if ca is None else _pem("ca", ca),
             None if cert is None else _pem("cert", cert),
             None if key is None else _pem("key", key),
-            _alpn(alpn), self.min_version, self.handshake_timeout, _password(password))
+            _alpn(alpn), self.min_version, self.handshake_timeout, _password(password),
+            _ciphers(ciphers))
         if server_hostname is not None:
             self._native.for_server(server_hostname)  # a bad name raises here
 
+    @classmethod
+    def from_ssl_context(cls, context: ssl.SSLContext, *, server_hostname: str | None = None,
+                         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+                         ) -> TLSClientConfig:
+        """The same client settings as an ``ssl.SSLContext``'s (what
+        ``netring.aio.install()`` does with ``create_connection(ssl=...)``):
+        its CA certificates (``get_ca_certs``; the system's roots when it
+        loaded only the default paths), the client certificate given to
+        ``load_cert_chain`` after netring was imported, ALPN,
+        versions and cipher suites. Raises ``ConfigurationError`` naming
+        the setting when the engine cannot honour the context: no
+        verification or no host name check (the engine always does
+        both), CA directories, CRL checks, a maximum version below
+        TLS 1.3, no cipher suite in common."""
+        got = _Settings(context, server_side=False)
+        chain = got.chain if got.chain else (None, None, None)
+        config = cls(server_hostname=server_hostname, ca=got.ca, cert=chain[0],
+                     key=None if chain[0] is None else (chain[1] or chain[0]),
+                     password=chain[2], alpn=got.alpn, min_version=got.min_version,
+                     handshake_timeout=handshake_timeout, ciphers=got.ciphers)
+        config._context = context
+        return config
+
     def _layer(self, host: str) -> Any:
         """The engine's layer for one connect to ``host``."""
-        return self._native.for_server(self.server_hostname or host)
+        return self._native.for_server(self.server_hostname or host, self._context)
 
     def __repr__(self) -> str:
         return (f"<netring.TLSClientConfig server_hostname={self.server_hostname!r} "
                 f"alpn={list(self.alpn)} min_version={self.min_version}>")
+
+
+class TLSObject:
+    """``get_extra_info("ssl_object")`` of a netring TLS connection: the
+    read-only part of ``ssl.SSLObject`` (what asyncio code asks a
+    connection's ``ssl_object``), answered from what the handshake
+    negotiated. The session itself lives in the engine."""
+
+    __slots__ = ("_alpn", "_cipher", "_der", "_version", "context", "server_hostname",
+                 "session_reused")
+
+    def __init__(self, version: str, cipher: tuple[str, str, int], alpn: str | None,
+                 server_hostname: str | None, peercert_der: bytes | None,
+                 session_reused: bool, context: Any) -> None:
+        self._version = version
+        self._cipher = cipher
+        self._alpn = alpn
+        self._der = peercert_der
+        self.server_hostname = server_hostname
+        self.session_reused = session_reused
+        self.context = context
+
+    def version(self) -> str:
+        """``"TLSv1.2"`` or ``"TLSv1.3"``."""
+        return self._version
+
+    def cipher(self) -> tuple[str, str, int]:
+        """``(name, protocol, secret bits)``, as ``ssl.SSLObject.cipher()``."""
+        return self._cipher
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self._alpn
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        """The peer's certificate: DER with ``binary_form``, else the dict
+        ``ssl`` gives (``None`` when the peer gave none)."""
+        if self._der is None:
+            return None
+        return self._der if binary_form else _decode_certificate(self._der)
+
+    def compression(self) -> None:
+        return None
+
+    def pending(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return f"<netring.TLSObject {self._version} {self._cipher[0]}>"
+
+
+# -- ssl.SSLContext settings ----------------------------------------------------
+
+#: Where the calls netring notes are kept on each context.
+_NOTES = "_netring_tls_notes"
+
+
+def _notes(context: ssl.SSLContext) -> dict[str, Any]:
+    notes: dict[str, Any] = context.__dict__.setdefault(_NOTES, {})
+    return notes
+
+
+def _note_calls() -> None:
+    """Wrap the ``ssl.SSLContext`` methods whose arguments cannot be read
+    back from a context, so that ``TLSConfig.from_ssl_context`` can: each
+    wrapper calls the original, then notes what it was given (once it
+    succeeded). Idempotent."""
+    cls = ssl.SSLContext
+    if getattr(cls, "_netring_noted", False):
+        return
+
+    original_chain = cls.load_cert_chain
+
+    def load_cert_chain(self: ssl.SSLContext, certfile: Any, keyfile: Any = None,
+                        password: Any = None) -> None:
+        original_chain(self, certfile, keyfile, password)
+        # NOTE: read now, as OpenSSL just did: the files may be temporary.
+        try:
+            chain = (_pem("certfile", certfile),
+                     None if keyfile is None else _pem("keyfile", keyfile), password)
+        except (ConfigurationError, TypeError) as e:
+            chain = e  # an error to report if this context is converted
+        _notes(self).setdefault("chain", []).append(chain)
+
+    original_alpn = cls.set_alpn_protocols
+
+    def set_alpn_protocols(self: ssl.SSLContext, alpn_protocols: Any) -> None:
+        original_alpn(self, alpn_protocols)
+        _notes(self)["alpn"] = list(alpn_protocols)
+
+    original_paths = cls.set_default_verify_paths
+
+    def set_default_verify_paths(self: ssl.SSLContext) -> None:
+        original_paths(self)
+        _notes(self)["default_paths"] = True
+
+    original_locations = cls.load_verify_locations
+
+    def load_verify_locations(self: ssl.SSLContext, cafile: Any = None, capath: Any = None,
+                              cadata: Any = None) -> None:
+        original_locations(self, cafile, capath, cadata)
+        if capath is not None:
+            _notes(self)["capath"] = True
+
+    original_curve = cls.set_ecdh_curve
+
+    def set_ecdh_curve(self: ssl.SSLContext, name: str) -> None:
+        original_curve(self, name)
+        _notes(self)["ecdh_curve"] = name
+
+    for wrapper, original in ((load_cert_chain, original_chain),
+                              (set_alpn_protocols, original_alpn),
+                              (set_default_verify_paths, original_paths),
+                              (load_verify_locations, original_locations),
+                              (set_ecdh_curve, original_curve)):
+        functools.update_wrapper(wrapper, original)
+        setattr(cls, wrapper.__name__, wrapper)
+    cls._netring_noted = True  # type: ignore[attr-defined]
+
+
+_note_calls()
+
+_CRL_FLAGS = ssl.VERIFY_CRL_CHECK_LEAF | ssl.VERIFY_CRL_CHECK_CHAIN
+
+
+class _Settings:
+    """What an ``ssl.SSLContext`` asks for, in ``TLSConfig`` terms; raises
+    ``ConfigurationError`` for what the engine cannot honour."""
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool) -> None:
+        if not isinstance(context, ssl.SSLContext):
+            raise TypeError(f"context: must be an ssl.SSLContext, not {type(context).__name__}")
+        notes = dict(context.__dict__.get(_NOTES, {}))
+        side = "server" if server_side else "client"
+        wrong = ssl.PROTOCOL_TLS_CLIENT if server_side else ssl.PROTOCOL_TLS_SERVER
+        if context.protocol == wrong:
+            raise ConfigurationError(f"the context is not for a {side} ({context.protocol!r})")
+
+        def refuse(why: str) -> None:
+            raise ConfigurationError(f"ssl.SSLContext: {why}: the engine's TLS cannot honour it")
+
+        chains = notes.get("chain", [])
+        if len(chains) > 1:
+            refuse("several certificates loaded (load_cert_chain called more than once)")
+        if chains and isinstance(chains[0], Exception):
+            refuse(f"its certificate cannot be read again: {chains[0]}")
+        self.chain: tuple[Any, Any, Any] | None = chains[0] if chains else None
+        if server_side and self.chain is None:
+            refuse("no certificate noted (load_cert_chain was called before netring "
+                   "was imported, or never)")
+        if server_side and context.sni_callback is not None:
+            refuse("an sni_callback")
+        if notes.get("ecdh_curve"):
+            refuse(f"set_ecdh_curve({notes['ecdh_curve']!r})")
+        if notes.get("capath"):
+            refuse("CA certificates in a directory (load_verify_locations(capath=...))")
+        if context.verify_flags & _CRL_FLAGS:
+            refuse("CRL checks (verify_flags)")
+        if getattr(context, "keylog_filename", None):
+            refuse("a key log (keylog_filename)")
+        top = context.maximum_version
+        no_13 = bool(context.options & ssl.OP_NO_TLSv1_3)
+        if no_13 or top not in (ssl.TLSVersion.MAXIMUM_SUPPORTED, ssl.TLSVersion.TLSv1_3):
+            refuse(f"TLS 1.3 is not allowed (maximum_version {top!r})")
+        only_13 = (context.minimum_version == ssl.TLSVersion.TLSv1_3
+                   or bool(context.options & ssl.OP_NO_TLSv1_2))
+        self.min_version: TLSVersion = "TLSv1.3" if only_13 else "TLSv1.2"
+        self.tickets = not context.options & ssl.OP_NO_TICKET
+        self.alpn: list[str] = notes.get("alpn", [])
+        enabled = {c["name"] for c in context.get_ciphers()}
+        ours = cipher_names()
+        allowed = [name for name in ours if name in enabled]
+        if not allowed:
+            refuse("no cipher suite in common (the context enables none of "
+                   f"{', '.join(ours)})")
+        self.ciphers: list[str] | None = None if allowed == ours else allowed
+        mode = context.verify_mode
+        # NOTE: a server that asks for no client certificate needs no CAs
+        # (create_default_context(CLIENT_AUTH) loads the system's anyway).
+        ders = context.get_ca_certs(binary_form=True) if (
+            mode != ssl.CERT_NONE or not server_side) else []
+        self.ca: bytes | None = (
+            "".join(ssl.DER_cert_to_PEM_cert(d) for d in ders).encode() if ders else None)
+        if server_side:
+            self.client_auth: ClientAuth = {ssl.CERT_NONE: "none", ssl.CERT_OPTIONAL: "optional",
+                                            ssl.CERT_REQUIRED: "required"}[mode]
+            if mode != ssl.CERT_NONE and self.ca is None:
+                refuse("client certificates are checked (verify_mode) against no loaded CA")
+        else:
+            if mode != ssl.CERT_REQUIRED:
+                refuse(f"verify_mode {mode!r} (the engine always verifies the server)")
+            if not context.check_hostname:
+                refuse("check_hostname is off (the engine always checks the name)")
+            if self.ca is None and not notes.get("default_paths"):
+                refuse("no CA certificates loaded")
 
 
 def _decode_certificate(der: bytes) -> dict[str, Any]:

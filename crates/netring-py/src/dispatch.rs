@@ -33,6 +33,8 @@ pub struct ListenerEntry {
     pub factory: Py<PyAny>,
     pub framing: Framing,
     pub open: Arc<AtomicUsize>,
+    /// `get_extra_info("sslcontext")` of its TLS connections.
+    pub tls_context: Option<Py<PyAny>>,
 }
 
 /// A timer's callback.
@@ -47,6 +49,8 @@ pub struct PendingConnect {
     pub framing: Framing,
     /// A `concurrent.futures.Future` for `(transport, protocol)`.
     pub future: Py<PyAny>,
+    /// `get_extra_info("sslcontext")` once connected with TLS.
+    pub tls_context: Option<Py<PyAny>>,
 }
 
 /// What the Python side registered, shared by the engine and its threads.
@@ -535,13 +539,14 @@ impl<'py> PyHandler<'py> {
     }
 
     /// An accepted connection: make its protocol from the listener's factory.
-    fn opened(&mut self, conn: ConnRef, listener: usize, addrs: Addresses) {
+    fn opened(&mut self, conn: ConnRef, listener: usize, mut addrs: Addresses) {
         let py = self.py;
-        let entry = self
-            .registry
-            .listeners()
-            .get(&listener)
-            .map(|l| (l.factory.clone_ref(py), l.framing.clone(), l.open.clone()));
+        let entry = self.registry.listeners().get(&listener).map(|l| {
+            if addrs.info.is_some() {
+                addrs.context = l.tls_context.as_ref().map(|c| c.clone_ref(py));
+            }
+            (l.factory.clone_ref(py), l.framing.clone(), l.open.clone())
+        });
         let Some((factory, framing, open)) = entry else {
             conn.abort();
             return;
@@ -552,12 +557,13 @@ impl<'py> PyHandler<'py> {
 
     /// An outbound connection is up: make its protocol and resolve the
     /// caller's future with `(transport, protocol)`.
-    fn connected(&mut self, conn: ConnRef, token: u64, addrs: Addresses) {
+    fn connected(&mut self, conn: ConnRef, token: u64, mut addrs: Addresses) {
         let py = self.py;
-        let Some(pending) = self.registry.connects().remove(&token) else {
+        let Some(mut pending) = self.registry.connects().remove(&token) else {
             conn.abort();
             return;
         };
+        addrs.context = pending.tls_context.take();
         let id = conn.id();
         let started =
             self.start_protocol(conn.clone(), addrs, &pending.factory, pending.framing, None);
@@ -901,7 +907,16 @@ impl Handler for PyHandler<'_> {
                     peer,
                     local,
                     info,
-                } => self.opened(conn, listener, Addresses { peer, local, info }),
+                } => self.opened(
+                    conn,
+                    listener,
+                    Addresses {
+                        peer,
+                        local,
+                        info,
+                        context: None,
+                    },
+                ),
                 Event::Data { conn, data } => {
                     // The fast path: a class's data_received, nothing to check.
                     let Some(e) = self.conns.get(conn) else {
@@ -959,7 +974,16 @@ impl Handler for PyHandler<'_> {
                     peer,
                     local,
                     info,
-                } => self.connected(conn, token, Addresses { peer, local, info }),
+                } => self.connected(
+                    conn,
+                    token,
+                    Addresses {
+                        peer,
+                        local,
+                        info,
+                        context: None,
+                    },
+                ),
                 Event::ConnectFailed { token, error } => self.connect_failed(token, error),
                 Event::IdleTimeout { conn } => {
                     let handled = self.call(conn, "timeout_received", |e| {

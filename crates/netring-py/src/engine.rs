@@ -229,6 +229,7 @@ impl Engine {
             max_write_buffer,
             frame_timeout,
         );
+        let tls_context = tls.as_ref().and_then(|t| t.get().context(py));
         conn.layer = tls.map(|t| t.get().layer());
         if let Some((version, trusted, timeout)) = proxy {
             conn.layer = Some(proxy_layer(
@@ -274,6 +275,7 @@ impl Engine {
                 factory,
                 framing,
                 open: Default::default(),
+                tls_context,
             },
         );
         let host = if addr.port() == 0 && fd.is_some() {
@@ -383,6 +385,7 @@ impl Engine {
                 factory,
                 framing: framing.clone(),
                 future,
+                tls_context: tls.as_ref().and_then(|t| t.get().context(py)),
             },
         );
         let mut options = conn_options(

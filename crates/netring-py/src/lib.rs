@@ -33,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tls::TlsServerConfig>()?;
     m.add_class::<tls::TlsClientConfig>()?;
     m.add_class::<tls::TlsClientLayer>()?;
+    m.add_function(wrap_pyfunction!(tls::tls_cipher_names, m)?)?;
     m.add_class::<engine::HostedTurns>()?;
     m.add_class::<udp::DatagramTransport>()?;
     m.add_function(wrap_pyfunction!(probe_backend, m)?)?;

@@ -39,13 +39,16 @@ fn min_version(py: Python<'_>, v: &str) -> PyResult<MinVersion> {
 #[pyclass(module = "netring._native", name = "TLSServerConfig", frozen)]
 pub struct TlsServerConfig {
     factory: Arc<TlsServer>,
+    /// A listener's copy: what its connections' `sslcontext` is.
+    context: Option<Py<PyAny>>,
 }
 
 #[pymethods]
 impl TlsServerConfig {
     #[new]
     #[pyo3(signature = (cert_chain, key, alpn, handshake_timeout, sni, client_ca, client_auth,
-                        min_version, session_cache, session_tickets, password=None))]
+                        min_version, session_cache, session_tickets, password=None,
+                        ciphers=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -60,6 +63,7 @@ impl TlsServerConfig {
         session_cache: usize,
         session_tickets: bool,
         password: Option<Vec<u8>>,
+        ciphers: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let client_auth = match client_auth {
             "none" => ClientAuth::None,
@@ -98,20 +102,25 @@ impl TlsServerConfig {
         settings.session_cache = session_cache;
         settings.session_tickets = session_tickets;
         settings.handshake_timeout = handshake_timeout.map(Duration::from_secs_f64);
+        settings.ciphers = ciphers;
         // NOTE: building checks every certificate and key (CPU-bound,
         // milliseconds): without the GIL.
         let built = py.detach(|| TlsServer::new(&settings));
         built
             .map(|f| TlsServerConfig {
                 factory: Arc::new(f),
+                context: None,
             })
             .map_err(|e| config_error(py, e))
     }
 
-    /// A copy for one listener (same settings, replaced on its own).
-    fn for_listener(&self) -> Self {
+    /// A copy for one listener (same settings, replaced on its own), whose
+    /// connections' `get_extra_info("sslcontext")` is `context`.
+    #[pyo3(signature = (context=None))]
+    fn for_listener(&self, context: Option<Py<PyAny>>) -> Self {
         TlsServerConfig {
             factory: Arc::new(self.factory.duplicate()),
+            context,
         }
     }
 
@@ -126,6 +135,11 @@ impl TlsServerConfig {
     pub fn layer(&self) -> Layer {
         Layer(self.factory.clone())
     }
+
+    /// What its connections' `get_extra_info("sslcontext")` is.
+    pub fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| c.clone_ref(py))
+    }
 }
 
 /// A client's TLS configuration, shared by the connects that use it.
@@ -137,7 +151,8 @@ pub struct TlsClientConfig {
 #[pymethods]
 impl TlsClientConfig {
     #[new]
-    #[pyo3(signature = (ca, cert_chain, key, alpn, min_version, handshake_timeout, password=None))]
+    #[pyo3(signature = (ca, cert_chain, key, alpn, min_version, handshake_timeout, password=None,
+                        ciphers=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -148,6 +163,7 @@ impl TlsClientConfig {
         min_version: &str,
         handshake_timeout: Option<f64>,
         password: Option<Vec<u8>>,
+        ciphers: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let identity = match (cert_chain, key) {
             (Some(chain), Some(key)) => Some(PemIdentity {
@@ -164,6 +180,7 @@ impl TlsClientConfig {
             alpn,
             min_version: self::min_version(py, min_version)?,
             handshake_timeout: handshake_timeout.map(Duration::from_secs_f64),
+            ciphers,
         };
         let built = py.detach(|| CoreClientConfig::new(&settings));
         built
@@ -171,13 +188,21 @@ impl TlsClientConfig {
             .map_err(|e| config_error(py, e))
     }
 
-    /// The layer for connects to `server_hostname`; a name that cannot be
+    /// The layer for connects to `server_hostname`, whose connection's
+    /// `get_extra_info("sslcontext")` is `context`; a name that cannot be
     /// one (empty, bad characters) raises `ConfigurationError`.
-    fn for_server(&self, py: Python<'_>, server_hostname: &str) -> PyResult<TlsClientLayer> {
+    #[pyo3(signature = (server_hostname, context=None))]
+    fn for_server(
+        &self,
+        py: Python<'_>,
+        server_hostname: &str,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<TlsClientLayer> {
         self.config
             .for_server(server_hostname)
             .map(|f| TlsClientLayer {
                 layer: Layer(Arc::new(f)),
+                context,
             })
             .map_err(|e| config_error(py, e))
     }
@@ -187,25 +212,60 @@ impl TlsClientConfig {
 #[pyclass(module = "netring._native", name = "TLSClientLayer", frozen)]
 pub struct TlsClientLayer {
     layer: Layer,
+    context: Option<Py<PyAny>>,
 }
 
 impl TlsClientLayer {
     pub fn layer(&self) -> Layer {
         self.layer.clone()
     }
+
+    /// What the connection's `get_extra_info("sslcontext")` is.
+    pub fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| c.clone_ref(py))
+    }
+}
+
+/// The OpenSSL names of the cipher suites netring negotiates (what
+/// `ciphers=` chooses from), TLS 1.3 ones first.
+#[pyfunction]
+pub fn tls_cipher_names() -> Vec<String> {
+    netring_core::layer::tls::cipher_names()
 }
 
 /// `get_extra_info(name)` for a TLS connection: asyncio's names and shapes
-/// (`cipher` as `SSLSocket.cipher()`, `peercert` as `getpeercert()`), and
-/// `ssl_version`, `alpn_protocol`, `server_hostname`, `session_reused`,
-/// `peercert_der` (the leaf, DER) of netring's own.
+/// (`cipher` as `SSLSocket.cipher()`, `peercert` as `getpeercert()`,
+/// `sslcontext`: the `ssl.SSLContext` its settings came from or the netring
+/// config, `ssl_object`: an object with `ssl.SSLObject`'s read-only
+/// methods), and `ssl_version`, `alpn_protocol`, `server_hostname`,
+/// `session_reused`, `peercert_der` (the leaf, DER) of netring's own.
 pub fn extra_info<'py>(
     py: Python<'py>,
     tls: &TlsInfo,
+    context: Option<&Py<PyAny>>,
     name: &str,
     default: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let field = |n: &str| -> PyResult<Bound<'py, PyAny>> {
+        Ok(extra_info(py, tls, context, n, None)?.unwrap_or_else(|| py.None().into_bound(py)))
+    };
     let value = match name {
+        "sslcontext" => match context {
+            Some(c) => c.clone_ref(py).into_bound(py),
+            None => return Ok(default),
+        },
+        "ssl_object" => py
+            .import(intern!(py, "netring.tls"))?
+            .getattr(intern!(py, "TLSObject"))?
+            .call1((
+                field("ssl_version")?,
+                field("cipher")?,
+                field("alpn_protocol")?,
+                field("server_hostname")?,
+                field("peercert_der")?,
+                field("session_reused")?,
+                field("sslcontext")?,
+            ))?,
         "cipher" => (tls.cipher.as_str(), tls.version, tls.secret_bits)
             .into_pyobject(py)?
             .into_any(),

@@ -101,6 +101,9 @@ pub struct Addresses {
     pub local: Option<SocketAddr>,
     /// Its stream layer's info (TLS), if it has one.
     pub info: Option<Box<LayerInfo>>,
+    /// What `get_extra_info("sslcontext")` gives on a TLS connection: the
+    /// `ssl.SSLContext` its settings came from, or the netring config.
+    pub context: Option<Py<PyAny>>,
 }
 
 /// A connection's peer and local addresses: an IPv4 pair inline (the
@@ -119,6 +122,8 @@ struct OtherAddrs {
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
     tls: Option<TlsInfo>,
+    /// `get_extra_info("sslcontext")` (TLS connections only).
+    context: Option<Py<PyAny>>,
     /// The proxy that spoke for `peer`, and the address the client
     /// connected to (its PROXY header's).
     proxy: Option<(Option<SocketAddr>, Option<SocketAddr>)>,
@@ -138,6 +143,7 @@ impl Addrs {
             (peer, local, tls, proxy) => Addrs::Other(Box::new(OtherAddrs {
                 peer,
                 local,
+                context: if tls.is_some() { a.context } else { None },
                 tls,
                 proxy,
             })),
@@ -166,10 +172,10 @@ impl Addrs {
         }
     }
 
-    fn tls(&self) -> Option<&TlsInfo> {
+    fn tls(&self) -> Option<(&TlsInfo, Option<&Py<PyAny>>)> {
         match self {
             Addrs::V4 { .. } => None,
-            Addrs::Other(b) => b.tls.as_ref(),
+            Addrs::Other(b) => b.tls.as_ref().map(|t| (t, b.context.as_ref())),
         }
     }
 }
@@ -855,7 +861,7 @@ impl Transport {
             "proxy_destination" => self.addrs.proxy().and_then(|p| p.1),
             _ => {
                 return match self.addrs.tls() {
-                    Some(tls) => crate::tls::extra_info(py, tls, name, default),
+                    Some((tls, context)) => crate::tls::extra_info(py, tls, context, name, default),
                     None => Ok(default),
                 }
             }

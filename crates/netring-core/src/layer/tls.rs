@@ -131,6 +131,9 @@ pub struct TlsServerSettings {
     pub session_tickets: bool,
     /// How long a handshake may take (`None`: no limit).
     pub handshake_timeout: Option<Duration>,
+    /// The cipher suites allowed, by OpenSSL's names (`None`: all that
+    /// rustls offers).
+    pub ciphers: Option<Vec<String>>,
 }
 
 impl TlsServerSettings {
@@ -146,12 +149,43 @@ impl TlsServerSettings {
             session_cache: DEFAULT_SESSION_CACHE,
             session_tickets: true,
             handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            ciphers: None,
         }
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// *ring*'s provider with the cipher suites `ciphers` names (OpenSSL's
+/// names; `None`: all of them). Names rustls does not have are ignored, as
+/// OpenSSL's cipher lists ignore unknown ones; none left is an error.
+fn provider(ciphers: Option<&[String]>) -> Result<Arc<CryptoProvider>, String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(allowed) = ciphers {
+        provider
+            .cipher_suites
+            .retain(|s| allowed.contains(&cipher_name(s.suite()).0));
+        if provider.cipher_suites.is_empty() {
+            let offered: Vec<String> = rustls::crypto::ring::default_provider()
+                .cipher_suites
+                .iter()
+                .map(|s| cipher_name(s.suite()).0)
+                .collect();
+            return Err(format!(
+                "ciphers: none of {allowed:?} is a suite netring offers ({})",
+                offered.join(", ")
+            ));
+        }
+    }
+    Ok(Arc::new(provider))
+}
+
+/// The OpenSSL names of the cipher suites netring can negotiate, TLS 1.3
+/// ones first.
+pub fn cipher_names() -> Vec<String> {
+    rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| cipher_name(s.suite()).0)
+        .collect()
 }
 
 fn certificates(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -240,7 +274,7 @@ impl ResolvesServerCert for ByName {
 }
 
 fn server_config(s: &TlsServerSettings) -> Result<Arc<ServerConfig>, String> {
-    let provider = provider();
+    let provider = provider(s.ciphers.as_deref())?;
     let default = certified_key("", &s.identity, &provider)?;
     let mut names = HashMap::new();
     for (name, id) in &s.sni {
@@ -361,6 +395,8 @@ pub struct TlsClientSettings {
     pub min_version: MinVersion,
     /// How long a handshake may take (`None`: no limit).
     pub handshake_timeout: Option<Duration>,
+    /// The cipher suites allowed, by OpenSSL's names (`None`: all).
+    pub ciphers: Option<Vec<String>>,
 }
 
 /// The system's trusted roots (the platform's CA bundle, read once).
@@ -396,7 +432,7 @@ pub struct TlsClientConfig {
 impl TlsClientConfig {
     /// Check `settings` and build the client's TLS.
     pub fn new(settings: &TlsClientSettings) -> Result<Self, String> {
-        let provider = provider();
+        let provider = provider(settings.ciphers.as_deref())?;
         let roots = match &settings.ca {
             Some(pem) => roots("ca", pem)?,
             None => system_roots()?,

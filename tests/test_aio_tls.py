@@ -1,0 +1,315 @@
+"""asyncio's ``ssl=`` on the engine's TLS: ``netring.aio.install()`` turns
+an ``ssl.SSLContext`` given to ``create_server`` / ``create_connection``
+(so ``asyncio.start_server``, ``open_connection``, uvicorn...) into the
+engine's rustls TLS, and lets a context it cannot honour fall through to
+the loop's own TLS. Certificates from trustme; both loops, both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.client
+import socket
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import netring
+import netring.aio as aio
+import pytest
+from conftest import serving
+from netring.tls import cipher_names
+
+trustme = pytest.importorskip("trustme")
+
+
+@pytest.fixture(scope="module")
+def ca() -> Any:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def leaf(ca: Any) -> Any:
+    return ca.issue_cert("localhost", "127.0.0.1")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest, backend: str,
+              monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("NETRING_BACKEND", backend)
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+    return str(request.param)
+
+
+def run(loop_kind: str, main: Callable[[], Awaitable[Any]], timeout: float = 30) -> Any:
+    with asyncio.Runner(loop_factory=functools.partial(aio.new_event_loop, loop_kind)) as r:
+        return r.run(asyncio.wait_for(main(), timeout))
+
+
+def server_context(leaf: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(ctx)  # load_cert_chain from a temporary file
+    return ctx
+
+
+def client_context(ca: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    seen = writer.get_extra_info("sslcontext"), writer.get_extra_info("ssl_object")
+    writer.write(repr((seen[0] is not None, seen[1].version())).encode() + b"\n")
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+def test_start_server_and_open_connection_with_contexts_run_on_the_engine(
+        loop_kind: str, ca: Any, leaf: Any) -> None:
+    server_ctx, client_ctx = server_context(leaf), client_context(ca)
+
+    async def main() -> dict[str, Any]:
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+        assert isinstance(server, aio.AioServer), "served by netring, not the loop's TLS"
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                       server_hostname="localhost")
+        assert isinstance(writer.transport, netring.Transport), "connected by netring"
+        assert await reader.readline() == b"(True, 'TLSv1.3')\n"
+        assert writer.get_extra_info("sslcontext") is client_ctx
+        obj = writer.get_extra_info("ssl_object")
+        assert obj.version() == "TLSv1.3"
+        assert obj.cipher()[0] in cipher_names()
+        assert obj.server_hostname == "localhost"
+        assert obj.context is client_ctx
+        assert dict(x[0] for x in obj.getpeercert()["subject"]).get("commonName") is None
+        assert obj.getpeercert()["subjectAltName"][0] == ("DNS", "localhost")
+        assert isinstance(obj.getpeercert(binary_form=True), bytes)
+        payload = bytes(range(256)) * 4096  # 1 MiB, in order
+        writer.write(payload)
+        got = await reader.readexactly(len(payload))
+        assert got == payload
+        writer.write_eof()  # close_notify: the server's read ends, it closes
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        stats = aio.engine_stats()
+        server.close()
+        await server.wait_closed()
+        return stats
+
+    stats = run(loop_kind, main)
+    assert stats["connections_accepted"] == 1
+    assert stats["connections_connected"] == 1
+
+
+def test_client_certificates_alpn_and_ciphers_come_from_the_context(
+        loop_kind: str, ca: Any, leaf: Any) -> None:
+    server_ctx = server_context(leaf)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(server_ctx)
+    server_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    client_ctx = client_context(ca)
+    ca.issue_cert("client@example.org").configure_cert(client_ctx)
+    client_ctx.set_alpn_protocols(["http/1.1"])
+    client_ctx.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384")
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    bare = client_context(ca)  # no client certificate
+    seen: list[Any] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((writer.get_extra_info("peercert"), writer.get_extra_info("alpn_protocol")))
+        writer.write(b"hi")
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+        assert isinstance(server, aio.AioServer)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                       server_hostname="localhost")
+        assert isinstance(writer.transport, netring.Transport)
+        assert await reader.read() == b"hi"
+        assert writer.get_extra_info("alpn_protocol") == "http/1.1"
+        writer.close()
+        # A client without a certificate is refused by the server (the
+        # failed handshake never reaches the handler).
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            r2, _w2 = await asyncio.open_connection("127.0.0.1", port, ssl=bare,
+                                                   server_hostname="localhost")
+            await r2.read()
+        server.close()
+        await server.wait_closed()
+
+    run(loop_kind, main)
+    assert len(seen) == 1
+    peercert, alpn = seen[0]
+    assert peercert["subjectAltName"] == (("email", "client@example.org"),)
+    assert alpn == "http/1.1"
+
+
+def test_a_certificate_the_context_does_not_trust_fails_the_connect(
+        loop_kind: str, leaf: Any) -> None:
+    server_ctx = server_context(leaf)
+    other = trustme.CA()
+
+    async def main() -> None:
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        for ssl_arg in (client_context(other), True):  # another CA; the system's roots
+            with pytest.raises(ssl.SSLCertVerificationError) as info:
+                await asyncio.open_connection("127.0.0.1", port, ssl=ssl_arg,
+                                              server_hostname="localhost")
+            assert isinstance(info.value, netring.TLSCertVerificationError), \
+                "the engine's TLS refused it, not the loop's"
+        server.close()
+        await server.wait_closed()
+
+    run(loop_kind, main)
+
+
+def test_contexts_the_engine_cannot_honour_fall_through(loop_kind: str, ca: Any,
+                                                        leaf: Any) -> None:
+    with_sni_callback = server_context(leaf)
+    with_sni_callback.sni_callback = lambda obj, name, ctx: None
+    tls12_only = server_context(leaf)
+    tls12_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    loaded_before = server_context(leaf)
+    loaded_before.__dict__.pop("_netring_tls_notes")  # as if loaded before netring's import
+    unverified = ssl._create_unverified_context()
+
+    async def main() -> None:
+        for ctx in (with_sni_callback, tls12_only, loaded_before):
+            server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=ctx)
+            assert not isinstance(server, aio.AioServer), "the loop's own TLS serves it"
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=unverified)  # CERT_NONE: the loop's own too
+            assert not isinstance(writer.transport, netring.Transport)
+            assert (await reader.readline()).startswith(b"(True, 'TLSv1.")
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    run(loop_kind, main)
+
+
+def test_from_ssl_context_says_what_it_cannot_honour(ca: Any, leaf: Any) -> None:
+    bare = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with pytest.raises(netring.ConfigurationError, match="no certificate noted"):
+        netring.TLSConfig.from_ssl_context(bare)
+    with pytest.raises(netring.ConfigurationError, match="not for a server"):
+        netring.TLSConfig.from_ssl_context(client_context(ca))
+    twice = server_context(leaf)
+    leaf.configure_cert(twice)
+    with pytest.raises(netring.ConfigurationError, match="several certificates"):
+        netring.TLSConfig.from_ssl_context(twice)
+    asks = server_context(leaf)
+    asks.verify_mode = ssl.CERT_OPTIONAL
+    with pytest.raises(netring.ConfigurationError, match="no loaded CA"):
+        netring.TLSConfig.from_ssl_context(asks)
+    capped = server_context(leaf)
+    capped.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(netring.ConfigurationError, match=r"TLS 1\.3 is not allowed"):
+        netring.TLSConfig.from_ssl_context(capped)
+    unchecked = client_context(ca)
+    unchecked.check_hostname = False
+    with pytest.raises(netring.ConfigurationError, match="check_hostname"):
+        netring.TLSClientConfig.from_ssl_context(unchecked)
+    unchecked.verify_mode = ssl.CERT_NONE
+    with pytest.raises(netring.ConfigurationError, match="verify_mode"):
+        netring.TLSClientConfig.from_ssl_context(unchecked)
+    # What it can: versions, tickets, the context's cipher list (as the
+    # suites it enables), client auth against its CAs.
+    ctx = server_context(leaf)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.set_ciphers("ECDHE+AESGCM")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(ctx)
+    config = netring.TLSConfig.from_ssl_context(ctx)
+    assert config.min_version == "TLSv1.3"
+    assert config.client_auth == "required"
+    assert config.ciphers is not None
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in config.ciphers
+    assert not any("CHACHA20" in c and c.startswith("ECDHE") for c in config.ciphers)
+    assert "TLS_AES_128_GCM_SHA256" in config.ciphers
+
+
+def test_ciphers_limit_what_is_negotiated(backend: str, ca: Any, leaf: Any) -> None:
+    with pytest.raises(netring.ConfigurationError, match="not a suite netring negotiates"):
+        netring.TLSConfig(leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes(),
+                          ciphers=["AES128-SHA"])
+    config = netring.TLSConfig(
+        b"".join(p.bytes() for p in leaf.cert_chain_pems), leaf.private_key_pem.bytes(),
+        ciphers=["TLS_CHACHA20_POLY1305_SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+                 "ECDHE-ECDSA-AES256-GCM-SHA384"])
+    with serving(asyncio.Protocol, backend, tls=config) as server:
+        for version, want in ((ssl.TLSVersion.TLSv1_3, "TLS_CHACHA20_POLY1305_SHA256"),
+                              (ssl.TLSVersion.TLSv1_2, "AES256-GCM-SHA384")):
+            ctx = client_context(ca)
+            ctx.maximum_version = version
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert want in tls.cipher()[0]
+
+
+uvicorn = pytest.importorskip("uvicorn")
+
+
+async def scheme_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = scope["scheme"].encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_uvicorn_with_its_ssl_options_serves_https_from_the_engine(
+        loop_kind: str, ca: Any, leaf: Any, tmp_path: Any) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out: dict[str, Any] = {}
+
+    def client() -> None:
+        try:
+            conn = http.client.HTTPSConnection("localhost", port, timeout=20,
+                                               context=client_context(ca))
+            for _ in range(3):
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                out.setdefault("bodies", []).append(resp.read())
+            conn.close()
+        except BaseException as e:  # reported by the test
+            out["error"] = e
+
+    async def main() -> dict[str, Any]:
+        config = uvicorn.Config(scheme_app, host="127.0.0.1", port=port, loop="none",
+                                lifespan="off", log_level="warning",
+                                ssl_certfile=str(cert), ssl_keyfile=str(key))
+        server = uvicorn.Server(config)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        thread = threading.Thread(target=client)
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.02)
+        stats = aio.engine_stats()
+        server.should_exit = True
+        await task
+        return stats
+
+    stats = run(loop_kind, main, 60)
+    assert out.get("bodies") == [b"https"] * 3, out.get("error")
+    assert stats["connections_accepted"] == 1, "served by netring's TLS"
