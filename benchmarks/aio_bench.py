@@ -16,7 +16,12 @@ Four parts, each server pinned to CPU 1 and its load to CPU 0, every
   connections (the load generator's ws mode), on each loop;
 - **http**: uvicorn (httptools, ``loop="none"``) and aiohttp serving a
   "hello world" with keep-alive to 50 connections of ``wrk`` (Debian's),
-  on each loop, and granian (one worker) serving the same ASGI app.
+  on each loop, and granian (one worker) serving the same ASGI app;
+- **https**: the same over TLS 1.3 (a throwaway trustme certificate, ECDSA
+  P-256): uvicorn's ``ssl_certfile``/``ssl_keyfile`` and aiohttp's
+  ``ssl_context``, each loop serving the ``ssl.SSLContext`` with its own TLS
+  (netring's engine through ``install()``'s ``ssl=``, uvloop's SSL
+  protocol, aiofastnet's transports), and granian's ``--ssl-*``.
 
 On netring the application runs on ``netring.aio.new_event_loop(loop=...)``
 (what ``install()`` gives ``asyncio.run``), unchanged. The targets of #18
@@ -34,7 +39,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from echo_bench import (
     PEERS,
@@ -71,7 +78,7 @@ WEBSOCKETS = [Scenario("ws 64B/50c/d1", 64, 50, 1, mode="ws", group="ws")]
 LOOPS = ("netring", "netring-asyncio", "uvloop", "aiofastnet")
 HTTP_APPS = ("uvicorn", "aiohttp")
 HTTP_CONNS = 50
-PARTS = ("protocol", "streams", "ws", "http")
+PARTS = ("protocol", "streams", "ws", "http", "https")
 
 # Targets of issue #18 (medians, same run).
 PROTO_RATE_VS_UVLOOP, PROTO_CPU_VS_UVLOOP = 1.1, 0.9
@@ -79,12 +86,12 @@ STREAMS_RATE_VS_UVLOOP = 1.3
 HTTP_RATE_VS_UVLOOP = 1.2
 
 
-def app_servers(app: str, mode: str) -> list[Server]:
+def app_servers(app: str, mode: str, extra: tuple[str, ...] = ()) -> list[Server]:
     """The peers/app_server.py application on each loop, as servers of `mode`."""
     py = sys.executable
     return [
-        Server(f"{app}[{loop}]", [py, str(PEERS / "app_server.py"), "--app", app, "--loop", loop],
-               mode=mode)
+        Server(f"{app}[{loop}]", [py, str(PEERS / "app_server.py"), "--app", app, "--loop", loop,
+                                  *extra], mode=mode)
         for loop in LOOPS
     ]
 
@@ -131,9 +138,9 @@ def wait_accepting(port: int, limit_s: float = 15.0) -> bool:
     return False
 
 
-def run_wrk(srv: Server, pin: list[str], duration: float) -> dict:
+def run_wrk(srv: Server, pin: list[str], duration: float, scheme: str = "http") -> dict:
     """One wrk run; the server's CPU (its whole process tree) sampled around it."""
-    url = f"http://127.0.0.1:{srv.port}/"
+    url = f"{scheme}://127.0.0.1:{srv.port}/"
     cmd = [*pin, "wrk", "-t1", f"-c{HTTP_CONNS}", f"-d{duration:g}s", "--latency", url]
     hz = os.sysconf("SC_CLK_TCK")
     before, busy_at = tree_cpu_ticks(srv.proc.pid), time.monotonic()
@@ -159,28 +166,39 @@ def run_wrk(srv: Server, pin: list[str], duration: float) -> dict:
     return r
 
 
-def http_servers() -> list[Server]:
-    servers = [srv for app in HTTP_APPS for srv in app_servers(app, "http")]
+def http_servers(tls: tuple[str, ...] = ()) -> list[Server]:
+    """The HTTP servers; with ``tls`` (``--tls CERT KEY``) serving HTTPS."""
+    servers = [srv for app in HTTP_APPS for srv in app_servers(app, "http", tls)]
     if importable("granian"):
         servers.insert(len(LOOPS), Server("granian", [sys.executable,
-                                                       str(PEERS / "granian_hello.py")],
+                                                       str(PEERS / "granian_hello.py"), *tls],
                                           mode="http"))
     return servers
 
 
-def run_http(args: argparse.Namespace, pins: tuple[bool, list[str], list[str]]
-             ) -> tuple[list[dict], dict[str, str]]:
-    """Every HTTP server under wrk: started, primed, then measured in a rotated order."""
+def https_files(where: str) -> tuple[str, ...]:
+    """``--tls CERT KEY`` for a throwaway certificate made in `where`."""
+    from tls_bench import make_certs
+
+    certs = make_certs(Path(where), "ecdsa")
+    return ("--tls", certs["cert"], certs["key"])
+
+
+def run_http(args: argparse.Namespace, pins: tuple[bool, list[str], list[str]],
+             tls: tuple[str, ...] = ()) -> tuple[list[dict], dict[str, str]]:
+    """Every HTTP server under wrk: started, primed, then measured in a
+    rotated order; with ``tls``, over HTTPS."""
     _, pin_server, pin_gen = pins
-    servers, notes, runs = http_servers(), {}, []
+    scheme = "https" if tls else "http"
+    servers, notes, runs = http_servers(tls), {}, []
     if shutil.which("wrk") is None:
         return [], {"http": "wrk is not installed (apt-get install wrk)"}
     try:
         live = []
         for srv in servers:
             if srv.start(pin_server) and wait_accepting(srv.port):
-                r = run_wrk(srv, pin_gen, PRIME_S * 2)
-                print(f"primed {srv.name} (http): {r.get('error', 'ok')}", file=sys.stderr)
+                r = run_wrk(srv, pin_gen, PRIME_S * 2, scheme)
+                print(f"primed {srv.name} ({scheme}): {r.get('error', 'ok')}", file=sys.stderr)
                 live.append(srv)
         for rep in range(args.repeat):
             k = rep % max(1, len(live))
@@ -190,17 +208,17 @@ def run_http(args: argparse.Namespace, pins: tuple[bool, list[str], list[str]]
                 if args.wait_quiet:
                     wait_quiet(args.wait_quiet)
                 time.sleep(args.warmup)
-                r = run_wrk(srv, pin_gen, args.duration)
-                r.update(server=srv.name, scenario=f"http hello/{HTTP_CONNS}c", rep=rep)
+                r = run_wrk(srv, pin_gen, args.duration, scheme)
+                r.update(server=srv.name, scenario=f"{scheme} hello/{HTTP_CONNS}c", rep=rep)
                 runs.append(r)
                 msg = r.get("error") or (f"{r['msgs_per_s'] / 1e3:.1f}k req/s,"
                                          f" {r['server_cpu_us_per_msg']:.2f} CPU µs/req")
-                print(f"[{rep + 1}/{args.repeat}] http {srv.name:22} {msg}", file=sys.stderr)
+                print(f"[{rep + 1}/{args.repeat}] {scheme} {srv.name:22} {msg}", file=sys.stderr)
     finally:
         for srv in servers:
             srv.stop()
             if srv.note:
-                notes[f"{srv.name} (http)"] = srv.note
+                notes[f"{srv.name} ({scheme})"] = srv.note
     return runs, notes
 
 
@@ -323,6 +341,13 @@ def main() -> None:
         skipped |= notes
         scenarios.append(Scenario(f"http hello/{HTTP_CONNS}c", 0, HTTP_CONNS, 1, group="http"))
         names += [srv.name for srv in http_servers()]
+    if "https" in args.part_list:
+        with tempfile.TemporaryDirectory() as where:
+            tls_runs, notes = run_http(args, pins, https_files(where))
+        http_runs += tls_runs
+        skipped |= notes
+        scenarios.append(Scenario(f"https hello/{HTTP_CONNS}c", 0, HTTP_CONNS, 1, group="http"))
+        names += [srv.name for srv in http_servers() if srv.name not in names]
     rows = medians(runs + http_runs, scenarios, names)
     add_ratios(rows)
     print(headline("Inside-asyncio benchmark", args, pins[0]) + "\n")

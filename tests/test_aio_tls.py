@@ -313,3 +313,42 @@ def test_uvicorn_with_its_ssl_options_serves_https_from_the_engine(
     stats = run(loop_kind, main, 60)
     assert out.get("bodies") == [b"https"] * 3, out.get("error")
     assert stats["connections_accepted"] == 1, "served by netring's TLS"
+
+
+def test_aiohttp_on_a_given_socket_with_an_ssl_context_serves_https_from_the_engine(
+        loop_kind: str, ca: Any, leaf: Any) -> None:
+    web = pytest.importorskip("aiohttp.web")
+
+    async def handler(request: Any) -> Any:
+        body = await request.read()
+        return web.Response(body=b"%s %s %d" % (request.scheme.encode(),
+                                                request.path.encode(), len(body)))
+
+    def client(port: int) -> list[bytes]:
+        conn = http.client.HTTPSConnection("localhost", port, timeout=20,
+                                           context=client_context(ca))
+        replies = []
+        for i in range(5):
+            conn.request("POST", f"/item/{i}", body=b"y" * (i * 100_000))
+            replies.append(conn.getresponse().read())
+        conn.close()
+        return replies
+
+    async def main() -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        site = web.SockSite(runner, sock, ssl_context=server_context(leaf))
+        await site.start()
+        assert isinstance(site._server, aio.AioServer)
+        replies = await asyncio.to_thread(client, sock.getsockname()[1])
+        assert replies == [b"https /item/%d %d" % (i, i * 100_000) for i in range(5)]
+        stats = aio.engine_stats()
+        await runner.cleanup()
+        return stats
+
+    stats = run(loop_kind, main)
+    assert stats["connections_accepted"] == 1

@@ -4,13 +4,17 @@ the same application code on each, as users run it.
 
 Usage: app_server.py --app streams|ws|uvicorn|aiohttp
                      --loop netring|netring-asyncio|uvloop|aiofastnet [--port P]
+                     [--tls CERT KEY]
 
 Apps: ``streams`` (``asyncio.start_server``: a 4-byte big-endian length and
 its payload read with ``readexactly``, echoed with ``write`` + ``drain``),
 ``ws`` (the websockets server: every message echoed), ``uvicorn`` (an ASGI
 "hello world" on uvicorn's httptools protocol, keep-alive) and ``aiohttp``
 (the same page from aiohttp's web server). Listens on 127.0.0.1 and prints
-``READY <port>`` once listening.
+``READY <port>`` once listening. ``--tls`` serves HTTPS (uvicorn, aiohttp)
+as their users do: uvicorn's ``ssl_certfile``/``ssl_keyfile``, aiohttp's
+``ssl_context`` — an ``ssl.SSLContext`` that each loop serves with its own
+TLS (netring's: the engine's rustls, through ``install()``'s ``ssl=``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import asyncio
 import functools
 import socket
+import ssl
 from collections.abc import Callable
 
 from asgi_hello import BODY, app
@@ -62,12 +67,17 @@ def bound(port: int) -> socket.socket:
     return sock
 
 
+#: ``--tls``: (certificate chain, key) files, or None.
+TLS: tuple[str, str] | None = None
+
+
 async def uvicorn_app(port: int) -> None:
     import uvicorn
 
     sock = bound(port)
+    files = {} if TLS is None else {"ssl_certfile": TLS[0], "ssl_keyfile": TLS[1]}
     config = uvicorn.Config(app, loop="none", http="httptools", lifespan="off",
-                            log_level="warning", access_log=False)
+                            log_level="warning", access_log=False, **files)
     server = uvicorn.Server(config)
     print(f"READY {sock.getsockname()[1]}", flush=True)
     await server.serve(sockets=[sock])
@@ -84,7 +94,11 @@ async def aiohttp_app(port: int) -> None:
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
     sock = bound(port)
-    await web.SockSite(runner, sock).start()
+    context = None
+    if TLS is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*TLS)
+    await web.SockSite(runner, sock, ssl_context=context).start()
     print(f"READY {sock.getsockname()[1]}", flush=True)
     await asyncio.Event().wait()
 
@@ -113,7 +127,11 @@ def main() -> None:
     parser.add_argument("--loop", choices=["netring", "netring-asyncio", "uvloop", "aiofastnet"],
                         required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                        help="serve HTTPS with this certificate chain and key (uvicorn, aiohttp)")
     args = parser.parse_args()
+    global TLS
+    TLS = None if args.tls is None else (args.tls[0], args.tls[1])
     try:
         with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
             runner.run(APPS[args.app](args.port))

@@ -3,7 +3,7 @@ peer a user would pick for raw speed). Prints ``READY <port>`` (the port is
 picked free first, then bound by granian: aio_bench.py waits until it
 accepts).
 
-Usage: granian_hello.py [--port P]
+Usage: granian_hello.py [--port P] [--tls CERT KEY]
 """
 
 import argparse
@@ -15,6 +15,8 @@ import sys
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"),
+                        help="serve HTTPS with this certificate chain and (PKCS#8) key")
     args = parser.parse_args()
     port = args.port
     if port == 0:
@@ -27,6 +29,8 @@ def main() -> None:
         sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
         "--port", str(port), "--workers", "1", "--runtime-threads", "1", "--http", "1",
         "--no-ws", "--log-level", "warning", "--loop", "uvloop", "--working-dir", here,
+        *([] if args.tls is None else ["--ssl-certificate", args.tls[0],
+                                       "--ssl-keyfile", args.tls[1]]),
         "asgi_hello:app",
     ])
 
