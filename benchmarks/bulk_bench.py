@@ -18,6 +18,7 @@ import sys
 
 from echo_bench import (
     Scenario,
+    Server,
     add_run_args,
     ensure_built,
     finish_run_args,
@@ -123,6 +124,13 @@ def parse_args() -> argparse.Namespace:
         default=",".join(s.name for s in SCENARIOS),
         help="comma list (default: all): %(default)s",
     )
+    ap.add_argument(
+        "--zerocopy",
+        type=int,
+        metavar="BYTES",
+        help="also run netring[io_uring] with zerocopy_threshold=BYTES (its cost where "
+        "the kernel copies anyway, as on loopback)",
+    )
     add_run_args(ap)
     args = ap.parse_args()
     finish_run_args(args)
@@ -135,6 +143,11 @@ def main() -> None:
     ensure_built("bulk_bench")
     pins = pinning(args)
     servers, skipped = make_servers(args)
+    if args.zerocopy:
+        plain = next((s for s in servers if s.name == "netring[io_uring]"), None)
+        if plain is not None:
+            argv = [*plain.argv, "--zerocopy-threshold", str(args.zerocopy)]
+            servers.insert(servers.index(plain) + 1, Server("netring[io_uring+zc]", argv))
     runs, notes = run_servers(servers, args.scenario_list, args, pins)
     skipped |= notes
     size = {sc.name: sc.size for sc in args.scenario_list}

@@ -8,6 +8,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from typing import ClassVar
 
 import netring
@@ -84,8 +85,13 @@ def test_large_packets_are_framed_around_the_payload(backend: str) -> None:
                 assert recv_exactly(c, n) == want
 
 
-def test_written_bytes_are_released_once_sent(backend: str) -> None:
-    """A large bytes is queued by reference; the reference goes once sent."""
+ZEROCOPY = [None, 64 * 1024]
+
+
+@pytest.mark.parametrize("zerocopy", ZEROCOPY)
+def test_written_bytes_are_released_once_sent(backend: str, zerocopy: int | None) -> None:
+    """A large bytes is queued by reference; the reference goes once sent
+    (zero-copy: once the kernel's notification says it is done with it)."""
     payload = os.urandom(4 * MIB)
     before = sys.getrefcount(payload)
     during: list[int] = []
@@ -95,7 +101,7 @@ def test_written_bytes_are_released_once_sent(backend: str) -> None:
             transport.write(payload)
             during.append(sys.getrefcount(payload))
 
-    with serving(Once, backend) as server:
+    with serving(Once, backend, zerocopy_threshold=zerocopy) as server:
         with connect(server) as c:
             assert wait_until(lambda: during)
             assert during[0] > before, "the engine holds no reference: it copied"
@@ -106,7 +112,8 @@ def test_written_bytes_are_released_once_sent(backend: str) -> None:
             assert wait_until(lambda: bool(server.stats()) and sys.getrefcount(payload) == before)
 
 
-def test_aborted_connection_releases_queued_bytes(backend: str) -> None:
+@pytest.mark.parametrize("zerocopy", ZEROCOPY)
+def test_aborted_connection_releases_queued_bytes(backend: str, zerocopy: int | None) -> None:
     payload = os.urandom(8 * MIB)
     before = sys.getrefcount(payload)
     transports: list[netring.Transport] = []
@@ -117,7 +124,7 @@ def test_aborted_connection_releases_queued_bytes(backend: str) -> None:
             transport.set_write_buffer_limits(high=64 * MIB)
             transport.write(payload)  # the client never reads: most stays queued
 
-    with serving(Stuck, backend) as server:
+    with serving(Stuck, backend, zerocopy_threshold=zerocopy) as server:
         with connect(server) as c:
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             assert wait_until(lambda: transports)
@@ -125,6 +132,84 @@ def test_aborted_connection_releases_queued_bytes(backend: str) -> None:
             transports[0].abort()
             # stats() enters netring, where pending decrefs run.
             assert wait_until(lambda: bool(server.stats()) and sys.getrefcount(payload) == before)
+
+
+def test_zero_copy_sends_arrive_intact_and_stop_where_the_kernel_copies(backend: str) -> None:
+    """With zerocopy_threshold, large sends go zero-copy on io_uring (SEND_ZC);
+    on loopback the kernel copies anyway and says so, and each connection
+    then sends normally. Every byte arrives, in order, on every connection."""
+    payloads = [pattern(3 * MIB + i * 1000, i) for i in range(4)]
+    expect = b"".join(payloads) + b"end"
+
+    class Many(Sender):
+        pass
+
+    Many.plan = [*(("write", p) for p in payloads), ("write", b"end")]
+    conns = 6
+    with serving(Many, backend, zerocopy_threshold=64 * 1024) as server:
+        got: list[bytes] = []
+
+        def fetch() -> None:
+            with connect(server) as c:
+                got.append(recv_exactly(c, len(expect)))
+                assert c.recv(1) == b""
+
+        threads = [threading.Thread(target=fetch) for _ in range(conns)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert got == [expect] * conns
+        stats = server.stats()
+        assert wait_until(lambda: server.stats()["connections_open"] == 0)
+        stats = server.stats()
+    zc = stats["zerocopy_sends"] + stats["zerocopy_copied"]
+    assert zc > 0 if backend == "io_uring" else zc == 0
+
+
+def test_a_connection_whose_zero_copy_send_was_copied_sends_normally(backend: str) -> None:
+    """The notification of a send the kernel copied (loopback: always)
+    turns zero-copy off for that connection: later sends are plain."""
+    if backend != "io_uring":
+        pytest.skip("zero-copy sends are io_uring's")
+    first, rest = pattern(2 * MIB, 1), [pattern(3 * MIB, i) for i in range(2, 5)]
+
+    class Phases(netring.Protocol):
+        def connection_made(self, transport: netring.Transport) -> None:
+            self.transport = transport
+            transport.write(first)
+
+        def data_received(self, data: bytes) -> None:
+            for p in rest:
+                self.transport.write(p)
+
+    def counted() -> int:
+        s = server.stats()
+        return int(s["zerocopy_sends"] + s["zerocopy_copied"])
+
+    def steady() -> bool:
+        before = counted()
+        time.sleep(0.1)
+        return counted() == before
+
+    with serving(Phases, backend, zerocopy_threshold=64 * 1024) as server:
+        with connect(server) as c:
+            assert recv_exactly(c, len(first)) == first
+            # Read: the kernel copied it, and says so.
+            assert wait_until(lambda: server.stats()["zerocopy_copied"] >= 1)
+            assert wait_until(steady)  # every notification of those sends is in
+            settled = counted()
+            c.sendall(b"next")
+            assert recv_exactly(c, 9 * MIB) == b"".join(rest)
+        assert wait_until(lambda: server.stats()["connections_open"] == 0)
+        assert counted() == settled, "9 MiB more, and not one zero-copy send"
+
+
+def test_zerocopy_threshold_is_checked() -> None:
+    with pytest.raises(netring.ConfigurationError, match="zerocopy_threshold"):
+        netring.IOPool(1, zerocopy_threshold=100)
+    with pytest.raises(TypeError):
+        netring.Server(netring.Protocol, zerocopy_threshold="64k")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("size", [MIB, 8 * MIB])

@@ -2,6 +2,7 @@
 
 Usage: netring_echo.py --port P [--backend auto|io_uring|epoll] [--io-threads N]
                        [--tls-cert FILE --tls-key FILE] [--proxy-protocol v1|v2|any]
+                       [--zerocopy-threshold BYTES]
 
 Without --backend, netring's default applies (auto, or $NETRING_BACKEND).
 With --tls-cert/--tls-key it serves TLS 1.3 only from the engine
@@ -29,6 +30,8 @@ def main() -> None:
     parser.add_argument("--tls-key", help="its PEM private key")
     parser.add_argument("--proxy-protocol", choices=["v1", "v2", "any"],
                         help="expect a PROXY protocol header from 127.0.0.1")
+    parser.add_argument("--zerocopy-threshold", type=int, default=None,
+                        help="zero-copy sends from this size (io_uring SEND_ZC)")
     args = parser.parse_args()
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
@@ -50,6 +53,7 @@ def main() -> None:
         args.port,
         io_threads=args.io_threads,
         backend=args.backend,
+        zerocopy_threshold=args.zerocopy_threshold,
         **tls,
     )
     server.start()

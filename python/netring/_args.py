@@ -84,10 +84,15 @@ def choose_backend(backend: object) -> str:
     return backend
 
 
+#: The smallest ``zerocopy_threshold`` (a page: below it pinning costs more
+#: than the copy it saves).
+MIN_ZEROCOPY_THRESHOLD = 4096
+
+
 def check_pool_options(io_threads: object, backend: object, buffer_size: object,
-                       buffers_per_thread: object, max_buffer_memory: object
-                       ) -> dict[str, Any]:
-    """The five ``IOPool`` arguments (also ``Server``'s, for its own pool),
+                       buffers_per_thread: object, max_buffer_memory: object,
+                       zerocopy_threshold: object = None) -> dict[str, Any]:
+    """The ``IOPool`` arguments (also ``Server``'s, for its own pool),
     checked; ``backend`` resolved (``choose_backend``), the rest as given
     (None: the default)."""
     if io_threads is not None:
@@ -100,9 +105,11 @@ def check_pool_options(io_threads: object, backend: object, buffer_size: object,
             raise ConfigurationError(f"buffers_per_thread: must be a power of two, not {n}")
     if max_buffer_memory is not None:
         check_int("max_buffer_memory", max_buffer_memory, 1)
+    if zerocopy_threshold is not None:
+        check_int("zerocopy_threshold", zerocopy_threshold, MIN_ZEROCOPY_THRESHOLD, 1 << 30)
     return {"io_threads": io_threads, "backend": choose_backend(backend),
             "buffer_size": buffer_size, "buffers_per_thread": buffers_per_thread,
-            "max_buffer_memory": max_buffer_memory}
+            "max_buffer_memory": max_buffer_memory, "zerocopy_threshold": zerocopy_threshold}
 
 
 def check_framing(framing: object) -> Any:

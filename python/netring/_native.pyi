@@ -78,6 +78,7 @@ class Engine:
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
         max_buffer_memory: int | None = None,
+        zerocopy_threshold: int | None = None,
     ) -> None: ...
     def listen(
         self,

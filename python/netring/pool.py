@@ -113,6 +113,14 @@ class IOPool:
             served. Use ``frame_timeout`` too, so that a partial packet
             cannot hold its bytes forever. Now: ``stats()["buffer_memory"]``
             (counted only when a cap is set).
+        zerocopy_threshold: sends of at least this many bytes go zero-copy
+            on io_uring (``SEND_ZC``: the kernel reads the queued buffers —
+            a large ``bytes`` written is queued by reference — in place
+            and reports when it is done; they are held until then).
+            Default: off. A connection whose zero-copy send the kernel
+            copied after all (loopback, a device without scatter-gather)
+            sends normally from then on. ``stats()["zerocopy_sends"]`` /
+            ``["zerocopy_copied"]`` count them. epoll ignores it.
 
     The threads start at construction; ``close()`` (or leaving a ``with``
     block) stops them.
@@ -126,12 +134,13 @@ class IOPool:
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
         max_buffer_memory: int | None = None,
+        zerocopy_threshold: int | None = None,
     ) -> None:
         backend = check_pool_options(io_threads, backend, buffer_size, buffers_per_thread,
-                                     max_buffer_memory)["backend"]
+                                     max_buffer_memory, zerocopy_threshold)["backend"]
         threads = default_io_threads() if io_threads is None else io_threads
         self._engine = _native.Engine(threads, backend, buffer_size, buffers_per_thread,
-                                      max_buffer_memory)
+                                      max_buffer_memory, zerocopy_threshold)
         self._lock = threading.Lock()
         self._resolver_pool: concurrent.futures.ThreadPoolExecutor | None = None
         _live.add(self)

@@ -217,6 +217,8 @@ class Server:
             default 512).
         max_buffer_memory: cap on the bytes the engine buffers for
             connections (see ``IOPool``); default: no cap.
+        zerocopy_threshold: zero-copy sends from this size on io_uring (see
+            ``IOPool``); default: off.
         backlog: listen backlog.
         reuse_port: set SO_REUSEPORT (several processes on one port).
         framing: how each connection's stream is cut into packets
@@ -299,6 +301,7 @@ class Server:
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
         max_buffer_memory: int | None = None,
+        zerocopy_threshold: int | None = None,
         backlog: int = _native.DEFAULT_BACKLOG,
         reuse_port: bool = False,
         framing: Framing | None = None,
@@ -370,7 +373,8 @@ class Server:
         self._work: _ServerWork | None = None
         pool_args = {"io_threads": io_threads, "backend": backend, "buffer_size": buffer_size,
                      "buffers_per_thread": buffers_per_thread,
-                     "max_buffer_memory": max_buffer_memory}
+                     "max_buffer_memory": max_buffer_memory,
+                     "zerocopy_threshold": zerocopy_threshold}
         if pool is not None:
             if not isinstance(pool, IOPool):
                 raise TypeError(f"pool: must be a netring.IOPool, not {type(pool).__name__}")

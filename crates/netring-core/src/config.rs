@@ -83,6 +83,12 @@ pub struct EngineConfig {
     /// Where large packets of a known size are reassembled (the bindings'
     /// `bytes`: one copy); `None`: a vector, then the user's copy.
     pub packet_alloc: Option<std::sync::Arc<dyn crate::framing::PacketAlloc>>,
+    /// Sends of at least this many bytes go zero-copy where the backend
+    /// can (io_uring `SEND_ZC`): the kernel reads the queued buffers in
+    /// place, which stay held until its notification; a connection whose
+    /// zero-copy send the kernel copied anyway (loopback) sends normally
+    /// from then on. `None` (the default): never.
+    pub zerocopy_threshold: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -94,9 +100,14 @@ impl Default for EngineConfig {
             buffers_per_thread: DEFAULT_BUFFERS_PER_THREAD,
             max_buffer_memory: None,
             packet_alloc: None,
+            zerocopy_threshold: None,
         }
     }
 }
+
+/// The smallest `zerocopy_threshold`: below a page, pinning costs more
+/// than the copy it saves.
+pub const MIN_ZEROCOPY_THRESHOLD_BYTES: usize = 4096;
 
 /// One IO thread per CPU available to this process.
 pub fn default_io_threads() -> usize {
@@ -126,6 +137,16 @@ impl EngineConfig {
                     self.buffer_size
                 ),
             ));
+        }
+        if let Some(t) = self.zerocopy_threshold {
+            if !(MIN_ZEROCOPY_THRESHOLD_BYTES..=(1 << 30)).contains(&t) {
+                return Err(ConfigError::new(
+                    "zerocopy_threshold",
+                    format!(
+                        "must be between {MIN_ZEROCOPY_THRESHOLD_BYTES} and 1073741824 bytes, not {t}"
+                    ),
+                ));
+            }
         }
         let n = self.buffers_per_thread;
         if !(2..=32768).contains(&n) || !n.is_power_of_two() {

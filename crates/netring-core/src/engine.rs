@@ -58,6 +58,7 @@ impl Engine {
             config.max_buffer_memory,
         )?;
         shared.packet_alloc = config.packet_alloc.clone();
+        shared.zerocopy_threshold = config.zerocopy_threshold;
         let shared = Arc::new(shared);
         let run_thread = Arc::new(run_thread);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -142,6 +143,7 @@ impl Engine {
             config.max_buffer_memory,
         )?;
         shared.packet_alloc = config.packet_alloc.clone();
+        shared.zerocopy_threshold = config.zerocopy_threshold;
         let shared = Arc::new(shared);
         let hosted = Hosted::new(shared.clone(), &config).map_err(Error::BackendUnavailable)?;
         let engine = Engine {

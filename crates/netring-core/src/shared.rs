@@ -31,6 +31,9 @@ pub struct Shared {
     /// Where large packets of a known size are reassembled (see
     /// `EngineConfig::packet_alloc`).
     pub(crate) packet_alloc: Option<std::sync::Arc<dyn crate::framing::PacketAlloc>>,
+    /// Sends of at least this many bytes go zero-copy where the backend
+    /// can (see `EngineConfig::zerocopy_threshold`).
+    pub(crate) zerocopy_threshold: Option<usize>,
     /// Reads cold file windows into the page cache for `sendfile`.
     pub(crate) prefetch: crate::prefetch::Prefetcher,
 }
@@ -61,6 +64,7 @@ impl Shared {
             failure: Mutex::new(None),
             prefetch: Default::default(),
             packet_alloc: None,
+            zerocopy_threshold: None,
         })
     }
 

@@ -24,6 +24,8 @@ pub struct Stats {
     pub(crate) file_prefetches: AtomicU64,
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
+    pub(crate) zerocopy_sends: AtomicU64,
+    pub(crate) zerocopy_copied: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -76,6 +78,12 @@ pub struct StatsSnapshot {
     /// Packets queued for sending framed (`write_packets`, the framed
     /// `send_packet`: header and delimiter added by the engine).
     pub frames_out: u64,
+    /// Zero-copy sends the kernel sent from the caller's memory (io_uring
+    /// `SEND_ZC`, with `zerocopy_threshold` set).
+    pub zerocopy_sends: u64,
+    /// Zero-copy sends the kernel copied after all (loopback, a device
+    /// without scatter-gather): each turns zero-copy off for its connection.
+    pub zerocopy_copied: u64,
     /// Bytes buffered for connections now (queued writes, partial packets,
     /// held input), the quantity `max_buffer_memory` caps; counted only
     /// when that cap is set (0 otherwise).
@@ -112,6 +120,8 @@ impl Stats {
             file_prefetches: self.file_prefetches.load(Ordering::Relaxed),
             frames_in: self.frames_in.load(Ordering::Relaxed),
             frames_out: self.frames_out.load(Ordering::Relaxed),
+            zerocopy_sends: self.zerocopy_sends.load(Ordering::Relaxed),
+            zerocopy_copied: self.zerocopy_copied.load(Ordering::Relaxed),
             buffer_memory: 0,
         }
     }

@@ -42,10 +42,12 @@ fn engine_config(
     buffer_size: Option<usize>,
     buffers_per_thread: Option<usize>,
     max_buffer_memory: Option<usize>,
+    zerocopy_threshold: Option<usize>,
 ) -> PyResult<EngineConfig> {
     let mut config = EngineConfig {
         io_threads,
         max_buffer_memory,
+        zerocopy_threshold,
         packet_alloc: Some(std::sync::Arc::new(crate::dispatch::BytesAlloc)),
         ..Default::default()
     };
@@ -130,7 +132,7 @@ impl HostedTurns {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (io_threads, backend="auto", buffer_size=None, buffers_per_thread=None, max_buffer_memory=None))]
+    #[pyo3(signature = (io_threads, backend="auto", buffer_size=None, buffers_per_thread=None, max_buffer_memory=None, zerocopy_threshold=None))]
     fn new(
         py: Python<'_>,
         io_threads: usize,
@@ -138,6 +140,7 @@ impl Engine {
         buffer_size: Option<usize>,
         buffers_per_thread: Option<usize>,
         max_buffer_memory: Option<usize>,
+        zerocopy_threshold: Option<usize>,
     ) -> PyResult<Self> {
         let config = engine_config(
             py,
@@ -146,6 +149,7 @@ impl Engine {
             buffer_size,
             buffers_per_thread,
             max_buffer_memory,
+            zerocopy_threshold,
         )?;
         let registry = Arc::new(Registry::default());
         let r2 = registry.clone();
@@ -179,6 +183,7 @@ impl Engine {
             buffer_size,
             buffers_per_thread,
             max_buffer_memory,
+            None,
         )?;
         let (engine, hosted) =
             netring_core::Engine::start_hosted(config).map_err(|e| to_py(py, e))?;
@@ -567,6 +572,8 @@ impl Engine {
         d.set_item("connections_refused", s.refused)?;
         d.set_item("frames_in", s.frames_in)?;
         d.set_item("frames_out", s.frames_out)?;
+        d.set_item("zerocopy_sends", s.zerocopy_sends)?;
+        d.set_item("zerocopy_copied", s.zerocopy_copied)?;
         d.set_item("buffer_memory", s.buffer_memory)?;
         let times = self.engine.times();
         d.set_item("turn_seconds", histogram(py, &times.turn)?)?;

@@ -13,6 +13,14 @@
 //! reference is released once every byte of it was sent, so a large
 //! payload is copied only by the kernel.
 //!
+//! A send may go zero-copy (io_uring `SEND_ZC`): the kernel then reads the
+//! queued buffers after the send's completion, until its notification. The
+//! thread's [`BufCache`] keeps every buffer that leaves such a connection's
+//! queue meanwhile (sent, or dropped by an abort), per slot, and lets them
+//! go once every notification owed for that slot has arrived: kept too
+//! long rather than freed under the kernel, whatever order notifications
+//! come in and even when the connection is gone.
+//!
 //! Coalescing buffers come from, and return to, a per-thread [`BufCache`], so
 //! steady traffic allocates nothing: allocating and freeing a 16 KiB buffer
 //! per send per connection made glibc grow and trim its heap constantly
@@ -102,6 +110,32 @@ pub struct BufCache {
     // connection as a pointer, and its address is what the kernel reads.
     #[allow(clippy::vec_box)]
     states: Vec<Box<SendState>>,
+    /// Zero-copy sends whose notifications are owed, by slot.
+    zerocopy: std::collections::HashMap<u32, ZeroCopyHold>,
+    /// The slot whose buffers `put` keeps now (see `hold_for`).
+    holding: Option<u32>,
+    /// Slots whose connection's zero-copy send the kernel copied: they
+    /// send normally until the connection closes (`forget_slot`).
+    copied: std::collections::HashSet<u32>,
+}
+
+impl Drop for BufCache {
+    fn drop(&mut self) {
+        // NOTE: the kernel may still read what zero-copy sends whose
+        // notifications never came (the IO thread exits without waiting
+        // for them) kept: freed, that memory could be reused and its new
+        // contents sent. Leaked instead (only at an engine's end).
+        for (_, hold) in self.zerocopy.drain() {
+            std::mem::forget(hold.kept);
+        }
+    }
+}
+
+/// One slot's owed zero-copy notifications and the buffers kept for them.
+#[derive(Default)]
+struct ZeroCopyHold {
+    owed: u32,
+    kept: Vec<Chunk>,
 }
 
 impl BufCache {
@@ -155,7 +189,64 @@ impl BufCache {
         unused * TAIL_CAPACITY_BYTES
     }
 
+    /// A zero-copy send on `slot` completed; its notification is owed.
+    pub fn zerocopy_sent(&mut self, slot: u32) {
+        self.zerocopy.entry(slot).or_default().owed += 1;
+    }
+
+    /// The notification of a zero-copy send on `slot` arrived (`copied`:
+    /// the kernel copied the data after all: the slot stops zero-copy).
+    /// Once none is owed the slot's kept buffers go.
+    pub fn zerocopy_notified(&mut self, slot: u32, copied: bool) {
+        if copied {
+            self.copied.insert(slot);
+        }
+        let Some(hold) = self.zerocopy.get_mut(&slot) else {
+            debug_assert!(false, "a notification nobody owed");
+            return;
+        };
+        hold.owed -= 1;
+        if hold.owed == 0 {
+            let kept = self
+                .zerocopy
+                .remove(&slot)
+                .map(|h| h.kept)
+                .unwrap_or_default();
+            for chunk in kept {
+                self.put(chunk);
+            }
+        }
+    }
+
+    /// Whether the connection in `slot` may send zero-copy.
+    pub fn zerocopy_allowed(&self, slot: u32) -> bool {
+        !self.copied.contains(&slot)
+    }
+
+    /// The connection in `slot` is gone: its successor starts afresh.
+    /// (Buffers kept for its notifications stay until they arrive.)
+    pub fn forget_slot(&mut self, slot: u32) {
+        self.copied.remove(&slot);
+    }
+
+    /// From now until `hold_none`, buffers leaving a queue (`advance`,
+    /// `clear`) are kept for `slot`'s owed notifications, when it owes any.
+    pub fn hold_for(&mut self, slot: u32) {
+        self.holding = self.zerocopy.contains_key(&slot).then_some(slot);
+    }
+
+    /// See `hold_for`.
+    pub fn hold_none(&mut self) {
+        self.holding = None;
+    }
+
     fn put(&mut self, chunk: Chunk) {
+        if let Some(slot) = self.holding {
+            if let Some(hold) = self.zerocopy.get_mut(&slot) {
+                hold.kept.push(chunk);
+                return;
+            }
+        }
         let Chunk::Owned(mut buf) = chunk else {
             return; // a shared chunk's reference is released here
         };
@@ -600,6 +691,60 @@ mod tests {
         fn drop(&mut self) {
             self.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn buffers_a_zero_copy_send_read_stay_until_every_notification_is_in() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let alive = std::sync::Arc::new(AtomicUsize::new(0));
+        let shared = |n: usize| {
+            alive.fetch_add(1, SeqCst);
+            Box::new(Counted(vec![7; n], alive.clone()))
+        };
+        let c = &mut BufCache::default();
+        let mut q = SendQueue::default();
+        for _ in 0..3 {
+            q.push_shared(shared(50_000), c);
+        }
+        let mut iov = Vec::new();
+        // Two zero-copy sends: the first takes one and a half buffers, the
+        // second the rest but one; then the connection aborts.
+        q.fill_iovecs(&mut iov);
+        c.zerocopy_sent(4);
+        c.hold_for(4);
+        q.advance(75_000, c);
+        c.hold_none();
+        assert_eq!(
+            alive.load(SeqCst),
+            3,
+            "sent, but the kernel may still read it"
+        );
+        q.fill_iovecs(&mut iov);
+        c.zerocopy_sent(4);
+        c.hold_for(4);
+        q.advance(50_000, c);
+        q.clear(c); // the abort drops the last one: kept too
+        c.hold_none();
+        assert_eq!(alive.load(SeqCst), 3);
+        // Another slot's buffers are not held.
+        let mut other = SendQueue::default();
+        other.push_shared(shared(50_000), c);
+        c.hold_for(5);
+        other.clear(c);
+        c.hold_none();
+        assert_eq!(alive.load(SeqCst), 3);
+        // Notifications in any order: all go only when none is owed.
+        c.zerocopy_notified(4, false);
+        assert_eq!(alive.load(SeqCst), 3);
+        assert!(c.zerocopy_allowed(4));
+        c.zerocopy_notified(4, true);
+        assert_eq!(alive.load(SeqCst), 0);
+        assert!(
+            !c.zerocopy_allowed(4),
+            "the kernel copied: off for this connection"
+        );
+        c.forget_slot(4);
+        assert!(c.zerocopy_allowed(4), "its successor starts afresh");
     }
 
     #[test]

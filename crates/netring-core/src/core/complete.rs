@@ -68,7 +68,23 @@ impl ThreadCore {
                     RecvResult::Err(e) => conn.begin_abort(Some(ConnError::Io(e)), false),
                 }
             }
-            Completion::Sent { slot, result } => {
+            Completion::SendNotified { slot, copied } => {
+                let counter = if copied {
+                    &self.engine.stats.zerocopy_copied
+                } else {
+                    &self.engine.stats.zerocopy_sends
+                };
+                Stats::add(counter, 1);
+                self.cache.zerocopy_notified(slot, copied);
+            }
+            Completion::Sent {
+                slot,
+                result,
+                notify,
+            } => {
+                if notify {
+                    self.cache.zerocopy_sent(slot);
+                }
                 let Some(conn) = self.conns.slot_mut(slot as usize) else {
                     return;
                 };
@@ -76,7 +92,9 @@ impl ThreadCore {
                 Self::mark_dirty(&mut self.dirty, conn);
                 match result {
                     Ok(n) => {
+                        self.cache.hold_for(slot);
                         conn.sendq.advance(n, &mut self.cache);
+                        self.cache.hold_none();
                         for _ in 0..conn.sendq.take_files_done() {
                             self.q.events.push_back(Ev::FileSent { conn: conn.id });
                         }

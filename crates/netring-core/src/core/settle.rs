@@ -112,7 +112,10 @@ impl ThreadCore {
                     driver.cancel_send(slot, fd);
                     conn.send_cancel_sent = true;
                 } else if !conn.send_inflight {
+                    // NOTE: a zero-copy send may still be reading them.
+                    self.cache.hold_for(slot);
                     conn.sendq.clear(&mut self.cache);
+                    self.cache.hold_none();
                     conn.shared.set_queued(0);
                     if let Some(state) = conn.send.take() {
                         self.cache.put_state(state);
@@ -123,7 +126,11 @@ impl ThreadCore {
                 && !conn.rare.as_ref().is_some_and(|r| r.prefetching)
             {
                 let send = conn.send.get_or_insert_with(|| self.cache.get_state());
-                conn.sendq.fill(send);
+                let bytes = conn.sendq.fill(send);
+                send.zerocopy = send.file.is_none()
+                    && self.engine.zerocopy_threshold.is_some_and(|t| bytes >= t)
+                    && driver.supports_zerocopy()
+                    && self.cache.zerocopy_allowed(slot);
                 if send
                     .file
                     .is_some_and(|span| !Self::file_ready(&self.engine, conn.id, span))
@@ -203,6 +210,7 @@ impl ThreadCore {
             self.wake_all();
         }
         driver.forget(index as u32, conn.fd.as_raw_fd());
+        self.cache.forget_slot(index as u32);
         if conn.reset_on_close {
             let _ = SockRef::from(&conn.fd).set_linger(Some(Duration::ZERO));
         }

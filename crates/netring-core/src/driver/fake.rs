@@ -172,6 +172,7 @@ impl FakeDriver {
         self.ready.push_back(Completion::Sent {
             slot,
             result: Ok(n),
+            notify: false,
         });
     }
 
@@ -200,6 +201,7 @@ impl FakeDriver {
                 Armed::Send(slot) => self.ready.push_back(Completion::Sent {
                     slot,
                     result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+                    notify: false,
                 }),
                 Armed::Connect(slot) => self.ready.push_back(Completion::Connected {
                     slot,

@@ -205,11 +205,17 @@ pub enum Completion {
         result: RecvResult,
         more: bool,
     },
-    /// The send on `slot` completed with the number of bytes taken.
+    /// The send on `slot` completed with the number of bytes taken. With
+    /// `notify`, it went zero-copy: the kernel may still read the buffers
+    /// it took until a [`Completion::SendNotified`] for `slot` follows.
     Sent {
         slot: u32,
         result: io::Result<usize>,
+        notify: bool,
     },
+    /// The kernel is done with the buffers of a zero-copy send on `slot`
+    /// (one per `Sent` with `notify`); `copied`: it copied them after all.
+    SendNotified { slot: u32, copied: bool },
     /// The outbound connect on `slot` finished (or failed, or was cancelled).
     Connected { slot: u32, result: io::Result<()> },
     /// A datagram recv on endpoint `slot` completed.
@@ -239,6 +245,8 @@ pub struct SendState {
     /// Instead of `iov`: a range of a file, moved by the kernel from the
     /// file to the socket (`transport.sendfile`).
     pub file: Option<FileSpan>,
+    /// Send `iov` zero-copy (only where [`Driver::supports_zerocopy`]).
+    pub zerocopy: bool,
 }
 
 /// A range of an open file to send; the descriptor stays open until the
@@ -259,6 +267,7 @@ impl Default for SendState {
             // valid (empty) value.
             msg: unsafe { std::mem::zeroed() },
             file: None,
+            zerocopy: false,
         }
     }
 }
@@ -291,6 +300,10 @@ pub trait Driver {
     /// read some of the file but the socket took none yet; send again);
     /// exactly one `Sent` follows.
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState);
+    /// Whether `send` can go zero-copy (`SendState::zerocopy`).
+    fn supports_zerocopy(&self) -> bool {
+        false
+    }
     /// Cancel an in-flight send (abort); its `Sent` follows.
     fn cancel_send(&mut self, slot: u32, fd: RawFd);
     /// Connect `fd` to `addr` (which stays valid until the completion);

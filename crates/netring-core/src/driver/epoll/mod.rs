@@ -134,7 +134,8 @@ fn is_final(completion: &Completion) -> bool {
         | Completion::Recv { more, .. }
         | Completion::RecvFrom { more, .. } => !*more,
         Completion::Sent { .. } | Completion::Connected { .. } | Completion::SentTo { .. } => true,
-        Completion::Woken => false,
+        // NOTE: epoll sends never go zero-copy (`supports_zerocopy`).
+        Completion::Woken | Completion::SendNotified { .. } => false,
     }
 }
 
@@ -366,7 +367,11 @@ impl EpollDriver {
                 self.sends.remove(&slot);
                 conn.sending = false;
                 ended = true;
-                out.push(Completion::Sent { slot, result });
+                out.push(Completion::Sent {
+                    slot,
+                    result,
+                    notify: false,
+                });
             }
         }
         if ended {
@@ -549,7 +554,11 @@ impl Driver for EpollDriver {
             None => try_send(fd, &state.iov),
         };
         if let Some(result) = now {
-            self.pending.push(Completion::Sent { slot, result });
+            self.pending.push(Completion::Sent {
+                slot,
+                result,
+                notify: false,
+            });
             return;
         }
         let conn = Self::conn_entry(&mut self.conns, slot, fd);
@@ -566,6 +575,7 @@ impl Driver for EpollDriver {
             self.pending.push(Completion::Sent {
                 slot,
                 result: Err(e),
+                notify: false,
             });
         }
     }
@@ -584,6 +594,7 @@ impl Driver for EpollDriver {
         self.pending.push(Completion::Sent {
             slot,
             result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            notify: false,
         });
     }
 

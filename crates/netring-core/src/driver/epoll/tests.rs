@@ -165,7 +165,8 @@ fn send_completes_from_the_next_wait_and_waits_for_room() {
             got[..],
             [Completion::Sent {
                 slot: 5,
-                result: Ok(4)
+                result: Ok(4),
+                ..
             }]
         ),
         "{got:?}"
@@ -192,6 +193,7 @@ fn send_completes_from_the_next_wait_and_waits_for_room() {
         [Completion::Sent {
             slot: 5,
             result: Err(e),
+            ..
         }] => assert_eq!(e.raw_os_error(), Some(libc::ECANCELED)),
         _ => panic!("unexpected {got:?}"),
     }
@@ -212,7 +214,7 @@ fn send_completes_from_the_next_wait_and_waits_for_room() {
     });
     let got = collect(&mut d, 1);
     assert!(
-        matches!(got[..], [Completion::Sent { slot: 5, result: Ok(n) }] if n > 0),
+        matches!(got[..], [Completion::Sent { slot: 5, result: Ok(n), .. }] if n > 0),
         "{got:?}"
     );
     assert_eq!(d.in_flight(), 0);
