@@ -110,13 +110,10 @@ pub struct BufCache {
     // connection as a pointer, and its address is what the kernel reads.
     #[allow(clippy::vec_box)]
     states: Vec<Box<SendState>>,
-    /// Zero-copy sends whose notifications are owed, by slot.
-    zerocopy: std::collections::HashMap<u32, ZeroCopyHold>,
-    /// The slot whose buffers `put` keeps now (see `hold_for`).
-    holding: Option<u32>,
-    /// Slots whose connection's zero-copy send the kernel copied: they
-    /// send normally until the connection closes (`forget_slot`).
-    copied: std::collections::HashSet<u32>,
+    /// Zero-copy sends and what they may still read, by slot.
+    zerocopy: std::collections::HashMap<u32, SlotZeroCopy>,
+    /// What `put` keeps now, and for which send (see `hold_for`).
+    holding: Option<(u32, u64)>,
 }
 
 impl Drop for BufCache {
@@ -125,17 +122,43 @@ impl Drop for BufCache {
         // notifications never came (the IO thread exits without waiting
         // for them) kept: freed, that memory could be reused and its new
         // contents sent. Leaked instead (only at an engine's end).
-        for (_, hold) in self.zerocopy.drain() {
-            std::mem::forget(hold.kept);
+        for (_, slot) in self.zerocopy.drain() {
+            std::mem::forget(slot.kept);
         }
     }
 }
 
-/// One slot's owed zero-copy notifications and the buffers kept for them.
+/// One slot's zero-copy sends: the notifications owed (in the order the
+/// sends were made; they may arrive in any order), the buffers kept for
+/// them, and whether its connection must stop sending zero-copy.
 #[derive(Default)]
-struct ZeroCopyHold {
-    owed: u32,
-    kept: Vec<Chunk>,
+struct SlotZeroCopy {
+    /// The connection (its slot generation) these flags are about: the
+    /// slot's latest to send zero-copy.
+    generation: u32,
+    /// Its last zero-copy send: what leaves its queue is tagged with it.
+    last: Option<u64>,
+    /// Its send in flight is zero-copy (one send in flight per slot).
+    in_flight: bool,
+    /// The kernel copied one of its sends: it sends normally from now on.
+    copied: bool,
+    /// The next send's sequence number (per slot, never reused).
+    next: u64,
+    /// Notifications owed: (send, its connection's generation, whether the
+    /// send took any bytes), oldest first.
+    owed: VecDeque<(u64, u32, bool)>,
+    /// Buffers kept, each with the last send that may read it (in order).
+    kept: VecDeque<(u64, Chunk)>,
+}
+
+impl SlotZeroCopy {
+    /// Hand back the buffers no owed notification covers any more.
+    fn release(&mut self, out: &mut Vec<Chunk>) {
+        let oldest = self.owed.front().map_or(u64::MAX, |o| o.0);
+        while self.kept.front().is_some_and(|(tag, _)| *tag < oldest) {
+            out.extend(self.kept.pop_front().map(|(_, c)| c));
+        }
+    }
 }
 
 impl BufCache {
@@ -189,50 +212,107 @@ impl BufCache {
         unused * TAIL_CAPACITY_BYTES
     }
 
-    /// A zero-copy send on `slot` completed; its notification is owed.
-    pub fn zerocopy_sent(&mut self, slot: u32) {
-        self.zerocopy.entry(slot).or_default().owed += 1;
+    /// Whether the connection in `slot` (of slot generation `generation`)
+    /// may send zero-copy: not once the kernel reported copying one.
+    pub fn zerocopy_allowed(&self, slot: u32, generation: u32) -> bool {
+        self.zerocopy
+            .get(&slot)
+            .is_none_or(|z| z.generation != generation || !z.copied)
     }
 
-    /// The notification of a zero-copy send on `slot` arrived (`copied`:
-    /// the kernel copied the data after all: the slot stops zero-copy).
-    /// Once none is owed the slot's kept buffers go.
-    pub fn zerocopy_notified(&mut self, slot: u32, copied: bool) {
-        if copied {
-            self.copied.insert(slot);
+    /// The connection in `slot` sends zero-copy now: the send's sequence
+    /// number (its low 16 bits tag the kernel operation).
+    pub fn zerocopy_issue(&mut self, slot: u32, generation: u32) -> u16 {
+        let z = self.zerocopy.entry(slot).or_default();
+        if z.generation != generation {
+            z.generation = generation;
+            z.copied = false;
+            z.last = None;
         }
-        let Some(hold) = self.zerocopy.get_mut(&slot) else {
-            debug_assert!(false, "a notification nobody owed");
+        let seq = z.next;
+        z.next += 1;
+        z.owed.push_back((seq, generation, false));
+        z.last = Some(seq);
+        z.in_flight = true;
+        seq as u16
+    }
+
+    /// The send in flight on `slot` completed; `notify`: the kernel will
+    /// send a notification (a zero-copy send's), `took`: it took bytes.
+    pub fn zerocopy_completed(&mut self, slot: u32, notify: bool, took: bool) {
+        let Some(z) = self.zerocopy.get_mut(&slot) else {
             return;
         };
-        hold.owed -= 1;
-        if hold.owed == 0 {
-            let kept = self
-                .zerocopy
-                .remove(&slot)
-                .map(|h| h.kept)
-                .unwrap_or_default();
-            for chunk in kept {
+        if !std::mem::take(&mut z.in_flight) {
+            return; // a plain send
+        }
+        if notify {
+            if let Some(owed) = z.owed.back_mut() {
+                owed.2 = took;
+            }
+        } else {
+            // No notification follows (it failed before the kernel took
+            // anything): nothing is owed for it.
+            z.owed.pop_back();
+            let mut free = Vec::new();
+            z.release(&mut free);
+            self.tidy(slot);
+            for chunk in free {
                 self.put(chunk);
             }
         }
     }
 
-    /// Whether the connection in `slot` may send zero-copy.
-    pub fn zerocopy_allowed(&self, slot: u32) -> bool {
-        !self.copied.contains(&slot)
+    /// Forget a slot's state once it holds nothing and says nothing.
+    fn tidy(&mut self, slot: u32) {
+        if self
+            .zerocopy
+            .get(&slot)
+            .is_some_and(|z| z.owed.is_empty() && z.kept.is_empty() && !z.copied && !z.in_flight)
+        {
+            self.zerocopy.remove(&slot);
+        }
     }
 
-    /// The connection in `slot` is gone: its successor starts afresh.
-    /// (Buffers kept for its notifications stay until they arrive.)
+    /// The notification of zero-copy send `seq` (its low 16 bits) on
+    /// `slot` arrived; `copied`: the kernel did not send in place. Returns
+    /// whether it was copied, for a send that took bytes (a failed or
+    /// cancelled one reports "copied" too, and says nothing about the
+    /// path). Buffers no owed notification covers any more go.
+    pub fn zerocopy_notified(&mut self, slot: u32, seq: u16, copied: bool) -> Option<bool> {
+        let z = self.zerocopy.get_mut(&slot)?;
+        let at = z.owed.iter().position(|o| o.0 as u16 == seq)?;
+        let (_, generation, took) = z.owed.remove(at)?;
+        if copied && took && generation == z.generation {
+            z.copied = true;
+        }
+        let mut free = Vec::new();
+        z.release(&mut free);
+        self.tidy(slot);
+        for chunk in free {
+            self.put(chunk);
+        }
+        took.then_some(copied)
+    }
+
+    /// The connection in `slot` is gone (buffers kept for its
+    /// notifications stay until they arrive).
     pub fn forget_slot(&mut self, slot: u32) {
-        self.copied.remove(&slot);
+        if let Some(z) = self.zerocopy.get_mut(&slot) {
+            z.copied = false;
+            z.last = None;
+        }
+        self.tidy(slot);
     }
 
-    /// From now until `hold_none`, buffers leaving a queue (`advance`,
-    /// `clear`) are kept for `slot`'s owed notifications, when it owes any.
-    pub fn hold_for(&mut self, slot: u32) {
-        self.holding = self.zerocopy.contains_key(&slot).then_some(slot);
+    /// From now until `hold_none`, buffers leaving the queue of the
+    /// connection in `slot` (`advance`, `clear`) are kept while any
+    /// zero-copy send it made may still read them.
+    pub fn hold_for(&mut self, slot: u32, generation: u32) {
+        self.holding = self.zerocopy.get(&slot).and_then(|z| {
+            let ours = z.generation == generation && !z.owed.is_empty();
+            z.last.filter(|_| ours).map(|last| (slot, last))
+        });
     }
 
     /// See `hold_for`.
@@ -241,9 +321,10 @@ impl BufCache {
     }
 
     fn put(&mut self, chunk: Chunk) {
-        if let Some(slot) = self.holding {
-            if let Some(hold) = self.zerocopy.get_mut(&slot) {
-                hold.kept.push(chunk);
+        // NOTE: a file range is never sent zero-copy: nothing to keep.
+        if let (Some((slot, tag)), false) = (self.holding, matches!(chunk, Chunk::File(_))) {
+            if let Some(z) = self.zerocopy.get_mut(&slot) {
+                z.kept.push_back((tag, chunk));
                 return;
             }
         }
@@ -694,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn buffers_a_zero_copy_send_read_stay_until_every_notification_is_in() {
+    fn buffers_a_zero_copy_send_read_stay_until_its_notifications_are_in() {
         use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
         let alive = std::sync::Arc::new(AtomicUsize::new(0));
         let shared = |n: usize| {
@@ -702,49 +783,94 @@ mod tests {
             Box::new(Counted(vec![7; n], alive.clone()))
         };
         let c = &mut BufCache::default();
+        let (slot, generation) = (4, 1);
         let mut q = SendQueue::default();
-        for _ in 0..3 {
+        for _ in 0..4 {
             q.push_shared(shared(50_000), c);
         }
         let mut iov = Vec::new();
-        // Two zero-copy sends: the first takes one and a half buffers, the
-        // second the rest but one; then the connection aborts.
+        // Zero-copy send 0 takes one and a half buffers.
         q.fill_iovecs(&mut iov);
-        c.zerocopy_sent(4);
-        c.hold_for(4);
+        let s0 = c.zerocopy_issue(slot, generation);
+        c.zerocopy_completed(slot, true, true);
+        c.hold_for(slot, generation);
         q.advance(75_000, c);
         c.hold_none();
         assert_eq!(
             alive.load(SeqCst),
-            3,
+            4,
             "sent, but the kernel may still read it"
         );
+        // Send 1 takes the rest of the second and the third.
         q.fill_iovecs(&mut iov);
-        c.zerocopy_sent(4);
-        c.hold_for(4);
+        let s1 = c.zerocopy_issue(slot, generation);
+        c.zerocopy_completed(slot, true, true);
+        c.hold_for(slot, generation);
+        q.advance(75_000, c);
+        c.hold_none();
+        assert_eq!(alive.load(SeqCst), 4);
+        // Send 0's notification: the first buffer goes; the second stays
+        // (send 1 read it too), and so does the third.
+        assert_eq!(c.zerocopy_notified(slot, s0, false), Some(false));
+        assert_eq!(alive.load(SeqCst), 3, "what only send 0 read is released");
+        // A stream goes on: what stays held is what owed sends may read.
+        q.fill_iovecs(&mut iov);
+        let s2 = c.zerocopy_issue(slot, generation);
+        c.zerocopy_completed(slot, true, true);
+        c.hold_for(slot, generation);
         q.advance(50_000, c);
-        q.clear(c); // the abort drops the last one: kept too
+        q.clear(c);
         c.hold_none();
-        assert_eq!(alive.load(SeqCst), 3);
-        // Another slot's buffers are not held.
-        let mut other = SendQueue::default();
-        other.push_shared(shared(50_000), c);
-        c.hold_for(5);
-        other.clear(c);
-        c.hold_none();
-        assert_eq!(alive.load(SeqCst), 3);
-        // Notifications in any order: all go only when none is owed.
-        c.zerocopy_notified(4, false);
-        assert_eq!(alive.load(SeqCst), 3);
-        assert!(c.zerocopy_allowed(4));
-        c.zerocopy_notified(4, true);
+        // Out of order: send 2's notification before send 1's.
+        assert_eq!(c.zerocopy_notified(slot, s2, false), Some(false));
+        assert_eq!(alive.load(SeqCst), 3, "send 1 is still owed");
+        assert!(c.zerocopy_allowed(slot, generation));
+        assert_eq!(c.zerocopy_notified(slot, s1, true), Some(true));
         assert_eq!(alive.load(SeqCst), 0);
         assert!(
-            !c.zerocopy_allowed(4),
+            !c.zerocopy_allowed(slot, generation),
             "the kernel copied: off for this connection"
         );
-        c.forget_slot(4);
-        assert!(c.zerocopy_allowed(4), "its successor starts afresh");
+        assert!(
+            c.zerocopy_allowed(slot, generation + 1),
+            "not for the next one"
+        );
+        // A connection that never sent zero-copy has nothing held.
+        let mut other = SendQueue::default();
+        other.push_shared(shared(50_000), c);
+        c.hold_for(5, 1);
+        other.clear(c);
+        c.hold_none();
+        assert_eq!(alive.load(SeqCst), 0);
+        // A failed zero-copy send (no notification) owes nothing.
+        let mut q = SendQueue::default();
+        q.push_shared(shared(50_000), c);
+        q.fill_iovecs(&mut iov);
+        c.zerocopy_issue(6, 1);
+        c.zerocopy_completed(6, false, false);
+        q.unpin();
+        c.hold_for(6, 1);
+        q.clear(c);
+        c.hold_none();
+        assert_eq!(alive.load(SeqCst), 0);
+        // A cancelled one's notification says "copied": not held against
+        // the connection.
+        let mut q = SendQueue::default();
+        q.push_shared(shared(50_000), c);
+        q.fill_iovecs(&mut iov);
+        let s = c.zerocopy_issue(7, 1);
+        c.zerocopy_completed(7, true, false);
+        q.unpin();
+        c.hold_for(7, 1);
+        q.clear(c);
+        c.hold_none();
+        assert_eq!(alive.load(SeqCst), 1);
+        c.forget_slot(7);
+        assert_eq!(c.zerocopy_notified(7, s, true), None);
+        assert_eq!(alive.load(SeqCst), 0);
+        assert!(c.zerocopy_allowed(7, 1));
+        c.forget_slot(slot);
+        assert!(c.zerocopy.is_empty(), "nothing left behind");
     }
 
     #[test]

@@ -68,23 +68,20 @@ impl ThreadCore {
                     RecvResult::Err(e) => conn.begin_abort(Some(ConnError::Io(e)), false),
                 }
             }
-            Completion::SendNotified { slot, copied } => {
-                let counter = if copied {
-                    &self.engine.stats.zerocopy_copied
-                } else {
-                    &self.engine.stats.zerocopy_sends
-                };
-                Stats::add(counter, 1);
-                self.cache.zerocopy_notified(slot, copied);
+            Completion::SendNotified { slot, seq, copied } => {
+                match self.cache.zerocopy_notified(slot, seq, copied) {
+                    Some(true) => Stats::add(&self.engine.stats.zerocopy_copied, 1),
+                    Some(false) => Stats::add(&self.engine.stats.zerocopy_sends, 1),
+                    None => {} // a failed or cancelled send's
+                }
             }
             Completion::Sent {
                 slot,
                 result,
                 notify,
             } => {
-                if notify {
-                    self.cache.zerocopy_sent(slot);
-                }
+                let took = matches!(result, Ok(n) if n > 0);
+                self.cache.zerocopy_completed(slot, notify, took);
                 let Some(conn) = self.conns.slot_mut(slot as usize) else {
                     return;
                 };
@@ -92,7 +89,7 @@ impl ThreadCore {
                 Self::mark_dirty(&mut self.dirty, conn);
                 match result {
                     Ok(n) => {
-                        self.cache.hold_for(slot);
+                        self.cache.hold_for(slot, conn.id.generation);
                         conn.sendq.advance(n, &mut self.cache);
                         self.cache.hold_none();
                         for _ in 0..conn.sendq.take_files_done() {

@@ -113,7 +113,7 @@ impl ThreadCore {
                     conn.send_cancel_sent = true;
                 } else if !conn.send_inflight {
                     // NOTE: a zero-copy send may still be reading them.
-                    self.cache.hold_for(slot);
+                    self.cache.hold_for(slot, conn.id.generation);
                     conn.sendq.clear(&mut self.cache);
                     self.cache.hold_none();
                     conn.shared.set_queued(0);
@@ -127,10 +127,12 @@ impl ThreadCore {
             {
                 let send = conn.send.get_or_insert_with(|| self.cache.get_state());
                 let bytes = conn.sendq.fill(send);
-                send.zerocopy = send.file.is_none()
+                let generation = conn.id.generation;
+                let zerocopy = send.file.is_none()
                     && self.engine.zerocopy_threshold.is_some_and(|t| bytes >= t)
                     && driver.supports_zerocopy()
-                    && self.cache.zerocopy_allowed(slot);
+                    && self.cache.zerocopy_allowed(slot, generation);
+                send.zerocopy = zerocopy.then(|| self.cache.zerocopy_issue(slot, generation));
                 if send
                     .file
                     .is_some_and(|span| !Self::file_ready(&self.engine, conn.id, span))

@@ -213,9 +213,10 @@ pub enum Completion {
         result: io::Result<usize>,
         notify: bool,
     },
-    /// The kernel is done with the buffers of a zero-copy send on `slot`
-    /// (one per `Sent` with `notify`); `copied`: it copied them after all.
-    SendNotified { slot: u32, copied: bool },
+    /// The kernel is done with the buffers of zero-copy send `seq` on
+    /// `slot` (one per `Sent` with `notify`); `copied`: it did not send
+    /// them in place (copied after all, or the send failed).
+    SendNotified { slot: u32, seq: u16, copied: bool },
     /// The outbound connect on `slot` finished (or failed, or was cancelled).
     Connected { slot: u32, result: io::Result<()> },
     /// A datagram recv on endpoint `slot` completed.
@@ -245,8 +246,9 @@ pub struct SendState {
     /// Instead of `iov`: a range of a file, moved by the kernel from the
     /// file to the socket (`transport.sendfile`).
     pub file: Option<FileSpan>,
-    /// Send `iov` zero-copy (only where [`Driver::supports_zerocopy`]).
-    pub zerocopy: bool,
+    /// Send `iov` zero-copy as send number `seq` of its slot (only where
+    /// [`Driver::supports_zerocopy`]); its notification names `seq`.
+    pub zerocopy: Option<u16>,
 }
 
 /// A range of an open file to send; the descriptor stays open until the
@@ -267,7 +269,7 @@ impl Default for SendState {
             // valid (empty) value.
             msg: unsafe { std::mem::zeroed() },
             file: None,
-            zerocopy: false,
+            zerocopy: None,
         }
     }
 }

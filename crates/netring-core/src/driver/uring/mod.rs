@@ -87,8 +87,23 @@ pub struct UringDriver {
     file_waits: std::collections::HashMap<u32, (RawFd, FileSpan)>,
     /// The buffer of file sends that cannot use `sendfile`.
     file_scratch: Vec<u8>,
-    /// The kernel has `SEND_ZC` and `SENDMSG_ZC` (Linux 6.1).
+    /// The kernel has `SEND_ZC` and `SENDMSG_ZC` and reports copies
+    /// (Linux 6.2).
     zerocopy: bool,
+    /// Zero-copy sends in flight, by slot: their sequence (in their
+    /// `user_data`, which a cancel must name exactly).
+    zc_sending: std::collections::HashMap<u32, u16>,
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (got_major, got_minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (got_major, got_minor) >= (major, minor)
 }
 
 /// Why io_uring cannot be used here, as `syscall: ERRNO`.
@@ -172,8 +187,12 @@ impl UringDriver {
                 return Err(format!("io_uring opcode {name} not supported"));
             }
         }
-        let zerocopy =
-            probe.is_supported(opcode::SendZc::CODE) && probe.is_supported(opcode::SendMsgZc::CODE);
+        // NOTE: the notification's "copied" report (REPORT_USAGE, which
+        // turns zero-copy off where it does not pay) came in Linux 6.2,
+        // after the opcodes (6.0, 6.1): 6.1 refuses the flag (EINVAL).
+        let zerocopy = probe.is_supported(opcode::SendZc::CODE)
+            && probe.is_supported(opcode::SendMsgZc::CODE)
+            && kernel_at_least(6, 2);
         if !ring.params().is_feature_ext_arg() {
             return Err("io_uring feature EXT_ARG missing (kernel < 5.11)".into());
         }
@@ -197,6 +216,7 @@ impl UringDriver {
             file_waits: std::collections::HashMap::new(),
             file_scratch: Vec::new(),
             zerocopy,
+            zc_sending: std::collections::HashMap::new(),
         })
     }
 
@@ -318,13 +338,17 @@ impl UringDriver {
             }
             KIND_SEND_ZC if cqueue::notif(cqe.flags()) => Some(Completion::SendNotified {
                 slot: id,
+                seq,
                 copied: res as u32 & IORING_NOTIF_USAGE_ZC_COPIED != 0,
             }),
-            KIND_SEND_ZC => Some(Completion::Sent {
-                slot: id,
-                result: result_of(res).map(|n| n as usize),
-                notify: more,
-            }),
+            KIND_SEND_ZC => {
+                self.zc_sending.remove(&id);
+                Some(Completion::Sent {
+                    slot: id,
+                    result: result_of(res).map(|n| n as usize),
+                    notify: more,
+                })
+            }
             KIND_CONNECT => Some(Completion::Connected {
                 slot: id,
                 result: result_of(res).map(drop),
@@ -505,7 +529,7 @@ impl Driver for UringDriver {
             }
             return;
         }
-        if state.zerocopy && self.zerocopy {
+        if let (Some(seq), true) = (state.zerocopy, self.zerocopy) {
             // NOTE: the kernel pins the pages and reads them after the
             // result; the caller holds them until the notification.
             let entry = if let [one] = state.iov.as_slice() {
@@ -522,8 +546,14 @@ impl Driver for UringDriver {
                     .ioprio(IORING_SEND_ZC_REPORT_USAGE)
                     .build()
             };
+            let token = Token {
+                kind: KIND_SEND_ZC,
+                seq,
+                id: slot,
+            };
             self.in_flight += 1;
-            self.push(entry.user_data(user_data(KIND_SEND_ZC, slot)));
+            self.zc_sending.insert(slot, seq);
+            self.push(entry.user_data(token.pack()));
             return;
         }
         // NOTE: one contiguous buffer (the usual case: small writes are
@@ -550,10 +580,16 @@ impl Driver for UringDriver {
         if self.file_waits.contains_key(&slot) {
             self.cancel(user_data(KIND_FILE_POLL, slot));
         } else {
-            // NOTE: one of the two is in flight; cancelling the other
-            // finds nothing (ENOENT), which is harmless.
-            self.cancel(user_data(KIND_SEND, slot));
-            self.cancel(user_data(KIND_SEND_ZC, slot));
+            let target = match self.zc_sending.get(&slot) {
+                Some(&seq) => Token {
+                    kind: KIND_SEND_ZC,
+                    seq,
+                    id: slot,
+                }
+                .pack(),
+                None => user_data(KIND_SEND, slot),
+            };
+            self.cancel(target);
         }
     }
 
