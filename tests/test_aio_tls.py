@@ -179,12 +179,12 @@ def test_contexts_the_engine_cannot_honour_fall_through(loop_kind: str, ca: Any,
     with_sni_callback.sni_callback = lambda obj, name, ctx: None
     tls12_only = server_context(leaf)
     tls12_only.maximum_version = ssl.TLSVersion.TLSv1_2
-    loaded_before = server_context(leaf)
-    loaded_before.__dict__.pop("_netring_tls_notes")  # as if loaded before netring's import
+    made_before = server_context(leaf)
+    made_before.__dict__.pop("_netring_tls_notes")  # as if made before netring's import
     unverified = ssl._create_unverified_context()
 
     async def main() -> None:
-        for ctx in (with_sni_callback, tls12_only, loaded_before):
+        for ctx in (with_sni_callback, tls12_only, made_before):
             server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=ctx)
             assert not isinstance(server, aio.AioServer), "the loop's own TLS serves it"
             port = server.sockets[0].getsockname()[1]
@@ -203,8 +203,26 @@ def test_contexts_the_engine_cannot_honour_fall_through(loop_kind: str, ca: Any,
 
 def test_from_ssl_context_says_what_it_cannot_honour(ca: Any, leaf: Any) -> None:
     bare = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with pytest.raises(netring.ConfigurationError, match="no certificate noted"):
+    with pytest.raises(netring.ConfigurationError, match="no certificate"):
         netring.TLSConfig.from_ssl_context(bare)
+    # A context made before netring's import: its earlier calls are
+    # unknown (a client certificate, ALPN), so neither side converts it.
+    old_client = client_context(ca)
+    ca.issue_cert("client@example.org").configure_cert(old_client)
+    old_client.__dict__.pop("_netring_tls_notes")
+    with pytest.raises(netring.ConfigurationError, match="made before netring was imported"):
+        netring.TLSClientConfig.from_ssl_context(old_client)
+    old_client.set_alpn_protocols(iter(["h2"]))  # noted nowhere, as before the import
+    assert "_netring_tls_notes" not in old_client.__dict__
+    # An iterator given to set_alpn_protocols is read once, for both.
+    alpn = client_context(ca)
+    alpn.set_alpn_protocols(iter(["h2", "http/1.1"]))
+    assert netring.TLSClientConfig.from_ssl_context(alpn).alpn == ("h2", "http/1.1")
+    no_tickets = server_context(leaf)
+    no_tickets.num_tickets = 0
+    assert netring.TLSConfig.from_ssl_context(no_tickets).session_tickets is False
+    assert netring.TLSConfig.from_ssl_context(server_context(leaf)).session_tickets is True
+
     with pytest.raises(netring.ConfigurationError, match="not for a server"):
         netring.TLSConfig.from_ssl_context(client_context(ca))
     twice = server_context(leaf)

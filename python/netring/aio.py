@@ -502,9 +502,12 @@ def _client_tls(ssl: Any, timeout: float) -> TLSClientConfig | str:
         ssl = _default_client_context
     if not isinstance(ssl, _ssl.SSLContext):
         return f"ssl={type(ssl).__name__} is not an SSLContext"
+    notes = ssl.__dict__.get("_netring_tls_notes")
     key = (timeout, ssl.verify_mode, ssl.check_hostname, ssl.options, ssl.minimum_version,
-           ssl.maximum_version, ssl.verify_flags, repr(ssl.__dict__.get("_netring_tls_notes")),
-           tuple(sorted(ssl.cert_store_stats().items())), len(ssl.get_ciphers()))
+           ssl.maximum_version, ssl.verify_flags, ssl.keylog_filename,
+           None if notes is None else notes.get("changes"),
+           tuple(sorted(ssl.cert_store_stats().items())),
+           tuple(c["name"] for c in ssl.get_ciphers()))
     cached = ssl.__dict__.get("_netring_client")
     if cached is not None and cached[0] == key:
         return cached[1]  # type: ignore[no-any-return]

@@ -201,6 +201,7 @@ class TLSConfig:
         if not isinstance(session_tickets, bool):
             raise TypeError(
                 f"session_tickets: must be a bool, not {type(session_tickets).__name__}")
+        self.session_tickets = session_tickets
         names: list[tuple[str, bytes, bytes]] = []
         for name, pair in (sni or {}).items():
             if not isinstance(name, str) or not name or name.startswith("."):
@@ -210,13 +211,14 @@ class TLSConfig:
             names.append((name.lower(), _pem(f"sni[{name!r}] cert", pair[0]),
                           _pem(f"sni[{name!r}] key", pair[1])))
         self.sni_names: tuple[str, ...] = tuple(n for n, _, _ in names)
+        ciphers = _ciphers(ciphers)
         self.ciphers: tuple[str, ...] | None = None if ciphers is None else tuple(ciphers)
         #: What its connections' ``get_extra_info("sslcontext")`` is.
         self._context: Any = self
         self._native = _native.TLSServerConfig(
             _pem("cert", cert), _pem("key", key), protocols, self.handshake_timeout, names,
             None if ca is None else _pem("ca", ca), client_auth, self.min_version,
-            self.session_cache, session_tickets, _password(password), _ciphers(ciphers))
+            self.session_cache, session_tickets, _password(password), ciphers)
 
     @classmethod
     def from_ssl_context(cls, context: ssl.SSLContext, *,
@@ -227,10 +229,12 @@ class TLSConfig:
         ``netring.aio.install()`` does with ``create_server(ssl=...)``).
 
         A context keeps no readable copy of its certificate: netring notes
-        the files given to ``load_cert_chain`` (and ``set_alpn_protocols``)
-        from the moment netring is imported, so the certificate must be loaded after that.
+        what ``load_cert_chain`` (and ``set_alpn_protocols``...) are given
+        on contexts made after netring is imported, so the context must be
+        made after that. The result is a snapshot: later changes to the
+        context do not reach it (``Server.reload_tls`` swaps certificates).
         Raises ``ConfigurationError`` naming the setting when the context
-        has one the engine cannot honour: a certificate loaded before,
+        has one the engine cannot honour: made before the import, no or
         several certificates, an ``sni_callback``, a maximum version
         below TLS 1.3, CRL checks, ``set_ecdh_curve``, a key log, CA
         directories (``capath``), or no cipher suite in common. The
@@ -293,6 +297,7 @@ class TLSClientConfig:
         self.alpn: tuple[str, ...] = tuple(alpn or ())
         self.min_version: str = _version(min_version)
         self.handshake_timeout = _timeout(handshake_timeout)
+        ciphers = _ciphers(ciphers)
         self.ciphers: tuple[str, ...] | None = None if ciphers is None else tuple(ciphers)
         #: What its connections' ``get_extra_info("sslcontext")`` is.
         self._context: Any = self
@@ -301,7 +306,7 @@ class TLSClientConfig:
             None if cert is None else _pem("cert", cert),
             None if key is None else _pem("key", key),
             _alpn(alpn), self.min_version, self.handshake_timeout, _password(password),
-            _ciphers(ciphers))
+            ciphers)
         if server_hostname is not None:
             self._native.for_server(server_hostname)  # a bad name raises here
 
@@ -317,8 +322,9 @@ class TLSClientConfig:
         versions and cipher suites. Raises ``ConfigurationError`` naming
         the setting when the engine cannot honour the context: no
         verification or no host name check (the engine always does
-        both), CA directories, CRL checks, a maximum version below
-        TLS 1.3, no cipher suite in common."""
+        both), a context made before netring was imported, CA
+        directories, CRL checks, a maximum version below TLS 1.3, no
+        cipher suite in common."""
         got = _Settings(context, server_side=False)
         chain = got.chain if got.chain else (None, None, None)
         config = cls(server_hostname=server_hostname, ca=got.ca, cert=chain[0],
@@ -387,12 +393,19 @@ class TLSObject:
 
 # -- ssl.SSLContext settings ----------------------------------------------------
 
-#: Where the calls netring notes are kept on each context.
+#: Where the calls netring notes are kept on each context made after
+#: netring's import (a context without it was made before: its earlier
+#: calls are unknown).
 _NOTES = "_netring_tls_notes"
 
 
 def _notes(context: ssl.SSLContext) -> dict[str, Any]:
-    notes: dict[str, Any] = context.__dict__.setdefault(_NOTES, {})
+    """The context's notes, counting one more change (a throwaway dict for
+    a context made before netring's import: what it had is unknown)."""
+    notes: dict[str, Any] | None = context.__dict__.get(_NOTES)
+    if notes is None:
+        return {}
+    notes["changes"] = notes.get("changes", 0) + 1
     return notes
 
 
@@ -404,6 +417,13 @@ def _note_calls() -> None:
     cls = ssl.SSLContext
     if getattr(cls, "_netring_noted", False):
         return
+
+    original_new = cls.__new__
+
+    def __new__(kind: type, protocol: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self = original_new(kind, protocol, *args, **kwargs)
+        self.__dict__[_NOTES] = {"changes": 0}
+        return self
 
     original_chain = cls.load_cert_chain
 
@@ -421,8 +441,9 @@ def _note_calls() -> None:
     original_alpn = cls.set_alpn_protocols
 
     def set_alpn_protocols(self: ssl.SSLContext, alpn_protocols: Any) -> None:
-        original_alpn(self, alpn_protocols)
-        _notes(self)["alpn"] = list(alpn_protocols)
+        protocols = list(alpn_protocols)  # an iterator is read once
+        original_alpn(self, protocols)
+        _notes(self)["alpn"] = protocols
 
     original_paths = cls.set_default_verify_paths
 
@@ -435,8 +456,9 @@ def _note_calls() -> None:
     def load_verify_locations(self: ssl.SSLContext, cafile: Any = None, capath: Any = None,
                               cadata: Any = None) -> None:
         original_locations(self, cafile, capath, cadata)
+        notes = _notes(self)
         if capath is not None:
-            _notes(self)["capath"] = True
+            notes["capath"] = True
 
     original_curve = cls.set_ecdh_curve
 
@@ -451,6 +473,8 @@ def _note_calls() -> None:
                               (set_ecdh_curve, original_curve)):
         functools.update_wrapper(wrapper, original)
         setattr(cls, wrapper.__name__, wrapper)
+    __new__.__doc__ = original_new.__doc__
+    cls.__new__ = staticmethod(__new__)  # type: ignore[assignment]
     cls._netring_noted = True  # type: ignore[attr-defined]
 
 
@@ -466,7 +490,12 @@ class _Settings:
     def __init__(self, context: ssl.SSLContext, *, server_side: bool) -> None:
         if not isinstance(context, ssl.SSLContext):
             raise TypeError(f"context: must be an ssl.SSLContext, not {type(context).__name__}")
-        notes = dict(context.__dict__.get(_NOTES, {}))
+        if _NOTES not in context.__dict__:
+            raise ConfigurationError(
+                "ssl.SSLContext: made before netring was imported, so what it was given "
+                "(certificate, ALPN, CA paths) cannot be read back: the engine's TLS cannot "
+                "honour it")
+        notes = dict(context.__dict__[_NOTES])
         side = "server" if server_side else "client"
         wrong = ssl.PROTOCOL_TLS_CLIENT if server_side else ssl.PROTOCOL_TLS_SERVER
         if context.protocol == wrong:
@@ -482,8 +511,7 @@ class _Settings:
             refuse(f"its certificate cannot be read again: {chains[0]}")
         self.chain: tuple[Any, Any, Any] | None = chains[0] if chains else None
         if server_side and self.chain is None:
-            refuse("no certificate noted (load_cert_chain was called before netring "
-                   "was imported, or never)")
+            refuse("no certificate (load_cert_chain was never called)")
         if server_side and context.sni_callback is not None:
             refuse("an sni_callback")
         if notes.get("ecdh_curve"):
@@ -501,7 +529,8 @@ class _Settings:
         only_13 = (context.minimum_version == ssl.TLSVersion.TLSv1_3
                    or bool(context.options & ssl.OP_NO_TLSv1_2))
         self.min_version: TLSVersion = "TLSv1.3" if only_13 else "TLSv1.2"
-        self.tickets = not context.options & ssl.OP_NO_TICKET
+        self.tickets = not context.options & ssl.OP_NO_TICKET and (
+            not server_side or context.num_tickets > 0)
         self.alpn: list[str] = notes.get("alpn", [])
         enabled = {c["name"] for c in context.get_ciphers()}
         ours = cipher_names()
