@@ -9,7 +9,7 @@ import struct
 import sys
 import threading
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import netring
 import pytest
@@ -203,6 +203,30 @@ def test_a_connection_whose_zero_copy_send_was_copied_sends_normally(backend: st
             assert recv_exactly(c, 9 * MIB) == b"".join(rest)
         assert wait_until(lambda: server.stats()["connections_open"] == 0)
         assert counted() == settled, "9 MiB more, and not one zero-copy send"
+
+
+def test_a_unix_socket_refuses_zero_copy_and_sends_normally(backend: str, tmp_path: Any) -> None:
+    """SEND_ZC is TCP's and UDP's: a Unix socket refuses it (EOPNOTSUPP),
+    and the engine sends again, normally, instead of failing the
+    connection."""
+    payload = pattern(4 * MIB, 9)
+
+    class Big(Sender):
+        pass
+
+    Big.plan = [("write", payload), ("write", payload)]
+    path = str(tmp_path / "zc.sock")
+    server = netring.Server(Big, path=path, backend=backend, zerocopy_threshold=64 * 1024)
+    server.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(path)
+            assert recv_exactly(c, 2 * len(payload)) == payload * 2
+            assert c.recv(1) == b""
+        assert server.stats()["zerocopy_sends"] == 0
+    finally:
+        server.shutdown(2.0)
 
 
 def test_zerocopy_threshold_is_checked() -> None:

@@ -13,6 +13,7 @@ import functools
 import os
 import ssl
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -421,6 +422,12 @@ def _note_calls() -> None:
     original_new = cls.__new__
 
     def __new__(kind: type, protocol: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if protocol is None:
+            # NOTE: warned here, so that it names the caller, as the
+            # original's does (one frame further down now).
+            warnings.warn("ssl.SSLContext() without protocol argument is deprecated.",
+                          category=DeprecationWarning, stacklevel=2)
+            protocol = ssl.PROTOCOL_TLS
         self = original_new(kind, protocol, *args, **kwargs)
         self.__dict__[_NOTES] = {"changes": 0}
         return self

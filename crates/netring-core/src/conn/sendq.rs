@@ -112,8 +112,8 @@ pub struct BufCache {
     states: Vec<Box<SendState>>,
     /// Zero-copy sends and what they may still read, by slot.
     zerocopy: std::collections::HashMap<u32, SlotZeroCopy>,
-    /// What `put` keeps now, and for which send (see `hold_for`).
-    holding: Option<(u32, u64)>,
+    /// What `put` keeps now, and for which sends (see `hold_for`).
+    holding: Option<(u32, u64, u64)>,
 }
 
 impl Drop for BufCache {
@@ -136,7 +136,10 @@ struct SlotZeroCopy {
     /// The connection (its slot generation) these flags are about: the
     /// slot's latest to send zero-copy.
     generation: u32,
-    /// Its last zero-copy send: what leaves its queue is tagged with it.
+    /// Its first zero-copy send.
+    first: u64,
+    /// Its last zero-copy send: what leaves its queue may be read by its
+    /// sends `first..=last`.
     last: Option<u64>,
     /// Its send in flight is zero-copy (one send in flight per slot).
     in_flight: bool,
@@ -147,16 +150,30 @@ struct SlotZeroCopy {
     /// Notifications owed: (send, its connection's generation, whether the
     /// send took any bytes), oldest first.
     owed: VecDeque<(u64, u32, bool)>,
-    /// Buffers kept, each with the last send that may read it (in order).
-    kept: VecDeque<(u64, Chunk)>,
+    /// Buffers kept, each with the sends that may read it (`first..=last`
+    /// of the connection it left): a previous connection's owed
+    /// notifications do not hold the next one's buffers.
+    kept: Vec<(u64, u64, Chunk)>,
 }
 
 impl SlotZeroCopy {
+    /// Whether a notification of a send in `first..=last` is owed.
+    fn owes(&self, first: u64, last: u64) -> bool {
+        self.owed.iter().any(|o| (first..=last).contains(&o.0))
+    }
+
     /// Hand back the buffers no owed notification covers any more.
     fn release(&mut self, out: &mut Vec<Chunk>) {
-        let oldest = self.owed.front().map_or(u64::MAX, |o| o.0);
-        while self.kept.front().is_some_and(|(tag, _)| *tag < oldest) {
-            out.extend(self.kept.pop_front().map(|(_, c)| c));
+        // NOTE: few entries (what zero-copy sends of at least the
+        // threshold have in flight): a scan per notification.
+        let mut i = 0;
+        while i < self.kept.len() {
+            let (first, last, _) = self.kept[i];
+            if self.owes(first, last) {
+                i += 1;
+            } else {
+                out.push(self.kept.swap_remove(i).2);
+            }
         }
     }
 }
@@ -224,12 +241,12 @@ impl BufCache {
     /// number (its low 16 bits tag the kernel operation).
     pub fn zerocopy_issue(&mut self, slot: u32, generation: u32) -> u16 {
         let z = self.zerocopy.entry(slot).or_default();
-        if z.generation != generation {
+        let seq = z.next;
+        if z.generation != generation || z.last.is_none() {
             z.generation = generation;
             z.copied = false;
-            z.last = None;
+            z.first = seq;
         }
-        let seq = z.next;
         z.next += 1;
         z.owed.push_back((seq, generation, false));
         z.last = Some(seq);
@@ -239,12 +256,13 @@ impl BufCache {
 
     /// The send in flight on `slot` completed; `notify`: the kernel will
     /// send a notification (a zero-copy send's), `took`: it took bytes.
-    pub fn zerocopy_completed(&mut self, slot: u32, notify: bool, took: bool) {
+    /// Returns whether it was a zero-copy send.
+    pub fn zerocopy_completed(&mut self, slot: u32, notify: bool, took: bool) -> bool {
         let Some(z) = self.zerocopy.get_mut(&slot) else {
-            return;
+            return false;
         };
         if !std::mem::take(&mut z.in_flight) {
-            return; // a plain send
+            return false; // a plain send
         }
         if notify {
             if let Some(owed) = z.owed.back_mut() {
@@ -261,6 +279,18 @@ impl BufCache {
                 self.put(chunk);
             }
         }
+        true
+    }
+
+    /// The socket in `slot` refused a zero-copy send (not TCP or UDP: a
+    /// Unix socket): its connection sends normally from now on.
+    pub fn zerocopy_refused(&mut self, slot: u32, generation: u32) {
+        let z = self.zerocopy.entry(slot).or_default();
+        if z.generation != generation {
+            z.generation = generation;
+            z.last = None;
+        }
+        z.copied = true;
     }
 
     /// Forget a slot's state once it holds nothing and says nothing.
@@ -282,6 +312,11 @@ impl BufCache {
     pub fn zerocopy_notified(&mut self, slot: u32, seq: u16, copied: bool) -> Option<bool> {
         let z = self.zerocopy.get_mut(&slot)?;
         let at = z.owed.iter().position(|o| o.0 as u16 == seq)?;
+        debug_assert_eq!(
+            z.owed.iter().filter(|o| o.0 as u16 == seq).count(),
+            1,
+            "65,536 zero-copy sends owed on one slot"
+        );
         let (_, generation, took) = z.owed.remove(at)?;
         if copied && took && generation == z.generation {
             z.copied = true;
@@ -310,8 +345,8 @@ impl BufCache {
     /// zero-copy send it made may still read them.
     pub fn hold_for(&mut self, slot: u32, generation: u32) {
         self.holding = self.zerocopy.get(&slot).and_then(|z| {
-            let ours = z.generation == generation && !z.owed.is_empty();
-            z.last.filter(|_| ours).map(|last| (slot, last))
+            let last = z.last.filter(|_| z.generation == generation)?;
+            z.owes(z.first, last).then_some((slot, z.first, last))
         });
     }
 
@@ -322,9 +357,10 @@ impl BufCache {
 
     fn put(&mut self, chunk: Chunk) {
         // NOTE: a file range is never sent zero-copy: nothing to keep.
-        if let (Some((slot, tag)), false) = (self.holding, matches!(chunk, Chunk::File(_))) {
+        if let (Some((slot, first, last)), false) = (self.holding, matches!(chunk, Chunk::File(_)))
+        {
             if let Some(z) = self.zerocopy.get_mut(&slot) {
-                z.kept.push_back((tag, chunk));
+                z.kept.push((first, last, chunk));
                 return;
             }
         }
@@ -870,6 +906,45 @@ mod tests {
         assert_eq!(alive.load(SeqCst), 0);
         assert!(c.zerocopy_allowed(7, 1));
         c.forget_slot(slot);
+        // A connection that left notifications owed does not hold its
+        // successor's buffers in the same slot.
+        let mut q = SendQueue::default();
+        q.push_shared(shared(50_000), c);
+        q.fill_iovecs(&mut iov);
+        let old = c.zerocopy_issue(8, 1);
+        c.zerocopy_completed(8, true, true);
+        c.hold_for(8, 1);
+        q.advance(50_000, c);
+        c.hold_none();
+        c.forget_slot(8);
+        assert_eq!(
+            alive.load(SeqCst),
+            1,
+            "the old connection's send may still read it"
+        );
+        let mut q = SendQueue::default();
+        q.push_shared(shared(50_000), c);
+        q.fill_iovecs(&mut iov);
+        let new = c.zerocopy_issue(8, 2);
+        c.zerocopy_completed(8, true, true);
+        c.hold_for(8, 2);
+        q.advance(50_000, c);
+        c.hold_none();
+        assert_eq!(alive.load(SeqCst), 2);
+        assert_eq!(c.zerocopy_notified(8, new, false), Some(false));
+        assert_eq!(
+            alive.load(SeqCst),
+            1,
+            "released though the old send is still owed"
+        );
+        assert_eq!(c.zerocopy_notified(8, old, false), Some(false));
+        assert_eq!(alive.load(SeqCst), 0);
+        // A socket that refuses zero-copy turns it off for its connection.
+        c.zerocopy_issue(9, 1);
+        assert!(c.zerocopy_completed(9, false, false));
+        c.zerocopy_refused(9, 1);
+        assert!(!c.zerocopy_allowed(9, 1));
+        c.forget_slot(9);
         assert!(c.zerocopy.is_empty(), "nothing left behind");
     }
 

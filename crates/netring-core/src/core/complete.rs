@@ -81,7 +81,7 @@ impl ThreadCore {
                 notify,
             } => {
                 let took = matches!(result, Ok(n) if n > 0);
-                self.cache.zerocopy_completed(slot, notify, took);
+                let zerocopy = self.cache.zerocopy_completed(slot, notify, took);
                 let Some(conn) = self.conns.slot_mut(slot as usize) else {
                     return;
                 };
@@ -109,6 +109,14 @@ impl ThreadCore {
                     }
                     Err(e) => {
                         conn.sendq.unpin();
+                        let refused =
+                            matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL));
+                        if zerocopy && refused && conn.state != State::Aborting {
+                            // A socket that cannot send zero-copy (a Unix
+                            // one): send it again, normally (it took none).
+                            self.cache.zerocopy_refused(slot, conn.id.generation);
+                            return;
+                        }
                         if e.raw_os_error() != Some(libc::ECANCELED) {
                             conn.begin_abort(Some(ConnError::Io(e)), false);
                         } else {
