@@ -511,12 +511,13 @@ def _client_tls(ssl: Any, timeout: float) -> TLSClientConfig | str:
     cached = ssl.__dict__.get("_netring_client")
     if cached is not None and cached[0] == key:
         return cached[1]  # type: ignore[no-any-return]
+    made: TLSClientConfig | str
     try:
-        config = TLSClientConfig.from_ssl_context(ssl, handshake_timeout=timeout)
+        made = TLSClientConfig.from_ssl_context(ssl, handshake_timeout=timeout)
     except ConfigurationError as e:
-        return str(e)
-    ssl.__dict__["_netring_client"] = (key, config)
-    return config
+        made = str(e)  # remembered too: the next connect falls through at once
+    ssl.__dict__["_netring_client"] = (key, made)
+    return made
 
 
 def _unsupported(**given: Any) -> str | None:
