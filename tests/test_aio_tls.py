@@ -370,3 +370,32 @@ def test_aiohttp_on_a_given_socket_with_an_ssl_context_serves_https_from_the_eng
 
     stats = run(loop_kind, main)
     assert stats["connections_accepted"] == 1
+
+
+def test_websockets_over_tls_both_ends_on_the_engine(loop_kind: str, ca: Any, leaf: Any) -> None:
+    """The websockets server and client with ``ssl=`` contexts: wss:// with
+    the engine's TLS on both ends."""
+    websockets = pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect as ws_connect
+
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def main() -> dict[str, Any]:
+        async with websockets.serve(echo, "127.0.0.1", 0, ssl=server_context(leaf)) as server:
+            assert isinstance(server.server, aio.AioServer)
+            port = next(iter(server.sockets)).getsockname()[1]
+            async with ws_connect(f"wss://localhost:{port}", ssl=client_context(ca),
+                                  open_timeout=10) as ws:
+                assert isinstance(ws.transport, netring.Transport)
+                for i in range(200):
+                    await ws.send(f"message {i}")
+                    assert await ws.recv() == f"message {i}"
+                await ws.send(b"\x01" * 300_000)
+                assert await ws.recv() == b"\x01" * 300_000
+            return aio.engine_stats()
+
+    stats = run(loop_kind, main)
+    assert stats["connections_accepted"] == 1
+    assert stats["connections_connected"] == 1
