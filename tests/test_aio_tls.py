@@ -399,3 +399,39 @@ def test_websockets_over_tls_both_ends_on_the_engine(loop_kind: str, ca: Any, le
     stats = run(loop_kind, main)
     assert stats["connections_accepted"] == 1
     assert stats["connections_connected"] == 1
+
+
+def test_start_tls_upgrades_a_connection_of_the_engine(loop_kind: str, ca: Any,
+                                                       leaf: Any) -> None:
+    """STARTTLS: a plain exchange, then ``StreamWriter.start_tls`` on both
+    ends (asyncio's own TLS over the engine's transports)."""
+    payload = bytes(range(256)) * 1024
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readline() == b"STARTTLS\n"
+        writer.write(b"GO\n")
+        await writer.drain()
+        await writer.start_tls(server_context(leaf))
+        data = await reader.readexactly(len(payload))
+        writer.write(b"secure " + data)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        assert isinstance(server, aio.AioServer)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert isinstance(writer.transport, netring.Transport)
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"GO\n"
+        await writer.start_tls(client_context(ca), server_hostname="localhost")
+        assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
+        writer.write(payload)
+        assert await reader.readexactly(7 + len(payload)) == b"secure " + payload
+        assert await reader.read() == b""
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop_kind, main)

@@ -606,6 +606,46 @@ class _NetringLoop:
                                        local_addr=local_addr, tls=tls)
 
 
+    async def start_tls(self, transport: Any, protocol: Any, sslcontext: Any, *,
+                        server_side: bool = False, server_hostname: str | None = None,
+                        ssl_handshake_timeout: float | None = None,
+                        ssl_shutdown_timeout: float | None = None) -> Any:
+        """Upgrade a connection to TLS (``StreamWriter.start_tls``, STARTTLS
+        protocols, HTTPS through a proxy's tunnel). On a netring transport
+        this is asyncio's own upgrade (its ``SSLProtocol`` over the
+        transport, the loop's Python TLS, as the loop's own transports
+        get): the engine's TLS starts only with a connection."""
+        if not isinstance(transport, _native.Transport):
+            return await super().start_tls(  # type: ignore[misc]
+                transport, protocol, sslcontext, server_side=server_side,
+                server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)
+        if not isinstance(sslcontext, _ssl.SSLContext):
+            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                            f"got {sslcontext!r}")
+        from asyncio import sslproto
+
+        loop: Any = self
+        waiter = loop.create_future()
+        ssl_protocol = sslproto.SSLProtocol(
+            loop, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout, call_connection_made=False)
+        # As asyncio's: paused, so that nothing reaches the TLS protocol
+        # before its connection_made.
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        made = loop.call_soon(ssl_protocol.connection_made, transport)
+        resumed = loop.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
+        return ssl_protocol._app_transport
+
     async def sendfile(self, transport: Any, file: Any, offset: int = 0,
                        count: int | None = None, *, fallback: bool = True) -> int:
         if isinstance(transport, _native.Transport):
