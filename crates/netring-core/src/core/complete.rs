@@ -89,9 +89,11 @@ impl ThreadCore {
                 Self::mark_dirty(&mut self.dirty, conn);
                 match result {
                     Ok(n) => {
-                        self.cache.hold_for(slot, conn.id.generation);
+                        let held = self.cache.hold_for(slot, conn.id.generation);
                         conn.sendq.advance(n, &mut self.cache);
-                        self.cache.hold_none();
+                        if held {
+                            self.cache.hold_none();
+                        }
                         for _ in 0..conn.sendq.take_files_done() {
                             self.q.events.push_back(Ev::FileSent { conn: conn.id });
                         }

@@ -113,9 +113,11 @@ impl ThreadCore {
                     conn.send_cancel_sent = true;
                 } else if !conn.send_inflight {
                     // NOTE: a zero-copy send may still be reading them.
-                    self.cache.hold_for(slot, conn.id.generation);
+                    let held = self.cache.hold_for(slot, conn.id.generation);
                     conn.sendq.clear(&mut self.cache);
-                    self.cache.hold_none();
+                    if held {
+                        self.cache.hold_none();
+                    }
                     conn.shared.set_queued(0);
                     if let Some(state) = conn.send.take() {
                         self.cache.put_state(state);
@@ -128,8 +130,8 @@ impl ThreadCore {
                 let send = conn.send.get_or_insert_with(|| self.cache.get_state());
                 let bytes = conn.sendq.fill(send);
                 let generation = conn.id.generation;
-                let zerocopy = send.file.is_none()
-                    && self.engine.zerocopy_threshold.is_some_and(|t| bytes >= t)
+                let zerocopy = self.engine.zerocopy_threshold.is_some_and(|t| bytes >= t)
+                    && send.file.is_none()
                     && driver.supports_zerocopy()
                     && self.cache.zerocopy_allowed(slot, generation);
                 send.zerocopy = zerocopy.then(|| self.cache.zerocopy_issue(slot, generation));
