@@ -9,6 +9,7 @@ ready lines.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -291,3 +292,24 @@ def has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+async def uvicorn_while(config: Any, client: Callable[[], object]) -> dict[str, Any]:
+    """Serve the uvicorn ``config`` on the running loop (a netring one)
+    until ``client``, run on a thread, returns; then the loop engine's
+    counters (``netring.aio.engine_stats()``, taken before uvicorn stops)."""
+    import netring.aio
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    thread = threading.Thread(target=client)
+    thread.start()
+    while thread.is_alive():
+        await asyncio.sleep(0.02)
+    stats = netring.aio.engine_stats()
+    server.should_exit = True
+    await task
+    return stats

@@ -14,6 +14,7 @@ from typing import Any
 
 import netring.aio as aio
 import pytest
+from conftest import uvicorn_while
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -95,18 +96,7 @@ def test_uvicorn_serves_an_asgi_app_on_the_engine(loop_kind: str, http: str) -> 
     async def main() -> dict[str, Any]:
         config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none", http=http,
                                 lifespan="off", log_level="warning")
-        server = uvicorn.Server(config)
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        client = threading.Thread(target=http_client, args=(port, out))
-        client.start()
-        while client.is_alive():
-            await asyncio.sleep(0.02)
-        stats = aio.engine_stats()
-        server.should_exit = True
-        await task
-        return stats
+        return await uvicorn_while(config, lambda: http_client(port, out))
 
     with asyncio.Runner(loop_factory=functools.partial(aio.new_event_loop, loop_kind)) as r:
         stats = r.run(asyncio.wait_for(main(), 60))

@@ -11,14 +11,13 @@ import functools
 import http.client
 import socket
 import ssl
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import netring
 import netring.aio as aio
 import pytest
-from conftest import serving
+from conftest import serving, uvicorn_while
 from netring.tls import cipher_names
 
 trustme = pytest.importorskip("trustme")
@@ -315,18 +314,7 @@ def test_uvicorn_with_its_ssl_options_serves_https_from_the_engine(
         config = uvicorn.Config(scheme_app, host="127.0.0.1", port=port, loop="none",
                                 lifespan="off", log_level="warning",
                                 ssl_certfile=str(cert), ssl_keyfile=str(key))
-        server = uvicorn.Server(config)
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        thread = threading.Thread(target=client)
-        thread.start()
-        while thread.is_alive():
-            await asyncio.sleep(0.02)
-        stats = aio.engine_stats()
-        server.should_exit = True
-        await task
-        return stats
+        return await uvicorn_while(config, client)
 
     stats = run(loop_kind, main, 60)
     assert out.get("bodies") == [b"https"] * 3, out.get("error")

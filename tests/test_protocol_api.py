@@ -20,7 +20,15 @@ from typing import Any
 import netring
 import netring.aio as aio
 import pytest
-from conftest import connect, fd_count, recv_exactly, recv_until_eof, serving, wait_until
+from conftest import (
+    connect,
+    fd_count,
+    recv_exactly,
+    recv_until_eof,
+    serving,
+    uvicorn_while,
+    wait_until,
+)
 from netring.servers.echo import Echo
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every byte value, position-dependent
@@ -829,18 +837,7 @@ def test_uvicorn_websockets_upgrade_on_the_engine(hosted: Any) -> None:
     async def main() -> dict[str, Any]:
         config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
                                 ws="websockets-sansio", lifespan="off", log_level="warning")
-        server = uvicorn.Server(config)
-        task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        thread = threading.Thread(target=client)
-        thread.start()
-        while thread.is_alive():
-            await asyncio.sleep(0.02)
-        stats = aio.engine_stats()
-        server.should_exit = True
-        await task
-        return stats
+        return await uvicorn_while(config, client)
 
     with asyncio.Runner(loop_factory=functools.partial(aio.new_event_loop, loop_kind)) as r:
         stats = r.run(asyncio.wait_for(main(), 30))
