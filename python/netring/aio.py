@@ -25,8 +25,9 @@ settings the engine cannot honour...) falls through to the loop's own
 implementation, logged once at DEBUG. A TCP ``sock=`` is served by netring
 too (uvicorn's workers pass one). ``ssl=`` takes an ``ssl.SSLContext``
 (converted by ``TLSConfig.from_ssl_context`` / ``TLSClientConfig.
-from_ssl_context``: load its certificate after importing netring), a
-``netring.TLSConfig`` / ``TLSClientConfig``, or ``True`` for a client.
+from_ssl_context``: make the context after importing netring), a
+``netring.TLSConfig`` / ``TLSClientConfig``, or ``True`` for a client;
+``start_tls`` on a netring transport is asyncio's own (its Python TLS).
 
 ``start_packet_server`` / ``open_packet_connection`` are the framed form:
 ``await reader.read_packet()`` (or ``async for packet in reader``) returns
