@@ -114,13 +114,15 @@ class IOPool:
             cannot hold its bytes forever. Now: ``stats()["buffer_memory"]``
             (counted only when a cap is set).
         zerocopy_threshold: sends of at least this many bytes go zero-copy
-            on io_uring (``SEND_ZC``: the kernel reads the queued buffers —
+            (io_uring ``SEND_ZC``, epoll ``MSG_ZEROCOPY``: the kernel reads the queued buffers —
             a large ``bytes`` written is queued by reference — in place
             and reports when it is done; they are held until then).
             Default: off. A connection whose zero-copy send the kernel
             copied after all (loopback, a device without scatter-gather)
             sends normally from then on. ``stats()["zerocopy_sends"]`` /
-            ``["zerocopy_copied"]`` count them. epoll ignores it.
+            ``["zerocopy_copied"]`` count them. On epoll, a connection
+            that ends with notifications owed keeps its socket open until
+            they are in (reset after 30 s).
 
     The threads start at construction; ``close()`` (or leaving a ``with``
     block) stops them.

@@ -217,7 +217,7 @@ class Server:
             default 512).
         max_buffer_memory: cap on the bytes the engine buffers for
             connections (see ``IOPool``); default: no cap.
-        zerocopy_threshold: zero-copy sends from this size on io_uring (see
+        zerocopy_threshold: zero-copy sends from this size (see
             ``IOPool``); default: off.
         backlog: listen backlog.
         reuse_port: set SO_REUSEPORT (several processes on one port).

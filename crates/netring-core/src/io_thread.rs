@@ -286,10 +286,15 @@ impl<D: Driver + Send> Turns<D> {
         if c.has_events() || self.driver.has_pending() {
             return Some(c.now);
         }
-        [self.retry_at, c.shutdown_deadline, c.timers.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.retry_at,
+            c.shutdown_deadline,
+            c.timers.next_deadline(),
+            self.driver.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The core, for tests that look at its state between turns.

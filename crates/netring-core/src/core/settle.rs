@@ -6,7 +6,6 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::Duration;
 
 use socket2::SockRef;
 
@@ -213,13 +212,9 @@ impl ThreadCore {
         if self.engine.memory.update(conn.accounted, 0) {
             self.wake_all();
         }
-        driver.forget(index as u32, conn.fd.as_raw_fd());
         self.cache.forget_slot(index as u32);
-        if conn.reset_on_close {
-            let _ = SockRef::from(&conn.fd).set_linger(Some(Duration::ZERO));
-        }
         conn.shared.set_queued(0);
-        drop(conn.fd);
+        driver.close(index as u32, conn.fd, conn.reset_on_close);
         self.fd_freed = true;
         let (error, counted) = conn.rare.map_or((None, None), |r| (r.error, r.counted));
         if let Some(u) = unready {

@@ -24,7 +24,7 @@ pub(crate) mod file;
 pub mod uring;
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::config::{Backend, BackendChoice};
@@ -69,6 +69,25 @@ impl Token {
             id: (data & 0xFFFF_FFFF) as u32,
         }
     }
+}
+
+/// Close a connection's socket; with `reset`, an RST (`SO_LINGER` 0).
+pub(crate) fn close_socket(fd: OwnedFd, reset: bool) {
+    if reset {
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+    }
+    drop(fd);
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (got_major, got_minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (got_major, got_minor) >= (major, minor)
 }
 
 /// A kernel result (a count, or `-errno`) as an `io::Result`.
@@ -306,6 +325,11 @@ pub trait Driver {
     fn supports_zerocopy(&self) -> bool {
         false
     }
+    /// When the driver has work of its own to do even if nothing happens
+    /// (epoll: a retired socket's deadline); the next `wait` returns by then.
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
     /// Cancel an in-flight send (abort); its `Sent` follows.
     fn cancel_send(&mut self, slot: u32, fd: RawFd);
     /// Connect `fd` to `addr` (which stays valid until the completion);
@@ -315,6 +339,14 @@ pub trait Driver {
     fn cancel_connect(&mut self, slot: u32, fd: RawFd);
     /// The socket is about to be closed: forget any registration.
     fn forget(&mut self, slot: u32, fd: RawFd);
+    /// The connection in `slot` is over: forget it and close `fd` (with
+    /// `reset`, an RST: what the kernel still queues is dropped). A backend
+    /// whose zero-copy notifications come through the socket (epoll) keeps
+    /// it open, half-closed, until the last one owed is in.
+    fn close(&mut self, slot: u32, fd: OwnedFd, reset: bool) {
+        self.forget(slot, fd.as_raw_fd());
+        close_socket(fd, reset);
+    }
     /// Start receiving datagrams on endpoint `slot` (its own slot space);
     /// `template` (source-address length only) stays valid until the final
     /// completion. Payloads longer than

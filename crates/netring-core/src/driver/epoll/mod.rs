@@ -23,6 +23,12 @@
 //! - **send**: tried at once with `sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT)`; its
 //!   `Sent` is queued for the next [`Driver::wait`] unless the socket buffer
 //!   is full, in which case the send waits for `EPOLLOUT` and is retried.
+//! - **zero-copy send** (`MSG_ZEROCOPY`, `zerocopy.rs`): as a send; one
+//!   that took bytes owes a notification, read from the socket's error
+//!   queue on `EPOLLERR` (the socket stays registered for it, edge-triggered
+//!   when nothing else is armed). [`Driver::close`] keeps a socket that
+//!   still owes some open until they are in ([`Driver::next_deadline`]:
+//!   reset after `RETIRE_WAIT`).
 //! - **cancel**: removes the interest and queues the operation's final
 //!   completion for the next `wait`, never delivering it inside the call, as
 //!   `IORING_OP_ASYNC_CANCEL` does. An operation whose final completion is
@@ -64,12 +70,13 @@ mod bufpool;
 mod syscalls;
 #[cfg(test)]
 mod tests;
+mod zerocopy;
 
 use std::collections::HashMap;
 use std::io::{self};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::Timespec;
@@ -81,11 +88,14 @@ use crate::config::Backend;
 use crate::driver::file::send_file_now;
 use bufpool::BufPool;
 use syscalls::{read_datagrams, read_ready, try_send, try_send_msg};
+use zerocopy::{Retired, ZcSend, ZcSocket};
 
 const KIND_ACCEPT: u8 = 1;
 const KIND_CONN: u8 = 2;
 const KIND_DGRAM: u8 = 3;
 const KIND_WAKE: u8 = 4;
+/// A socket kept open for its zero-copy notifications (`zerocopy.rs`).
+const KIND_RETIRED: u8 = 5;
 
 /// Readiness events taken from the kernel per wait.
 const EVENTS_PER_WAIT: usize = 256;
@@ -134,7 +144,7 @@ fn is_final(completion: &Completion) -> bool {
         | Completion::Recv { more, .. }
         | Completion::RecvFrom { more, .. } => !*more,
         Completion::Sent { .. } | Completion::Connected { .. } | Completion::SentTo { .. } => true,
-        // NOTE: epoll sends never go zero-copy (`supports_zerocopy`).
+        // NOTE: a notification is not an operation (`in_flight`).
         Completion::Woken | Completion::SendNotified { .. } => false,
     }
 }
@@ -156,10 +166,10 @@ fn is_transient_accept_error(e: Errno) -> bool {
     )
 }
 
-/// A send that found the socket buffer full, kept to retry it: its iovecs,
-/// or its file range.
+/// A send that found the socket buffer full, kept to retry it: its iovecs
+/// (and its zero-copy sequence), or its file range.
 enum WaitingSend {
-    Iov(Vec<libc::iovec>),
+    Iov(Vec<libc::iovec>, Option<u16>),
     File(crate::driver::FileSpan),
 }
 
@@ -180,6 +190,9 @@ struct ConnOps {
     sending: bool,
     /// A non-blocking connect waiting for `EPOLLOUT`.
     connect: bool,
+    /// Zero-copy notifications are owed (`EpollDriver::zc`): registered
+    /// for `EPOLLERR` even with nothing armed.
+    zc: bool,
 }
 
 /// A datagram waiting for `EPOLLOUT`: its number and message header.
@@ -220,6 +233,13 @@ pub struct EpollDriver {
     /// Completions produced between waits, delivered by the next one.
     pending: Vec<Completion>,
     in_flight: usize,
+    /// The kernel has `MSG_ZEROCOPY` for TCP and reports copies.
+    zerocopy: bool,
+    /// Zero-copy state of connections that sent zero-copy, by slot.
+    zc: HashMap<u32, ZcSocket>,
+    /// Sockets of ended connections still owed notifications, by
+    /// descriptor (`zerocopy.rs`).
+    retired: HashMap<RawFd, Retired>,
 }
 
 impl EpollDriver {
@@ -240,6 +260,9 @@ impl EpollDriver {
             wake_fd: None,
             pending: Vec::new(),
             in_flight: 0,
+            zerocopy: super::kernel_at_least(4, 19),
+            zc: HashMap::new(),
+            retired: HashMap::new(),
         })
     }
 
@@ -255,6 +278,7 @@ impl EpollDriver {
             recv: false,
             sending: false,
             connect: false,
+            zc: false,
         });
         debug_assert_eq!(conn.fd, fd, "slot {slot} reused without forget");
         conn
@@ -268,6 +292,10 @@ impl EpollDriver {
         }
         if conn.sending || conn.connect {
             want |= EventFlags::OUT;
+        }
+        if want.is_empty() && conn.zc {
+            // Only the error queue's notifications: once each.
+            want = EventFlags::ERR | EventFlags::ET;
         }
         if want == conn.registered {
             return Ok(());
@@ -334,6 +362,13 @@ impl EpollDriver {
             return;
         };
         let mut ended = false;
+        if conn.zc && flags.contains(EventFlags::ERR) {
+            if let Some(zc) = self.zc.get_mut(&slot) {
+                zerocopy::drain(conn.fd, slot, zc, out);
+                conn.zc = zc.owes();
+                ended |= !conn.zc;
+            }
+        }
         let readable = EventFlags::IN | EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
         if conn.recv && flags.intersects(readable) {
             if let Some(result) = read_ready(conn.fd, slot, &mut self.pool, &mut self.large, out) {
@@ -360,23 +395,114 @@ impl EpollDriver {
         let waiting = conn.sending && flags.intersects(writable);
         if let Some(waiting) = self.sends.get(&slot).filter(|_| waiting) {
             let retried = match waiting {
-                WaitingSend::Iov(iov) => try_send(conn.fd, iov),
-                WaitingSend::File(span) => send_file_now(conn.fd, *span, &mut self.file_scratch),
+                WaitingSend::Iov(iov, seq) => {
+                    Self::send_iov(&mut self.zc, slot, conn.fd, iov, *seq)
+                }
+                WaitingSend::File(span) => {
+                    send_file_now(conn.fd, *span, &mut self.file_scratch).map(|r| (r, false))
+                }
             };
-            if let Some(result) = retried {
+            if let Some((result, notify)) = retried {
                 self.sends.remove(&slot);
                 conn.sending = false;
+                conn.zc |= notify;
                 ended = true;
                 out.push(Completion::Sent {
                     slot,
                     result,
-                    notify: false,
+                    notify,
                 });
             }
         }
         if ended {
             if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
                 log::warn!("netring: epoll could not drop the interest of slot {slot}: {e}");
+            }
+        }
+    }
+
+    /// Send `iov` now: zero-copy as send `seq` when given (falling back to
+    /// a plain send where the kernel says so). `None`: the socket is full;
+    /// else the result and whether a notification is owed for it.
+    fn send_iov(
+        zc: &mut HashMap<u32, ZcSocket>,
+        slot: u32,
+        fd: RawFd,
+        iov: &[libc::iovec],
+        seq: Option<u16>,
+    ) -> Option<(io::Result<usize>, bool)> {
+        if let Some(seq) = seq {
+            match zerocopy::try_send(fd, zc.entry(slot).or_default(), iov, seq) {
+                ZcSend::Sent(n) => return Some((Ok(n), true)),
+                ZcSend::Full => return None,
+                ZcSend::Failed(e) => return Some((Err(e), false)),
+                ZcSend::Plain => {}
+            }
+        }
+        try_send(fd, iov).map(|r| (r, false))
+    }
+
+    /// `EPOLLERR` on a retired socket: its notifications; closed when the
+    /// last is in.
+    fn retired_ready(&mut self, fd: RawFd, out: &mut Vec<Completion>) {
+        let Some(r) = self.retired.get_mut(&fd) else {
+            return;
+        };
+        zerocopy::drain(r.raw(), r.slot, &mut r.zc, out);
+        if !r.zc.owes() {
+            self.retired.remove(&fd); // closes it (the registration with it)
+        }
+    }
+
+    /// Keep the socket of a connection that ended with notifications owed
+    /// (or close it at once when they are all in by now).
+    fn retire(&mut self, slot: u32, fd: OwnedFd, mut zc: ZcSocket, reset: bool) {
+        zerocopy::drain(fd.as_raw_fd(), slot, &mut zc, &mut self.pending);
+        if !zc.owes() {
+            return super::close_socket(fd, reset);
+        }
+        let raw = fd.as_raw_fd();
+        let mut r = Retired::new(fd, slot, zc, reset, Instant::now());
+        zerocopy::drain(raw, slot, &mut r.zc, &mut self.pending);
+        if !r.zc.owes() {
+            return;
+        }
+        let data = event_data(KIND_RETIRED, raw as u32);
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            borrow(raw),
+            data,
+            EventFlags::ERR | EventFlags::ET,
+        ) {
+            log::warn!("netring: epoll could not watch a closing socket's zero-copy notifications ({e}); its send buffers are leaked");
+            return;
+        }
+        self.retired.insert(raw, r);
+    }
+
+    /// Retired sockets past their deadline: reset (the kernel drops what
+    /// it still queues and notifies it), or, reset already, closed with
+    /// their buffers leaked.
+    fn expire_retired(&mut self, out: &mut Vec<Completion>) {
+        let now = Instant::now();
+        let due: Vec<RawFd> = self
+            .retired
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&fd, _)| fd)
+            .collect();
+        for fd in due {
+            let Some(r) = self.retired.get_mut(&fd) else {
+                continue;
+            };
+            if !r.reset {
+                r.reset(now);
+                self.retired_ready(fd, out);
+            } else if let Some(r) = self.retired.remove(&fd) {
+                log::warn!(
+                    "netring: a closed connection's zero-copy sends were not released by the kernel in time; their buffers are leaked"
+                );
+                drop(r);
             }
         }
     }
@@ -549,16 +675,26 @@ impl Driver for EpollDriver {
 
     fn send(&mut self, slot: u32, fd: RawFd, state: &mut SendState) {
         self.in_flight += 1;
+        let seq = state.zerocopy.filter(|_| self.zerocopy);
         let now = match state.file {
-            Some(span) => send_file_now(fd, span, &mut self.file_scratch),
-            None => try_send(fd, &state.iov),
+            Some(span) => send_file_now(fd, span, &mut self.file_scratch).map(|r| (r, false)),
+            None => Self::send_iov(&mut self.zc, slot, fd, &state.iov, seq),
         };
-        if let Some(result) = now {
+        if let Some((result, notify)) = now {
             self.pending.push(Completion::Sent {
                 slot,
                 result,
-                notify: false,
+                notify,
             });
+            if notify {
+                let conn = Self::conn_entry(&mut self.conns, slot, fd);
+                if !conn.zc {
+                    conn.zc = true;
+                    if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+                        log::warn!("netring: epoll could not watch slot {slot}'s zero-copy notifications: {e}");
+                    }
+                }
+            }
             return;
         }
         let conn = Self::conn_entry(&mut self.conns, slot, fd);
@@ -566,7 +702,7 @@ impl Driver for EpollDriver {
         conn.sending = true;
         let waiting = match state.file {
             Some(span) => WaitingSend::File(span),
-            None => WaitingSend::Iov(state.iov.clone()),
+            None => WaitingSend::Iov(state.iov.clone(), seq),
         };
         self.sends.insert(slot, waiting);
         if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
@@ -638,6 +774,22 @@ impl Driver for EpollDriver {
             slot,
             result: Err(io::Error::from_raw_os_error(libc::ECANCELED)),
         });
+    }
+
+    fn supports_zerocopy(&self) -> bool {
+        self.zerocopy
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.retired.values().map(|r| r.deadline).min()
+    }
+
+    fn close(&mut self, slot: u32, fd: OwnedFd, reset: bool) {
+        self.forget(slot, fd.as_raw_fd());
+        match self.zc.remove(&slot) {
+            Some(zc) if zc.owes() => self.retire(slot, fd, zc, reset),
+            _ => super::close_socket(fd, reset),
+        }
     }
 
     fn forget(&mut self, slot: u32, _fd: RawFd) {
@@ -767,8 +919,12 @@ impl Driver for EpollDriver {
                         KIND_DGRAM => self.dgram_ready(id, flags, out),
                         KIND_ACCEPT => self.accept_ready(id as usize, out),
                         KIND_WAKE => self.wake_ready(out),
+                        KIND_RETIRED => self.retired_ready(id as RawFd, out),
                         _ => {}
                     }
+                }
+                if !self.retired.is_empty() {
+                    self.expire_retired(out);
                 }
                 Ok(())
             }

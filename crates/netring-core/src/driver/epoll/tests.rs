@@ -319,3 +319,180 @@ fn a_stream_is_read_into_large_buffers_after_a_full_small_one() {
     assert!(freed >= super::LARGE_BUFFER_BYTES, "{freed}");
     d.cancel_recv(1, ours.as_raw_fd());
 }
+
+/// A connected TCP pair on loopback with fixed, small buffers (no
+/// autotuning): a peer that does not read fills them for good.
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (theirs, _) = listener.accept().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    socket2::SockRef::from(&ours)
+        .set_send_buffer_size(256 << 10)
+        .unwrap();
+    socket2::SockRef::from(&theirs)
+        .set_recv_buffer_size(64 << 10)
+        .unwrap();
+    (ours, theirs)
+}
+
+fn notified(c: &[Completion], slot: u32) -> Vec<(u16, bool)> {
+    c.iter()
+        .filter_map(|c| match c {
+            Completion::SendNotified {
+                slot: s,
+                seq,
+                copied,
+            } if *s == slot => Some((*seq, *copied)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Read everything `peer` gets until EOF (or 5 s).
+fn read_to_eof(mut peer: TcpStream) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = vec![0u8; 1 << 16];
+        let mut total = 0;
+        while let Ok(n) = peer.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    })
+}
+
+#[test]
+fn a_zero_copy_send_is_notified_through_the_error_queue() {
+    let mut d = EpollDriver::new(8, 4096).unwrap();
+    if !d.supports_zerocopy() {
+        return; // Linux < 4.19
+    }
+    let (ours, theirs) = tcp_pair();
+    let fd = ours.as_raw_fd();
+    let data = vec![7u8; 1 << 20];
+    let mut state = send_state(&data);
+    state.zerocopy = Some(40);
+    d.send(2, fd, &mut state);
+    let got = collect(&mut d, 1);
+    let sent = match got[..] {
+        [Completion::Sent {
+            slot: 2,
+            result: Ok(n),
+            notify: true,
+        }] => n,
+        _ => panic!("unexpected {got:?}"),
+    };
+    assert!(sent > 0 && sent < data.len(), "the peer does not read yet");
+    assert_eq!(d.in_flight(), 0, "a notification is not an operation");
+    // Nothing armed but the owed notification: the peer reads, and it
+    // comes (loopback copies, and says so).
+    let mut reader = theirs.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0;
+        while total < sent {
+            total += reader.read(&mut buf).unwrap();
+        }
+    });
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while notified(&got, 2).is_empty() && Instant::now() < end {
+        d.wait(Some(Duration::from_millis(50)), &mut got).unwrap();
+    }
+    drain.join().unwrap();
+    assert_eq!(notified(&got, 2), [(40, true)], "{got:?}");
+    // Nothing owed any more: the socket is no longer watched.
+    assert!(collect(&mut d, 0).is_empty());
+    d.close(2, OwnedFd::from(ours), false);
+    assert!(d.retired.is_empty(), "closed at once: nothing was owed");
+    drop(theirs);
+}
+
+#[test]
+fn a_socket_closed_with_notifications_owed_stays_open_until_they_are_in() {
+    let mut d = EpollDriver::new(8, 4096).unwrap();
+    if !d.supports_zerocopy() {
+        return;
+    }
+    for reset in [false, true] {
+        let (ours, theirs) = tcp_pair();
+        let fd = ours.as_raw_fd();
+        let data = vec![3u8; 1 << 20];
+        let mut state = send_state(&data);
+        state.zerocopy = Some(7);
+        d.send(4, fd, &mut state);
+        let got = collect(&mut d, 1);
+        let sent = match got[..] {
+            [Completion::Sent {
+                result: Ok(n),
+                notify: true,
+                ..
+            }] => n,
+            _ => panic!("unexpected {got:?}"),
+        };
+        // The connection ends before the peer read: the socket is kept
+        // (half-closed, or reset) for the notification.
+        d.close(4, OwnedFd::from(ours), reset);
+        let mut got = Vec::new();
+        if reset {
+            // The reset drops what was queued: notified at once.
+            d.wait(Some(Duration::from_millis(100)), &mut got).unwrap();
+            assert_eq!(notified(&got, 4), [(7, true)], "{got:?}");
+            assert!(d.retired.is_empty());
+            continue;
+        }
+        assert_eq!(d.retired.len(), 1, "kept open while owed");
+        let reader = read_to_eof(theirs);
+        let end = Instant::now() + Duration::from_secs(5);
+        while notified(&got, 4).is_empty() && Instant::now() < end {
+            d.wait(Some(Duration::from_millis(50)), &mut got).unwrap();
+        }
+        assert_eq!(notified(&got, 4), [(7, true)], "{got:?}");
+        assert!(d.retired.is_empty(), "closed once notified");
+        assert_eq!(reader.join().unwrap(), sent, "every byte, then the EOF");
+    }
+}
+
+#[test]
+fn a_retired_socket_whose_peer_takes_nothing_is_reset_at_its_deadline() {
+    let mut d = EpollDriver::new(8, 4096).unwrap();
+    if !d.supports_zerocopy() {
+        return;
+    }
+    let (ours, mut theirs) = tcp_pair();
+    let data = vec![5u8; 1 << 20];
+    let mut state = send_state(&data);
+    state.zerocopy = Some(1);
+    d.send(6, ours.as_raw_fd(), &mut state);
+    assert!(matches!(
+        collect(&mut d, 1)[..],
+        [Completion::Sent { notify: true, .. }]
+    ));
+    d.close(6, OwnedFd::from(ours), false);
+    let mut got = Vec::new();
+    d.wait(Some(Duration::from_millis(50)), &mut got).unwrap();
+    assert!(notified(&got, 6).is_empty(), "the peer has not read");
+    // RETIRE_WAIT is over: the next wait resets it, which notifies.
+    for r in d.retired.values_mut() {
+        r.deadline = Instant::now();
+    }
+    d.wait(Some(Duration::from_millis(50)), &mut got).unwrap();
+    assert_eq!(notified(&got, 6), [(1, true)], "{got:?}");
+    assert!(d.retired.is_empty());
+    theirs
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = vec![0u8; 1 << 16];
+    let reset = loop {
+        match theirs.read(&mut sink) {
+            Ok(0) => break false,
+            Ok(_) => {}
+            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    assert!(reset, "the peer sees a reset, not an EOF");
+}

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config::Backend;
 use crate::driver::file::send_file_now;
-use crate::driver::FileSpan;
+use crate::driver::{kernel_at_least, FileSpan};
 use bufring::BufRing;
 
 const KIND_ACCEPT: u8 = 1;
@@ -93,17 +93,6 @@ pub struct UringDriver {
     /// Zero-copy sends in flight, by slot: their sequence (in their
     /// `user_data`, which a cancel must name exactly).
     zc_sending: std::collections::HashMap<u32, u16>,
-}
-
-/// Whether the running kernel's release is at least `major.minor`.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let uname = rustix::system::uname();
-    let release = uname.release().to_string_lossy();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (got_major, got_minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (got_major, got_minor) >= (major, minor)
 }
 
 /// Why io_uring cannot be used here, as `syscall: ERRNO`.
