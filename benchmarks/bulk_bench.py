@@ -128,7 +128,7 @@ def parse_args() -> argparse.Namespace:
         "--zerocopy",
         type=int,
         metavar="BYTES",
-        help="also run netring[io_uring] with zerocopy_threshold=BYTES (its cost where "
+        help="also run each netring backend with zerocopy_threshold=BYTES (its cost where "
         "the kernel copies anyway, as on loopback)",
     )
     add_run_args(ap)
@@ -144,10 +144,11 @@ def main() -> None:
     pins = pinning(args)
     servers, skipped = make_servers(args)
     if args.zerocopy:
-        plain = next((s for s in servers if s.name == "netring[io_uring]"), None)
-        if plain is not None:
-            argv = [*plain.argv, "--zerocopy-threshold", str(args.zerocopy)]
-            servers.insert(servers.index(plain) + 1, Server("netring[io_uring+zc]", argv))
+        for backend in ("io_uring", "epoll"):
+            plain = next((s for s in servers if s.name == f"netring[{backend}]"), None)
+            if plain is not None:
+                argv = [*plain.argv, "--zerocopy-threshold", str(args.zerocopy)]
+                servers.insert(servers.index(plain) + 1, Server(f"netring[{backend}+zc]", argv))
     runs, notes = run_servers(servers, args.scenario_list, args, pins)
     skipped |= notes
     size = {sc.name: sc.size for sc in args.scenario_list}
