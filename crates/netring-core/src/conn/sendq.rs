@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::driver::file::FILE_WINDOW_BYTES;
-use crate::driver::{FileSpan, SendState};
+use crate::driver::{FileSpan, SendState, SEQ_MASK};
 
 /// Buffers described by one vectored send.
 pub const MAX_IOVECS: usize = 64; // fits `SendQueue::pinned` (u8)
@@ -238,8 +238,8 @@ impl BufCache {
     }
 
     /// The connection in `slot` sends zero-copy now: the send's sequence
-    /// number (its low 16 bits tag the kernel operation).
-    pub fn zerocopy_issue(&mut self, slot: u32, generation: u32) -> u16 {
+    /// number (its low 24 bits tag the kernel operation).
+    pub fn zerocopy_issue(&mut self, slot: u32, generation: u32) -> u32 {
         let z = self.zerocopy.entry(slot).or_default();
         let seq = z.next;
         if z.generation != generation || z.last.is_none() {
@@ -251,7 +251,7 @@ impl BufCache {
         z.owed.push_back((seq, generation, false));
         z.last = Some(seq);
         z.in_flight = true;
-        seq as u16
+        seq as u32 & SEQ_MASK
     }
 
     /// The send in flight on `slot` completed; `notify`: the kernel will
@@ -316,13 +316,16 @@ impl BufCache {
     /// whether it was copied, for a send that took bytes (a failed or
     /// cancelled one reports "copied" too, and says nothing about the
     /// path). Buffers no owed notification covers any more go.
-    pub fn zerocopy_notified(&mut self, slot: u32, seq: u16, copied: bool) -> Option<bool> {
+    pub fn zerocopy_notified(&mut self, slot: u32, seq: u32, copied: bool) -> Option<bool> {
         let z = self.zerocopy.get_mut(&slot)?;
-        let at = z.owed.iter().position(|o| o.0 as u16 == seq)?;
+        let at = z.owed.iter().position(|o| o.0 as u32 & SEQ_MASK == seq)?;
         debug_assert_eq!(
-            z.owed.iter().filter(|o| o.0 as u16 == seq).count(),
+            z.owed
+                .iter()
+                .filter(|o| o.0 as u32 & SEQ_MASK == seq)
+                .count(),
             1,
-            "65,536 zero-copy sends owed on one slot"
+            "16 million zero-copy sends owed on one slot"
         );
         let (_, generation, took) = z.owed.remove(at)?;
         if copied && took && generation == z.generation {
@@ -335,6 +338,41 @@ impl BufCache {
             self.put(chunk);
         }
         took.then_some(copied)
+    }
+
+    /// The notification of zero-copy send `seq` on `slot` will never come:
+    /// the buffers it may read are leaked (never freed: the kernel may
+    /// still send from them), and it is owed no more.
+    #[cold]
+    pub fn zerocopy_abandoned(&mut self, slot: u32, seq: u32) {
+        let Some(z) = self.zerocopy.get_mut(&slot) else {
+            return;
+        };
+        let Some(at) = z.owed.iter().position(|o| o.0 as u32 & SEQ_MASK == seq) else {
+            return;
+        };
+        let (full, _, _) = z.owed.remove(at).expect("found");
+        let mut i = 0;
+        while i < z.kept.len() {
+            let (first, last, _) = z.kept[i];
+            if (first..=last).contains(&full) {
+                std::mem::forget(z.kept.swap_remove(i).2);
+            } else {
+                i += 1;
+            }
+        }
+        let mut free = Vec::new();
+        z.release(&mut free);
+        self.tidy(slot);
+        for chunk in free {
+            self.put(chunk);
+        }
+    }
+
+    /// Whether any zero-copy send is owed a notification or any buffer is
+    /// kept for one.
+    pub fn zerocopy_active(&self) -> bool {
+        !self.zerocopy.is_empty()
     }
 
     /// The connection in `slot` is gone (buffers kept for its
@@ -992,6 +1030,47 @@ mod tests {
         assert!(!c.zerocopy_allowed(9, 1));
         c.forget_slot(9);
         assert!(c.zerocopy.is_empty(), "nothing left behind");
+    }
+
+    #[test]
+    fn an_abandoned_notification_leaks_what_its_send_may_read_and_owes_nothing_more() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let alive = std::sync::Arc::new(AtomicUsize::new(0));
+        let shared = |n: usize| {
+            alive.fetch_add(1, SeqCst);
+            Box::new(Counted(vec![7; n], alive.clone()))
+        };
+        let c = &mut BufCache::default();
+        let mut q = SendQueue::default();
+        let mut iov = Vec::new();
+        q.push_shared(shared(50_000), c);
+        q.fill_iovecs(&mut iov);
+        let lost = c.zerocopy_issue(3, 1);
+        c.zerocopy_completed(3, true, true);
+        c.hold_for(3, 1);
+        q.advance(50_000, c);
+        c.hold_none();
+        c.forget_slot(3);
+        // Its socket had to be closed: the notification never comes.
+        c.zerocopy_abandoned(3, lost);
+        assert_eq!(
+            alive.load(SeqCst),
+            1,
+            "leaked: the kernel may still send from it"
+        );
+        assert!(c.zerocopy.is_empty(), "nothing owed any more");
+        // 65,536 sends later a 16-bit sequence would come round: the
+        // sequence has 24 bits, and the first send (still owed) is not
+        // mistaken for the latest.
+        let first = c.zerocopy_issue(5, 1);
+        c.zerocopy_completed(5, true, true);
+        for _ in 0..(1u32 << 16) {
+            let s = c.zerocopy_issue(5, 1);
+            c.zerocopy_completed(5, true, true);
+            assert_eq!(c.zerocopy_notified(5, s, false), Some(false));
+        }
+        assert_eq!(c.zerocopy_notified(5, first, false), Some(false));
+        assert!(c.zerocopy.is_empty());
     }
 
     #[test]

@@ -68,6 +68,12 @@ impl ThreadCore {
                     RecvResult::Err(e) => conn.begin_abort(Some(ConnError::Io(e)), false),
                 }
             }
+            Completion::SendAbandoned { slot, seq } => {
+                log::warn!(
+                    "netring: the kernel never released zero-copy send {seq} of a closed connection (slot {slot}); its buffers are leaked"
+                );
+                self.cache.zerocopy_abandoned(slot, seq);
+            }
             Completion::SendNotified { slot, seq, copied } => {
                 match self.cache.zerocopy_notified(slot, seq, copied) {
                     Some(true) => Stats::add(&self.engine.stats.zerocopy_copied, 1),

@@ -74,6 +74,29 @@ pub struct ThreadCore {
     trim_due: bool,
 }
 
+impl Drop for ThreadCore {
+    fn drop(&mut self) {
+        // NOTE: connections still open when the thread ends: bytes in their
+        // queues may be read by a zero-copy send in flight or not yet
+        // notified. They go through the cache's holding, whose drop leaks
+        // what is still owed instead of freeing it.
+        if !self.cache.zerocopy_active() {
+            return;
+        }
+        for id in self.conns.ids() {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            let held = self.cache.hold_for(id.index, id.generation);
+            conn.sendq.unpin();
+            conn.sendq.clear(&mut self.cache);
+            if held {
+                self.cache.hold_none();
+            }
+        }
+    }
+}
+
 impl ThreadCore {
     pub(crate) fn new(engine: Arc<Shared>, thread: u16, now: Instant) -> Self {
         ThreadCore {

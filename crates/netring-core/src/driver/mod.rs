@@ -42,15 +42,19 @@ pub fn datagram_capacity(buffer_size: usize) -> usize {
 }
 
 /// The tag both drivers give a kernel operation (io_uring's `user_data`,
-/// epoll's event data): the operation kind in the top byte, a 16-bit
-/// sequence below it (which datagram of an endpoint's send window), and
-/// the slot or listener in the low 32 bits.
+/// epoll's event data): the operation kind in the top byte, a 24-bit
+/// sequence below it (which datagram of an endpoint's send window, which
+/// zero-copy send of a slot), and the slot or listener in the low 32 bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Token {
     pub(crate) kind: u8,
-    pub(crate) seq: u16,
+    /// 24 bits ([`SEQ_MASK`]).
+    pub(crate) seq: u32,
     pub(crate) id: u32,
 }
+
+/// The bits of a [`Token`]'s sequence.
+pub(crate) const SEQ_MASK: u32 = 0xFF_FFFF;
 
 impl Token {
     /// A token for operation `kind` on slot (or listener) `id`.
@@ -59,13 +63,14 @@ impl Token {
     }
 
     pub(crate) fn pack(self) -> u64 {
+        debug_assert!(self.seq <= SEQ_MASK);
         (u64::from(self.kind) << 56) | (u64::from(self.seq) << 32) | u64::from(self.id)
     }
 
     pub(crate) fn unpack(data: u64) -> Self {
         Token {
             kind: (data >> 56) as u8,
-            seq: ((data >> 32) & 0xFFFF) as u16,
+            seq: ((data >> 32) as u32) & SEQ_MASK,
             id: (data & 0xFFFF_FFFF) as u32,
         }
     }
@@ -133,7 +138,7 @@ mod token_tests {
     fn tokens_round_trip_and_results_convert() {
         let t = Token {
             kind: 8,
-            seq: 0xBEEF,
+            seq: 0xBE_BEEF,
             id: u32::MAX,
         };
         assert_eq!(Token::unpack(t.pack()), t);
@@ -232,10 +237,15 @@ pub enum Completion {
         result: io::Result<usize>,
         notify: bool,
     },
-    /// The kernel is done with the buffers of zero-copy send `seq` on
-    /// `slot` (one per `Sent` with `notify`); `copied`: it did not send
-    /// them in place (copied after all, or the send failed).
-    SendNotified { slot: u32, seq: u16, copied: bool },
+    /// The kernel is done with the buffers of zero-copy send `seq` (its
+    /// low 24 bits) on `slot` (one per `Sent` with `notify`, or a
+    /// `SendAbandoned`); `copied`: it did not send them in place (copied
+    /// after all, or the send failed).
+    SendNotified { slot: u32, seq: u32, copied: bool },
+    /// The notification of zero-copy send `seq` on `slot` will never come
+    /// (its socket had to be closed while it was owed): the buffers it may
+    /// read must never be freed.
+    SendAbandoned { slot: u32, seq: u32 },
     /// The outbound connect on `slot` finished (or failed, or was cancelled).
     Connected { slot: u32, result: io::Result<()> },
     /// A datagram recv on endpoint `slot` completed.
@@ -265,9 +275,10 @@ pub struct SendState {
     /// Instead of `iov`: a range of a file, moved by the kernel from the
     /// file to the socket (`transport.sendfile`).
     pub file: Option<FileSpan>,
-    /// Send `iov` zero-copy as send number `seq` of its slot (only where
-    /// [`Driver::supports_zerocopy`]); its notification names `seq`.
-    pub zerocopy: Option<u16>,
+    /// Send `iov` zero-copy as send number `seq` (24 bits) of its slot
+    /// (only where [`Driver::supports_zerocopy`]); its notification names
+    /// `seq`.
+    pub zerocopy: Option<u32>,
 }
 
 /// A range of an open file to send; the descriptor stays open until the

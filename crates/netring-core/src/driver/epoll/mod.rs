@@ -145,7 +145,9 @@ fn is_final(completion: &Completion) -> bool {
         | Completion::RecvFrom { more, .. } => !*more,
         Completion::Sent { .. } | Completion::Connected { .. } | Completion::SentTo { .. } => true,
         // NOTE: a notification is not an operation (`in_flight`).
-        Completion::Woken | Completion::SendNotified { .. } => false,
+        Completion::Woken | Completion::SendNotified { .. } | Completion::SendAbandoned { .. } => {
+            false
+        }
     }
 }
 
@@ -169,7 +171,7 @@ fn is_transient_accept_error(e: Errno) -> bool {
 /// A send that found the socket buffer full, kept to retry it: its iovecs
 /// (and its zero-copy sequence), or its file range.
 enum WaitingSend {
-    Iov(Vec<libc::iovec>, Option<u16>),
+    Iov(Vec<libc::iovec>, Option<u32>),
     File(crate::driver::FileSpan),
 }
 
@@ -429,7 +431,7 @@ impl EpollDriver {
         slot: u32,
         fd: RawFd,
         iov: &[libc::iovec],
-        seq: Option<u16>,
+        seq: Option<u32>,
     ) -> Option<(io::Result<usize>, bool)> {
         if let Some(seq) = seq {
             match zerocopy::try_send(fd, zc.entry(slot).or_default(), iov, seq) {
@@ -448,9 +450,19 @@ impl EpollDriver {
         let Some(r) = self.retired.get_mut(&fd) else {
             return;
         };
-        zerocopy::drain(r.raw(), r.slot, &mut r.zc, out);
+        if zerocopy::drain(r.raw(), r.slot, &mut r.zc, out) && !r.reset {
+            r.deadline = Instant::now() + zerocopy::RETIRE_WAIT; // progress
+        }
         if !r.zc.owes() {
-            self.retired.remove(&fd); // closes it (the registration with it)
+            self.close_retired(fd);
+        }
+    }
+
+    /// Close a retired socket (its registration deleted first: a copy of
+    /// the descriptor elsewhere would keep it alive).
+    fn close_retired(&mut self, fd: RawFd) {
+        if let Some(r) = self.retired.remove(&fd) {
+            let _ = epoll::delete(&self.epoll, borrow(r.raw()));
         }
     }
 
@@ -475,6 +487,7 @@ impl EpollDriver {
             EventFlags::ERR | EventFlags::ET,
         ) {
             log::warn!("netring: epoll could not watch a closing socket's zero-copy notifications ({e}); its send buffers are leaked");
+            r.zc.abandon(slot, &mut self.pending);
             return;
         }
         self.retired.insert(raw, r);
@@ -485,6 +498,9 @@ impl EpollDriver {
     /// their buffers leaked.
     fn expire_retired(&mut self, out: &mut Vec<Completion>) {
         let now = Instant::now();
+        if self.next_deadline().is_none_or(|d| d > now) {
+            return;
+        }
         let due: Vec<RawFd> = self
             .retired
             .iter()
@@ -498,11 +514,9 @@ impl EpollDriver {
             if !r.reset {
                 r.reset(now);
                 self.retired_ready(fd, out);
-            } else if let Some(r) = self.retired.remove(&fd) {
-                log::warn!(
-                    "netring: a closed connection's zero-copy sends were not released by the kernel in time; their buffers are leaked"
-                );
-                drop(r);
+            } else {
+                r.zc.abandon(r.slot, out);
+                self.close_retired(fd);
             }
         }
     }

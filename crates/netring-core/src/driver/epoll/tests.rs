@@ -336,7 +336,7 @@ fn tcp_pair() -> (TcpStream, TcpStream) {
     (ours, theirs)
 }
 
-fn notified(c: &[Completion], slot: u32) -> Vec<(u16, bool)> {
+fn notified(c: &[Completion], slot: u32) -> Vec<(u32, bool)> {
     c.iter()
         .filter_map(|c| match c {
             Completion::SendNotified {

@@ -15,10 +15,11 @@
 //! socket to a [`Retired`] entry instead of closing it: half-closed (or
 //! reset, which drops what the kernel still queues and notifies at once),
 //! registered edge-triggered for `EPOLLERR`, closed when the last
-//! notification is in. One whose peer does not take the rest within
-//! [`RETIRE_WAIT`] is reset; one still owing [`RESET_WAIT`] after that is
-//! closed, its buffers never released (leaked, like an engine's that stops
-//! with notifications owed).
+//! notification is in. One whose peer takes nothing for [`RETIRE_WAIT`]
+//! (no notification comes) is reset; one still owing [`RESET_WAIT`] after
+//! that is closed, and the engine told (`Completion::SendAbandoned`) to
+//! never release those buffers (leaked, like an engine's that stops with
+//! notifications owed).
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,19 +28,15 @@ use std::time::{Duration, Instant};
 
 use crate::driver::Completion;
 
-/// How long a retired socket may wait for its peer to take what is left
-/// before it is reset.
+/// How long a retired socket may go without a notification (its peer
+/// taking nothing) before it is reset.
 pub(super) const RETIRE_WAIT: Duration = Duration::from_secs(30);
 /// How long a reset socket may still owe notifications before it is
 /// closed anyway (its buffers leaked).
 pub(super) const RESET_WAIT: Duration = Duration::from_secs(2);
 
-/// `SO_ZEROCOPY` (asm-generic/socket.h); not in every libc crate version.
-const SO_ZEROCOPY: libc::c_int = 60;
-/// `MSG_ZEROCOPY` (linux/socket.h).
-const MSG_ZEROCOPY: libc::c_int = 0x400_0000;
 /// `SO_EE_ORIGIN_ZEROCOPY` and `SO_EE_CODE_ZEROCOPY_COPIED`
-/// (linux/errqueue.h).
+/// (linux/errqueue.h; not in the libc crate).
 const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
 const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
 
@@ -51,7 +48,7 @@ pub(super) struct ZcSocket {
     /// The id the kernel gives the socket's next zero-copy send.
     next_id: u32,
     /// (kernel id, the engine's sequence), in id order.
-    owed: VecDeque<(u32, u16)>,
+    owed: VecDeque<(u32, u32)>,
 }
 
 impl ZcSocket {
@@ -69,12 +66,13 @@ pub(super) enum ZcSend {
     /// The kernel will not go zero-copy for this send (`ENOBUFS`: the
     /// socket's notification memory is spent): send it normally.
     Plain,
-    /// It failed (`EOPNOTSUPP` where the socket refuses `SO_ZEROCOPY`).
+    /// It failed; `EOPNOTSUPP` where the socket refuses `SO_ZEROCOPY` (the
+    /// engine sends it again, normally).
     Failed(io::Error),
 }
 
 /// One non-blocking zero-copy `sendmsg` of `iov` on `fd` as send `seq`.
-pub(super) fn try_send(fd: RawFd, zc: &mut ZcSocket, iov: &[libc::iovec], seq: u16) -> ZcSend {
+pub(super) fn try_send(fd: RawFd, zc: &mut ZcSocket, iov: &[libc::iovec], seq: u32) -> ZcSend {
     if !zc.enabled {
         let on: libc::c_int = 1;
         // SAFETY: a valid socket option of `c_int` size, read by the call.
@@ -82,13 +80,15 @@ pub(super) fn try_send(fd: RawFd, zc: &mut ZcSocket, iov: &[libc::iovec], seq: u
             libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
-                SO_ZEROCOPY,
+                libc::SO_ZEROCOPY,
                 (&on as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         if r != 0 {
-            return ZcSend::Failed(io::Error::last_os_error());
+            // NOTE: whatever the reason (EOPNOTSUPP, or ENOTSUPP on a Unix
+            // socket before Linux 5.18): refused, so sent normally.
+            return ZcSend::Failed(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
         zc.enabled = true;
     }
@@ -96,7 +96,7 @@ pub(super) fn try_send(fd: RawFd, zc: &mut ZcSocket, iov: &[libc::iovec], seq: u
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_ptr().cast_mut();
     msg.msg_iovlen = iov.len() as _;
-    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | MSG_ZEROCOPY;
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | libc::MSG_ZEROCOPY;
     loop {
         // SAFETY: the iovecs describe the connection's pinned send-queue
         // buffers, alive and unmodified until the notification of this
@@ -121,8 +121,9 @@ pub(super) fn try_send(fd: RawFd, zc: &mut ZcSocket, iov: &[libc::iovec], seq: u
 }
 
 /// Read every notification queued on `fd`'s error queue into
-/// `SendNotified` completions for `slot`.
-pub(super) fn drain(fd: RawFd, slot: u32, zc: &mut ZcSocket, out: &mut Vec<Completion>) {
+/// `SendNotified` completions for `slot`; whether any came.
+pub(super) fn drain(fd: RawFd, slot: u32, zc: &mut ZcSocket, out: &mut Vec<Completion>) -> bool {
+    let before = zc.owed.len();
     // Room for one IPv6 or IPv4 `sock_extended_err` with its offender.
     let mut control = [0u64; 16];
     loop {
@@ -137,7 +138,7 @@ pub(super) fn drain(fd: RawFd, slot: u32, zc: &mut ZcSocket, out: &mut Vec<Compl
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return; // EAGAIN: drained (or no error queue at all)
+            return zc.owed.len() != before; // EAGAIN: drained
         }
         // SAFETY: the kernel filled `msg_controllen` bytes of `control` with
         // well-formed control messages; the CMSG macros walk them.
@@ -192,6 +193,15 @@ pub(super) struct Retired {
     pub(super) deadline: Instant,
     /// Reset already (`RESET_WAIT` runs).
     pub(super) reset: bool,
+}
+
+impl ZcSocket {
+    /// Give up on every notification still owed (`SendAbandoned`).
+    pub(super) fn abandon(&mut self, slot: u32, out: &mut Vec<Completion>) {
+        for (_, seq) in self.owed.drain(..) {
+            out.push(Completion::SendAbandoned { slot, seq });
+        }
+    }
 }
 
 impl Retired {

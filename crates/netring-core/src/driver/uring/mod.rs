@@ -92,7 +92,7 @@ pub struct UringDriver {
     zerocopy: bool,
     /// Zero-copy sends in flight, by slot: their sequence (in their
     /// `user_data`, which a cancel must name exactly).
-    zc_sending: std::collections::HashMap<u32, u16>,
+    zc_sending: std::collections::HashMap<u32, u32>,
 }
 
 /// Why io_uring cannot be used here, as `syscall: ERRNO`.
@@ -373,7 +373,7 @@ impl UringDriver {
             }
             KIND_SENDTO => Some(Completion::SentTo {
                 slot: id,
-                seq,
+                seq: seq as u16,
                 result: result_of(res).map(|n| n as usize),
             }),
             KIND_WAKE => {
@@ -617,7 +617,7 @@ impl Driver for UringDriver {
             .user_data(
                 Token {
                     kind: KIND_SENDTO,
-                    seq,
+                    seq: u32::from(seq),
                     id: slot,
                 }
                 .pack(),

@@ -208,7 +208,7 @@ fn a_zero_copy_send_completes_then_notifies_and_a_cancel_names_the_one_in_flight
     }
     // Send until one waits in the kernel (a send may still find room
     // as the peer's acknowledgements come in).
-    let mut seq = 0u16;
+    let mut seq = 0u32;
     let mut done = Vec::new();
     loop {
         seq += 1;
@@ -224,7 +224,7 @@ fn a_zero_copy_send_completes_then_notifies_and_a_cancel_names_the_one_in_flight
         }
     }
     d.cancel_send(3, fd);
-    let notified = |c: &[Completion], s: u16| {
+    let notified = |c: &[Completion], s: u32| {
         c.iter()
             .any(|c| matches!(c, Completion::SendNotified { slot: 3, seq, .. } if *seq == s))
     };
