@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--proxy-protocol", choices=["v1", "v2", "any"],
                         help="expect a PROXY protocol header from 127.0.0.1")
     parser.add_argument("--zerocopy-threshold", type=int, default=None,
-                        help="zero-copy sends from this size (io_uring SEND_ZC, epoll MSG_ZEROCOPY)")
+                        help="zero-copy sends from this size (SEND_ZC, MSG_ZEROCOPY)")
     args = parser.parse_args()
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
