@@ -244,6 +244,42 @@ def test_options_that_do_not_apply_inside_asyncio_are_refused() -> None:
     run(main())
 
 
+def test_configure_sets_the_engine_options_of_loops_made_after_it(backend: str) -> None:
+    """netring.aio.configure: the pool's options for the loop's engine
+    (checked when given), here zero-copy sends and a backend; configure()
+    brings the defaults back."""
+    with pytest.raises(netring.ConfigurationError, match="zerocopy_threshold"):
+        aio.configure(zerocopy_threshold=100)
+    with pytest.raises(netring.ConfigurationError, match="buffers_per_thread"):
+        aio.configure(buffers_per_thread=3)
+    payload = os.urandom(4 << 20)
+
+    async def main() -> dict[str, Any]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(payload)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.readexactly(len(payload)) == payload
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return aio.engine_stats()
+
+    aio.configure(backend=backend, zerocopy_threshold=64 * 1024, buffer_size=8192)
+    try:
+        stats = run(main(), loop_factory=aio.new_event_loop)
+    finally:
+        aio.configure()
+    assert stats["backend"] == backend
+    assert stats["zerocopy_sends"] + stats["zerocopy_copied"] >= 1, stats
+    assert aio._engine_options() == {
+        "backend": os.environ.get("NETRING_BACKEND", "auto") or "auto"}
+
+
 def test_asyncio_streams_on_the_engine(hosted_backend: str, loop_factory: Any) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert writer.get_extra_info("peername")[0] == "127.0.0.1"

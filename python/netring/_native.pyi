@@ -70,6 +70,7 @@ class Engine:
         buffer_size: int | None = None,
         buffers_per_thread: int | None = None,
         max_buffer_memory: int | None = None,
+        zerocopy_threshold: int | None = None,
     ) -> tuple[Engine, HostedTurns]: ...
     def __init__(
         self,

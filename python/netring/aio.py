@@ -57,14 +57,14 @@ from types import TracebackType
 from typing import Any
 
 from . import _native
-from ._args import check_seconds
+from ._args import check_pool_options, check_seconds
 from .errors import ConfigurationError
 from .pool import IOPool
 from .server import DEFAULT_GRACE_SECONDS, Server
 from .tls import TLSClientConfig, TLSConfig
 
-__all__ = ["AioServer", "PacketReader", "PacketWriter", "create_connection", "create_server",
-           "engine_stats", "install", "new_event_loop", "open_connection",
+__all__ = ["AioServer", "PacketReader", "PacketWriter", "configure", "create_connection",
+           "create_server", "engine_stats", "install", "new_event_loop", "open_connection",
            "open_packet_connection", "sendfile", "start_packet_server", "start_server"]
 
 log = logging.getLogger("netring.aio")
@@ -72,14 +72,40 @@ log = logging.getLogger("netring.aio")
 #: How long closing a loop waits for its engine to finish (seconds).
 CLOSE_TIMEOUT = 2.0
 
+#: What `configure` set (checked), for the engines of loops made after it.
+_configured: dict[str, Any] = {}
+
+
+def configure(*, backend: str | None = None, buffer_size: int | None = None,
+              buffers_per_thread: int | None = None, max_buffer_memory: int | None = None,
+              zerocopy_threshold: int | None = None) -> None:
+    """The engine options of loops that get their engine from now on (a
+    loop's engine is made when it first serves or connects): ``IOPool``'s,
+    with the same checks and defaults (``backend``: ``$NETRING_BACKEND``, or
+    "auto"). Each call replaces the last; ``configure()`` restores the
+    defaults. Engines already running keep what they were made with."""
+    options = check_pool_options(None, backend, buffer_size, buffers_per_thread,
+                                 max_buffer_memory, zerocopy_threshold)
+    del options["io_threads"]  # the loop's own thread, always one
+    _configured.clear()
+    _configured.update({k: v for k, v in options.items() if v is not None and k != "backend"})
+    if backend is not None:
+        _configured["backend"] = options["backend"]
+
+
+def _engine_options() -> dict[str, Any]:
+    options = dict(_configured)
+    if "backend" not in options:
+        options["backend"] = os.environ.get("NETRING_BACKEND", "auto") or "auto"
+    return options
+
 
 class _Host:
     """One asyncio loop's hosted engine: the loop watches its descriptor and
     runs its turns."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        backend = os.environ.get("NETRING_BACKEND", "auto") or "auto"
-        engine, turns = _native.Engine.hosted(backend)
+        engine, turns = _native.Engine.hosted(**_engine_options())
         self.pool = IOPool._around(engine)
         self.turns: Any = turns
         self.fd: int = turns.fd()
@@ -383,11 +409,11 @@ async def create_server(protocol_factory: Callable[[], Any], host: str = "127.0.
     loop = asyncio.get_running_loop()
     grace = check_seconds("grace", grace)
     for name in ("pool", "io_threads", "backend", "buffer_size", "buffers_per_thread",
-                 "max_buffer_memory"):
+                 "max_buffer_memory", "zerocopy_threshold"):
         if name in options:
             raise ConfigurationError(
                 f"{name}: not an option inside asyncio (the loop's engine is one IO thread: "
-                "the loop's own); set $NETRING_BACKEND for the backend")
+                "the loop's own); netring.aio.configure() sets its engine options")
     server = Server(protocol_factory, host, port, pool=_host(loop).pool, **options)
     server.start()
     return AioServer(server, loop, grace, _close_connections)

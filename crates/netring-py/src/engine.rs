@@ -168,13 +168,14 @@ impl Engine {
 
     /// A hosted engine (one IO thread: the calling one) and its turns.
     #[staticmethod]
-    #[pyo3(signature = (backend="auto", buffer_size=None, buffers_per_thread=None, max_buffer_memory=None))]
+    #[pyo3(signature = (backend="auto", buffer_size=None, buffers_per_thread=None, max_buffer_memory=None, zerocopy_threshold=None))]
     fn hosted(
         py: Python<'_>,
         backend: &str,
         buffer_size: Option<usize>,
         buffers_per_thread: Option<usize>,
         max_buffer_memory: Option<usize>,
+        zerocopy_threshold: Option<usize>,
     ) -> PyResult<(Engine, HostedTurns)> {
         let config = engine_config(
             py,
@@ -183,7 +184,7 @@ impl Engine {
             buffer_size,
             buffers_per_thread,
             max_buffer_memory,
-            None,
+            zerocopy_threshold,
         )?;
         let (engine, hosted) =
             netring_core::Engine::start_hosted(config).map_err(|e| to_py(py, e))?;
