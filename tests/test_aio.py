@@ -240,6 +240,8 @@ def test_options_that_do_not_apply_inside_asyncio_are_refused() -> None:
             await aio.create_server(AwaitingEcho, io_threads=2)
         with pytest.raises(netring.ConfigurationError, match="backend"):
             await aio.create_server(AwaitingEcho, backend="epoll")
+        with pytest.raises(netring.ConfigurationError, match=r"zerocopy_threshold.*configure"):
+            await aio.create_server(AwaitingEcho, zerocopy_threshold=65536)
 
     run(main())
 
@@ -248,10 +250,13 @@ def test_configure_sets_the_engine_options_of_loops_made_after_it(backend: str) 
     """netring.aio.configure: the pool's options for the loop's engine
     (checked when given), here zero-copy sends and a backend; configure()
     brings the defaults back."""
-    with pytest.raises(netring.ConfigurationError, match="zerocopy_threshold"):
-        aio.configure(zerocopy_threshold=100)
-    with pytest.raises(netring.ConfigurationError, match="buffers_per_thread"):
-        aio.configure(buffers_per_thread=3)
+    try:
+        with pytest.raises(netring.ConfigurationError, match="zerocopy_threshold"):
+            aio.configure(zerocopy_threshold=100)
+        with pytest.raises(netring.ConfigurationError, match="buffers_per_thread"):
+            aio.configure(buffers_per_thread=3)
+    finally:
+        aio.configure()
     payload = os.urandom(4 << 20)
 
     async def main() -> dict[str, Any]:

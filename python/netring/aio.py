@@ -79,18 +79,18 @@ _configured: dict[str, Any] = {}
 def configure(*, backend: str | None = None, buffer_size: int | None = None,
               buffers_per_thread: int | None = None, max_buffer_memory: int | None = None,
               zerocopy_threshold: int | None = None) -> None:
-    """The engine options of loops that get their engine from now on (a
-    loop's engine is made when it first serves or connects): ``IOPool``'s,
-    with the same checks and defaults (``backend``: ``$NETRING_BACKEND``, or
-    "auto"). Each call replaces the last; ``configure()`` restores the
-    defaults. Engines already running keep what they were made with."""
-    options = check_pool_options(None, backend, buffer_size, buffers_per_thread,
-                                 max_buffer_memory, zerocopy_threshold)
+    """The engine options of engines made from now on (a loop's engine is
+    made when it first serves or connects): ``IOPool``'s, with the same
+    checks and defaults (``backend``: ``$NETRING_BACKEND``, or "auto").
+    Each call replaces the last; ``configure()`` restores the defaults.
+    Engines already running keep what they were made with."""
+    global _configured
+    options = check_pool_options(None, "auto" if backend is None else backend, buffer_size,
+                                 buffers_per_thread, max_buffer_memory, zerocopy_threshold)
     del options["io_threads"]  # the loop's own thread, always one
-    _configured.clear()
-    _configured.update({k: v for k, v in options.items() if v is not None and k != "backend"})
-    if backend is not None:
-        _configured["backend"] = options["backend"]
+    if backend is None:
+        del options["backend"]  # $NETRING_BACKEND when the engine is made
+    _configured = {k: v for k, v in options.items() if v is not None}
 
 
 def _engine_options() -> dict[str, Any]:
@@ -411,9 +411,11 @@ async def create_server(protocol_factory: Callable[[], Any], host: str = "127.0.
     for name in ("pool", "io_threads", "backend", "buffer_size", "buffers_per_thread",
                  "max_buffer_memory", "zerocopy_threshold"):
         if name in options:
-            raise ConfigurationError(
-                f"{name}: not an option inside asyncio (the loop's engine is one IO thread: "
-                "the loop's own); netring.aio.configure() sets its engine options")
+            where = ("netring.aio.configure() sets it for the loop's engine"
+                     if name not in ("pool", "io_threads") else
+                     "the loop's engine is one IO thread: the loop's own")
+            raise ConfigurationError(f"{name}: not an option of create_server inside asyncio; "
+                                     f"{where}")
     server = Server(protocol_factory, host, port, pool=_host(loop).pool, **options)
     server.start()
     return AioServer(server, loop, grace, _close_connections)

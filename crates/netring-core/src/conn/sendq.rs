@@ -311,7 +311,7 @@ impl BufCache {
         }
     }
 
-    /// The notification of zero-copy send `seq` (its low 16 bits) on
+    /// The notification of zero-copy send `seq` (its low 24 bits) on
     /// `slot` arrived; `copied`: the kernel did not send in place. Returns
     /// whether it was copied, for a send that took bytes (a failed or
     /// cancelled one reports "copied" too, and says nothing about the

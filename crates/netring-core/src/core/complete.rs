@@ -69,9 +69,7 @@ impl ThreadCore {
                 }
             }
             Completion::SendAbandoned { slot, seq } => {
-                log::warn!(
-                    "netring: the kernel never released zero-copy send {seq} of a closed connection (slot {slot}); its buffers are leaked"
-                );
+                // NOTE: the driver logged it, once per socket.
                 self.cache.zerocopy_abandoned(slot, seq);
             }
             Completion::SendNotified { slot, seq, copied } => {

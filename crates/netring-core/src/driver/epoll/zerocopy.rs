@@ -198,6 +198,10 @@ pub(super) struct Retired {
 impl ZcSocket {
     /// Give up on every notification still owed (`SendAbandoned`).
     pub(super) fn abandon(&mut self, slot: u32, out: &mut Vec<Completion>) {
+        log::warn!(
+            "netring: the kernel did not release {} zero-copy send(s) of a closed connection in time; their buffers are leaked",
+            self.owed.len()
+        );
         for (_, seq) in self.owed.drain(..) {
             out.push(Completion::SendAbandoned { slot, seq });
         }
