@@ -426,6 +426,7 @@ impl EpollDriver {
     /// Send `iov` now: zero-copy as send `seq` when given (falling back to
     /// a plain send where the kernel says so). `None`: the socket is full;
     /// else the result and whether a notification is owed for it.
+    #[inline(always)]
     fn send_iov(
         zc: &mut HashMap<u32, ZcSocket>,
         slot: u32,
@@ -433,15 +434,42 @@ impl EpollDriver {
         iov: &[libc::iovec],
         seq: Option<u32>,
     ) -> Option<(io::Result<usize>, bool)> {
-        if let Some(seq) = seq {
-            match zerocopy::try_send(fd, zc.entry(slot).or_default(), iov, seq) {
-                ZcSend::Sent(n) => return Some((Ok(n), true)),
-                ZcSend::Full => return None,
-                ZcSend::Failed(e) => return Some((Err(e), false)),
-                ZcSend::Plain => {}
+        match seq {
+            // NOTE: the common case stays what it was: one inlined sendmsg.
+            None => try_send(fd, iov).map(|r| (r, false)),
+            Some(seq) => Self::send_zerocopy(zc, slot, fd, iov, seq),
+        }
+    }
+
+    /// A zero-copy send of `slot` owes a notification: keep its socket
+    /// registered for `EPOLLERR`.
+    #[cold]
+    fn watch_notifications(&mut self, slot: u32, fd: RawFd) {
+        let conn = Self::conn_entry(&mut self.conns, slot, fd);
+        if !conn.zc {
+            conn.zc = true;
+            if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
+                log::warn!(
+                    "netring: epoll could not watch slot {slot}'s zero-copy notifications: {e}"
+                );
             }
         }
-        try_send(fd, iov).map(|r| (r, false))
+    }
+
+    #[cold]
+    fn send_zerocopy(
+        zc: &mut HashMap<u32, ZcSocket>,
+        slot: u32,
+        fd: RawFd,
+        iov: &[libc::iovec],
+        seq: u32,
+    ) -> Option<(io::Result<usize>, bool)> {
+        match zerocopy::try_send(fd, zc.entry(slot).or_default(), iov, seq) {
+            ZcSend::Sent(n) => Some((Ok(n), true)),
+            ZcSend::Full => None,
+            ZcSend::Failed(e) => Some((Err(e), false)),
+            ZcSend::Plain => try_send(fd, iov).map(|r| (r, false)),
+        }
     }
 
     /// `EPOLLERR` on a retired socket: its notifications; closed when the
@@ -701,13 +729,7 @@ impl Driver for EpollDriver {
                 notify,
             });
             if notify {
-                let conn = Self::conn_entry(&mut self.conns, slot, fd);
-                if !conn.zc {
-                    conn.zc = true;
-                    if let Err(e) = Self::sync_interest(&self.epoll, slot, conn) {
-                        log::warn!("netring: epoll could not watch slot {slot}'s zero-copy notifications: {e}");
-                    }
-                }
+                self.watch_notifications(slot, fd);
             }
             return;
         }
