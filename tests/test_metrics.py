@@ -89,6 +89,8 @@ def test_counters_move_with_traffic(backend: str) -> None:
         assert fams["netring_received_bytes"].type == "counter"
         assert fams["netring_connections_open"].type == "gauge"
         assert fams["netring_buffer_memory_bytes"].type == "gauge"
+        assert fams["netring_zerocopy_abandoned"].type == "counter"
+        assert before.value("netring_zerocopy_abandoned_total", pool="echo") == 0
         assert all(f.documentation for name, f in fams.items() if name.startswith("netring"))
         assert "netring_connections_accepted_total{" in before.text
         assert "process_cpu_seconds_total" in before.text  # this process's own figures

@@ -173,11 +173,14 @@ POOL_METRICS: dict[str, tuple[str, str, str]] = {
     "frames_out": ("netring_frames_sent", "counter",
                    "Packets queued for sending framed (send_packet, send_packets)."),
     "zerocopy_sends": ("netring_zerocopy_sends", "counter",
-                       "Zero-copy sends the kernel sent in place (io_uring SEND_ZC, "
+                       "Zero-copy sends the kernel sent in place (SEND_ZC, MSG_ZEROCOPY; "
                        "zerocopy_threshold)."),
     "zerocopy_copied": ("netring_zerocopy_copied", "counter",
                         "Zero-copy sends the kernel copied after all (loopback): each turns "
                         "zero-copy off for its connection."),
+    "zerocopy_abandoned": ("netring_zerocopy_abandoned", "counter",
+                           "Zero-copy sends of closed connections the kernel did not release "
+                           "in time (epoll): their buffers are leaked."),
     "datagrams_in": ("netring_datagrams_received", "counter", "UDP datagrams received."),
     "datagrams_out": ("netring_datagrams_sent", "counter", "UDP datagrams sent."),
     "datagrams_truncated": ("netring_datagrams_truncated", "counter",

@@ -26,6 +26,7 @@ pub struct Stats {
     pub(crate) frames_out: AtomicU64,
     pub(crate) zerocopy_sends: AtomicU64,
     pub(crate) zerocopy_copied: AtomicU64,
+    pub(crate) zerocopy_abandoned: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -84,6 +85,10 @@ pub struct StatsSnapshot {
     /// Zero-copy sends the kernel copied after all (loopback, a device
     /// without scatter-gather): each turns zero-copy off for its connection.
     pub zerocopy_copied: u64,
+    /// Zero-copy sends whose notification never came (epoll: a closed
+    /// connection's socket given up after its deadline): the buffers they
+    /// may read are leaked, never freed.
+    pub zerocopy_abandoned: u64,
     /// Bytes buffered for connections now (queued writes, partial packets,
     /// held input), the quantity `max_buffer_memory` caps; counted only
     /// when that cap is set (0 otherwise).
@@ -122,6 +127,7 @@ impl Stats {
             frames_out: self.frames_out.load(Ordering::Relaxed),
             zerocopy_sends: self.zerocopy_sends.load(Ordering::Relaxed),
             zerocopy_copied: self.zerocopy_copied.load(Ordering::Relaxed),
+            zerocopy_abandoned: self.zerocopy_abandoned.load(Ordering::Relaxed),
             buffer_memory: 0,
         }
     }

@@ -575,6 +575,7 @@ impl Engine {
         d.set_item("frames_out", s.frames_out)?;
         d.set_item("zerocopy_sends", s.zerocopy_sends)?;
         d.set_item("zerocopy_copied", s.zerocopy_copied)?;
+        d.set_item("zerocopy_abandoned", s.zerocopy_abandoned)?;
         d.set_item("buffer_memory", s.buffer_memory)?;
         let times = self.engine.times();
         d.set_item("turn_seconds", histogram(py, &times.turn)?)?;

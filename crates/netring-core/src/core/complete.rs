@@ -70,6 +70,7 @@ impl ThreadCore {
             }
             Completion::SendAbandoned { slot, seq } => {
                 // NOTE: the driver logged it, once per socket.
+                Stats::add(&self.engine.stats.zerocopy_abandoned, 1);
                 self.cache.zerocopy_abandoned(slot, seq);
             }
             Completion::SendNotified { slot, seq, copied } => {
