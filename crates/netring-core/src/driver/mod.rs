@@ -385,7 +385,7 @@ pub trait Driver {
     }
     /// Free receive buffers that went unused since the last call; returns
     /// the bytes freed. (io_uring's ring is registered with the kernel and
-    /// stays whole.)
+    /// stays whole: there it sets how deep the ring is kept.)
     fn trim_buffers(&mut self) -> usize {
         0
     }

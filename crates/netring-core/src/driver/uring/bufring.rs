@@ -2,11 +2,27 @@
 //!
 //! The kernel picks a buffer from this ring for each multishot recv
 //! completion, so an idle connection owns no buffer: memory is taken only
-//! when bytes arrive. The loop returns each buffer with [`BufRing::push`]
-//! after the batch that used it was dispatched, and publishes the new tail
-//! once per loop turn with [`BufRing::publish`]. When the ring is empty the
-//! kernel ends the multishot recv with `ENOBUFS`; the loop re-arms the recv
-//! after publishing, so a dry pool delays a connection but never fails it.
+//! when bytes arrive. The loop gives each buffer back with
+//! [`BufRing::release`] after the batch that used it was dispatched, and
+//! puts buffers in the ring once per loop turn with [`BufRing::publish`].
+//! When the ring is empty the kernel ends the multishot recv with
+//! `ENOBUFS`; the loop re-arms the recv after publishing, so a dry pool
+//! delays a connection but never fails it.
+//!
+//! The ring is kept only as deep as the reads need (`depth`), refilled
+//! with the buffers given back last, which are still in the CPU's caches:
+//! the kernel takes buffers from the ring's head in order, so a ring of
+//! all 512 would make every buffer wait for the other 511 (8 MiB) and
+//! arrive cold, for the kernel's copy into it and ours out of it. The rest
+//! wait in a stack. The depth doubles when the ring runs dry and follows
+//! twice the most taken in one turn at each trim (once a second).
+//!
+//! A bundle recv (`IORING_RECVSEND_BUNDLE`, Linux 6.10) fills several
+//! buffers in one completion: the ones at consecutive ring entries from the
+//! head, first to last, each full but the last. The completion names only
+//! the first; [`BufRing::bundle`] finds the rest from where each buffer was
+//! put (buffers come back in any order, so a buffer's id says nothing
+//! about its neighbours).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
@@ -16,6 +32,10 @@ use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 const PAGE_BYTES: usize = 4096;
+
+/// The least a ring is kept filled with, in bytes of buffers (64 of the
+/// default 16 KiB): what a turn of a few busy streams takes.
+const DEPTH_MIN_BYTES: usize = 1 << 20;
 
 /// The ring of entries plus the buffers it hands out.
 pub struct BufRing {
@@ -27,8 +47,25 @@ pub struct BufRing {
     buf_size: usize,
     /// Tail not yet published to the kernel.
     local_tail: u16,
-    /// Buffers pushed since the last publish.
+    /// Buffers put in the ring since the last publish.
     pending: usize,
+    /// The buffer at each ring entry (by entry index), as last put.
+    bid_at: Vec<u16>,
+    /// The ring entry each buffer was last put at (by buffer id).
+    entry_of: Vec<u16>,
+    /// Buffers given back and not in the ring; the last given back on top.
+    spare: Vec<u16>,
+    /// Buffers in the ring that the kernel has not taken (as far as the
+    /// completions tell; reset when the kernel finds the ring empty).
+    in_ring: usize,
+    /// How many buffers the ring is kept filled with.
+    depth: usize,
+    /// The least `depth` (`DEPTH_MIN_BYTES`, at most every buffer).
+    floor: usize,
+    /// Buffers taken since the last publish.
+    taken: usize,
+    /// The most taken between two publishes since the last `adapt`.
+    peak: usize,
 }
 
 // SAFETY: the ring and buffers are plain heap memory owned by this struct;
@@ -52,6 +89,7 @@ impl BufRing {
         if ring_mem.is_null() || bufs.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
+        let floor = (DEPTH_MIN_BYTES / buf_size).clamp(1, usize::from(entries));
         let mut me = BufRing {
             ring: ring_mem,
             ring_layout,
@@ -61,6 +99,15 @@ impl BufRing {
             buf_size,
             local_tail: 0,
             pending: 0,
+            bid_at: vec![0; usize::from(entries)],
+            entry_of: vec![0; usize::from(entries)],
+            // Buffer 0 on top: the first ones used are the lowest.
+            spare: (0..entries).rev().collect(),
+            in_ring: 0,
+            depth: floor,
+            floor,
+            taken: 0,
+            peak: 0,
         };
         // SAFETY: the ring memory is page-aligned, sized for `entries`, and
         // lives until `Drop`, which runs after the io_uring instance is gone
@@ -68,9 +115,6 @@ impl BufRing {
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(ring_mem as u64, entries, bgid, 0)?;
-        }
-        for bid in 0..entries {
-            me.push(bid);
         }
         me.publish();
         Ok(me)
@@ -83,22 +127,81 @@ impl BufRing {
         unsafe { self.bufs.add(usize::from(bid) * self.buf_size) }
     }
 
-    /// Queue buffer `bid` for return to the kernel (visible after `publish`).
-    pub fn push(&mut self, bid: u16) {
+    /// The size of every buffer.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Give buffer `bid` back (it goes into the ring at a `publish`).
+    pub fn release(&mut self, bid: u16) {
+        debug_assert!(self.spare.len() < usize::from(self.entries));
+        self.spare.push(bid);
+    }
+
+    /// The kernel took `n` buffers (a completion said so).
+    pub fn taken(&mut self, n: usize) {
+        self.in_ring = self.in_ring.saturating_sub(n);
+        self.taken += n;
+    }
+
+    /// The kernel found the ring empty (`ENOBUFS`): keep it deeper.
+    pub fn ran_dry(&mut self) {
+        // NOTE: also the one point where the count is known exactly.
+        self.in_ring = 0;
+        self.depth = (self.depth * 2).min(usize::from(self.entries));
+    }
+
+    /// Whether the ring is kept deeper than its floor (`adapt` may make
+    /// it shallower again).
+    pub fn deepened(&self) -> bool {
+        self.depth > self.floor
+    }
+
+    /// Follow the reads of the last while: twice the most taken in one
+    /// turn, at least the floor.
+    pub fn adapt(&mut self) {
+        let peak = std::mem::take(&mut self.peak).max(self.taken);
+        self.depth = (peak * 2).clamp(self.floor, usize::from(self.entries));
+    }
+
+    /// The buffers a bundle of `len` bytes starting with buffer `first`
+    /// filled, in order: `first` and the buffers put after it, one per
+    /// `buf_size` bytes.
+    pub fn bundle(&self, first: u16, len: usize) -> impl Iterator<Item = u16> + '_ {
+        let mask = self.entries - 1;
+        let start = self.entry_of[usize::from(first)];
+        let count = len.div_ceil(self.buf_size).max(1);
+        debug_assert!(count <= usize::from(self.entries));
+        (0..count as u16).map(move |i| self.bid_at[usize::from(start.wrapping_add(i) & mask)])
+    }
+
+    /// Put buffer `bid` at the ring's tail (visible after `publish`).
+    fn put(&mut self, bid: u16) {
         let mask = self.entries - 1;
         let idx = usize::from(self.local_tail & mask);
         // SAFETY: idx < entries; the kernel does not read entries past the
-        // published tail, so writing this one races with nothing.
+        // published tail, and fewer than `entries` buffers are ever in the
+        // ring (there are no more), so this entry is not one it may still
+        // take: writing it races with nothing.
         let entry = unsafe { &mut *self.ring.add(idx) };
         entry.set_addr(self.buf_ptr(bid) as u64);
         entry.set_len(self.buf_size as u32);
         entry.set_bid(bid);
+        self.bid_at[idx] = bid;
+        self.entry_of[usize::from(bid)] = idx as u16;
         self.local_tail = self.local_tail.wrapping_add(1);
         self.pending += 1;
+        self.in_ring += 1;
     }
 
-    /// Publish pushed buffers to the kernel.
+    /// Fill the ring to its depth with the buffers given back last, and
+    /// publish them to the kernel.
     pub fn publish(&mut self) {
+        self.peak = self.peak.max(std::mem::take(&mut self.taken));
+        while self.in_ring < self.depth {
+            let Some(bid) = self.spare.pop() else { break };
+            self.put(bid);
+        }
         if self.pending == 0 {
             return;
         }

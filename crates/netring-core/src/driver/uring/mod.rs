@@ -3,7 +3,9 @@
 //! One ring per IO thread, created on that thread with SINGLE_ISSUER and
 //! DEFER_TASKRUN (completion work runs only when this thread enters the
 //! kernel, so there are no surprise interrupts of user code). Multishot
-//! accept and multishot recv into a provided-buffer ring; one vectored
+//! accept and multishot recv into a provided-buffer ring (a recv takes a
+//! bundle of buffers per completion where the kernel can, Linux 6.10: a
+//! stream's read is as large as what waits, in 16 KiB buffers); one vectored
 //! `sendmsg(MSG_NOSIGNAL)` in flight per socket; the mailbox eventfd has a
 //! `read` kept in the ring so other threads can wake this one.
 //!
@@ -93,6 +95,9 @@ pub struct UringDriver {
     /// Zero-copy sends in flight, by slot: their sequence (in their
     /// `user_data`, which a cancel must name exactly).
     zc_sending: std::collections::HashMap<u32, u32>,
+    /// Stream recvs take bundles: one completion for as many buffers as
+    /// the bytes waiting fill (Linux 6.10, `IORING_FEAT_RECVSEND_BUNDLE`).
+    bundles: bool,
 }
 
 /// Why io_uring cannot be used here, as `syscall: ERRNO`.
@@ -185,6 +190,10 @@ impl UringDriver {
         if !ring.params().is_feature_ext_arg() {
             return Err("io_uring feature EXT_ARG missing (kernel < 5.11)".into());
         }
+        // NOTE: a stream's bytes arrive in 16 KiB buffers either way; a
+        // bundle fills as many as the socket holds in one recv, where a
+        // plain multishot recv runs (and completes) once per buffer.
+        let bundles = ring.params().is_feature_recvsend_bundle();
         let entries = u16::try_from(buffers).map_err(|_| "too many buffers".to_string())?;
         let bufs = BufRing::new(&ring, entries, buffer_size, BUF_GROUP)
             .map_err(|e| describe("io_uring_register(PBUF_RING)", &e))?;
@@ -206,6 +215,7 @@ impl UringDriver {
             file_scratch: Vec::new(),
             zerocopy,
             zc_sending: std::collections::HashMap::new(),
+            bundles,
         })
     }
 
@@ -266,7 +276,19 @@ impl UringDriver {
         self.push(entry);
     }
 
-    fn convert(&mut self, cqe: &cqueue::Entry) -> Option<Completion> {
+    /// The completion(s) of `cqe` into `out` (a bundle's bytes: one per
+    /// buffer, in order).
+    fn convert(&mut self, cqe: &cqueue::Entry, out: &mut Vec<Completion>) {
+        if let Some(c) = self.convert_one(cqe, out) {
+            out.push(c);
+        }
+    }
+
+    fn convert_one(
+        &mut self,
+        cqe: &cqueue::Entry,
+        out: &mut Vec<Completion>,
+    ) -> Option<Completion> {
         let Token { kind, seq, id } = Token::unpack(cqe.user_data());
         let res = cqe.result();
         let more = cqueue::more(cqe.flags());
@@ -297,14 +319,44 @@ impl UringDriver {
                 let result = if res > 0 {
                     let bid = cqueue::buffer_select(cqe.flags())
                         .expect("recv completion with data but no buffer id");
+                    let size = self.bufs.buf_size();
+                    let mut left = res as usize;
+                    self.bufs.taken(left.div_ceil(size));
+                    if left > size {
+                        // A bundle: every buffer but the last is full, each
+                        // its own chunk (the core releases them one by one).
+                        for bid in self.bufs.bundle(bid, left) {
+                            let len = left.min(size);
+                            left -= len;
+                            let chunk = Chunk {
+                                ptr: self.bufs.buf_ptr(bid),
+                                len,
+                                bid,
+                            };
+                            if left == 0 {
+                                return Some(Completion::Recv {
+                                    slot: id,
+                                    result: RecvResult::Data(chunk),
+                                    more,
+                                });
+                            }
+                            out.push(Completion::Recv {
+                                slot: id,
+                                result: RecvResult::Data(chunk),
+                                more: true,
+                            });
+                        }
+                        unreachable!("a bundle's buffers cover its bytes");
+                    }
                     RecvResult::Data(Chunk {
                         ptr: self.bufs.buf_ptr(bid),
-                        len: res as usize,
+                        len: left,
                         bid,
                     })
                 } else if res == 0 {
                     RecvResult::Eof
                 } else if res == -libc::ENOBUFS {
+                    self.bufs.ran_dry();
                     RecvResult::NoBuffers
                 } else if res == -libc::ECANCELED {
                     RecvResult::Cancelled
@@ -346,8 +398,10 @@ impl UringDriver {
                 let result = if res >= 0 {
                     let bid = cqueue::buffer_select(cqe.flags())
                         .expect("recvmsg completion without a buffer id");
+                    self.bufs.taken(1);
                     self.datagram(bid, res as usize, id)
                 } else if res == -libc::ENOBUFS {
+                    self.bufs.ran_dry();
                     DgramResult::NoBuffers
                 } else if res == -libc::ECANCELED {
                     DgramResult::Cancelled
@@ -500,9 +554,12 @@ impl Driver for UringDriver {
     }
 
     fn arm_recv(&mut self, slot: u32, fd: RawFd) {
-        let entry = opcode::RecvMulti::new(types::Fd(fd), BUF_GROUP)
-            .build()
-            .user_data(user_data(KIND_RECV, slot));
+        let entry = if self.bundles {
+            opcode::RecvMultiBundle::new(types::Fd(fd), BUF_GROUP).build()
+        } else {
+            opcode::RecvMulti::new(types::Fd(fd), BUF_GROUP).build()
+        };
+        let entry = entry.user_data(user_data(KIND_RECV, slot));
         self.in_flight += 1;
         self.push(entry);
     }
@@ -700,16 +757,25 @@ impl Driver for UringDriver {
         cqes.extend(self.ring.completion());
         out.reserve(cqes.len());
         for cqe in &cqes {
-            if let Some(c) = self.convert(cqe) {
-                out.push(c);
-            }
+            self.convert(cqe, out);
         }
         self.cqes = cqes;
         Ok(())
     }
 
     fn release(&mut self, bid: u16) {
-        self.bufs.push(bid);
+        self.bufs.release(bid);
+    }
+
+    fn has_spare_buffers(&self) -> bool {
+        self.bufs.deepened()
+    }
+
+    fn trim_buffers(&mut self) -> usize {
+        // NOTE: the ring's memory stays registered and whole; only how many
+        // of its buffers wait in the ring follows the load.
+        self.bufs.adapt();
+        0
     }
 
     fn fd(&self) -> RawFd {

@@ -238,3 +238,230 @@ fn a_zero_copy_send_completes_then_notifies_and_a_cancel_names_the_one_in_flight
     assert_eq!(d.in_flight(), 0);
     drop(theirs);
 }
+
+#[test]
+fn a_bundle_recv_delivers_its_buffers_in_order_whatever_order_they_came_back_in() {
+    let Ok(mut d) = UringDriver::new(64, 1024) else {
+        return; // io_uring refused here
+    };
+    let (ours, theirs) = tcp_pair();
+    let fd = ours.as_raw_fd();
+    let mut writer = &theirs;
+    let (mut chunks, mut cqes) = (0usize, 0usize);
+    for round in 0..6u8 {
+        // Bytes that say where they belong, already waiting when the recv
+        // runs (one bundle can take them all).
+        let sent: Vec<u8> = (0..40_000u32)
+            .map(|i| (i % 251) as u8 ^ round.wrapping_mul(31))
+            .collect();
+        writer.write_all(&sent).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        d.arm_recv(1, fd);
+        let mut got = Vec::new();
+        let mut bids = Vec::new();
+        let end = Instant::now() + Duration::from_secs(5);
+        while got.len() < sent.len() {
+            assert!(
+                Instant::now() < end,
+                "{} of {} bytes",
+                got.len(),
+                sent.len()
+            );
+            let mut out = Vec::new();
+            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+            cqes += d.cqes.len();
+            for c in out {
+                match c {
+                    Completion::Recv {
+                        slot: 1,
+                        result: RecvResult::Data(chunk),
+                        ..
+                    } => {
+                        // SAFETY: the chunk's buffer is ours until released.
+                        got.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(chunk.ptr, chunk.len)
+                        });
+                        bids.push(chunk.bid);
+                        chunks += 1;
+                    }
+                    // The multishot recv ends when the 64 buffers run out.
+                    Completion::Recv {
+                        result: RecvResult::NoBuffers,
+                        ..
+                    } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // Back in an order unlike the one they were taken in, so the
+            // ring's entries and the buffers' ids part ways.
+            bids.reverse();
+            for bid in bids.drain(..) {
+                d.release(bid);
+            }
+            if got.len() < sent.len() && d.in_flight() == 0 {
+                d.arm_recv(1, fd);
+            }
+        }
+        assert!(got == sent, "round {round}: bytes out of order");
+        d.cancel_recv(1, fd);
+        let end = Instant::now() + Duration::from_secs(5);
+        while d.in_flight() > 0 {
+            assert!(Instant::now() < end, "the cancelled recv never ended");
+            let mut out = Vec::new();
+            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+            cqes += d.cqes.len();
+        }
+    }
+    if d.bundles {
+        assert!(
+            cqes < chunks,
+            "bundles on, yet one completion per buffer ({cqes} for {chunks})"
+        );
+    }
+}
+
+/// Receive on `fd` until `want` bytes came (re-arming when the ring ran
+/// dry), releasing each turn's buffers (or, `hold`, all at the end); the
+/// bytes, and the buffer ids in the order they were used.
+fn receive(d: &mut UringDriver, fd: i32, want: usize, hold: bool) -> (Vec<u8>, Vec<u16>) {
+    let (mut got, mut used) = (Vec::new(), Vec::new());
+    let end = Instant::now() + Duration::from_secs(5);
+    d.arm_recv(1, fd);
+    while got.len() < want {
+        assert!(Instant::now() < end, "{} of {want} bytes", got.len());
+        let mut out = Vec::new();
+        d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        let mut ended = false;
+        let mut turn = Vec::new();
+        for c in out {
+            match c {
+                Completion::Recv {
+                    slot: 1,
+                    result,
+                    more,
+                } => {
+                    ended |= !more;
+                    if let RecvResult::Data(chunk) = result {
+                        // SAFETY: the chunk's buffer is ours until released.
+                        got.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(chunk.ptr, chunk.len)
+                        });
+                        turn.push(chunk.bid);
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        used.extend_from_slice(&turn);
+        if !hold {
+            turn.into_iter().for_each(|bid| d.release(bid));
+        }
+        if ended && got.len() < want {
+            d.arm_recv(1, fd);
+        }
+    }
+    if hold {
+        used.iter().for_each(|&bid| d.release(bid));
+    }
+    (got, used)
+}
+
+#[test]
+fn the_ring_reuses_the_buffers_given_back_last_and_deepens_when_it_runs_dry() {
+    let Ok(mut d) = UringDriver::new(512, 16384) else {
+        return; // io_uring refused here
+    };
+    let (ours, theirs) = tcp_pair();
+    let fd = ours.as_raw_fd();
+    let mut writer = &theirs;
+    let floor = 64; // DEPTH_MIN_BYTES of 16 KiB buffers
+                    // Small reads one after another: each buffer given back comes round
+                    // again after the ring's depth, not after all 512.
+    let mut used = std::collections::HashSet::new();
+    for i in 0..300u32 {
+        writer.write_all(&i.to_le_bytes()).unwrap();
+        let (got, bids) = receive(&mut d, fd, 4, false);
+        assert_eq!(got, i.to_le_bytes());
+        used.extend(bids);
+        d.cancel_recv(1, fd);
+        let mut out = Vec::new();
+        while d.in_flight() > 0 {
+            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        }
+    }
+    assert!(
+        used.len() <= floor + 1,
+        "300 reads went through {} buffers",
+        used.len()
+    );
+    assert!(
+        !d.has_spare_buffers(),
+        "the ring deepened without running dry"
+    );
+    // 40 streams of 64 KiB waiting at once, 160 buffers where the ring
+    // holds 64: it runs dry, the recvs it failed are armed again, every
+    // byte arrives in order, and the ring deepens.
+    let pairs: Vec<_> = (0..40).map(|_| tcp_pair()).collect();
+    let sent = |k: usize| -> Vec<u8> { (0..65536usize).map(|i| ((i + k) % 253) as u8).collect() };
+    for (k, (_, theirs)) in pairs.iter().enumerate() {
+        (&*theirs).write_all(&sent(k)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for (k, (ours, _)) in pairs.iter().enumerate() {
+        d.arm_recv(k as u32, ours.as_raw_fd());
+    }
+    let mut got = vec![Vec::new(); pairs.len()];
+    let (mut dry, mut armed) = (0, pairs.len());
+    let end = Instant::now() + Duration::from_secs(5);
+    while armed > 0 {
+        assert!(Instant::now() < end, "{armed} recvs still armed");
+        let mut out = Vec::new();
+        d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        let mut bids = Vec::new();
+        for c in out {
+            let Completion::Recv { slot, result, more } = c else {
+                panic!("unexpected {c:?}");
+            };
+            let k = slot as usize;
+            match result {
+                RecvResult::Data(chunk) => {
+                    // SAFETY: the chunk's buffer is ours until released.
+                    got[k].extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(chunk.ptr, chunk.len)
+                    });
+                    bids.push(chunk.bid);
+                }
+                RecvResult::NoBuffers => dry += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+            if !more {
+                armed -= 1;
+                if got[k].len() < 65536 {
+                    d.arm_recv(slot, pairs[k].0.as_raw_fd());
+                    armed += 1;
+                }
+            }
+        }
+        bids.into_iter().for_each(|bid| d.release(bid));
+        if got.iter().all(|g| g.len() == 65536) {
+            for (k, (ours, _)) in pairs.iter().enumerate() {
+                d.cancel_recv(k as u32, ours.as_raw_fd());
+            }
+            while d.in_flight() > 0 {
+                assert!(Instant::now() < end, "cancels never completed");
+                d.wait(Some(Duration::from_millis(50)), &mut Vec::new())
+                    .unwrap();
+            }
+            break;
+        }
+    }
+    for (k, g) in got.iter().enumerate() {
+        assert!(*g == sent(k), "stream {k}: bytes lost or out of order");
+    }
+    assert!(dry > 0, "the ring never ran dry");
+    assert!(d.has_spare_buffers(), "the ring never deepened");
+    // A quiet while: the trim brings it back to its floor.
+    d.trim_buffers();
+    d.trim_buffers();
+    assert!(!d.has_spare_buffers(), "the ring stayed deep");
+}
