@@ -1,9 +1,11 @@
 """Receive-buffer shapes for bulk streams (#17): server CPU per MB of the
 echo at large messages for several `buffers_per_thread` x `buffer_size`.
 
-io_uring receives into a ring of provided buffers (default 512 x 16 KiB):
-a large message is one completion per buffer, and the ring cycles through
-all of them. This runs the same `netring.Server` echo (one IO thread,
+io_uring receives into a ring of provided buffers (default 512 x 16 KiB;
+since a336d65 kept only as deep as the reads need and refilled with the
+buffers given back last, with a bundle of buffers per completion; before,
+one completion per buffer and the ring cycled through all of them). This
+runs the same `netring.Server` echo (one IO thread,
 pinned to --server-cpus) with each variant against the native load
 generator (10 connections, depth 1, pinned to --loadgen-cpus), interleaved
 (order flipped every round), and reports medians of CPU per MB and MB/s.
