@@ -19,10 +19,10 @@
 //!
 //! A bundle recv (`IORING_RECVSEND_BUNDLE`, Linux 6.10) fills several
 //! buffers in one completion: the ones at consecutive ring entries from the
-//! head, first to last, each full but the last. The completion names only
-//! the first; [`BufRing::bundle`] finds the rest from where each buffer was
-//! put (buffers come back in any order, so a buffer's id says nothing
-//! about its neighbours).
+//! head, first to last. The completion names only the first;
+//! [`BufRing::filled`] finds the rest from where each buffer was put
+//! (buffers come back in any order, so a buffer's id says nothing about
+//! its neighbours) and how much each holds.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
+use rustix::mm;
 
 const PAGE_BYTES: usize = 4096;
 
@@ -41,8 +42,10 @@ const DEPTH_MIN_BYTES: usize = 1 << 20;
 pub struct BufRing {
     ring: *mut BufRingEntry,
     ring_layout: Layout,
+    /// The buffers: an anonymous mapping, so a page costs memory only once
+    /// the kernel writes into it (the hot ring keeps most never touched).
     bufs: *mut u8,
-    bufs_layout: Layout,
+    bufs_len: usize,
     entries: u16,
     buf_size: usize,
     /// Tail not yet published to the kernel.
@@ -64,8 +67,11 @@ pub struct BufRing {
     floor: usize,
     /// Buffers taken since the last publish.
     taken: usize,
-    /// The most taken between two publishes since the last `adapt`.
+    /// The most taken between two publishes since the last `adapt` (while
+    /// deeper than the floor).
     peak: usize,
+    /// The ring ran dry since the last publish.
+    dry: bool,
 }
 
 // SAFETY: the ring and buffers are plain heap memory owned by this struct;
@@ -80,13 +86,22 @@ impl BufRing {
         let ring_layout =
             Layout::from_size_align(usize::from(entries) * size_of::<BufRingEntry>(), PAGE_BYTES)
                 .map_err(io::Error::other)?;
-        let bufs_layout = Layout::from_size_align(usize::from(entries) * buf_size, PAGE_BYTES)
-            .map_err(io::Error::other)?;
-        // SAFETY: both layouts have non-zero size (entries ≥ 2, buf_size ≥ 512).
+        let bufs_len = usize::from(entries) * buf_size;
+        // SAFETY: a fresh private anonymous mapping (no address hint, no
+        // file): it aliases nothing; unmapped in `Drop`.
+        let bufs = unsafe {
+            mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                bufs_len,
+                mm::ProtFlags::READ | mm::ProtFlags::WRITE,
+                mm::MapFlags::PRIVATE,
+            )
+        }? as *mut u8;
+        // SAFETY: the layout has non-zero size (entries ≥ 2).
         let ring_mem = unsafe { alloc_zeroed(ring_layout) } as *mut BufRingEntry;
-        // SAFETY: as above.
-        let bufs = unsafe { alloc_zeroed(bufs_layout) };
-        if ring_mem.is_null() || bufs.is_null() {
+        if ring_mem.is_null() {
+            // SAFETY: mapped just above, with this length; nothing uses it.
+            let _ = unsafe { mm::munmap(bufs.cast(), bufs_len) };
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
         let floor = (DEPTH_MIN_BYTES / buf_size).clamp(1, usize::from(entries));
@@ -94,7 +109,7 @@ impl BufRing {
             ring: ring_mem,
             ring_layout,
             bufs,
-            bufs_layout,
+            bufs_len,
             entries,
             buf_size,
             local_tail: 0,
@@ -108,6 +123,7 @@ impl BufRing {
             floor,
             taken: 0,
             peak: 0,
+            dry: false,
         };
         // SAFETY: the ring memory is page-aligned, sized for `entries`, and
         // lives until `Drop`, which runs after the io_uring instance is gone
@@ -127,11 +143,6 @@ impl BufRing {
         unsafe { self.bufs.add(usize::from(bid) * self.buf_size) }
     }
 
-    /// The size of every buffer.
-    pub fn buf_size(&self) -> usize {
-        self.buf_size
-    }
-
     /// Give buffer `bid` back (it goes into the ring at a `publish`).
     pub fn release(&mut self, bid: u16) {
         debug_assert!(self.spare.len() < usize::from(self.entries));
@@ -144,11 +155,15 @@ impl BufRing {
         self.taken += n;
     }
 
-    /// The kernel found the ring empty (`ENOBUFS`): keep it deeper.
+    /// The kernel found the ring empty (`ENOBUFS`): keep it deeper (twice
+    /// as deep once per publish, however many recvs found it empty).
     pub fn ran_dry(&mut self) {
         // NOTE: also the one point where the count is known exactly.
         self.in_ring = 0;
-        self.depth = (self.depth * 2).min(usize::from(self.entries));
+        if !self.dry {
+            self.dry = true;
+            self.depth = (self.depth * 2).min(usize::from(self.entries));
+        }
     }
 
     /// Whether the ring is kept deeper than its floor (`adapt` may make
@@ -164,15 +179,46 @@ impl BufRing {
         self.depth = (peak * 2).clamp(self.floor, usize::from(self.entries));
     }
 
-    /// The buffers a bundle of `len` bytes starting with buffer `first`
-    /// filled, in order: `first` and the buffers put after it, one per
-    /// `buf_size` bytes.
-    pub fn bundle(&self, first: u16, len: usize) -> impl Iterator<Item = u16> + '_ {
+    /// The buffers a completion of `len` bytes starting with buffer `first`
+    /// filled, in order, each with the bytes it holds: `first` and the
+    /// buffers put after it (a bundle), each holding its ring entry's
+    /// length or what is left, whichever is less. NOTE: not `buf_size`:
+    /// the kernel may shorten an entry's length in place (the first of a
+    /// bundle, when it expected fewer bytes; kernels before 7.0 and its
+    /// stable backports), and the entry keeps it, even through a recv that
+    /// read nothing and left the buffer in the ring, until `put` again.
+    pub fn filled(&self, first: u16, len: usize) -> impl Iterator<Item = (u16, usize)> + '_ {
         let mask = self.entries - 1;
-        let start = self.entry_of[usize::from(first)];
-        let count = len.div_ceil(self.buf_size).max(1);
-        debug_assert!(count <= usize::from(self.entries));
-        (0..count as u16).map(move |i| self.bid_at[usize::from(start.wrapping_add(i) & mask)])
+        let mut at = self.entry_of[usize::from(first)];
+        let mut left = len;
+        let mut steps = 0;
+        std::iter::from_fn(move || {
+            if left == 0 || steps == self.entries {
+                return None;
+            }
+            let idx = usize::from(at & mask);
+            // SAFETY: idx < entries; the kernel wrote this entry, if at
+            // all, before posting the completion being read.
+            let room = unsafe { (*self.ring.add(idx)).len() } as usize;
+            debug_assert!(room > 0, "a zero-length ring entry was filled");
+            if room == 0 {
+                return None;
+            }
+            let n = left.min(room);
+            left -= n;
+            at = at.wrapping_add(1);
+            steps += 1;
+            Some((self.bid_at[idx], n))
+        })
+    }
+
+    /// (tests) Shorten the entry at the ring's head as the kernel may.
+    #[cfg(test)]
+    pub fn shorten_head(&mut self, len: u32) {
+        let idx =
+            usize::from(self.local_tail.wrapping_sub(self.in_ring as u16) & (self.entries - 1));
+        // SAFETY: idx < entries; the test's ring is idle (no recv armed).
+        unsafe { (*self.ring.add(idx)).set_len(len) };
     }
 
     /// Put buffer `bid` at the ring's tail (visible after `publish`).
@@ -197,7 +243,15 @@ impl BufRing {
     /// Fill the ring to its depth with the buffers given back last, and
     /// publish them to the kernel.
     pub fn publish(&mut self) {
-        self.peak = self.peak.max(std::mem::take(&mut self.taken));
+        let taken = std::mem::take(&mut self.taken);
+        // NOTE: at the floor no `adapt` is due: a peak kept from then would
+        // hold a later deepening for longer than its own load asks.
+        self.peak = if self.depth > self.floor {
+            self.peak.max(taken)
+        } else {
+            0
+        };
+        self.dry = false;
         while self.in_ring < self.depth {
             let Some(bid) = self.spare.pop() else { break };
             self.put(bid);
@@ -218,11 +272,12 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with exactly these layouts; the ring that
-        // used them has been dropped or the group unregistered by now.
+        // SAFETY: allocated and mapped in `new` with exactly this layout and
+        // length; the ring that used them has been dropped or the group
+        // unregistered by now.
         unsafe {
             dealloc(self.ring as *mut u8, self.ring_layout);
-            dealloc(self.bufs, self.bufs_layout);
+            let _ = mm::munmap(self.bufs.cast(), self.bufs_len);
         }
     }
 }

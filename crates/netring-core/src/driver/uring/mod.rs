@@ -317,50 +317,40 @@ impl UringDriver {
             }
             KIND_RECV => {
                 let result = if res > 0 {
-                    let bid = cqueue::buffer_select(cqe.flags())
+                    let first = cqueue::buffer_select(cqe.flags())
                         .expect("recv completion with data but no buffer id");
-                    let size = self.bufs.buf_size();
-                    let mut left = res as usize;
-                    self.bufs.taken(left.div_ceil(size));
-                    if left > size {
-                        // A bundle: every buffer but the last is full, each
-                        // its own chunk (the core releases them one by one).
-                        for bid in self.bufs.bundle(bid, left) {
-                            let len = left.min(size);
-                            left -= len;
-                            let chunk = Chunk {
-                                ptr: self.bufs.buf_ptr(bid),
-                                len,
-                                bid,
-                            };
-                            if left == 0 {
-                                return Some(Completion::Recv {
-                                    slot: id,
-                                    result: RecvResult::Data(chunk),
-                                    more,
-                                });
-                            }
+                    // One chunk per buffer filled (several for a bundle; the
+                    // core releases them one by one), all but the last
+                    // followed by more.
+                    let (mut count, mut last) = (0, None);
+                    for (bid, len) in self.bufs.filled(first, res as usize) {
+                        let chunk = Chunk {
+                            ptr: self.bufs.buf_ptr(bid),
+                            len,
+                            bid,
+                        };
+                        count += 1;
+                        if let Some(before) = last.replace(chunk) {
                             out.push(Completion::Recv {
                                 slot: id,
-                                result: RecvResult::Data(chunk),
+                                result: RecvResult::Data(before),
                                 more: true,
                             });
                         }
-                        unreachable!("a bundle's buffers cover its bytes");
                     }
-                    RecvResult::Data(Chunk {
-                        ptr: self.bufs.buf_ptr(bid),
-                        len: left,
-                        bid,
-                    })
+                    self.bufs.taken(count);
+                    RecvResult::Data(last.expect("a recv's bytes fill at least one buffer"))
                 } else if res == 0 {
+                    self.give_back_unfilled(cqe);
                     RecvResult::Eof
                 } else if res == -libc::ENOBUFS {
                     self.bufs.ran_dry();
                     RecvResult::NoBuffers
                 } else if res == -libc::ECANCELED {
+                    self.give_back_unfilled(cqe);
                     RecvResult::Cancelled
                 } else {
+                    self.give_back_unfilled(cqe);
                     RecvResult::Err(error_of(res))
                 };
                 Some(Completion::Recv {
@@ -404,8 +394,10 @@ impl UringDriver {
                     self.bufs.ran_dry();
                     DgramResult::NoBuffers
                 } else if res == -libc::ECANCELED {
+                    self.give_back_unfilled(cqe);
                     DgramResult::Cancelled
                 } else {
+                    self.give_back_unfilled(cqe);
                     DgramResult::Err(error_of(res))
                 };
                 Some(Completion::RecvFrom {
@@ -447,6 +439,16 @@ impl UringDriver {
 }
 
 impl UringDriver {
+    /// A completion without data that still names a buffer (a recv run by
+    /// io-wq takes its buffer for good when it selects it): that buffer
+    /// comes back to the pool.
+    fn give_back_unfilled(&mut self, cqe: &cqueue::Entry) {
+        if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+            self.bufs.taken(1);
+            self.bufs.release(bid);
+        }
+    }
+
     /// Send (part of) a file range now, or wait for the socket to be
     /// writable (a poll; its completion calls this again).
     fn send_file(&mut self, slot: u32, fd: RawFd, span: FileSpan) -> Option<Completion> {

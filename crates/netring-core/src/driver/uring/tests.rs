@@ -465,3 +465,24 @@ fn the_ring_reuses_the_buffers_given_back_last_and_deepens_when_it_runs_dry() {
     d.trim_buffers();
     assert!(!d.has_spare_buffers(), "the ring stayed deep");
 }
+
+#[test]
+fn a_ring_entry_the_kernel_shortened_holds_only_its_length() {
+    // Kernels before 7.0 (and its stable backports) write a shortened
+    // length into a bundle's first entry and leave it there, even when the
+    // recv then read nothing (a peer's FIN right behind its data made it
+    // expect one byte). The next bundle must take that entry's length, not
+    // the buffer size, or it delivers stale bytes and loses a buffer.
+    let Ok(mut d) = UringDriver::new(512, 16384) else {
+        return; // io_uring refused here
+    };
+    d.bufs.shorten_head(1);
+    let (ours, theirs) = tcp_pair();
+    let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 241) as u8).collect();
+    (&theirs).write_all(&sent).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let (got, used) = receive(&mut d, ours.as_raw_fd(), sent.len(), false);
+    assert!(got == sent, "bytes lost, stale or out of order");
+    // The shortened entry's one byte, then whole buffers.
+    assert!(used.len() >= 4, "{used:?}");
+}
