@@ -4,7 +4,7 @@
 //! DEFER_TASKRUN (completion work runs only when this thread enters the
 //! kernel, so there are no surprise interrupts of user code). Multishot
 //! accept and multishot recv into a provided-buffer ring (a recv takes a
-//! bundle of buffers per completion where the kernel can, Linux 6.10: a
+//! bundle of buffers per completion where the kernel can, Linux 6.16: a
 //! stream's read is as large as what waits, in 16 KiB buffers); one vectored
 //! `sendmsg(MSG_NOSIGNAL)` in flight per socket; the mailbox eventfd has a
 //! `read` kept in the ring so other threads can wake this one.
@@ -96,7 +96,7 @@ pub struct UringDriver {
     /// `user_data`, which a cancel must name exactly).
     zc_sending: std::collections::HashMap<u32, u32>,
     /// Stream recvs take bundles: one completion for as many buffers as
-    /// the bytes waiting fill (Linux 6.10, `IORING_FEAT_RECVSEND_BUNDLE`).
+    /// the bytes waiting fill (`IORING_FEAT_RECVSEND_BUNDLE` from Linux 6.10; used from 6.16).
     bundles: bool,
 }
 
@@ -193,7 +193,13 @@ impl UringDriver {
         // NOTE: a stream's bytes arrive in 16 KiB buffers either way; a
         // bundle fills as many as the socket holds in one recv, where a
         // plain multishot recv runs (and completes) once per buffer.
-        let bundles = ring.params().is_feature_recvsend_bundle();
+        // NOTE: before Linux 6.16 a peer's FIN right behind its data made
+        // the kernel shorten the ring's head entry to one byte and leave it
+        // there (fixed by "io_uring/net: only consider msg_inq if larger
+        // than 1", backported to some stable kernels only): streams cope
+        // (`BufRing::filled`), but a UDP endpoint's recvmsg taking that
+        // entry fails (EFAULT) and would close the endpoint.
+        let bundles = ring.params().is_feature_recvsend_bundle() && kernel_at_least(6, 16);
         let entries = u16::try_from(buffers).map_err(|_| "too many buffers".to_string())?;
         let bufs = BufRing::new(&ring, entries, buffer_size, BUF_GROUP)
             .map_err(|e| describe("io_uring_register(PBUF_RING)", &e))?;
