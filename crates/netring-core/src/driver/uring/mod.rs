@@ -192,8 +192,8 @@ impl UringDriver {
         }
         // NOTE: a stream's bytes arrive in 16 KiB buffers either way; a
         // bundle fills as many as the socket holds in one recv, where a
-        // plain multishot recv runs (and completes) once per buffer.
-        // NOTE: before Linux 6.16 a peer's FIN right behind its data made
+        // plain multishot recv runs (and completes) once per buffer. Before
+        // Linux 6.16 a peer's FIN right behind its data made
         // the kernel shorten the ring's head entry to one byte and leave it
         // there (fixed by "io_uring/net: only consider msg_inq if larger
         // than 1", backported to some stable kernels only): streams cope

@@ -250,67 +250,16 @@ fn a_bundle_recv_delivers_its_buffers_in_order_whatever_order_they_came_back_in(
     let (mut chunks, mut cqes) = (0usize, 0usize);
     for round in 0..6u8 {
         // Bytes that say where they belong, already waiting when the recv
-        // runs (one bundle can take them all).
+        // runs (one bundle can take them all; the 64 buffers run out).
         let sent: Vec<u8> = (0..40_000u32)
             .map(|i| (i % 251) as u8 ^ round.wrapping_mul(31))
             .collect();
         writer.write_all(&sent).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        d.arm_recv(1, fd);
-        let mut got = Vec::new();
-        let mut bids = Vec::new();
-        let end = Instant::now() + Duration::from_secs(5);
-        while got.len() < sent.len() {
-            assert!(
-                Instant::now() < end,
-                "{} of {} bytes",
-                got.len(),
-                sent.len()
-            );
-            let mut out = Vec::new();
-            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
-            cqes += d.cqes.len();
-            for c in out {
-                match c {
-                    Completion::Recv {
-                        slot: 1,
-                        result: RecvResult::Data(chunk),
-                        ..
-                    } => {
-                        // SAFETY: the chunk's buffer is ours until released.
-                        got.extend_from_slice(unsafe {
-                            std::slice::from_raw_parts(chunk.ptr, chunk.len)
-                        });
-                        bids.push(chunk.bid);
-                        chunks += 1;
-                    }
-                    // The multishot recv ends when the 64 buffers run out.
-                    Completion::Recv {
-                        result: RecvResult::NoBuffers,
-                        ..
-                    } => {}
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            // Back in an order unlike the one they were taken in, so the
-            // ring's entries and the buffers' ids part ways.
-            bids.reverse();
-            for bid in bids.drain(..) {
-                d.release(bid);
-            }
-            if got.len() < sent.len() && d.in_flight() == 0 {
-                d.arm_recv(1, fd);
-            }
-        }
-        assert!(got == sent, "round {round}: bytes out of order");
-        d.cancel_recv(1, fd);
-        let end = Instant::now() + Duration::from_secs(5);
-        while d.in_flight() > 0 {
-            assert!(Instant::now() < end, "the cancelled recv never ended");
-            let mut out = Vec::new();
-            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
-            cqes += d.cqes.len();
-        }
+        let r = receive(&mut d, fd, sent.len());
+        assert!(r.bytes == sent, "round {round}: bytes out of order");
+        chunks += r.bids.len();
+        cqes += r.cqes;
     }
     if d.bundles {
         assert!(
@@ -320,17 +269,33 @@ fn a_bundle_recv_delivers_its_buffers_in_order_whatever_order_they_came_back_in(
     }
 }
 
-/// Receive on `fd` until `want` bytes came (re-arming when the ring ran
-/// dry), releasing each turn's buffers (or, `hold`, all at the end); the
-/// bytes, and the buffer ids in the order they were used.
-fn receive(d: &mut UringDriver, fd: i32, want: usize, hold: bool) -> (Vec<u8>, Vec<u16>) {
-    let (mut got, mut used) = (Vec::new(), Vec::new());
+/// What `receive` got.
+struct Received {
+    bytes: Vec<u8>,
+    /// The buffer ids, in the order they were used.
+    bids: Vec<u16>,
+    /// The completions the ring posted (a bundle is one for many buffers).
+    cqes: usize,
+}
+
+/// Receive on slot 1 from `fd` until `want` bytes came (re-arming when the
+/// recv ended, as when the ring ran dry), each turn's buffers given back in
+/// an order unlike the one they were taken in (so the ring's entries and
+/// the buffers' ids part ways), then cancel the recv and wait until it
+/// ended.
+fn receive(d: &mut UringDriver, fd: i32, want: usize) -> Received {
+    let mut r = Received {
+        bytes: Vec::new(),
+        bids: Vec::new(),
+        cqes: 0,
+    };
     let end = Instant::now() + Duration::from_secs(5);
     d.arm_recv(1, fd);
-    while got.len() < want {
-        assert!(Instant::now() < end, "{} of {want} bytes", got.len());
+    while r.bytes.len() < want {
+        assert!(Instant::now() < end, "{} of {want} bytes", r.bytes.len());
         let mut out = Vec::new();
         d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
+        r.cqes += d.cqes.len();
         let mut ended = false;
         let mut turn = Vec::new();
         for c in out {
@@ -343,7 +308,7 @@ fn receive(d: &mut UringDriver, fd: i32, want: usize, hold: bool) -> (Vec<u8>, V
                     ended |= !more;
                     if let RecvResult::Data(chunk) = result {
                         // SAFETY: the chunk's buffer is ours until released.
-                        got.extend_from_slice(unsafe {
+                        r.bytes.extend_from_slice(unsafe {
                             std::slice::from_raw_parts(chunk.ptr, chunk.len)
                         });
                         turn.push(chunk.bid);
@@ -352,18 +317,25 @@ fn receive(d: &mut UringDriver, fd: i32, want: usize, hold: bool) -> (Vec<u8>, V
                 other => panic!("unexpected {other:?}"),
             }
         }
-        used.extend_from_slice(&turn);
-        if !hold {
-            turn.into_iter().for_each(|bid| d.release(bid));
-        }
-        if ended && got.len() < want {
+        r.bids.extend_from_slice(&turn);
+        // Every other one, then the rest: whether the ring or a stack takes
+        // them back, neighbours part.
+        let (even, odd): (Vec<_>, Vec<_>) = turn.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+        even.into_iter()
+            .chain(odd)
+            .for_each(|(_, &bid)| d.release(bid));
+        if ended && r.bytes.len() < want {
             d.arm_recv(1, fd);
         }
     }
-    if hold {
-        used.iter().for_each(|&bid| d.release(bid));
+    d.cancel_recv(1, fd);
+    while d.in_flight() > 0 {
+        assert!(Instant::now() < end, "the cancelled recv never ended");
+        d.wait(Some(Duration::from_millis(50)), &mut Vec::new())
+            .unwrap();
+        r.cqes += d.cqes.len();
     }
-    (got, used)
+    r
 }
 
 #[test]
@@ -374,20 +346,16 @@ fn the_ring_reuses_the_buffers_given_back_last_and_deepens_when_it_runs_dry() {
     let (ours, theirs) = tcp_pair();
     let fd = ours.as_raw_fd();
     let mut writer = &theirs;
-    let floor = 64; // DEPTH_MIN_BYTES of 16 KiB buffers
-                    // Small reads one after another: each buffer given back comes round
-                    // again after the ring's depth, not after all 512.
+    // DEPTH_MIN_BYTES of 16 KiB buffers.
+    let floor = 64;
+    // Small reads one after another: each buffer given back comes round
+    // again after the ring's depth, not after all 512.
     let mut used = std::collections::HashSet::new();
     for i in 0..300u32 {
         writer.write_all(&i.to_le_bytes()).unwrap();
-        let (got, bids) = receive(&mut d, fd, 4, false);
-        assert_eq!(got, i.to_le_bytes());
-        used.extend(bids);
-        d.cancel_recv(1, fd);
-        let mut out = Vec::new();
-        while d.in_flight() > 0 {
-            d.wait(Some(Duration::from_millis(50)), &mut out).unwrap();
-        }
+        let r = receive(&mut d, fd, 4);
+        assert_eq!(r.bytes, i.to_le_bytes());
+        used.extend(r.bids);
     }
     assert!(
         used.len() <= floor + 1,
@@ -481,8 +449,8 @@ fn a_ring_entry_the_kernel_shortened_holds_only_its_length() {
     let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 241) as u8).collect();
     (&theirs).write_all(&sent).unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    let (got, used) = receive(&mut d, ours.as_raw_fd(), sent.len(), false);
-    assert!(got == sent, "bytes lost, stale or out of order");
+    let r = receive(&mut d, ours.as_raw_fd(), sent.len());
+    assert!(r.bytes == sent, "bytes lost, stale or out of order");
     // The shortened entry's one byte, then whole buffers.
-    assert!(used.len() >= 4, "{used:?}");
+    assert!(r.bids.len() >= 4, "{:?}", r.bids);
 }
